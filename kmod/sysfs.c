@@ -1,0 +1,247 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * mock-accel: attributes of the class devices (ABI.md) and the change
+ * uevents that state changes send.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/kernel.h>
+#include <linux/kobject.h>
+#include <linux/string.h>
+#include <linux/sysfs.h>
+
+#include "mock_accel.h"
+
+static const char * const mock_accel_health_names[] = {
+	[MOCK_ACCEL_HEALTH_OK] = "ok",
+	[MOCK_ACCEL_HEALTH_DEGRADED] = "degraded",
+	[MOCK_ACCEL_HEALTH_FAILED] = "failed",
+};
+
+const char *mock_accel_health_name(enum mock_accel_health health)
+{
+	return mock_accel_health_names[health];
+}
+
+/*
+ * Sends a change uevent on the function's class device with
+ * MOCK_ACCEL_EVENT=@event and one more KEY=VALUE. Caller holds fn->lock and
+ * fn->chr is set.
+ */
+void mock_accel_notify(struct mock_accel_fn *fn, const char *event,
+		       const char *fmt, ...)
+{
+	char ev[32], kv[64];
+	char *envp[] = { ev, kv, NULL };
+	va_list args;
+
+	snprintf(ev, sizeof(ev), "MOCK_ACCEL_EVENT=%s", event);
+	va_start(args, fmt);
+	vsnprintf(kv, sizeof(kv), fmt, args);
+	va_end(args);
+	kobject_uevent_env(&fn->chr->dev.kobj, KOBJ_CHANGE, envp);
+}
+
+static struct mock_accel_fn *attr_fn(struct device *dev)
+{
+	return to_mock_accel_chr(dev)->fn;
+}
+
+/* ---- identity (read-only, fixed for the function's life) ---- */
+
+static ssize_t uuid_show(struct device *dev, struct device_attribute *attr,
+			 char *buf)
+{
+	return sysfs_emit(buf, "%pUb\n", &attr_fn(dev)->uuid);
+}
+static DEVICE_ATTR_RO(uuid);
+
+static ssize_t type_show(struct device *dev, struct device_attribute *attr,
+			 char *buf)
+{
+	return sysfs_emit(buf, "%s\n", mock_accel_is_vf(attr_fn(dev)) ? "vf" : "pf");
+}
+static DEVICE_ATTR_RO(type);
+
+static ssize_t memory_size_show(struct device *dev,
+				struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n", attr_fn(dev)->memory_size);
+}
+static DEVICE_ATTR_RO(memory_size);
+
+static ssize_t capabilities_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%s\n", mock_accel_is_vf(attr_fn(dev)) ?
+			  "compute,dma" : "compute,dma,sriov");
+}
+static DEVICE_ATTR_RO(capabilities);
+
+static ssize_t numa_node_show(struct device *dev,
+			      struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", attr_fn(dev)->numa_node);
+}
+static DEVICE_ATTR_RO(numa_node);
+
+static ssize_t fw_version_show(struct device *dev,
+			       struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%s\n", MOCK_ACCEL_FW_VERSION);
+}
+static DEVICE_ATTR_RO(fw_version);
+
+/* ---- state ---- */
+
+static ssize_t status_show(struct device *dev, struct device_attribute *attr,
+			   char *buf)
+{
+	struct mock_accel_fn *fn = attr_fn(dev);
+	u32 status;
+
+	mutex_lock(&fn->lock);
+	status = fn->status;
+	mutex_unlock(&fn->lock);
+	return sysfs_emit(buf, "%u\n", status);
+}
+
+/* 0 frees, 1 allocates; a failed function cannot be allocated (-EIO). */
+static ssize_t status_store(struct device *dev, struct device_attribute *attr,
+			    const char *buf, size_t count)
+{
+	struct mock_accel_fn *fn = attr_fn(dev);
+	u32 status;
+	int err;
+
+	err = kstrtou32(buf, 0, &status);
+	if (err)
+		return err;
+	if (status > 1)
+		return -ERANGE;
+
+	mutex_lock(&fn->lock);
+	if (!fn->chr)
+		err = -ENODEV;
+	else if (status && fn->health == MOCK_ACCEL_HEALTH_FAILED)
+		err = -EIO;
+	else if (status != fn->status) {
+		fn->status = status;
+		mock_accel_notify(fn, "status", "MOCK_ACCEL_STATUS=%u", status);
+	}
+	mutex_unlock(&fn->lock);
+
+	return err ? err : count;
+}
+static DEVICE_ATTR_RW(status);
+
+static ssize_t health_show(struct device *dev, struct device_attribute *attr,
+			   char *buf)
+{
+	struct mock_accel_fn *fn = attr_fn(dev);
+	enum mock_accel_health health;
+
+	mutex_lock(&fn->lock);
+	health = fn->health;
+	mutex_unlock(&fn->lock);
+	return sysfs_emit(buf, "%s\n", mock_accel_health_name(health));
+}
+
+/* Fault injection: "ok", "degraded" or "failed"; a change sends a uevent. */
+static ssize_t health_store(struct device *dev, struct device_attribute *attr,
+			    const char *buf, size_t count)
+{
+	struct mock_accel_fn *fn = attr_fn(dev);
+	int health, err = 0;
+
+	health = sysfs_match_string(mock_accel_health_names, buf);
+	if (health < 0)
+		return health;
+
+	mutex_lock(&fn->lock);
+	if (!fn->chr) {
+		err = -ENODEV;
+	} else if (health != fn->health) {
+		fn->health = health;
+		mock_accel_notify(fn, "health", "MOCK_ACCEL_HEALTH=%s",
+				  mock_accel_health_name(health));
+	}
+	mutex_unlock(&fn->lock);
+
+	return err ? err : count;
+}
+static DEVICE_ATTR_RW(health);
+
+/* ---- SR-IOV (PFs only), PCI-core names and meanings ---- */
+
+static ssize_t sriov_totalvfs_show(struct device *dev,
+				   struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", attr_fn(dev)->total_vfs);
+}
+static DEVICE_ATTR_RO(sriov_totalvfs);
+
+static ssize_t sriov_numvfs_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	struct mock_accel_fn *fn = attr_fn(dev);
+	u32 num_vfs;
+
+	mutex_lock(&fn->lock);
+	num_vfs = fn->num_vfs;
+	mutex_unlock(&fn->lock);
+	return sysfs_emit(buf, "%u\n", num_vfs);
+}
+
+static ssize_t sriov_numvfs_store(struct device *dev,
+				  struct device_attribute *attr,
+				  const char *buf, size_t count)
+{
+	u32 num_vfs;
+	int err;
+
+	err = kstrtou32(buf, 0, &num_vfs);
+	if (err)
+		return err;
+
+	err = mock_accel_sriov_configure(attr_fn(dev), num_vfs);
+	return err ? err : count;
+}
+static DEVICE_ATTR_RW(sriov_numvfs);
+
+static struct attribute *mock_accel_common_attrs[] = {
+	&dev_attr_uuid.attr,
+	&dev_attr_type.attr,
+	&dev_attr_memory_size.attr,
+	&dev_attr_capabilities.attr,
+	&dev_attr_numa_node.attr,
+	&dev_attr_fw_version.attr,
+	&dev_attr_status.attr,
+	&dev_attr_health.attr,
+	NULL,
+};
+
+static const struct attribute_group mock_accel_common_group = {
+	.attrs = mock_accel_common_attrs,
+};
+
+static struct attribute *mock_accel_sriov_attrs[] = {
+	&dev_attr_sriov_totalvfs.attr,
+	&dev_attr_sriov_numvfs.attr,
+	NULL,
+};
+
+static const struct attribute_group mock_accel_sriov_group = {
+	.attrs = mock_accel_sriov_attrs,
+};
+
+const struct attribute_group *mock_accel_pf_groups[] = {
+	&mock_accel_common_group,
+	&mock_accel_sriov_group,
+	NULL,
+};
+
+const struct attribute_group *mock_accel_vf_groups[] = {
+	&mock_accel_common_group,
+	NULL,
+};

@@ -1,0 +1,78 @@
+//! `guest`: the mock-accel module in a Debian kernel under QEMU, by hand.
+//!
+//! - `guest demo`: boots, loads the module, hot-plugs devices and shows the
+//!   sysfs tree and the uevents (the README's main command runs this).
+//! - `guest run SCRIPT`: runs a scenario script, prints its output, exits
+//!   with its status.
+//! - `guest shell`: an interactive shell in the guest, module installed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mock_device_testkit::guest::Guest;
+use mock_device_testkit::workspace_root;
+
+#[derive(Parser)]
+#[command(about = "Boot the mock-accel module in a guest kernel under QEMU")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the module, hot-plug devices, show sysfs and uevents.
+    Demo,
+    /// Run a scenario script in the guest and exit with its status.
+    Run { script: PathBuf },
+    /// Interactive shell in the guest (Ctrl-A X quits QEMU).
+    Shell,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    // guest-tool is built next to this binary (same cargo target dir).
+    let tool = std::env::current_exe()?.with_file_name("guest-tool");
+    anyhow::ensure!(
+        tool.is_file(),
+        "{} is missing: build it with `cargo build -p mock-device-testkit --bins`",
+        tool.display()
+    );
+    let guest = Guest::with_module(&[("guest-tool", &tool)])?;
+    eprintln!(
+        "guest kernel {} ({})",
+        guest.kernel().release,
+        guest.kernel().image.display()
+    );
+
+    let script = match args.command {
+        Cmd::Shell => {
+            let status = guest.shell()?;
+            return Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Cmd::Demo => workspace_root().join("tests/scenarios/demo.sh"),
+        Cmd::Run { script } => script,
+    };
+    let text = std::fs::read_to_string(&script).with_context(|| format!("reading {}", script.display()))?;
+    let run = guest.run_streaming(&text, &mut |line| println!("{line}"))?;
+    let problems = run.kernel_problems();
+    if !problems.is_empty() {
+        eprintln!("kernel log shows problems:\n{}", problems.join("\n"));
+    }
+    eprintln!(
+        "guest run took {:.1} s, scenario exit {}",
+        run.elapsed.as_secs_f64(),
+        run.exit_code
+    );
+    Ok(if run.exit_code == 0 && problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,358 @@
+//! Boots the guest kernel under QEMU (software emulation) and runs a
+//! scenario script inside.
+//!
+//! Serial ports: ttyS0 is the kernel console (kept in a file), ttyS1 carries
+//! the scenario's stdout and stderr (read live from QEMU's stdout), ttyS2
+//! receives the guest's `dmesg` at the end. No terminal or stdin is needed,
+//! there is no network device, and every run has a deadline.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::initramfs::{EXEC, FILE, Initramfs};
+use crate::kernel::Kernel;
+use crate::{Result, RigError, require_tool, workspace_root};
+
+const EXIT_MARKER: &str = "@@MOCK-GUEST-EXIT ";
+const QEMU_HINT: &str = "install it with `apt-get install -y qemu-system-x86` (or run ./dev setup)";
+
+/// The guest's `/init`: mounts the usual file systems, then runs the
+/// scenario (mode `run`) or a shell on the console (mode `shell`).
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /run /root /var
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+ln -s /run /var/run
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+hostname mock-guest
+export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root
+if [ "$(cat /guest/mode)" = shell ]; then
+    echo "mock-device guest, kernel $(uname -r). 'modprobe mock-accel' loads the module; 'poweroff -f' leaves."
+    setsid cttyhack sh -l
+else
+    cd /guest
+    sh /guest/scenario.sh </dev/null >/dev/ttyS1 2>&1
+    echo "@@MOCK-GUEST-EXIT $?@@" >/dev/ttyS1
+    dmesg >/dev/ttyS2
+fi
+poweroff -f
+"#;
+
+/// Shell helpers for scenarios (`. /guest/lib.sh`), TAP-style checks.
+pub const SCENARIO_LIB: &str = include_str!("../scenarios/lib.sh");
+
+/// What a scenario run gave back.
+#[derive(Debug, Clone)]
+pub struct GuestRun {
+    /// The scenario's exit status.
+    pub exit_code: i32,
+    /// The scenario's stdout and stderr.
+    pub output: String,
+    /// The guest's kernel log (`dmesg`) after the scenario.
+    pub dmesg: String,
+    /// The kernel console (boot messages and anything printed there).
+    pub console: String,
+    /// Wall time from starting QEMU to its exit.
+    pub elapsed: Duration,
+}
+
+impl GuestRun {
+    /// Kernel log lines that show a bug: warnings, oopses, leaks, memory
+    /// corruption reports. A clean run has none.
+    pub fn kernel_problems(&self) -> Vec<&str> {
+        const SIGNS: [&str; 12] = [
+            "WARNING:",
+            "BUG:",
+            "Oops",
+            "kernel BUG",
+            "general protection fault",
+            "Call Trace",
+            "kmemleak",
+            "refcount_t:",
+            "list_add corruption",
+            "list_del corruption",
+            "UBSAN",
+            "KASAN",
+        ];
+        self.dmesg
+            .lines()
+            .filter(|l| SIGNS.iter().any(|s| l.contains(s)))
+            .collect()
+    }
+
+    /// TAP check lines (`ok N - ...` / `not ok N - ...`) the scenario printed.
+    pub fn checks(&self) -> (Vec<&str>, Vec<&str>) {
+        let mut passed = Vec::new();
+        let mut failed = Vec::new();
+        for line in self.output.lines() {
+            if line.starts_with("not ok ") {
+                failed.push(line);
+            } else if line.starts_with("ok ") {
+                passed.push(line);
+            }
+        }
+        (passed, failed)
+    }
+
+    /// Panics, with everything a reader needs, unless the scenario exited 0,
+    /// printed at least `min_checks` passing checks and no failing one, and
+    /// the kernel log shows no bug.
+    pub fn assert_clean(&self, min_checks: usize) {
+        let (passed, failed) = self.checks();
+        let problems = self.kernel_problems();
+        if self.exit_code != 0 || !failed.is_empty() || passed.len() < min_checks || !problems.is_empty() {
+            panic!(
+                "guest scenario failed: exit {}, {} checks passed (expected at least {min_checks}), {} failed, \
+                 {} kernel problems\n--- failed checks ---\n{}\n--- kernel problems ---\n{}\n\
+                 --- scenario output ---\n{}\n--- dmesg ---\n{}",
+                self.exit_code,
+                passed.len(),
+                failed.len(),
+                problems.len(),
+                failed.join("\n"),
+                problems.join("\n"),
+                self.output,
+                self.dmesg
+            );
+        }
+    }
+}
+
+/// A bootable guest: the kernel plus a payload (busybox, init, module and
+/// test binaries), to which each run appends its scenario.
+#[derive(Clone)]
+pub struct Guest {
+    kernel: Kernel,
+    payload: Vec<u8>,
+    /// Guest memory in MiB (default 1024).
+    pub memory_mib: u32,
+    /// Guest CPUs (default 1).
+    pub cpus: u32,
+    /// Deadline of one run (default 300 s, or `MOCK_GUEST_TIMEOUT` seconds).
+    pub timeout: Duration,
+}
+
+/// Where a run's scenario output goes as it arrives.
+pub type LineSink<'a> = &'a mut dyn FnMut(&str);
+
+impl Guest {
+    /// A guest from a kernel and a payload. The payload gets the init
+    /// script, busybox and the scenario helpers added.
+    pub fn new(kernel: Kernel, mut payload: Initramfs) -> Result<Guest> {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or(RigError::MissingTool {
+                tool: "busybox".into(),
+                hint: "install it with `apt-get install -y busybox-static` (or run ./dev setup)",
+            })?;
+        payload
+            .binary("/bin/busybox", &busybox)?
+            .data("/init", EXEC, INIT)
+            .data("/guest/lib.sh", FILE, SCENARIO_LIB);
+        let timeout = std::env::var("MOCK_GUEST_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(Duration::from_secs(300), Duration::from_secs);
+        Ok(Guest {
+            kernel,
+            payload: payload.to_bytes()?,
+            memory_mib: 1024,
+            cpus: 1,
+            timeout,
+        })
+    }
+
+    /// The usual guest for the project's tests: the newest installed
+    /// kernel, `mock-accel` built against it and installed, and the given
+    /// host binaries under `/usr/local/bin/<name>`.
+    pub fn with_module(binaries: &[(&str, &Path)]) -> Result<Guest> {
+        require_tool("qemu-system-x86_64", QEMU_HINT)?;
+        let kernel = Kernel::find()?;
+        let build = tempfile::tempdir().map_err(RigError::io("creating a build directory"))?;
+        let ko = kernel.build_module(&workspace_root().join("kmod"), build.path())?;
+        let mut payload = Initramfs::new();
+        payload.module(&ko, &kernel.release)?;
+        for (name, path) in binaries {
+            payload.binary(&format!("/usr/local/bin/{name}"), path)?;
+        }
+        Guest::new(kernel, payload)
+    }
+
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// Runs a scenario script (busybox sh) and collects what it printed.
+    pub fn run(&self, script: &str) -> Result<GuestRun> {
+        self.run_streaming(script, &mut |_| {})
+    }
+
+    /// [`Guest::run`], handing each output line to `sink` as it arrives.
+    pub fn run_streaming(&self, script: &str, sink: LineSink<'_>) -> Result<GuestRun> {
+        let qemu = require_tool("qemu-system-x86_64", QEMU_HINT)?;
+        let dir = tempfile::tempdir().map_err(RigError::io("creating a run directory"))?;
+        let initrd = self.write_initrd(dir.path(), "run", script)?;
+        let console = dir.path().join("console.log");
+        let dmesg = dir.path().join("dmesg.log");
+
+        let started = Instant::now();
+        let mut child = self
+            .qemu_command(&qemu, &initrd)
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .args(["-serial", "stdio"])
+            .arg("-serial")
+            .arg(format!("file:{}", dmesg.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(RigError::io("starting qemu-system-x86_64"))?;
+
+        let (tx, rx) = mpsc::channel::<String>();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let stderr_reader = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+
+        let deadline = started + self.timeout;
+        let mut output = String::new();
+        let mut exit_code = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => match line.strip_prefix(EXIT_MARKER) {
+                    Some(rest) => exit_code = rest.trim_end_matches("@@").trim().parse().ok(),
+                    None => {
+                        sink(&line);
+                        output.push_str(&line);
+                        output.push('\n');
+                    }
+                },
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(RigError::Timeout {
+                        seconds: self.timeout.as_secs(),
+                        output,
+                        console: tail(&read_lossy(&console), 40),
+                    });
+                }
+            }
+        }
+        // QEMU closed its stdout: it is exiting (poweroff or panic).
+        let status = wait_until(&mut child, deadline)?;
+        let elapsed = started.elapsed();
+        let console_text = read_lossy(&console);
+        let qemu_errors = stderr_reader.join().unwrap_or_default();
+
+        let Some(exit_code) = exit_code else {
+            return Err(RigError::NoExitStatus {
+                output,
+                console: format!("{}\nqemu: {status}\n{qemu_errors}", tail(&console_text, 40)),
+            });
+        };
+        Ok(GuestRun {
+            exit_code,
+            output,
+            dmesg: read_lossy(&dmesg).replace('\r', ""),
+            console: console_text,
+            elapsed,
+        })
+    }
+
+    /// Boots to an interactive shell on this terminal (ttyS0). Ctrl-A X quits
+    /// QEMU; `poweroff -f` ends the guest.
+    pub fn shell(&self) -> Result<ExitStatus> {
+        let qemu = require_tool("qemu-system-x86_64", QEMU_HINT)?;
+        let dir = tempfile::tempdir().map_err(RigError::io("creating a run directory"))?;
+        let initrd = self.write_initrd(dir.path(), "shell", "")?;
+        self.qemu_command(&qemu, &initrd)
+            .args(["-serial", "mon:stdio", "-serial", "null", "-serial", "null"])
+            .status()
+            .map_err(RigError::io("starting qemu-system-x86_64"))
+    }
+
+    fn write_initrd(&self, dir: &Path, mode: &str, script: &str) -> Result<PathBuf> {
+        let mut run = Initramfs::new();
+        run.data("/guest/mode", FILE, mode)
+            .data("/guest/scenario.sh", EXEC, script);
+        let mut bytes = self.payload.clone();
+        run.write_to(&mut bytes)?;
+        let path = dir.join("initrd.cpio");
+        fs::write(&path, bytes).map_err(RigError::io("writing the initramfs"))?;
+        Ok(path)
+    }
+
+    fn qemu_command(&self, qemu: &Path, initrd: &Path) -> Command {
+        let mut cmd = Command::new(qemu);
+        cmd.args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()])
+        .arg("-kernel")
+        .arg(&self.kernel.image)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+        cmd
+    }
+}
+
+fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Result<ExitStatus> {
+    // poweroff takes a moment after the last output line.
+    let deadline = deadline.max(Instant::now() + Duration::from_secs(10));
+    loop {
+        if let Some(status) = child.try_wait().map_err(RigError::io("waiting for qemu"))? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            return child.wait().map_err(RigError::io("waiting for qemu"));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,254 @@
+//! An initramfs (newc cpio archive) for the guest: busybox, the init
+//! script, the module installed under `/lib/modules/<ver>/` with `depmod`,
+//! and host binaries with the shared libraries `ldd` lists for them.
+//!
+//! The kernel accepts several archives back to back, so a payload built
+//! once can be reused with a small per-run archive appended.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{Result, RigError, require_tool};
+
+/// Directory mode in the archive.
+const DIR: u32 = 0o040755;
+/// Mode of executables.
+pub const EXEC: u32 = 0o100755;
+/// Mode of plain files.
+pub const FILE: u32 = 0o100644;
+
+enum Content {
+    Dir,
+    Data(Vec<u8>),
+    HostFile(PathBuf),
+}
+
+/// Files to put in the guest's root, by absolute destination path.
+#[derive(Default)]
+pub struct Initramfs {
+    entries: BTreeMap<String, (u32, Content)>,
+}
+
+impl Initramfs {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&mut self, dest: &str, mode: u32, content: Content) -> &mut Self {
+        let dest = dest.trim_start_matches('/').to_string();
+        let mut parent = Path::new(&dest).parent();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            self.entries
+                .entry(dir.to_string_lossy().into_owned())
+                .or_insert((DIR, Content::Dir));
+            parent = dir.parent();
+        }
+        self.entries.insert(dest, (mode, content));
+        self
+    }
+
+    /// An empty directory.
+    pub fn dir(&mut self, dest: &str) -> &mut Self {
+        self.add(dest, DIR, Content::Dir)
+    }
+
+    /// A file with the given contents.
+    pub fn data(&mut self, dest: &str, mode: u32, data: impl Into<Vec<u8>>) -> &mut Self {
+        self.add(dest, mode, Content::Data(data.into()))
+    }
+
+    /// A copy of a host file (read when the archive is written).
+    pub fn host_file(&mut self, dest: &str, mode: u32, src: &Path) -> &mut Self {
+        self.add(dest, mode, Content::HostFile(src.to_path_buf()))
+    }
+
+    /// A host executable and every shared library `ldd` lists for it, at the
+    /// same paths as on the host (so the dynamic loader finds them).
+    pub fn binary(&mut self, dest: &str, src: &Path) -> Result<&mut Self> {
+        for lib in shared_libraries(src)? {
+            let dest_lib = lib.to_string_lossy().into_owned();
+            self.host_file(&dest_lib, EXEC, &lib);
+        }
+        Ok(self.host_file(dest, EXEC, src))
+    }
+
+    /// Installs a module as `/lib/modules/<release>/extra/<name>.ko` and the
+    /// `modules.*` files that the host's `depmod` writes for it, so that
+    /// `modprobe <name>` works in the guest.
+    pub fn module(&mut self, ko: &Path, release: &str) -> Result<&mut Self> {
+        // depmod lives in /usr/sbin, which a non-root PATH may lack.
+        let depmod = ["/usr/sbin/depmod", "/sbin/depmod"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .map_or_else(
+                || require_tool("depmod", "install it with `apt-get install -y kmod`"),
+                Ok,
+            )?;
+        let staging = tempfile::tempdir().map_err(RigError::io("creating a depmod staging root"))?;
+        let moddir = staging.path().join("lib/modules").join(release);
+        let name = ko.file_name().expect("a .ko path has a file name");
+        fs::create_dir_all(moddir.join("extra")).map_err(RigError::io("creating the staging tree"))?;
+        fs::copy(ko, moddir.join("extra").join(name)).map_err(RigError::io("copying the module"))?;
+        let out = Command::new(depmod)
+            .arg("-b")
+            .arg(staging.path())
+            .arg(release)
+            .output()
+            .map_err(RigError::io("running depmod"))?;
+        if !out.status.success() {
+            return Err(RigError::Command {
+                what: "depmod".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        for entry in fs::read_dir(&moddir).map_err(RigError::io("reading the staging tree"))? {
+            let entry = entry.map_err(RigError::io("reading the staging tree"))?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with("modules.") {
+                let data = fs::read(entry.path()).map_err(RigError::io(format!("reading {file}")))?;
+                self.data(&format!("lib/modules/{release}/{file}"), FILE, data);
+            }
+        }
+        let data = fs::read(ko).map_err(RigError::io("reading the module"))?;
+        self.data(
+            &format!("lib/modules/{release}/extra/{}", name.to_string_lossy()),
+            FILE,
+            data,
+        );
+        Ok(self)
+    }
+
+    /// Writes the archive (uncompressed newc; the kernel takes it as is).
+    pub fn write_to<W: Write>(&self, mut out: W) -> Result<W> {
+        for (ino, (name, (mode, content))) in self.entries.iter().enumerate() {
+            let data = match content {
+                Content::Dir => Vec::new(),
+                Content::Data(data) => data.clone(),
+                Content::HostFile(src) => fs::read(src).map_err(RigError::io(format!("reading {}", src.display())))?,
+            };
+            let size = u32::try_from(data.len()).map_err(|_| RigError::Command {
+                what: "packing the initramfs".into(),
+                detail: format!("{name} is larger than 4 GiB"),
+            })?;
+            let mut writer = cpio::newc::Builder::new(name)
+                .ino(ino as u32 + 1)
+                .mode(*mode)
+                .nlink(if *mode == DIR { 2 } else { 1 })
+                .write(out, size);
+            writer
+                .write_all(&data)
+                .map_err(RigError::io(format!("packing {name}")))?;
+            out = writer.finish().map_err(RigError::io(format!("packing {name}")))?;
+        }
+        cpio::newc::trailer(out).map_err(RigError::io("ending the archive"))
+    }
+
+    /// The archive as bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.write_to(Vec::new())
+    }
+}
+
+/// Absolute paths of the shared libraries (and loader) `ldd` lists for a
+/// binary; none for a static binary.
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(RigError::io("running ldd (package libc-bin)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // "not a dynamic executable": a static binary needs nothing.
+        return Ok(Vec::new());
+    }
+    parse_ldd(&text).map_err(|missing| RigError::Command {
+        what: format!("ldd {}", binary.display()),
+        detail: format!("library not found: {missing}"),
+    })
+}
+
+/// Parses ldd's output; `Err` names a library that was not found.
+fn parse_ldd(text: &str) -> std::result::Result<Vec<PathBuf>, String> {
+    let mut libs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let path = match line.split_once("=>") {
+            Some((name, rest)) => {
+                let rest = rest.trim();
+                if rest.starts_with("not found") {
+                    return Err(name.trim().to_string());
+                }
+                rest.split(" (").next().unwrap_or("").trim()
+            }
+            None => line.split(" (").next().unwrap_or("").trim(),
+        };
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        }
+    }
+    Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_is_parsed() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffc)\n\
+                    \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f1)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f2)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f3)\n";
+        assert_eq!(
+            parse_ldd(text).unwrap(),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        assert_eq!(parse_ldd("\tlibfoo.so.1 => not found\n").unwrap_err(), "libfoo.so.1");
+    }
+
+    #[test]
+    fn archive_has_parents_and_reads_back() {
+        let mut fs = Initramfs::new();
+        fs.data("/a/b/c.txt", FILE, "hello").data("/init", EXEC, "#!/bin/sh\n");
+        let bytes = fs.to_bytes().unwrap();
+
+        let mut names = Vec::new();
+        let mut rest: &[u8] = &bytes;
+        loop {
+            let reader = cpio::NewcReader::new(rest).unwrap();
+            if reader.entry().is_trailer() {
+                break;
+            }
+            names.push((
+                reader.entry().name().to_string(),
+                reader.entry().mode(),
+                reader.entry().file_size(),
+            ));
+            rest = reader.finish().unwrap();
+        }
+        assert_eq!(
+            names,
+            vec![
+                ("a".to_string(), DIR, 0),
+                ("a/b".to_string(), DIR, 0),
+                ("a/b/c.txt".to_string(), FILE, 5),
+                ("init".to_string(), EXEC, 10),
+            ]
+        );
+    }
+
+    #[test]
+    fn host_binaries_bring_their_libraries() {
+        let ls = Path::new("/bin/ls");
+        let libs = shared_libraries(ls).unwrap();
+        assert!(libs.iter().any(|l| l.to_string_lossy().contains("libc.so")), "{libs:?}");
+        assert!(libs.iter().all(|l| l.is_file()), "{libs:?}");
+    }
+}

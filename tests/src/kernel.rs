@@ -1,0 +1,151 @@
+//! The guest kernel: find Debian's installed kernel and build the module
+//! against its headers.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{Result, RigError, require_tool};
+
+/// An installed kernel that can boot as a guest and build modules.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// `uname -r` of the kernel, e.g. `6.1.0-56-amd64`.
+    pub release: String,
+    /// `/boot/vmlinuz-<release>`.
+    pub image: PathBuf,
+    /// `/lib/modules/<release>/build`: the headers' build directory.
+    pub build_dir: PathBuf,
+}
+
+impl Kernel {
+    /// The newest kernel in `/boot` that has headers, or the one named by
+    /// `MOCK_GUEST_KERNEL` (a release string). Never hard-coded.
+    pub fn find() -> Result<Kernel> {
+        Self::find_in(Path::new("/boot"), Path::new("/lib/modules"))
+    }
+
+    /// [`Kernel::find`] over other directories (for tests of the search).
+    pub fn find_in(boot: &Path, modules: &Path) -> Result<Kernel> {
+        let wanted = std::env::var("MOCK_GUEST_KERNEL").ok().filter(|s| !s.is_empty());
+        let entries = fs::read_dir(boot).map_err(|e| RigError::NoKernel {
+            detail: format!(" ({}: {e})", boot.display()),
+        })?;
+        let mut found: Vec<Kernel> = entries
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                let release = name.strip_prefix("vmlinuz-")?.to_string();
+                let build_dir = modules.join(&release).join("build");
+                build_dir.join("Makefile").is_file().then(|| Kernel {
+                    image: boot.join(&name),
+                    release,
+                    build_dir,
+                })
+            })
+            .filter(|k| wanted.as_deref().is_none_or(|w| w == k.release))
+            .collect();
+        found.sort_by_key(|k| version_key(&k.release));
+        found.pop().ok_or_else(|| RigError::NoKernel {
+            detail: match wanted {
+                Some(w) => format!(" (MOCK_GUEST_KERNEL={w} has no image or no headers)"),
+                None => String::new(),
+            },
+        })
+    }
+
+    /// Builds `kmod/` against this kernel in a fresh copy under `out_dir`
+    /// (so parallel test binaries never share object files) and returns the
+    /// path of `mock-accel.ko`.
+    pub fn build_module(&self, kmod_src: &Path, out_dir: &Path) -> Result<PathBuf> {
+        self.build_module_with(kmod_src, out_dir, &[]).map(|(ko, _log)| ko)
+    }
+
+    /// [`Kernel::build_module`] with extra Kbuild arguments (`W=1`, `C=2`),
+    /// returning the build log too.
+    pub fn build_module_with(&self, kmod_src: &Path, out_dir: &Path, make_args: &[&str]) -> Result<(PathBuf, String)> {
+        require_tool("make", "install it with `apt-get install -y make gcc`")?;
+        fs::create_dir_all(out_dir).map_err(RigError::io(format!("creating {}", out_dir.display())))?;
+        let sources = fs::read_dir(kmod_src).map_err(RigError::io(format!("reading {}", kmod_src.display())))?;
+        for entry in sources {
+            let entry = entry.map_err(RigError::io("listing kmod/"))?;
+            let name = entry.file_name();
+            let name_str = name.to_string_lossy();
+            if name_str == "Makefile"
+                || (name_str.ends_with(".c") && !name_str.ends_with(".mod.c"))
+                || name_str.ends_with(".h")
+            {
+                fs::copy(entry.path(), out_dir.join(&name)).map_err(RigError::io(format!("copying {name_str}")))?;
+            }
+        }
+        let output = Command::new("make")
+            .arg("-C")
+            .arg(&self.build_dir)
+            .arg(format!("M={}", out_dir.display()))
+            .args(make_args)
+            .arg("modules")
+            .output()
+            .map_err(RigError::io("running make"))?;
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let ko = out_dir.join("mock-accel.ko");
+        if !output.status.success() || !ko.is_file() {
+            return Err(RigError::ModuleBuild {
+                status: output.status.to_string(),
+                output: log,
+            });
+        }
+        Ok((ko, log))
+    }
+}
+
+/// Orders `6.1.0-56-amd64` after `6.1.0-9-amd64`: numbers compare as numbers.
+fn version_key(release: &str) -> Vec<u64> {
+    release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .map(|part| part.parse().unwrap_or(u64::MAX))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_tree(releases: &[(&str, bool)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (release, headers) in releases {
+            let boot = root.path().join("boot");
+            fs::create_dir_all(&boot).unwrap();
+            fs::write(boot.join(format!("vmlinuz-{release}")), b"").unwrap();
+            if *headers {
+                let build = root.path().join("modules").join(release).join("build");
+                fs::create_dir_all(&build).unwrap();
+                fs::write(build.join("Makefile"), b"").unwrap();
+            }
+        }
+        root
+    }
+
+    #[test]
+    fn picks_the_newest_kernel_with_headers() {
+        let root = fake_tree(&[
+            ("6.1.0-9-amd64", true),
+            ("6.1.0-56-amd64", true),
+            ("6.1.0-60-amd64", false),
+        ]);
+        let k = Kernel::find_in(&root.path().join("boot"), &root.path().join("modules")).unwrap();
+        assert_eq!(k.release, "6.1.0-56-amd64");
+        assert!(k.image.ends_with("vmlinuz-6.1.0-56-amd64"));
+    }
+
+    #[test]
+    fn no_kernel_says_what_to_install() {
+        let root = fake_tree(&[("6.1.0-60-amd64", false)]);
+        let err = Kernel::find_in(&root.path().join("boot"), &root.path().join("modules")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("linux-headers-amd64"), "{text}");
+    }
+}

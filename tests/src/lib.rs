@@ -1,0 +1,83 @@
+//! Test rig for mock-device.
+//!
+//! The `mock-accel` kernel module cannot be loaded on the build machine, so
+//! its tests (and, later, the agent's) run in a real Debian kernel booted
+//! under QEMU with software emulation:
+//!
+//! - [`kernel`] finds the installed guest kernel and builds the module against
+//!   its headers;
+//! - [`initramfs`] packs busybox, the module (installed and `depmod`ed) and
+//!   any host binary with its shared libraries into a cpio archive;
+//! - [`guest`] boots it, runs a scenario script inside and returns the
+//!   script's output, its exit status and the guest's kernel log.
+
+pub mod guest;
+pub mod initramfs;
+pub mod kernel;
+
+use std::path::PathBuf;
+
+/// The root of the workspace (the directory holding `kmod/` and `tests/`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Why the rig could not do what was asked. Every variant says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RigError {
+    #[error("{tool} not found: {hint}")]
+    MissingTool { tool: String, hint: &'static str },
+    #[error(
+        "no guest kernel: need /boot/vmlinuz-<ver> with headers in /lib/modules/<ver>/build{detail}. \
+         Install them with `apt-get install -y linux-image-amd64 linux-headers-amd64` (or run ./dev setup)"
+    )]
+    NoKernel { detail: String },
+    #[error("building the module failed (exit {status}):\n{output}")]
+    ModuleBuild { status: String, output: String },
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error(
+        "guest timed out after {seconds} s (raise MOCK_GUEST_TIMEOUT if the machine is slow)\n\
+         --- scenario output ---\n{output}\n--- console tail ---\n{console}"
+    )]
+    Timeout {
+        seconds: u64,
+        output: String,
+        console: String,
+    },
+    #[error(
+        "guest ended without reporting the scenario's exit status\n\
+         --- scenario output ---\n{output}\n--- console tail ---\n{console}"
+    )]
+    NoExitStatus { output: String, console: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RigError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RigError {
+        let context = context.into();
+        move |source| RigError::Io { context, source }
+    }
+}
+
+pub type Result<T, E = RigError> = std::result::Result<T, E>;
+
+/// Finds `tool` on PATH, or says which Debian package provides it.
+pub fn require_tool(tool: &str, hint: &'static str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| RigError::MissingTool {
+            tool: tool.to_string(),
+            hint,
+        })
+}

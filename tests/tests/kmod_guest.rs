@@ -1,0 +1,266 @@
+//! The mock-accel module in a real Debian kernel under QEMU.
+//!
+//! Each test boots a guest (about 5 s under software emulation), runs one
+//! scenario from `tests/scenarios/`, and checks its TAP lines, its exit
+//! status and the guest's kernel log.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use mock_device_testkit::guest::{Guest, GuestRun};
+use mock_device_testkit::{RigError, workspace_root};
+
+fn guest() -> &'static Guest {
+    static GUEST: OnceLock<Guest> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let tool = Path::new(env!("CARGO_BIN_EXE_guest-tool"));
+        Guest::with_module(&[("guest-tool", tool)]).unwrap_or_else(|e| panic!("cannot set up the guest: {e}"))
+    })
+}
+
+fn scenario(name: &str) -> GuestRun {
+    let path = workspace_root().join("tests/scenarios").join(name);
+    let script = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let run = guest().run(&script).unwrap_or_else(|e| panic!("{name}: {e}"));
+    eprintln!("{name}: guest run took {:.1} s", run.elapsed.as_secs_f64());
+    run
+}
+
+#[test]
+fn modprobe_with_default_parameters() {
+    scenario("load_defaults.sh").assert_clean(90);
+}
+
+#[test]
+fn modprobe_with_custom_and_invalid_parameters() {
+    scenario("load_params.sh").assert_clean(45);
+}
+
+#[test]
+fn bad_input_gets_the_right_errno_and_no_kernel_problem() {
+    scenario("bad_input.sh").assert_clean(55);
+}
+
+#[test]
+fn unload_with_vfs_enabled_and_devices_allocated_is_clean() {
+    scenario("unload_busy.sh").assert_clean(19);
+}
+
+/// Every uevent of hotplug.sh, in order: `ACTION DEVPATH`, plus the change
+/// event's kind and value.
+const HOTPLUG_EVENTS: &str = "
+add /devices/mock-accel/0000:1a:00.0
+add /devices/mock-accel/0000:1a:00.0/mock-accel/mock0
+bind /devices/mock-accel/0000:1a:00.0
+add /module/mock_accel
+add /devices/mock-accel/0000:1f:00.0
+add /devices/mock-accel/0000:1f:00.0/mock-accel/mock5
+bind /devices/mock-accel/0000:1f:00.0
+add /devices/mock-accel/0000:1f:00.1
+add /devices/mock-accel/0000:1f:00.1/mock-accel/mock5_vf0
+bind /devices/mock-accel/0000:1f:00.1
+add /devices/mock-accel/0000:1f:00.2
+add /devices/mock-accel/0000:1f:00.2/mock-accel/mock5_vf1
+bind /devices/mock-accel/0000:1f:00.2
+change /devices/mock-accel/0000:1f:00.0/mock-accel/mock5 sriov MOCK_ACCEL_NUMVFS=2
+change /devices/mock-accel/0000:1f:00.2/mock-accel/mock5_vf1 status MOCK_ACCEL_STATUS=1
+change /devices/mock-accel/0000:1f:00.0/mock-accel/mock5 health MOCK_ACCEL_HEALTH=failed
+change /devices/mock-accel/0000:1f:00.0/mock-accel/mock5 health MOCK_ACCEL_HEALTH=ok
+change /devices/mock-accel/0000:1f:00.2/mock-accel/mock5_vf1 status MOCK_ACCEL_STATUS=0
+remove /devices/mock-accel/0000:1f:00.2/mock-accel/mock5_vf1
+unbind /devices/mock-accel/0000:1f:00.2
+remove /devices/mock-accel/0000:1f:00.2
+remove /devices/mock-accel/0000:1f:00.1/mock-accel/mock5_vf0
+unbind /devices/mock-accel/0000:1f:00.1
+remove /devices/mock-accel/0000:1f:00.1
+change /devices/mock-accel/0000:1f:00.0/mock-accel/mock5 sriov MOCK_ACCEL_NUMVFS=0
+add /devices/mock-accel/0000:1f:00.1
+add /devices/mock-accel/0000:1f:00.1/mock-accel/mock5_vf0
+bind /devices/mock-accel/0000:1f:00.1
+add /devices/mock-accel/0000:1f:00.2
+add /devices/mock-accel/0000:1f:00.2/mock-accel/mock5_vf1
+bind /devices/mock-accel/0000:1f:00.2
+add /devices/mock-accel/0000:1f:00.3
+add /devices/mock-accel/0000:1f:00.3/mock-accel/mock5_vf2
+bind /devices/mock-accel/0000:1f:00.3
+add /devices/mock-accel/0000:1f:00.4
+add /devices/mock-accel/0000:1f:00.4/mock-accel/mock5_vf3
+bind /devices/mock-accel/0000:1f:00.4
+change /devices/mock-accel/0000:1f:00.0/mock-accel/mock5 sriov MOCK_ACCEL_NUMVFS=4
+remove /devices/mock-accel/0000:1f:00.4/mock-accel/mock5_vf3
+unbind /devices/mock-accel/0000:1f:00.4
+remove /devices/mock-accel/0000:1f:00.4
+remove /devices/mock-accel/0000:1f:00.3/mock-accel/mock5_vf2
+unbind /devices/mock-accel/0000:1f:00.3
+remove /devices/mock-accel/0000:1f:00.3
+remove /devices/mock-accel/0000:1f:00.2/mock-accel/mock5_vf1
+unbind /devices/mock-accel/0000:1f:00.2
+remove /devices/mock-accel/0000:1f:00.2
+remove /devices/mock-accel/0000:1f:00.1/mock-accel/mock5_vf0
+unbind /devices/mock-accel/0000:1f:00.1
+remove /devices/mock-accel/0000:1f:00.1
+remove /devices/mock-accel/0000:1f:00.0/mock-accel/mock5
+unbind /devices/mock-accel/0000:1f:00.0
+add /devices/mock-accel/0000:1f:00.0/mock-accel/mock5
+bind /devices/mock-accel/0000:1f:00.0
+add /devices/mock-accel/0000:21:00.0
+add /devices/mock-accel/0000:21:00.0/mock-accel/mock7
+bind /devices/mock-accel/0000:21:00.0
+remove /devices/mock-accel/0000:21:00.0/mock-accel/mock7
+unbind /devices/mock-accel/0000:21:00.0
+remove /devices/mock-accel/0000:21:00.0
+remove /devices/mock-accel/0000:1f:00.0/mock-accel/mock5
+unbind /devices/mock-accel/0000:1f:00.0
+remove /devices/mock-accel/0000:1f:00.0
+remove /devices/mock-accel/0000:1a:00.0/mock-accel/mock0
+unbind /devices/mock-accel/0000:1a:00.0
+remove /devices/mock-accel/0000:1a:00.0
+remove /module/mock_accel
+";
+
+struct Event<'a> {
+    action: &'a str,
+    devpath: &'a str,
+    props: Vec<&'a str>,
+}
+
+impl Event<'_> {
+    fn prop(&self, key: &str) -> Option<&str> {
+        self.props.iter().find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// `ACTION DEVPATH[ KIND KEY=VALUE]`, the form of HOTPLUG_EVENTS.
+    fn summary(&self) -> String {
+        let mut s = format!("{} {}", self.action, self.devpath);
+        if let Some(kind) = self.prop("MOCK_ACCEL_EVENT") {
+            let value = self
+                .props
+                .iter()
+                .find(|p| {
+                    ["MOCK_ACCEL_NUMVFS=", "MOCK_ACCEL_STATUS=", "MOCK_ACCEL_HEALTH="]
+                        .iter()
+                        .any(|k| p.starts_with(k))
+                })
+                .copied()
+                .unwrap_or("<no value>");
+            s.push_str(&format!(" {kind} {value}"));
+        }
+        s
+    }
+}
+
+#[test]
+fn hotplug_sriov_status_and_health_send_uevents_in_order() {
+    let run = scenario("hotplug.sh");
+    run.assert_clean(50);
+
+    let events: Vec<Event> = run
+        .output
+        .lines()
+        .filter_map(|l| l.strip_prefix("EVENT "))
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            Event {
+                action: parts.next().unwrap_or(""),
+                devpath: parts.next().unwrap_or(""),
+                props: parts.collect(),
+            }
+        })
+        .collect();
+    let got: Vec<String> = events.iter().map(Event::summary).collect();
+    let expected: Vec<&str> = HOTPLUG_EVENTS.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        got,
+        expected,
+        "uevent sequence differs\n--- got ---\n{}",
+        got.join("\n")
+    );
+
+    // What a listener needs is in the event itself, without reading sysfs.
+    for e in events.iter().filter(|e| e.devpath.contains("/mock-accel/mock")) {
+        let name = e.devpath.rsplit('/').next().unwrap();
+        let pci = e.devpath.split('/').nth(3).unwrap();
+        assert_eq!(e.prop("SUBSYSTEM"), Some("mock-accel"), "{}", e.summary());
+        assert_eq!(
+            e.prop("DEVNAME"),
+            Some(format!("mock-accel/{name}").as_str()),
+            "{}",
+            e.summary()
+        );
+        assert_eq!(e.prop("MOCK_ACCEL_PCI"), Some(pci), "{}", e.summary());
+        assert!(
+            e.prop("MOCK_ACCEL_UUID").is_some_and(|u| u.len() == 36),
+            "{}",
+            e.summary()
+        );
+        assert!(e.prop("MOCK_ACCEL_NUMA_NODE").is_some(), "{}", e.summary());
+        assert!(e.prop("MOCK_ACCEL_MEMORY_SIZE").is_some(), "{}", e.summary());
+        if name.contains("_vf") {
+            assert_eq!(e.prop("MOCK_ACCEL_TYPE"), Some("vf"), "{}", e.summary());
+            assert_eq!(e.prop("MOCK_ACCEL_PHYSFN"), Some("mock5"), "{}", e.summary());
+            assert_eq!(
+                e.prop("MOCK_ACCEL_VF_INDEX"),
+                name.rsplit("_vf").next(),
+                "{}",
+                e.summary()
+            );
+        } else {
+            assert_eq!(e.prop("MOCK_ACCEL_TYPE"), Some("pf"), "{}", e.summary());
+            assert_eq!(e.prop("MOCK_ACCEL_PHYSFN"), None, "{}", e.summary());
+        }
+    }
+}
+
+/// The rig itself: it reports a failing scenario's status, notices kernel
+/// traces in the log, and stops a guest that runs past its deadline.
+#[test]
+fn rig_reports_exit_status_kernel_traces_and_timeouts() {
+    let run = guest()
+        .run("echo before; echo l > /proc/sysrq-trigger; echo after; exit 3")
+        .expect("the guest runs");
+    assert_eq!(run.exit_code, 3);
+    assert_eq!(run.output, "before\nafter\n");
+    assert!(
+        !run.kernel_problems().is_empty(),
+        "a sysrq backtrace must count as a kernel problem\n{}",
+        run.dmesg
+    );
+
+    let mut short = guest().clone();
+    short.timeout = Duration::from_secs(20);
+    match short.run("echo sleeping; sleep 600") {
+        Err(RigError::Timeout { output, .. }) => assert_eq!(output, "sleeping\n"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+/// `make W=1 C=2`: no compiler warning, and sparse reports nothing.
+#[test]
+fn module_builds_without_warnings_at_w1_and_sparse() {
+    assert!(
+        Path::new("/usr/bin/sparse").is_file(),
+        "sparse not found: install it with `apt-get install -y sparse` (or run ./dev setup)"
+    );
+    let kernel = mock_device_testkit::kernel::Kernel::find().expect("a guest kernel");
+    let dir = tempfile::tempdir().unwrap();
+    let (_ko, text) = kernel
+        .build_module_with(&workspace_root().join("kmod"), dir.path(), &["W=1", "C=2"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sources = std::fs::read_dir(workspace_root().join("kmod"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".c") && !name.ends_with(".mod.c"))
+        .count();
+    let checked = text.lines().filter(|l| l.trim_start().starts_with("CHECK")).count();
+    assert_eq!(checked, sources, "sparse must check every C file:\n{text}");
+    let complaints: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("warning:") || l.contains("error:") || l.contains(": note:"))
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "W=1 / sparse complaints:\n{}",
+        complaints.join("\n")
+    );
+}
