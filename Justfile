@@ -1,0 +1,48 @@
+# mock-device tasks. On a fresh machine, use ./dev <recipe>: it installs what
+# is missing first. Recipes that boot a VM say so in their name.
+
+export RUST_BACKTRACE := "0"
+
+kver := `ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V | tail -n 1`
+
+# List the recipes
+[private]
+default:
+    @just --list --unsorted
+
+# Run every test: host unit tests and the guest-kernel tests (boots VMs)
+test:
+    cargo test --workspace --no-fail-fast
+
+# Build the Rust workspace (the rig and its in-guest tools)
+build:
+    cargo build --workspace --bins
+
+# Build the module against the installed guest kernel (kmod/mock-accel.ko)
+kmod:
+    make -C kmod KDIR=/lib/modules/{{kver}}/build modules
+
+# Build the module with W=1 warnings and the sparse checker
+kmod-check:
+    make -C kmod KDIR=/lib/modules/{{kver}}/build check
+
+# Remove the module's build products
+kmod-clean:
+    make -C kmod KDIR=/lib/modules/{{kver}}/build clean
+
+# The demo: boot a VM, load the module, hot-plug devices, show sysfs and uevents
+vm-demo: build
+    cargo run -q -p mock-device-testkit --bin guest -- demo
+
+# Boot a VM with the module installed and give me its shell (Ctrl-A X quits)
+vm-shell: build
+    cargo run -q -p mock-device-testkit --bin guest -- shell
+
+# Boot a VM and run a scenario script in it (e.g. tests/scenarios/hotplug.sh)
+vm-run script: build
+    cargo run -q -p mock-device-testkit --bin guest -- run {{script}}
+
+# Formatting, clippy with warnings as errors, and the module's static checks
+lint: kmod-check
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what mock-device needs on a fresh Debian 12 machine: the guest
+# kernel and its headers, QEMU, busybox, sparse, and the `just` runner.
+# Quick when everything is there already. Needs root (or sudo) only to
+# install Debian packages.
+set -euo pipefail
+
+packages=(
+    qemu-system-x86       # boots the guest kernel (software emulation)
+    linux-image-amd64     # the guest kernel
+    linux-headers-amd64   # builds the module against it
+    busybox-static        # the guest's userland
+    kmod                  # depmod, for the guest's module tree
+    cpio                  # handy to inspect initramfs archives
+    sparse                # the kernel's static checker (make C=2)
+    make gcc libc-bin
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}" >&2
+    sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust with rustup" >&2; exit 1; }
+
+scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+if ! command -v just >/dev/null && [ ! -x "$scripts/just" ]; then
+    echo "setup: installing just (PyPI rust-just)" >&2
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore rust-just
+fi
