@@ -247,17 +247,31 @@ void mock_accel_sriov_disable(struct mock_accel_fn *pf)
 	}
 }
 
-static bool mock_accel_vfs_in_use(struct mock_accel_fn *pf)
+/*
+ * Marks every VF as retiring, so no status write can allocate one any
+ * more, unless one is allocated already: then clears the marks and returns
+ * false. Caller holds pf->lock.
+ */
+static bool mock_accel_vfs_retire(struct mock_accel_fn *pf)
 {
+	struct mock_accel_fn *vf;
 	bool busy = false;
-	u32 i;
+	u32 i, n;
 
-	for (i = 0; i < pf->num_vfs && !busy; i++) {
-		mutex_lock(&pf->vfs[i]->lock);
-		busy = pf->vfs[i]->status != 0;
-		mutex_unlock(&pf->vfs[i]->lock);
+	for (n = 0; n < pf->num_vfs && !busy; n++) {
+		vf = pf->vfs[n];
+		mutex_lock(&vf->lock);
+		busy = vf->status != 0;
+		vf->retiring = !busy;
+		mutex_unlock(&vf->lock);
 	}
-	return busy;
+	for (i = 0; busy && i < n; i++) {
+		vf = pf->vfs[i];
+		mutex_lock(&vf->lock);
+		vf->retiring = false;
+		mutex_unlock(&vf->lock);
+	}
+	return !busy;
 }
 
 /* Caller holds pf->lock; pf has no VFs. Each VF gets an equal memory share. */
@@ -305,7 +319,7 @@ int mock_accel_sriov_configure(struct mock_accel_fn *pf, u32 num_vfs)
 		goto out;
 
 	if (!num_vfs) {
-		if (mock_accel_vfs_in_use(pf)) {
+		if (!mock_accel_vfs_retire(pf)) {
 			err = -EBUSY;
 			goto out;
 		}

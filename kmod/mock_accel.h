@@ -81,6 +81,7 @@ struct mock_accel_fn {
 
 	struct mutex lock;
 	struct mock_accel_chr *chr;	/* set while a driver is bound */
+	bool retiring;			/* VF: its PF is removing it */
 	u32 status;			/* 0 free, 1 allocated */
 	enum mock_accel_health health;
 

@@ -121,7 +121,7 @@ static ssize_t status_store(struct device *dev, struct device_attribute *attr,
 		return -ERANGE;
 
 	mutex_lock(&fn->lock);
-	if (!fn->chr)
+	if (!fn->chr || fn->retiring)
 		err = -ENODEV;
 	else if (status && fn->health == MOCK_ACCEL_HEALTH_FAILED)
 		err = -EIO;
@@ -159,7 +159,7 @@ static ssize_t health_store(struct device *dev, struct device_attribute *attr,
 		return health;
 
 	mutex_lock(&fn->lock);
-	if (!fn->chr) {
+	if (!fn->chr || fn->retiring) {
 		err = -ENODEV;
 	} else if (health != fn->health) {
 		fn->health = health;

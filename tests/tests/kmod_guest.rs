@@ -20,9 +20,13 @@ fn guest() -> &'static Guest {
 }
 
 fn scenario(name: &str) -> GuestRun {
+    scenario_on(guest(), name)
+}
+
+fn scenario_on(guest: &Guest, name: &str) -> GuestRun {
     let path = workspace_root().join("tests/scenarios").join(name);
     let script = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let run = guest().run(&script).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let run = guest.run(&script).unwrap_or_else(|e| panic!("{name}: {e}"));
     eprintln!("{name}: guest run took {:.1} s", run.elapsed.as_secs_f64());
     run
 }
@@ -45,6 +49,13 @@ fn bad_input_gets_the_right_errno_and_no_kernel_problem() {
 #[test]
 fn unload_with_vfs_enabled_and_devices_allocated_is_clean() {
     scenario("unload_busy.sh").assert_clean(19);
+}
+
+#[test]
+fn concurrent_hotplug_sriov_and_allocation_stay_consistent() {
+    let mut smp = guest().clone();
+    smp.cpus = 2;
+    scenario_on(&smp, "stress.sh").assert_clean(11);
 }
 
 /// Every uevent of hotplug.sh, in order: `ACTION DEVPATH`, plus the change
