@@ -13,7 +13,9 @@ packages=(
     kmod                  # depmod, for the guest's module tree
     cpio                  # handy to inspect initramfs archives
     sparse                # the kernel's static checker (make C=2)
-    make gcc libc-bin
+    libudev-dev           # the agent's udev event source (udev crate)
+    prometheus            # promtool checks the agent's /metrics
+    make gcc libc-bin binutils
 )
 
 missing=()

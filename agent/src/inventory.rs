@@ -1,0 +1,392 @@
+//! The node's mock-accel functions as the module shows them in sysfs
+//! (`/sys/class/mock-accel`, kmod/ABI.md), as typed records. No I/O beyond
+//! reading that tree; nothing here knows of Kubernetes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Pf,
+    Vf,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pf => "pf",
+            Kind::Vf => "vf",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    Degraded,
+    Failed,
+}
+
+/// One PF or VF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    /// The class device name: `mock0`, `mock0_vf3`.
+    pub name: String,
+    pub kind: Kind,
+    pub pf_index: u32,
+    pub vf_index: Option<u32>,
+    pub uuid: String,
+    /// `0000:1a:00.0`
+    pub pci_address: String,
+    pub numa_node: u32,
+    pub memory_bytes: u64,
+    /// `compute,dma,sriov`
+    pub capabilities: String,
+    pub fw_version: String,
+    /// The PF's class device name, for a VF.
+    pub physfn: Option<String>,
+    pub health: Health,
+    /// 0 free, 1 allocated.
+    pub status: u32,
+    /// `(sriov_numvfs, sriov_totalvfs)` for a PF.
+    pub sriov: Option<(u32, u32)>,
+}
+
+/// Why a function was left out of the inventory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    MissingAttribute,
+    BadValue,
+    BadName,
+}
+
+impl SkipReason {
+    /// A bounded metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::MissingAttribute => "missing_attribute",
+            SkipReason::BadValue => "bad_value",
+            SkipReason::BadName => "bad_name",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: SkipReason,
+    pub detail: String,
+}
+
+/// What a scan found: the usable functions, and those skipped with why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub functions: BTreeMap<String, Function>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Inventory {
+    /// Functions in (PF index, VF index) order, PFs before their VFs.
+    pub fn ordered(&self) -> Vec<&Function> {
+        let mut v: Vec<&Function> = self.functions.values().collect();
+        v.sort_by_key(|f| (f.pf_index, f.vf_index.map_or(0, |i| i + 1)));
+        v
+    }
+}
+
+/// `mock3` → (3, None), `mock3_vf12` → (3, Some(12)).
+pub fn parse_name(name: &str) -> Option<(u32, Option<u32>)> {
+    let rest = name.strip_prefix("mock")?;
+    let digits = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match rest.split_once("_vf") {
+        Some((pf, vf)) => Some((digits(pf)?, Some(digits(vf)?))),
+        None => Some((digits(rest)?, None)),
+    }
+}
+
+struct Reader<'a> {
+    dir: &'a Path,
+}
+
+impl Reader<'_> {
+    fn text(&self, attr: &str) -> Result<String, (SkipReason, String)> {
+        fs::read_to_string(self.dir.join(attr))
+            .map(|s| s.trim().to_string())
+            .map_err(|e| (SkipReason::MissingAttribute, format!("{attr}: {e}")))
+    }
+
+    fn number<T: std::str::FromStr>(&self, attr: &str) -> Result<T, (SkipReason, String)> {
+        let text = self.text(attr)?;
+        text.parse()
+            .map_err(|_| (SkipReason::BadValue, format!("{attr}: {text:?} is not a number")))
+    }
+
+    fn link_name(&self, link: &str) -> Result<String, (SkipReason, String)> {
+        fs::read_link(self.dir.join(link))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .ok_or_else(|| (SkipReason::MissingAttribute, format!("{link}: not a link")))
+    }
+}
+
+fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn is_pci_address(s: &str) -> bool {
+    // dddd:bb:dd.f
+    let b = s.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
+}
+
+fn read_function(dir: &Path, name: &str) -> Result<Function, (SkipReason, String)> {
+    let (pf_index, vf_index) = parse_name(name).ok_or((SkipReason::BadName, "not mockN or mockN_vfM".to_string()))?;
+    let r = Reader { dir };
+    let kind = match r.text("type")?.as_str() {
+        "pf" => Kind::Pf,
+        "vf" => Kind::Vf,
+        other => return Err((SkipReason::BadValue, format!("type: {other:?}"))),
+    };
+    if (kind == Kind::Vf) != vf_index.is_some() {
+        return Err((
+            SkipReason::BadName,
+            format!("type {} does not match the name", kind.as_str()),
+        ));
+    }
+    let uuid = r.text("uuid")?;
+    if !is_uuid(&uuid) {
+        return Err((SkipReason::BadValue, format!("uuid: {uuid:?}")));
+    }
+    let pci_address = r.link_name("device")?;
+    if !is_pci_address(&pci_address) {
+        return Err((
+            SkipReason::BadValue,
+            format!("device: {pci_address:?} is not a PCI address"),
+        ));
+    }
+    let health = match r.text("health")?.as_str() {
+        "ok" => Health::Ok,
+        "degraded" => Health::Degraded,
+        "failed" => Health::Failed,
+        other => return Err((SkipReason::BadValue, format!("health: {other:?}"))),
+    };
+    let fw_version = r.text("fw_version")?;
+    let capabilities = r.text("capabilities")?;
+    if fw_version.is_empty() || fw_version.len() > 64 || capabilities.len() > 64 {
+        return Err((
+            SkipReason::BadValue,
+            "fw_version or capabilities: empty or longer than 64".into(),
+        ));
+    }
+    let physfn = match kind {
+        Kind::Vf => Some(r.link_name("physfn")?),
+        Kind::Pf => None,
+    };
+    let sriov = match kind {
+        Kind::Pf => Some((r.number("sriov_numvfs")?, r.number("sriov_totalvfs")?)),
+        Kind::Vf => None,
+    };
+    Ok(Function {
+        name: name.to_string(),
+        kind,
+        pf_index,
+        vf_index,
+        uuid,
+        pci_address,
+        numa_node: r.number("numa_node")?,
+        memory_bytes: r.number("memory_size")?,
+        capabilities,
+        fw_version,
+        physfn,
+        health,
+        status: r.number("status")?,
+        sriov,
+    })
+}
+
+/// Reads every function under `root`. A missing root is an empty inventory
+/// (the module is not loaded); a function with a missing or broken attribute
+/// is skipped, with the reason, and the rest are kept.
+pub fn scan(root: &Path) -> io::Result<Inventory> {
+    let mut inv = Inventory::default();
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(inv),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Class entries are symlinks to the device directories.
+        match read_function(&entry.path(), &name) {
+            Ok(f) => {
+                inv.functions.insert(name, f);
+            }
+            // A function removed while we read it is not an error.
+            Err(_) if !entry.path().exists() => {}
+            Err((reason, detail)) => inv.skipped.push(Skipped { name, reason, detail }),
+        }
+    }
+    inv.skipped.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(inv)
+}
+
+/// Writes a fake sysfs tree of `pfs` PFs with `vfs` VFs each under `root`,
+/// as the module would (for tests and benchmarks without the module).
+pub fn write_fake_tree(root: &Path, pfs: u32, vfs: u32) -> io::Result<()> {
+    let devices = root.join("../../devices/mock-accel");
+    for pf in 0..pfs {
+        write_fake_function(root, &devices, pf, None, vfs)?;
+        for vf in 0..vfs {
+            write_fake_function(root, &devices, pf, Some(vf), vfs)?;
+        }
+    }
+    Ok(())
+}
+
+/// One fake function (see [`write_fake_tree`]).
+pub fn write_fake_function(root: &Path, devices: &Path, pf: u32, vf: Option<u32>, vfs: u32) -> io::Result<()> {
+    let name = match vf {
+        Some(v) => format!("mock{pf}_vf{v}"),
+        None => format!("mock{pf}"),
+    };
+    let devfn = vf.map_or(0, |v| v + 1);
+    let pci = format!("0000:{:02x}:{:02x}.{}", 0x1a + pf, devfn >> 3, devfn & 7);
+    let dir = devices.join(&pci).join("mock-accel").join(&name);
+    fs::create_dir_all(&dir)?;
+    fs::create_dir_all(root)?;
+    let attrs: Vec<(&str, String)> = vec![
+        (
+            "uuid",
+            format!("{:08x}-0000-8000-8000-{:012x}", pf, vf.map_or(0xfff, |v| v as u64)),
+        ),
+        ("type", if vf.is_some() { "vf" } else { "pf" }.into()),
+        (
+            "memory_size",
+            if vf.is_some() {
+                (16u64 << 30) / vfs.max(1) as u64
+            } else {
+                16u64 << 30
+            }
+            .to_string(),
+        ),
+        (
+            "capabilities",
+            if vf.is_some() {
+                "compute,dma"
+            } else {
+                "compute,dma,sriov"
+            }
+            .into(),
+        ),
+        ("numa_node", (pf % 2).to_string()),
+        ("fw_version", "1.4.2".into()),
+        ("status", "0".into()),
+        ("health", "ok".into()),
+    ];
+    for (attr, value) in attrs {
+        fs::write(dir.join(attr), format!("{value}\n"))?;
+    }
+    let _ = fs::remove_file(dir.join("device"));
+    std::os::unix::fs::symlink(format!("../../../{pci}"), dir.join("device"))?;
+    if vf.is_some() {
+        let _ = fs::remove_file(dir.join("physfn"));
+        std::os::unix::fs::symlink(
+            format!("../../../0000:{:02x}:00.0/mock-accel/mock{pf}", 0x1a + pf),
+            dir.join("physfn"),
+        )?;
+    } else {
+        fs::write(dir.join("sriov_numvfs"), format!("{vfs}\n"))?;
+        fs::write(dir.join("sriov_totalvfs"), format!("{}\n", vfs.max(8)))?;
+    }
+    let link = root.join(&name);
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&dir, link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_name("mock3"), Some((3, None)));
+        assert_eq!(parse_name("mock3_vf12"), Some((3, Some(12))));
+        assert_eq!(parse_name("mock"), None);
+        assert_eq!(parse_name("mock3_vf"), None);
+        assert_eq!(parse_name("mockx"), None);
+        assert_eq!(parse_name("other0"), None);
+    }
+
+    #[test]
+    fn a_good_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/class/mock-accel");
+        write_fake_tree(&root, 2, 3).unwrap();
+        let inv = scan(&root).unwrap();
+        assert!(inv.skipped.is_empty(), "{:?}", inv.skipped);
+        assert_eq!(inv.functions.len(), 8);
+        let vf = &inv.functions["mock1_vf2"];
+        assert_eq!(vf.kind, Kind::Vf);
+        assert_eq!(vf.physfn.as_deref(), Some("mock1"));
+        assert_eq!(vf.pci_address, "0000:1b:00.3");
+        assert_eq!(vf.numa_node, 1);
+        let pf = &inv.functions["mock0"];
+        assert_eq!(pf.sriov, Some((3, 8)));
+        assert_eq!(pf.memory_bytes, 16 << 30);
+        let order: Vec<&str> = inv.ordered().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(order[..5], ["mock0", "mock0_vf0", "mock0_vf1", "mock0_vf2", "mock1"]);
+    }
+
+    #[test]
+    fn broken_functions_are_skipped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/class/mock-accel");
+        write_fake_tree(&root, 4, 0).unwrap();
+        let dev = |n: &str| fs::canonicalize(root.join(n)).unwrap();
+        fs::remove_file(dev("mock0").join("uuid")).unwrap();
+        fs::write(dev("mock1").join("numa_node"), "two\n").unwrap();
+        fs::write(dev("mock2").join("health"), "meh\n").unwrap();
+        std::os::unix::fs::symlink(dev("mock3"), root.join("weird7")).unwrap();
+        let inv = scan(&root).unwrap();
+        assert_eq!(inv.functions.keys().collect::<Vec<_>>(), ["mock3"]);
+        let reasons: Vec<(&str, SkipReason)> = inv.skipped.iter().map(|s| (s.name.as_str(), s.reason)).collect();
+        assert_eq!(
+            reasons,
+            [
+                ("mock0", SkipReason::MissingAttribute),
+                ("mock1", SkipReason::BadValue),
+                ("mock2", SkipReason::BadValue),
+                ("weird7", SkipReason::BadName)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_root_is_empty_and_a_huge_tree_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(scan(&dir.path().join("nope")).unwrap(), Inventory::default());
+        let root = dir.path().join("sys/class/mock-accel");
+        write_fake_tree(&root, 64, 64).unwrap();
+        let inv = scan(&root).unwrap();
+        assert_eq!(inv.functions.len(), 64 * 65);
+        assert!(inv.skipped.is_empty());
+    }
+}

@@ -1,0 +1,200 @@
+//! mock-device's node agent: kernel → events → inventory → publisher.
+//!
+//! - [`inventory`] reads the module's sysfs tree into typed records;
+//! - [`events`] turns uevents (and a safety-net timer) into coalesced scans;
+//! - [`slices`] turns an inventory into ResourceSlices and plans writes;
+//! - [`publisher`] makes the API hold them, whatever happens to it;
+//! - [`admin`] serves `/livez`, `/readyz` and `/metrics`.
+
+pub mod admin;
+pub mod args;
+pub mod events;
+pub mod inventory;
+pub mod metrics;
+pub mod publisher;
+pub mod slices;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+pub use args::{Args, LogFormat, Mode};
+
+/// A running agent.
+pub struct Agent {
+    pub admin_addr: SocketAddr,
+    pub health: Arc<admin::Health>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// How to start one: the command line, and optionally a client and a source
+/// of extra events (tests inject uevents there).
+pub struct Options {
+    pub args: Args,
+    pub client: Option<kube::Client>,
+    pub injected: Option<mpsc::Receiver<events::Trigger>>,
+}
+
+impl Agent {
+    pub async fn start(opts: Options) -> anyhow::Result<Agent> {
+        let args = opts.args;
+        if args.mode == Mode::Controller {
+            anyhow::bail!("--mode=controller is not implemented in this version: only --mode=node-agent is");
+        }
+        let node = args
+            .node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .context("the node name is required in node-agent mode: set NODE_NAME or --node-name")?;
+        let handle = metrics::install();
+        ::metrics::gauge!(metrics::INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => args.driver_name.clone(), "node" => node.clone()).set(1.0);
+        let health = admin::Health::new(handle);
+        let listener = admin::bind(args.admin_address)
+            .await
+            .with_context(|| format!("binding the admin address {}", args.admin_address))?;
+        let admin_addr = listener.local_addr()?;
+        let client = match opts.client {
+            Some(c) => c,
+            None => kube::Client::try_default()
+                .await
+                .context("no Kubernetes API: run in a pod, or set KUBECONFIG")?,
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            args,
+            node,
+            client,
+            listener,
+            health.clone(),
+            opts.injected,
+            cancel.clone(),
+        ));
+        Ok(Agent {
+            admin_addr,
+            health,
+            cancel,
+            task,
+        })
+    }
+
+    /// Asks every task to stop and waits for them.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.task.await?
+    }
+
+    /// Waits until the agent ends by itself (a critical task failed).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await?
+    }
+
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+async fn run(
+    args: Args,
+    node: String,
+    client: kube::Client,
+    listener: tokio::net::TcpListener,
+    health: Arc<admin::Health>,
+    injected: Option<mpsc::Receiver<events::Trigger>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let (trigger_tx, trigger_rx) = mpsc::channel(4096);
+    let (snap_tx, snap_rx) = mpsc::unbounded_channel();
+    let mut tasks = JoinSet::new();
+
+    tasks.spawn(admin::serve(listener, health.clone(), cancel.clone()).instrument(info_span!("admin")));
+    if args.uevents {
+        tasks.spawn(events::kernel_uevents(trigger_tx.clone(), cancel.clone()).instrument(info_span!("uevents")));
+        // The udev thread ends with the token; it is not critical.
+        let _ = events::udev_uevents(trigger_tx.clone(), cancel.clone());
+    } else {
+        warn!("kernel uevents are off (--uevents=false): only rescans update the slices");
+    }
+    if let Some(mut rx) = injected {
+        let (tx, cancel) = (trigger_tx.clone(), cancel.clone());
+        tasks.spawn(async move {
+            loop {
+                let t = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    t = rx.recv() => t,
+                };
+                // The injector went away: the other sources go on.
+                let Some(t) = t else {
+                    cancel.cancelled().await;
+                    return Ok(());
+                };
+                if tx.send(t).await.is_err() {
+                    return Ok(());
+                }
+            }
+        });
+    }
+    drop(trigger_tx);
+    tasks.spawn(
+        events::inventory_task(
+            args.sysfs_root.clone(),
+            trigger_rx,
+            snap_tx,
+            args.rescan(),
+            events::Coalesce::default(),
+            cancel.clone(),
+        )
+        .instrument(info_span!("inventory")),
+    );
+    tasks.spawn(
+        publisher::run(
+            client,
+            publisher::Config {
+                driver: args.driver_name.clone(),
+                node: node.clone(),
+                max_devices: args.max_devices_per_slice as usize,
+            },
+            snap_rx,
+            health.clone(),
+            cancel.clone(),
+        )
+        .instrument(info_span!("publisher")),
+    );
+    info!(%node, driver = %args.driver_name, sysfs = %args.sysfs_root.display(), "node agent started");
+
+    // The first task to end ends the agent: by cancellation, or by failure.
+    let mut outcome = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        let result = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if !cancel.is_cancelled() {
+            health.alive.store(false, Ordering::SeqCst);
+            match &result {
+                Err(e) => error!(error = %format!("{e:#}"), "a task failed: stopping"),
+                Ok(()) => error!("a task ended unexpectedly: stopping"),
+            }
+            outcome = result.and(Err(anyhow::anyhow!("a task ended unexpectedly")));
+            cancel.cancel();
+        }
+    }
+    info!("node agent stopped");
+    outcome
+}
+
+/// Sets up tracing for the process from `--v` and `--log-format`.
+pub fn init_tracing(args: &Args) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| args.log_filter().into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match args.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,25 @@
+//! `mock-accel-agent`: see the library.
+
+use clap::Parser;
+use mock_accel_agent::{Agent, Args, Options, init_tracing};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args);
+    let mut agent = Agent::start(Options {
+        args,
+        client: None,
+        injected: None,
+    })
+    .await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        r = agent.wait() => return r,
+    }
+    agent.stop().await
+}

@@ -1,0 +1,105 @@
+//! Prometheus metrics: one `mock_accel_` prefix, base units, `_total` on
+//! counters, bounded labels. Rendered by the admin server at `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const INFO: &str = "mock_accel_agent_info";
+pub const DEVICES: &str = "mock_accel_devices";
+pub const DEVICES_SKIPPED: &str = "mock_accel_devices_skipped_total";
+pub const DEVICES_UNPUBLISHABLE: &str = "mock_accel_devices_unpublishable";
+pub const UEVENTS: &str = "mock_accel_uevents_total";
+pub const UEVENTS_MALFORMED: &str = "mock_accel_uevents_malformed_total";
+pub const UEVENT_OVERFLOWS: &str = "mock_accel_uevent_overflows_total";
+pub const RESCANS: &str = "mock_accel_rescans_total";
+pub const SCAN_SECONDS: &str = "mock_accel_scan_duration_seconds";
+pub const PUBLISHES: &str = "mock_accel_publishes_total";
+pub const SLICE_WRITES: &str = "mock_accel_slice_writes_total";
+pub const API_ERRORS: &str = "mock_accel_api_errors_total";
+pub const EVENT_TO_SLICE: &str = "mock_accel_event_to_slice_seconds";
+pub const SLICES: &str = "mock_accel_resource_slices";
+pub const POOL_GENERATION: &str = "mock_accel_pool_generation";
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide recorder once and returns its handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(EVENT_TO_SLICE.into()), &LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SCAN_SECONDS.into()), &LATENCY_BUCKETS))
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // A test process may have installed one already: keep ours local then.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(INFO, "Static facts about the agent (always 1).");
+    describe_gauge!(
+        DEVICES,
+        "mock-accel functions on this node, by type (pf/vf) and NUMA node."
+    );
+    describe_counter!(
+        DEVICES_SKIPPED,
+        "Functions left out of the slices because of a missing or broken sysfs attribute, by reason."
+    );
+    describe_gauge!(DEVICES_UNPUBLISHABLE, "Functions currently left out of the slices.");
+    describe_counter!(
+        UEVENTS,
+        "mock-accel and module uevents received, by source (kernel/udev) and action."
+    );
+    describe_counter!(UEVENTS_MALFORMED, "Uevents that could not be parsed, by source.");
+    describe_counter!(
+        UEVENT_OVERFLOWS,
+        "Times the kernel dropped uevents (ENOBUFS), each followed by a full rescan."
+    );
+    describe_counter!(
+        RESCANS,
+        "sysfs scans, by reason (startup, uevent, module, overflow, periodic)."
+    );
+    describe_histogram!(SCAN_SECONDS, Unit::Seconds, "Time to scan sysfs.");
+    describe_counter!(PUBLISHES, "Publish rounds, by result (changed, unchanged, failed).");
+    describe_counter!(
+        SLICE_WRITES,
+        "ResourceSlice writes, by verb (create/update/delete) and result (success/conflict/error)."
+    );
+    describe_counter!(
+        API_ERRORS,
+        "Kubernetes API errors, by kind (conflict, not_found, invalid, throttled, server, network, other)."
+    );
+    describe_histogram!(
+        EVENT_TO_SLICE,
+        Unit::Seconds,
+        "Time from receiving a kernel event to the API server accepting the slices that reflect it."
+    );
+    describe_gauge!(SLICES, "ResourceSlices this agent publishes.");
+    describe_gauge!(POOL_GENERATION, "Generation of this node's pool.");
+}
+
+/// A bounded label for an API error.
+pub fn api_error_kind(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) => match s.code {
+            409 => "conflict",
+            404 => "not_found",
+            422 | 400 => "invalid",
+            429 => "throttled",
+            500..=599 => "server",
+            _ => "other",
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => "network",
+        _ => "other",
+    }
+}

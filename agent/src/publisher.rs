@@ -1,0 +1,339 @@
+//! Inventory → ResourceSlices in the API. Watches this node's slices of
+//! this driver (so slices deleted behind our back, e.g. by a starting
+//! kubelet, come back), plans the fewest writes (`slices::plan`), retries
+//! failures with backoff, and never gives up because the API is down.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::ResourceSlice;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use metrics::{counter, gauge, histogram};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::admin::Health;
+use crate::events::Snapshot;
+use crate::inventory::Inventory;
+use crate::metrics as m;
+use crate::slices::{self, Publisher, Write};
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn rv(s: &ResourceSlice) -> u64 {
+    s.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The Node's uid (for the owner reference), retried until it exists.
+async fn node_uid(nodes: &Api<Node>, node: &str, cancel: &CancellationToken) -> Option<String> {
+    let mut delays = backoff();
+    loop {
+        match nodes.get(node).await {
+            Ok(n) => return n.uid(),
+            Err(e) => {
+                counter!(m::API_ERRORS, "kind" => m::api_error_kind(&e)).increment(1);
+                warn!(node, error = %e, "cannot read this node's Node object yet; retrying");
+            }
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// What the API holds of our slices: the watch's view, corrected by our
+/// own writes the watch has not shown yet.
+#[derive(Default)]
+struct View {
+    watched: BTreeMap<String, ResourceSlice>,
+    relist: Option<BTreeMap<String, ResourceSlice>>,
+    written: BTreeMap<String, ResourceSlice>,
+    /// Deleted by us, with the delete's resourceVersion lower bound.
+    deleted: BTreeMap<String, u64>,
+}
+
+impl View {
+    fn apply(&mut self, event: watcher::Event<ResourceSlice>) {
+        match event {
+            watcher::Event::Init => self.relist = Some(BTreeMap::new()),
+            watcher::Event::InitApply(s) => {
+                if let Some(r) = self.relist.as_mut() {
+                    r.insert(s.name_any(), s);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(r) = self.relist.take() {
+                    self.watched = r;
+                }
+                let watched = &self.watched;
+                self.written
+                    .retain(|name, w| watched.get(name).is_none_or(|s| rv(s) < rv(w)));
+            }
+            watcher::Event::Apply(s) => {
+                let name = s.name_any();
+                if self.written.get(&name).is_some_and(|w| rv(w) <= rv(&s)) {
+                    self.written.remove(&name);
+                }
+                if self.deleted.get(&name).is_some_and(|d| *d < rv(&s)) {
+                    self.deleted.remove(&name);
+                }
+                self.watched.insert(name, s);
+            }
+            watcher::Event::Delete(s) => {
+                let name = s.name_any();
+                if self.written.get(&name).is_some_and(|w| rv(w) <= rv(&s)) {
+                    self.written.remove(&name);
+                }
+                self.deleted.remove(&name);
+                self.watched.remove(&name);
+            }
+        }
+    }
+
+    fn current(&self) -> BTreeMap<String, ResourceSlice> {
+        let mut view = self.watched.clone();
+        for (name, w) in &self.written {
+            if view.get(name).is_none_or(|s| rv(s) < rv(w)) {
+                view.insert(name.clone(), w.clone());
+            }
+        }
+        for name in self.deleted.keys() {
+            view.remove(name);
+        }
+        view
+    }
+}
+
+pub struct Config {
+    pub driver: String,
+    pub node: String,
+    pub max_devices: usize,
+}
+
+/// Runs until cancelled.
+pub async fn run(
+    client: Client,
+    cfg: Config,
+    mut snapshots: mpsc::UnboundedReceiver<Snapshot>,
+    health: Arc<Health>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let api: Api<ResourceSlice> = Api::all(client);
+    let Some(node_uid) = node_uid(&nodes, &cfg.node, &cancel).await else {
+        return Ok(());
+    };
+    let publisher = Publisher {
+        driver: cfg.driver.clone(),
+        node: cfg.node.clone(),
+        node_uid,
+        max_devices: cfg.max_devices,
+    };
+    info!(node = %cfg.node, driver = %cfg.driver, "publishing this node's pool");
+
+    let mut watch = watcher(
+        api.clone(),
+        watcher::Config::default().fields(&publisher.field_selector()),
+    )
+    .default_backoff()
+    .boxed();
+    let mut view = View::default();
+    let mut synced = false;
+    let mut inventory: Option<Arc<Inventory>> = None;
+    let mut pending_since: Option<Instant> = None;
+    let mut generation = 0i64;
+    let mut delays = backoff();
+    let mut retry_at: Option<tokio::time::Instant> = None;
+
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            snap = snapshots.recv() => {
+                let Some(mut snap) = snap else { return Ok(()) };
+                // Take the newest inventory; remember the oldest event not yet published.
+                loop {
+                    pending_since = [pending_since, snap.first_event].into_iter().flatten().min();
+                    match snapshots.try_recv() {
+                        Ok(newer) => snap = newer,
+                        Err(_) => break,
+                    }
+                }
+                inventory = Some(snap.inventory);
+            }
+            event = watch.next() => match event {
+                Some(Ok(event)) => {
+                    if matches!(event, watcher::Event::InitDone) {
+                        synced = true;
+                    }
+                    view.apply(event);
+                    // Drain what else arrived, then plan once.
+                    while let Some(Some(Ok(more))) = futures::FutureExt::now_or_never(watch.next()) {
+                        if matches!(more, watcher::Event::InitDone) {
+                            synced = true;
+                        }
+                        view.apply(more);
+                    }
+                }
+                Some(Err(e)) => {
+                    counter!(m::API_ERRORS, "kind" => "watch").increment(1);
+                    warn!(error = %e, "watch of our ResourceSlices failed; it retries with backoff");
+                    continue;
+                }
+                None => return Ok(()),
+            },
+            _ = async { tokio::time::sleep_until(retry_at.unwrap()).await }, if retry_at.is_some() => {
+                retry_at = None;
+            }
+        }
+        let (Some(inv), true) = (inventory.as_ref(), synced) else {
+            continue;
+        };
+        if retry_at.is_some() {
+            continue; // backing off: the timer fires the next attempt
+        }
+
+        let desired = slices::pack(inv, publisher.max_devices);
+        let existing = view.current();
+        let plan = slices::plan(&publisher, &desired, &existing, generation);
+        if plan.writes.is_empty() {
+            counter!(m::PUBLISHES, "result" => "unchanged").increment(1);
+            pending_since = None;
+            generation = plan.generation;
+            health.ready.store(true, Ordering::SeqCst);
+            continue;
+        }
+        debug!(writes = plan.writes.len(), generation = plan.generation, "publishing");
+        match execute(&api, &plan.writes, &mut view).await {
+            Ok(()) => {
+                generation = plan.generation;
+                delays = backoff();
+                counter!(m::PUBLISHES, "result" => "changed").increment(1);
+                gauge!(m::SLICES).set(desired.len() as f64);
+                gauge!(m::POOL_GENERATION).set(generation as f64);
+                if let Some(t) = pending_since.take() {
+                    histogram!(m::EVENT_TO_SLICE).record(t.elapsed().as_secs_f64());
+                }
+                info!(
+                    slices = desired.len(),
+                    devices = desired.iter().map(Vec::len).sum::<usize>(),
+                    generation,
+                    writes = plan.writes.len(),
+                    "ResourceSlices published"
+                );
+                health.ready.store(true, Ordering::SeqCst);
+            }
+            Err(Retry::Now) => retry_at = Some(tokio::time::Instant::now()),
+            Err(Retry::Later) => {
+                counter!(m::PUBLISHES, "result" => "failed").increment(1);
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                retry_at = Some(tokio::time::Instant::now() + delay);
+                debug!(?delay, "publish failed; retrying after backoff");
+            }
+        }
+    }
+}
+
+enum Retry {
+    /// Our view was stale (a conflict, an object gone): plan again at once.
+    Now,
+    /// The API failed: back off.
+    Later,
+}
+
+async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) -> Result<(), Retry> {
+    let pp = PostParams {
+        field_manager: Some("mock-accel-agent".into()),
+        ..Default::default()
+    };
+    for w in writes {
+        let name = w.name().to_string();
+        let result = match w {
+            Write::Create(s) => api.create(&pp, s).await.map(Some),
+            Write::Update(s) => api.replace(&name, &pp, s).await.map(Some),
+            Write::Delete { resource_version, .. } => {
+                let dp = DeleteParams::default().preconditions(Preconditions {
+                    resource_version: resource_version.clone(),
+                    uid: None,
+                });
+                api.delete(&name, &dp).await.map(|either| either.left())
+            }
+        };
+        match result {
+            Ok(obj) => {
+                counter!(m::SLICE_WRITES, "verb" => w.verb(), "result" => "success").increment(1);
+                match obj {
+                    Some(s) if !matches!(w, Write::Delete { .. }) => {
+                        view.deleted.remove(&name);
+                        view.written.insert(name, s);
+                    }
+                    other => {
+                        view.written.remove(&name);
+                        let at = other.as_ref().map_or(0, rv);
+                        view.deleted.insert(name, at);
+                    }
+                }
+            }
+            Err(e) => {
+                let kind = m::api_error_kind(&e);
+                counter!(m::API_ERRORS, "kind" => kind).increment(1);
+                let result = if kind == "conflict" { "conflict" } else { "error" };
+                counter!(m::SLICE_WRITES, "verb" => w.verb(), "result" => result).increment(1);
+                match (kind, w) {
+                    // Someone else wrote it (or deleted it) first: re-read and plan again.
+                    ("conflict", _) | ("not_found", Write::Update(_)) => {
+                        debug!(slice = %name, error = %e, "our view was stale; re-reading");
+                        match api.get_opt(&name).await {
+                            Ok(Some(fresh)) => {
+                                view.deleted.remove(&name);
+                                view.written.insert(name.clone(), fresh);
+                            }
+                            Ok(None) => {
+                                view.written.remove(&name);
+                                view.watched.remove(&name);
+                            }
+                            Err(e) => {
+                                counter!(m::API_ERRORS, "kind" => m::api_error_kind(&e)).increment(1);
+                                return Err(Retry::Later);
+                            }
+                        }
+                        return Err(Retry::Now);
+                    }
+                    ("not_found", Write::Delete { .. }) => {
+                        view.written.remove(&name);
+                        view.deleted.insert(name, 0);
+                    }
+                    ("invalid", _) => {
+                        warn!(slice = %name, error = %e, "the API server rejected our ResourceSlice: this is a bug");
+                        return Err(Retry::Later);
+                    }
+                    _ => {
+                        warn!(slice = %name, verb = w.verb(), error = %e, "ResourceSlice write failed; retrying");
+                        return Err(Retry::Later);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

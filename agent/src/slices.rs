@@ -1,0 +1,544 @@
+//! From an inventory to ResourceSlices, and from what the API holds to the
+//! fewest writes that make it match. Pure: no I/O, no clock.
+//!
+//! One pool per node (pool name = node name). Devices are packed into
+//! slices of at most `max_devices`, a PF and its VFs kept together so that
+//! a hot-plug touches one slice. When a change touches one slice and the
+//! slice count stays the same, that slice is updated in place; otherwise
+//! the pool generation is bumped and every slice is written, so consumers
+//! never mix devices of two layouts.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::resource::v1::{
+    Device, DeviceAttribute, DeviceCapacity, ResourcePool, ResourceSlice, ResourceSliceSpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use crate::inventory::{Function, Inventory, Kind};
+
+/// The most devices a slice may hold (resource.k8s.io/v1).
+pub const MAX_DEVICES_PER_SLICE: usize = 128;
+
+/// Who publishes: the driver, the node and its uid (for the owner reference).
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    pub driver: String,
+    pub node: String,
+    pub node_uid: String,
+    pub max_devices: usize,
+}
+
+/// `mock0_vf3` → `mock0-vf3` (device names are DNS labels).
+pub fn device_name(function: &str) -> String {
+    function.replace('_', "-")
+}
+
+/// `resource.Quantity` canonical form of a byte count ("16Gi", "5461Mi",
+/// "1500"), so the API server stores exactly what we send.
+pub fn bytes_quantity(bytes: u64) -> String {
+    const UNITS: [(&str, u32); 6] = [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)];
+    if bytes >= 1024
+        && let Some((unit, shift)) = UNITS.iter().find(|(_, s)| bytes.is_multiple_of(1u64 << s))
+    {
+        return format!("{}{unit}", bytes >> shift);
+    }
+    // Not a whole binary unit: decimal, in the largest exact power of 1000.
+    const DECIMAL: [(&str, u32); 6] = [("E", 18), ("P", 15), ("T", 12), ("G", 9), ("M", 6), ("k", 3)];
+    match DECIMAL
+        .iter()
+        .find(|(_, e)| bytes != 0 && bytes.is_multiple_of(10u64.pow(*e)))
+    {
+        Some((unit, e)) => format!("{}{unit}", bytes / 10u64.pow(*e)),
+        None => bytes.to_string(),
+    }
+}
+
+fn string(s: impl Into<String>) -> DeviceAttribute {
+    DeviceAttribute {
+        string: Some(s.into()),
+        ..Default::default()
+    }
+}
+
+fn int(i: i64) -> DeviceAttribute {
+    DeviceAttribute {
+        int: Some(i),
+        ..Default::default()
+    }
+}
+
+/// The device a function is published as. Unqualified attribute names
+/// belong to the driver's domain; `resource.kubernetes.io/` ones are the
+/// upstream standard attributes.
+pub fn device(f: &Function) -> Device {
+    let mut attrs = BTreeMap::new();
+    attrs.insert("uuid".to_string(), string(&f.uuid));
+    attrs.insert("deviceType".to_string(), string(f.kind.as_str()));
+    attrs.insert("pciAddress".to_string(), string(&f.pci_address));
+    attrs.insert("numaNode".to_string(), int(f.numa_node as i64));
+    attrs.insert("memory".to_string(), int(f.memory_bytes as i64));
+    attrs.insert("capabilities".to_string(), string(&f.capabilities));
+    attrs.insert("pfIndex".to_string(), int(f.pf_index as i64));
+    if let Some(vf) = f.vf_index {
+        attrs.insert("vfIndex".to_string(), int(vf as i64));
+    }
+    if let Some(pf) = &f.physfn {
+        attrs.insert("physfn".to_string(), string(device_name(pf)));
+    }
+    attrs.insert(
+        "fwVersion".to_string(),
+        DeviceAttribute {
+            version: Some(f.fw_version.clone()),
+            ..Default::default()
+        },
+    );
+    // pci<domain>:<bus> of the PF's bus, and the extended BDF.
+    if let Some((domain_bus, _)) = f.pci_address.rsplit_once(':') {
+        attrs.insert(
+            "resource.kubernetes.io/pcieRoot".to_string(),
+            string(format!("pci{domain_bus}")),
+        );
+    }
+    attrs.insert("resource.kubernetes.io/pciBusID".to_string(), string(&f.pci_address));
+    let mut capacity = BTreeMap::new();
+    capacity.insert(
+        "memory".to_string(),
+        DeviceCapacity {
+            value: Quantity(bytes_quantity(f.memory_bytes)),
+            ..Default::default()
+        },
+    );
+    Device {
+        name: device_name(&f.name),
+        attributes: Some(attrs),
+        capacity: Some(capacity),
+        ..Default::default()
+    }
+}
+
+/// The devices of the inventory in slices: PF groups (a PF and its VFs)
+/// kept whole and packed in order; a group larger than a slice is split.
+pub fn pack(inv: &Inventory, max_devices: usize) -> Vec<Vec<Device>> {
+    let max = max_devices.clamp(1, MAX_DEVICES_PER_SLICE);
+    let mut groups: Vec<Vec<Device>> = Vec::new();
+    for f in inv.ordered() {
+        let new_group = f.kind == Kind::Pf || groups.last().is_none_or(|g: &Vec<Device>| g.is_empty());
+        if new_group {
+            groups.push(Vec::new());
+        }
+        groups.last_mut().expect("a group").push(device(f));
+    }
+    let mut slices: Vec<Vec<Device>> = Vec::new();
+    for group in groups {
+        for chunk in group.chunks(max) {
+            match slices.last_mut() {
+                Some(last) if last.len() + chunk.len() <= max => last.extend_from_slice(chunk),
+                _ => slices.push(chunk.to_vec()),
+            }
+        }
+    }
+    slices
+}
+
+impl Publisher {
+    /// `<node>-<driver>-<index>`, shortened to stay a valid name.
+    pub fn slice_name(&self, index: usize) -> String {
+        let suffix = format!("-{}-{index}", self.driver);
+        let room = 253usize.saturating_sub(suffix.len());
+        let node: String = self.node.chars().take(room).collect();
+        format!("{}{suffix}", node.trim_end_matches(['-', '.']))
+    }
+
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        labels.insert("driver".to_string(), self.driver.clone());
+        labels.insert(
+            "app.kubernetes.io/managed-by".to_string(),
+            "mock-accel-agent".to_string(),
+        );
+        // A label value is at most 63 characters; long node names go without.
+        if self.node.len() <= 63 {
+            labels.insert("node".to_string(), self.node.clone());
+        }
+        labels
+    }
+
+    /// The selector of this publisher's slices.
+    pub fn field_selector(&self) -> String {
+        format!("spec.nodeName={},spec.driver={}", self.node, self.driver)
+    }
+
+    fn owner(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: self.node.clone(),
+            uid: self.node_uid.clone(),
+            controller: Some(true),
+            ..Default::default()
+        }
+    }
+
+    pub fn slice(&self, index: usize, count: usize, generation: i64, devices: Vec<Device>) -> ResourceSlice {
+        ResourceSlice {
+            metadata: ObjectMeta {
+                name: Some(self.slice_name(index)),
+                labels: Some(self.labels()),
+                owner_references: Some(vec![self.owner()]),
+                ..Default::default()
+            },
+            spec: ResourceSliceSpec {
+                driver: self.driver.clone(),
+                node_name: Some(self.node.clone()),
+                pool: ResourcePool {
+                    name: self.node.clone(),
+                    generation,
+                    resource_slice_count: count as i64,
+                },
+                devices: Some(devices),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Whether `have` already says what `want` says (ignoring server-set
+    /// metadata; extra labels or owners others added are kept).
+    fn matches(&self, have: &ResourceSlice, want: &ResourceSlice) -> bool {
+        let labels_ok = want
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .all(|(k, v)| have.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
+        let owner_ok = have
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == self.node_uid && o.kind == "Node");
+        let have_devices = have.spec.devices.as_deref().unwrap_or_default();
+        let want_devices = want.spec.devices.as_deref().unwrap_or_default();
+        labels_ok
+            && owner_ok
+            && have.spec.driver == want.spec.driver
+            && have.spec.node_name == want.spec.node_name
+            && have.spec.pool == want.spec.pool
+            && have_devices == want_devices
+            && have.spec.all_nodes.is_none()
+            && have.spec.node_selector.is_none()
+            && have.metadata.deletion_timestamp.is_none()
+    }
+}
+
+/// One write to the API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Create(ResourceSlice),
+    /// Replace, with the resourceVersion of the object it replaces.
+    Update(ResourceSlice),
+    Delete {
+        name: String,
+        resource_version: Option<String>,
+    },
+}
+
+impl Write {
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Write::Create(_) => "create",
+            Write::Update(_) => "update",
+            Write::Delete { .. } => "delete",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Write::Create(s) | Write::Update(s) => s.metadata.name.as_deref().unwrap_or(""),
+            Write::Delete { name, .. } => name,
+        }
+    }
+}
+
+/// The plan: writes in order (creates and updates first, deletes last), and
+/// the pool generation after them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+    pub generation: i64,
+}
+
+/// The fewest writes that make `existing` (this publisher's slices as the
+/// API holds them) say `desired`. `min_generation` is the last generation
+/// this process wrote: it never goes back.
+pub fn plan(
+    p: &Publisher,
+    desired: &[Vec<Device>],
+    existing: &BTreeMap<String, ResourceSlice>,
+    min_generation: i64,
+) -> Plan {
+    let current = existing
+        .values()
+        .map(|s| s.spec.pool.generation)
+        .max()
+        .unwrap_or(0)
+        .max(min_generation);
+    let count = desired.len();
+    let target = |generation: i64| -> Vec<ResourceSlice> {
+        desired
+            .iter()
+            .enumerate()
+            .map(|(i, d)| p.slice(i, count, generation, d.clone()))
+            .collect()
+    };
+    let stale: Vec<String> = existing
+        .keys()
+        .filter(|name| !(0..count).any(|i| p.slice_name(i) == **name))
+        .cloned()
+        .collect();
+    let same_generation = target(current);
+    let differing: Vec<usize> = same_generation
+        .iter()
+        .enumerate()
+        .filter(|(i, want)| {
+            existing
+                .get(&p.slice_name(*i))
+                .is_none_or(|have| !p.matches(have, want))
+        })
+        .map(|(i, _)| i)
+        .collect();
+
+    if differing.is_empty() && stale.is_empty() {
+        return Plan {
+            writes: vec![],
+            generation: current,
+        };
+    }
+    let update = |want: ResourceSlice, have: Option<&ResourceSlice>| -> Write {
+        match have {
+            Some(have) => {
+                let mut want = want;
+                want.metadata.resource_version = have.metadata.resource_version.clone();
+                // Keep what others added to the metadata.
+                let mut labels = have.metadata.labels.clone().unwrap_or_default();
+                labels.extend(want.metadata.labels.take().unwrap_or_default());
+                want.metadata.labels = Some(labels);
+                want.metadata.annotations = have.metadata.annotations.clone();
+                want.metadata.finalizers = have.metadata.finalizers.clone();
+                Write::Update(want)
+            }
+            None => Write::Create(want),
+        }
+    };
+    // One slice changed in place, the layout unchanged: no new generation.
+    if differing.len() == 1 && stale.is_empty() && current > 0 {
+        let i = differing[0];
+        let name = p.slice_name(i);
+        if let Some(have) = existing.get(&name)
+            && have.spec.pool.generation == current
+            && have.spec.pool.resource_slice_count == count as i64
+        {
+            let want = same_generation.into_iter().nth(i).expect("index in range");
+            return Plan {
+                writes: vec![update(want, Some(have))],
+                generation: current,
+            };
+        }
+    }
+    let generation = current + 1;
+    let mut writes: Vec<Write> = target(generation)
+        .into_iter()
+        .enumerate()
+        .map(|(i, want)| update(want, existing.get(&p.slice_name(i))))
+        .collect();
+    writes.extend(stale.into_iter().map(|name| Write::Delete {
+        resource_version: existing[&name].metadata.resource_version.clone(),
+        name,
+    }));
+    Plan { writes, generation }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{scan, write_fake_tree};
+
+    fn publisher(max: usize) -> Publisher {
+        Publisher {
+            driver: "mock-accel.example.com".into(),
+            node: "node-a".into(),
+            node_uid: "uid-a".into(),
+            max_devices: max,
+        }
+    }
+
+    fn inventory(pfs: u32, vfs: u32) -> Inventory {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/class/mock-accel");
+        write_fake_tree(&root, pfs, vfs).unwrap();
+        scan(&root).unwrap()
+    }
+
+    /// What the server returns for what we wrote: a resourceVersion.
+    fn applied(existing: &mut BTreeMap<String, ResourceSlice>, plan: &Plan) {
+        for w in &plan.writes {
+            match w {
+                Write::Create(s) | Write::Update(s) => {
+                    let mut s = s.clone();
+                    s.metadata.resource_version = Some(format!("{}", existing.len() + 100));
+                    existing.insert(s.metadata.name.clone().unwrap(), s);
+                }
+                Write::Delete { name, .. } => {
+                    existing.remove(name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantities_are_canonical() {
+        assert_eq!(bytes_quantity(16 << 30), "16Gi");
+        assert_eq!(bytes_quantity(5_726_273_536), "5461Mi");
+        assert_eq!(bytes_quantity(1500), "1500");
+        assert_eq!(bytes_quantity(2000), "2k");
+        assert_eq!(bytes_quantity(1000), "1k");
+        assert_eq!(bytes_quantity(512), "512");
+        assert_eq!(bytes_quantity(0), "0");
+        // The test API server's canonical form agrees.
+        for b in [
+            16u64 << 30,
+            5_726_273_536,
+            1500,
+            2000,
+            512,
+            0,
+            1 << 10,
+            3 << 20,
+            999_999_999,
+        ] {
+            let q = bytes_quantity(b);
+            assert_eq!(
+                mock_device_testkit::apiserver::quantity::canonical(&q).as_deref(),
+                Some(q.as_str()),
+                "{b}"
+            );
+        }
+    }
+
+    #[test]
+    fn devices_carry_the_seed_attributes_and_standard_ones() {
+        let inv = inventory(1, 2);
+        let d = device(&inv.functions["mock0_vf1"]);
+        assert_eq!(d.name, "mock0-vf1");
+        let a = d.attributes.unwrap();
+        for key in [
+            "uuid",
+            "deviceType",
+            "pciAddress",
+            "numaNode",
+            "physfn",
+            "capabilities",
+            "memory",
+            "fwVersion",
+        ] {
+            assert!(a.contains_key(key), "{key}");
+        }
+        assert_eq!(a["deviceType"].string.as_deref(), Some("vf"));
+        assert_eq!(a["physfn"].string.as_deref(), Some("mock0"));
+        assert_eq!(
+            a["resource.kubernetes.io/pcieRoot"].string.as_deref(),
+            Some("pci0000:1a")
+        );
+        assert_eq!(
+            a["resource.kubernetes.io/pciBusID"].string.as_deref(),
+            Some("0000:1a:00.2")
+        );
+        assert_eq!(d.capacity.unwrap()["memory"].value.0, "8Gi");
+    }
+
+    #[test]
+    fn packing_keeps_pf_groups_whole_and_splits_at_the_limit() {
+        let inv = inventory(4, 8); // 4 groups of 9
+        let sizes = |max| pack(&inv, max).iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(sizes(128), [36]);
+        assert_eq!(sizes(20), [18, 18]);
+        assert_eq!(sizes(9), [9, 9, 9, 9]);
+        assert_eq!(sizes(4), [4, 4, 1, 4, 4, 1, 4, 4, 1, 4, 4, 1]);
+        let big = inventory(64, 64);
+        let slices = pack(&big, 128);
+        assert!(slices.iter().all(|s| s.len() <= 128));
+        assert_eq!(slices.iter().map(Vec::len).sum::<usize>(), 64 * 65);
+    }
+
+    #[test]
+    fn plans_write_only_what_changed() {
+        let p = publisher(20);
+        let mut existing = BTreeMap::new();
+
+        // First publish: every slice, generation 1.
+        let first = plan(&p, &pack(&inventory(4, 8), 20), &existing, 0);
+        assert_eq!(first.generation, 1);
+        assert_eq!(
+            first.writes.iter().map(Write::verb).collect::<Vec<_>>(),
+            ["create", "create"]
+        );
+        applied(&mut existing, &first);
+        let s0 = &existing["node-a-mock-accel.example.com-0"];
+        assert_eq!(s0.spec.pool.resource_slice_count, 2);
+        assert_eq!(s0.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-a");
+
+        // Nothing changed: nothing to write.
+        assert_eq!(plan(&p, &pack(&inventory(4, 8), 20), &existing, 1).writes, vec![]);
+
+        // One device changed in one slice: that slice only, same generation.
+        let mut inv = inventory(4, 8);
+        inv.functions.get_mut("mock3_vf1").unwrap().numa_node = 7;
+        let one = plan(&p, &pack(&inv, 20), &existing, 1);
+        assert_eq!(one.generation, 1);
+        assert_eq!(one.writes.len(), 1);
+        assert!(matches!(&one.writes[0], Write::Update(s) if s.metadata.resource_version.is_some()));
+        applied(&mut existing, &one);
+
+        // The layout changes (a third slice): a new generation, every slice.
+        let grown = plan(&p, &pack(&inventory(6, 8), 20), &existing, 1);
+        assert_eq!(grown.generation, 2);
+        assert_eq!(
+            grown.writes.iter().map(Write::verb).collect::<Vec<_>>(),
+            ["update", "update", "create"]
+        );
+        applied(&mut existing, &grown);
+        assert!(
+            existing
+                .values()
+                .all(|s| s.spec.pool.generation == 2 && s.spec.pool.resource_slice_count == 3)
+        );
+
+        // Shrinking deletes what is no longer needed, last.
+        let shrunk = plan(&p, &pack(&inventory(1, 0), 20), &existing, 2);
+        assert_eq!(
+            shrunk.writes.iter().map(Write::verb).collect::<Vec<_>>(),
+            ["update", "delete", "delete"]
+        );
+        applied(&mut existing, &shrunk);
+
+        // Something deleted our slice behind our back: recreated, new generation.
+        existing.clear();
+        let restored = plan(&p, &pack(&inventory(1, 0), 20), &existing, 3);
+        assert_eq!(restored.generation, 4);
+        assert_eq!(restored.writes.iter().map(Write::verb).collect::<Vec<_>>(), ["create"]);
+
+        // No devices at all: an empty pool is still published (one slice).
+        let empty = plan(&p, &pack(&Inventory::default(), 20), &BTreeMap::new(), 0);
+        assert!(empty.writes.is_empty(), "no slices are wanted for no devices");
+    }
+
+    #[test]
+    fn slice_names_stay_valid() {
+        let mut p = publisher(128);
+        assert_eq!(p.slice_name(0), "node-a-mock-accel.example.com-0");
+        p.node = "n".repeat(300);
+        assert!(p.slice_name(12).len() <= 253);
+        assert!(!p.labels().contains_key("node"));
+    }
+}

@@ -1,0 +1,439 @@
+//! The agent against the test API server, on a fake sysfs tree, with
+//! injected uevents and API faults. The agent runs in-process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::ResourceSlice;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use mock_accel_agent::events::{self, Trigger};
+use mock_accel_agent::inventory::{write_fake_function, write_fake_tree};
+use mock_accel_agent::{Agent, Args, Options};
+use mock_device_testkit::apiserver::{ApiServer, Config, Fault};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+struct Rig {
+    server: ApiServer,
+    client: Client,
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    devices: PathBuf,
+}
+
+impl Rig {
+    async fn new(pfs: u32, vfs: u32) -> Rig {
+        let server = ApiServer::start(Config::default()).unwrap();
+        let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/class/mock-accel");
+        write_fake_tree(&root, pfs, vfs).unwrap();
+        let devices = dir.path().join("sys/devices/mock-accel");
+        Rig {
+            server,
+            client,
+            _dir: dir,
+            root,
+            devices,
+        }
+    }
+
+    async fn agent(&self, extra: &[&str]) -> (Agent, mpsc::Sender<Trigger>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let mut argv = vec![
+            "agent".to_string(),
+            "--node-name=node-a".into(),
+            format!("--sysfs-root={}", self.root.display()),
+            "--uevents=false".into(),
+            "--rescan-interval=0".into(),
+            "--admin-address=127.0.0.1:0".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let args = Args::try_parse_from(argv).unwrap();
+        let agent = Agent::start(Options {
+            args,
+            client: Some(self.client.clone()),
+            injected: Some(rx),
+        })
+        .await
+        .unwrap();
+        (agent, tx)
+    }
+
+    fn slices(&self) -> Api<ResourceSlice> {
+        Api::all(self.client.clone())
+    }
+
+    /// Device names per slice, once the API holds `want` devices in a
+    /// consistent pool (every slice of the newest generation, count right).
+    async fn wait_for(&self, want: usize) -> BTreeMap<String, Vec<String>> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = self
+                .slices()
+                .list(&ListParams::default().labels("driver=mock-accel.example.com"))
+                .await
+                .unwrap();
+            let generation = list.items.iter().map(|s| s.spec.pool.generation).max().unwrap_or(0);
+            let consistent = list.items.iter().all(|s| {
+                s.spec.pool.generation == generation && s.spec.pool.resource_slice_count == list.items.len() as i64
+            });
+            let devices: BTreeMap<String, Vec<String>> = list
+                .items
+                .iter()
+                .map(|s| {
+                    (
+                        s.name_any(),
+                        s.spec.devices.iter().flatten().map(|d| d.name.clone()).collect(),
+                    )
+                })
+                .collect();
+            if consistent && devices.values().map(Vec::len).sum::<usize>() == want {
+                return devices;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the API never held {want} devices: {devices:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A uevent as the kernel would send it for a class device.
+    fn uevent(action: &str, name: &str) -> Trigger {
+        let packet = format!(
+            "{action}@/devices/mock-accel/x/mock-accel/{name}\0ACTION={action}\0DEVPATH=/devices/mock-accel/x/mock-accel/{name}\0SUBSYSTEM=mock-accel\0SEQNUM=1\0"
+        );
+        events::trigger(
+            events::parse(packet.as_bytes(), "kernel").unwrap(),
+            "kernel",
+            Instant::now(),
+        )
+        .unwrap()
+    }
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    let code = out[9..12].parse().unwrap();
+    (
+        code,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishes_and_follows_injected_uevents_without_rescans() {
+    let rig = Rig::new(2, 2).await;
+    let (agent, events) = rig.agent(&[]).await;
+    let slices = rig.wait_for(6).await;
+    assert_eq!(
+        slices.values().next().unwrap(),
+        &["mock0", "mock0-vf0", "mock0-vf1", "mock1", "mock1-vf0", "mock1-vf1"]
+    );
+    assert_eq!(get(agent.admin_addr, "/readyz").await.0, 200);
+    assert_eq!(get(agent.admin_addr, "/livez").await.0, 200);
+
+    // Hot-plug: the tree changes and the kernel says so.
+    write_fake_function(&rig.root, &rig.devices, 5, None, 0).unwrap();
+    events.send(Rig::uevent("add", "mock5")).await.unwrap();
+    let slices = rig.wait_for(7).await;
+    assert!(slices.values().next().unwrap().contains(&"mock5".to_string()));
+
+    // Hot-unplug.
+    for name in ["mock1_vf0", "mock1_vf1", "mock1"] {
+        std::fs::remove_file(rig.root.join(name)).unwrap();
+        events.send(Rig::uevent("remove", name)).await.unwrap();
+    }
+    rig.wait_for(4).await;
+
+    // A malformed event is dropped; the agent keeps serving.
+    let bad = events::parse(b"nonsense", "kernel");
+    assert!(bad.is_none());
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("mock_accel_uevents_malformed_total{source=\"kernel\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mock_accel_uevents_total{source=\"kernel\",action=\"remove\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mock_accel_event_to_slice_seconds_count"), "{metrics}");
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restores_slices_after_a_kubelet_wipe_or_a_foreign_edit() {
+    let rig = Rig::new(2, 0).await;
+    let (agent, _events) = rig.agent(&[]).await;
+    let first = rig.wait_for(2).await;
+    let name = first.keys().next().unwrap().clone();
+
+    assert_eq!(rig.server.restart_kubelet("node-a"), 1);
+    rig.wait_for(2).await;
+    let gen_after_wipe = rig.slices().get(&name).await.unwrap().spec.pool.generation;
+    assert!(gen_after_wipe > 1);
+
+    // Someone edits our slice: the agent puts it back.
+    rig.slices()
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"devices": [{"name": "intruder"}]}})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = rig.slices().get(&name).await.unwrap();
+        let names: Vec<String> = s.spec.devices.iter().flatten().map(|d| d.name.clone()).collect();
+        if names == ["mock0", "mock1"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restored: {names:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn survives_api_faults_and_converges() {
+    let rig = Rig::new(2, 1).await;
+    // The first writes fail: 500s, then 429s, then a conflict.
+    rig.server
+        .inject(Fault::server_errors(3).only(Some("create"), Some("resourceslices")));
+    rig.server
+        .inject(Fault::too_many_requests(2, 0).only(Some("create"), Some("resourceslices")));
+    let (agent, events) = rig.agent(&[]).await;
+    rig.wait_for(4).await;
+    // 3 failed, 2 throttled (kube-rs's client retries those itself), 1 accepted.
+    assert_eq!(
+        rig.server.requests("create", "resourceslices"),
+        6,
+        "{:?}",
+        rig.server.request_counts()
+    );
+
+    rig.server.inject(Fault {
+        count: 2,
+        code: 409,
+        retry_after_seconds: None,
+        verb: Some("update".into()),
+        resource: Some("resourceslices".into()),
+    });
+    write_fake_function(&rig.root, &rig.devices, 0, Some(1), 2).unwrap();
+    events.send(Rig::uevent("add", "mock0_vf1")).await.unwrap();
+    rig.wait_for(5).await;
+
+    // Slow API: still converges.
+    rig.server.set_latency(Duration::from_millis(200));
+    write_fake_function(&rig.root, &rig.devices, 3, None, 0).unwrap();
+    events.send(Rig::uevent("add", "mock3")).await.unwrap();
+    rig.wait_for(6).await;
+    rig.server.set_latency(Duration::ZERO);
+
+    // The watch is cut: the agent re-watches and still restores a wipe.
+    rig.server.close_watches();
+    rig.server.restart_kubelet("node-a");
+    rig.wait_for(6).await;
+
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    for want in [
+        "mock_accel_api_errors_total{kind=\"server\"}",
+        "mock_accel_api_errors_total{kind=\"conflict\"}",
+        "mock_accel_slice_writes_total{verb=\"update\",result=\"conflict\"}",
+    ] {
+        assert!(
+            metrics.contains(want),
+            "missing {want} in\n{}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("error"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    assert_eq!(get(agent.admin_addr, "/livez").await.0, 200);
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waits_out_an_api_that_is_down_at_start() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sys/class/mock-accel");
+    write_fake_tree(&root, 1, 0).unwrap();
+    let client = Client::try_from(kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap())).unwrap();
+    let args = Args::try_parse_from([
+        "agent",
+        "--node-name=node-a",
+        &format!("--sysfs-root={}", root.display()),
+        "--uevents=false",
+        "--rescan-interval=0",
+        "--admin-address=127.0.0.1:0",
+    ])
+    .unwrap();
+    let agent = Agent::start(Options {
+        args,
+        client: Some(client.clone()),
+        injected: None,
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        get(agent.admin_addr, "/livez").await.0,
+        200,
+        "alive while the API is down"
+    );
+    assert_eq!(
+        get(agent.admin_addr, "/readyz").await.0,
+        503,
+        "not ready while the API is down"
+    );
+
+    let server = ApiServer::start(Config {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        ..Config::default()
+    })
+    .unwrap();
+    Api::<Node>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let slices: Api<ResourceSlice> = Api::all(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slices.list(&ListParams::default()).await.unwrap().items.is_empty() {
+        assert!(Instant::now() < deadline, "never published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(agent.admin_addr, "/readyz").await.0, 200);
+    agent.stop().await.unwrap();
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_means_no_writes_and_a_storm_few() {
+    let rig = Rig::new(4, 0).await;
+    let (agent, events) = rig.agent(&["--rescan-interval=100ms"]).await;
+    rig.wait_for(4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.server.reset_counts();
+    tokio::time::sleep(Duration::from_secs(2)).await; // 20 rescans
+    assert_eq!(rig.server.writes(), 0, "idle writes: {:?}", rig.server.request_counts());
+
+    // Storm: every PF enables 16 VFs at once (64 VFs, 3 events each).
+    for pf in 0..4 {
+        for vf in 0..16 {
+            write_fake_function(&rig.root, &rig.devices, pf, Some(vf), 16).unwrap();
+        }
+    }
+    rig.server.reset_counts();
+    let t = Instant::now();
+    for pf in 0..4 {
+        for vf in 0..16 {
+            for action in ["add", "add", "bind"] {
+                events
+                    .send(Rig::uevent(action, &format!("mock{pf}_vf{vf}")))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let slices = rig.wait_for(4 * 17).await;
+    let converge = t.elapsed();
+    let writes = rig.server.writes();
+    eprintln!(
+        "storm: {writes} writes for {} slices, converged in {converge:?}",
+        slices.len()
+    );
+    assert!(
+        writes as usize <= slices.len() + 2,
+        "storm writes {writes}: {:?}",
+        rig.server.request_counts()
+    );
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_node_and_a_broken_device() {
+    let rig = Rig::new(64, 64).await;
+    // One broken function: skipped, the rest published.
+    let broken = std::fs::canonicalize(rig.root.join("mock7_vf3")).unwrap();
+    std::fs::write(broken.join("memory_size"), "lots\n").unwrap();
+    let (agent, _events) = rig.agent(&[]).await;
+    let slices = rig.wait_for(64 * 65 - 1).await;
+    assert_eq!(
+        slices.len(),
+        64,
+        "one PF group per slice (65 devices; two would exceed 128)"
+    );
+    assert!(slices.values().all(|d| d.len() <= 128));
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("mock_accel_devices_skipped_total{reason=\"bad_value\"} 1"),
+        "{metrics}"
+    );
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_pass_promtool() {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .expect("promtool not found: install it with `apt-get install -y prometheus` (or run ./dev setup)");
+    let rig = Rig::new(1, 1).await;
+    let (agent, events) = rig.agent(&[]).await;
+    rig.wait_for(2).await;
+    events.send(Rig::uevent("change", "mock0")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, text) = get(agent.admin_addr, "/metrics").await;
+    assert_eq!(code, 200);
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.stop().await.unwrap();
+}
