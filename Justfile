@@ -12,6 +12,7 @@ default:
 
 # Run every test: host unit tests and the guest-kernel tests (boots VMs)
 test:
+    cargo build --workspace --bins
     cargo test --workspace --no-fail-fast
 
 # Build the Rust workspace (the rig and its in-guest tools)

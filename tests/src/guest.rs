@@ -36,6 +36,7 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 hostname mock-guest
+ip link set lo up
 export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root
 if [ "$(cat /guest/mode)" = shell ]; then
     echo "mock-device guest, kernel $(uname -r). 'modprobe mock-accel' loads the module; 'poweroff -f' leaves."

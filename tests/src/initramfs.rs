@@ -30,6 +30,8 @@ enum Content {
 #[derive(Default)]
 pub struct Initramfs {
     entries: BTreeMap<String, (u32, Content)>,
+    /// Stripped copies of binaries live here until the archive is written.
+    scratch: Option<tempfile::TempDir>,
 }
 
 impl Initramfs {
@@ -67,12 +69,38 @@ impl Initramfs {
 
     /// A host executable and every shared library `ldd` lists for it, at the
     /// same paths as on the host (so the dynamic loader finds them).
+    /// Debug information is stripped from a copy (a debug build of the agent
+    /// is 150 MB with it, 35 MB without), when `strip` is there.
     pub fn binary(&mut self, dest: &str, src: &Path) -> Result<&mut Self> {
         for lib in shared_libraries(src)? {
             let dest_lib = lib.to_string_lossy().into_owned();
             self.host_file(&dest_lib, EXEC, &lib);
         }
-        Ok(self.host_file(dest, EXEC, src))
+        let stripped = self.stripped_copy(src)?;
+        Ok(self.host_file(dest, EXEC, stripped.as_deref().unwrap_or(src)))
+    }
+
+    fn stripped_copy(&mut self, src: &Path) -> Result<Option<PathBuf>> {
+        if require_tool("strip", "").is_err() {
+            return Ok(None);
+        }
+        if self.scratch.is_none() {
+            self.scratch = Some(tempfile::tempdir().map_err(RigError::io("creating a scratch directory"))?);
+        }
+        let dir = self.scratch.as_ref().expect("just set").path();
+        let out = dir.join(format!(
+            "{}-{}",
+            self.entries.len(),
+            src.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let status = Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&out)
+            .arg(src)
+            .status()
+            .map_err(RigError::io("running strip"))?;
+        Ok(status.success().then_some(out))
     }
 
     /// Installs a module as `/lib/modules/<release>/extra/<name>.ko` and the

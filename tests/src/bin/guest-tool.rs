@@ -6,10 +6,17 @@
 //!   once it listens; on SIGTERM it prints what is queued, then exits.
 //! - `guest-tool write FILE VALUE` does one write(2) of VALUE to FILE and
 //!   prints `ok` or the errno name (EINVAL, ERANGE, ...), as sysfs returns it.
+//! - `guest-tool http METHOD URL [BODY]` prints the status and body of one
+//!   plain-HTTP request (the test API server, the agent's admin port).
+//! - `guest-tool wait-devices --api URL --node N --count C [--write F V]`
+//!   does the write (if any), then watches the API until this node's pool is
+//!   consistent and holds C devices, and prints the milliseconds it took.
 
 use std::ffi::CString;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -35,6 +42,26 @@ enum Cmd {
         #[arg(long)]
         ready: Option<String>,
     },
+    /// One plain-HTTP request; prints "STATUS\nBODY", exits 0 on 2xx.
+    Http {
+        method: String,
+        url: String,
+        body: Option<String>,
+    },
+    /// Optionally write FILE VALUE, then wait until NODE's pool holds COUNT
+    /// devices; print the milliseconds taken.
+    WaitDevices {
+        #[arg(long, default_value = "http://127.0.0.1:6443")]
+        api: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, num_args = 2, value_names = ["FILE", "VALUE"], allow_hyphen_values = true)]
+        write: Option<Vec<String>>,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Write VALUE to FILE in one write(2); print "ok" or the errno name.
     Write {
         file: String,
@@ -56,6 +83,23 @@ fn main() -> anyhow::Result<()> {
             module,
             ready,
         } => uevents(&subsystem, &module, ready.as_deref()),
+        Cmd::Http { method, url, body } => {
+            let (code, text) = http(&method, &url, body.as_deref().unwrap_or(""))?;
+            // A reader that stops early (| head) is not an error.
+            let _ = writeln!(std::io::stdout(), "{code}\n{text}");
+            std::process::exit(if (200..300).contains(&code) { 0 } else { 1 });
+        }
+        Cmd::WaitDevices {
+            api,
+            node,
+            count,
+            write,
+            timeout,
+        } => {
+            let ms = wait_devices(&api, &node, count, write.as_deref(), Duration::from_secs(timeout))?;
+            println!("{ms:.1}");
+            Ok(())
+        }
         Cmd::Write { file, value } => {
             let result = write_once(&file, value.as_bytes());
             println!("{}", result.as_ref().err().map_or("ok", String::as_str));
@@ -205,4 +249,133 @@ fn format_event(msg: &[u8], subsystems: &[String], modules: &[String]) -> Option
             .collect();
         format!("{action} {devpath} {}", rest.join(" "))
     })
+}
+
+/// `http://host:port/path` → (host:port, /path)
+fn split_url(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    Ok((host.to_string(), path))
+}
+
+fn send_request(method: &str, url: &str, body: &str) -> anyhow::Result<BufReader<TcpStream>> {
+    let (host, path) = split_url(url)?;
+    let mut conn = TcpStream::connect(&host).with_context(|| format!("connecting to {host}"))?;
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(BufReader::new(conn))
+}
+
+/// Status line and headers; returns (status, chunked).
+fn read_head(r: &mut BufReader<TcpStream>) -> anyhow::Result<(u16, bool)> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let code = line.split_whitespace().nth(1).context("no status line")?.parse()?;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            return Ok((code, chunked));
+        }
+        if line.to_ascii_lowercase().starts_with("transfer-encoding: chunked") {
+            chunked = true;
+        }
+    }
+}
+
+/// The next chunk of a chunked body (None at the end).
+fn read_chunk(r: &mut BufReader<TcpStream>) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let size = usize::from_str_radix(line.trim(), 16).context("bad chunk size")?;
+    let mut buf = vec![0; size + 2];
+    r.read_exact(&mut buf)?;
+    buf.truncate(size);
+    Ok((size > 0).then_some(buf))
+}
+
+fn http(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let mut r = send_request(method, url, body)?;
+    let (code, chunked) = read_head(&mut r)?;
+    let mut text = Vec::new();
+    if chunked {
+        while let Some(c) = read_chunk(&mut r)? {
+            text.extend(c);
+        }
+    } else {
+        r.read_to_end(&mut text)?;
+    }
+    Ok((code, String::from_utf8_lossy(&text).into_owned()))
+}
+
+/// Devices in NODE's pool if it is consistent (every slice of the newest
+/// generation, as many as the pool says), with the list's resourceVersion.
+fn pool_devices(api: &str, node: &str) -> anyhow::Result<(Option<usize>, String)> {
+    let (code, text) = http(
+        "GET",
+        &format!("{api}/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3D{node}"),
+        "",
+    )?;
+    anyhow::ensure!(code == 200, "listing slices: {code} {text}");
+    let list: serde_json::Value = serde_json::from_str(&text)?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let generation = items
+        .iter()
+        .filter_map(|s| s["spec"]["pool"]["generation"].as_i64())
+        .max();
+    let consistent = items.iter().all(|s| {
+        s["spec"]["pool"]["generation"].as_i64() == generation
+            && s["spec"]["pool"]["resourceSliceCount"].as_u64() == Some(items.len() as u64)
+    });
+    let devices = items
+        .iter()
+        .map(|s| s["spec"]["devices"].as_array().map_or(0, Vec::len))
+        .sum();
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+    Ok((consistent.then_some(devices), rv))
+}
+
+fn wait_devices(
+    api: &str,
+    node: &str,
+    count: usize,
+    write: Option<&[String]>,
+    timeout: Duration,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    if let Some([file, value]) = write {
+        if let Err(e) = write_once(file, value.as_bytes()) {
+            anyhow::bail!("writing {value:?} to {file}: {e}");
+        }
+    }
+    loop {
+        let (devices, rv) = pool_devices(api, node)?;
+        if devices == Some(count) {
+            return Ok(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?}: {node}'s pool holds {devices:?} devices, not {count}"
+        );
+        // Wait for the next change to our node's slices, then look again.
+        let left = timeout.saturating_sub(start.elapsed()).as_secs().max(1);
+        let mut r = send_request(
+            "GET",
+            &format!(
+                "{api}/apis/resource.k8s.io/v1/resourceslices?watch=1&resourceVersion={rv}&timeoutSeconds={left}&fieldSelector=spec.nodeName%3D{node}"
+            ),
+            "",
+        )?;
+        let (code, chunked) = read_head(&mut r)?;
+        anyhow::ensure!(code == 200 && chunked, "watch: HTTP {code}");
+        let _ = read_chunk(&mut r)?;
+    }
 }

@@ -33,14 +33,19 @@ enum Cmd {
 
 fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
-    // guest-tool is built next to this binary (same cargo target dir).
-    let tool = std::env::current_exe()?.with_file_name("guest-tool");
-    anyhow::ensure!(
-        tool.is_file(),
-        "{} is missing: build it with `cargo build -p mock-device-testkit --bins`",
-        tool.display()
-    );
-    let guest = Guest::with_module(&[("guest-tool", &tool)])?;
+    // The in-guest programs are built next to this binary (same target dir).
+    let mut binaries = Vec::new();
+    for name in ["guest-tool", "mock-apiserver", "mock-accel-agent"] {
+        let path = std::env::current_exe()?.with_file_name(name);
+        anyhow::ensure!(
+            path.is_file(),
+            "{} is missing: build it with `cargo build --workspace --bins`",
+            path.display()
+        );
+        binaries.push((name, path));
+    }
+    let refs: Vec<(&str, &std::path::Path)> = binaries.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    let guest = Guest::with_module(&refs)?;
     eprintln!(
         "guest kernel {} ({})",
         guest.kernel().release,
