@@ -351,10 +351,10 @@ fn wait_devices(
     timeout: Duration,
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
-    if let Some([file, value]) = write {
-        if let Err(e) = write_once(file, value.as_bytes()) {
-            anyhow::bail!("writing {value:?} to {file}: {e}");
-        }
+    if let Some([file, value]) = write
+        && let Err(e) = write_once(file, value.as_bytes())
+    {
+        anyhow::bail!("writing {value:?} to {file}: {e}");
     }
     loop {
         let (devices, rv) = pool_devices(api, node)?;
