@@ -15,7 +15,7 @@ test:
     cargo build --workspace --bins
     cargo test --workspace --no-fail-fast
 
-# Build the Rust workspace (the rig and its in-guest tools)
+# Build the Rust workspace (agent, test API server, rig and in-guest tools)
 build:
     cargo build --workspace --bins
 
@@ -31,7 +31,7 @@ kmod-check:
 kmod-clean:
     make -C kmod KDIR=/lib/modules/{{kver}}/build clean
 
-# The demo: boot a VM, load the module, hot-plug devices, show sysfs and uevents
+# The demo: a VM with the module, the agent and an API server; devices hot-plugged, slices shown changing
 vm-demo: build
     cargo run -q -p mock-device-testkit --bin guest -- demo
 
@@ -42,6 +42,11 @@ vm-shell: build
 # Boot a VM and run a scenario script in it (e.g. tests/scenarios/hotplug.sh)
 vm-run script: build
     cargo run -q -p mock-device-testkit --bin guest -- run {{script}}
+
+# Benchmarks in a VM with release builds: event->slice latency p50/p99, idle API load, storm writes
+bench-vm:
+    cargo build --release --workspace --bins
+    MOCK_GUEST_TIMEOUT=1200 ./target/release/guest run tests/scenarios/bench.sh
 
 # Formatting, clippy with warnings as errors, and the module's static checks
 lint: kmod-check

@@ -1,81 +1,68 @@
-# The demo: load mock-accel in a real kernel, hot-plug devices, and show
-# the sysfs tree and the uevents each step sends.
+# The demo: a real kernel with mock-accel, the node agent and a Kubernetes
+# API server. Devices are hot-plugged and unplugged; after each step you see
+# the kernel's uevents, the ResourceSlices the cluster now holds, and how
+# long the change took to reach them.
 . /guest/lib.sh
+api=http://127.0.0.1:6443
+node=mock-guest
 
 step() { printf '\n== %s\n' "$*"; }
 run() { echo "\$ $*"; sh -c "$*" || echo "   (failed with status $?)"; }
-
-# One row per device: what /sys/class/mock-accel says.
-table() {
-    printf '%-10s %-4s %-13s %-4s %-9s %-9s %-8s %-5s %s\n' \
-        DEVICE TYPE PCI NUMA MEMORY STATUS HEALTH VFS UUID
-    for d in $cls/*; do
-        [ -e "$d" ] || { echo "(no devices)"; return; }
-        name=$(basename $d)
-        if [ -e $d/sriov_numvfs ]; then vfs="$(cat $d/sriov_numvfs)/$(cat $d/sriov_totalvfs)"; else vfs=-; fi
-        case $(cat $d/status) in 1) status=allocated ;; *) status=free ;; esac
-        mem=$(awk '{ printf "%.1f GiB", $1 / 1073741824 }' $d/memory_size)
-        printf '%-10s %-4s %-13s %-4s %-9s %-9s %-8s %-5s %s\n' "$name" "$(cat $d/type)" \
-            "$(basename "$(readlink $d/device)")" "$(cat $d/numa_node)" "$mem" "$status" \
-            "$(cat $d/health)" "$vfs" "$(cat $d/uuid)"
-    done
-}
-
-# The uevents since the last call, one line each.
 seen=0
 events() {
-    sleep 0.1
     total=$(wc -l </tmp/events)
-    echo "uevents:"
     tail -n +$((seen + 1)) /tmp/events | awk '{
         n = split($2, p, "/"); what = p[n]; extra = ""
         for (i = 3; i <= NF; i++)
-            if ($i ~ /^MOCK_ACCEL_(EVENT|NUMVFS|STATUS|HEALTH|TYPE|NUMA_NODE|PHYSFN)=/) {
-                sub(/^MOCK_ACCEL_/, "", $i); extra = extra " " tolower($i)
-            }
-        kind = ($2 ~ /^\/module\//) ? "module" : (what ~ /^mock/) ? "class " : "bus   "
-        printf "  %-7s %s %-14s%s\n", $1, kind, what, extra
+            if ($i ~ /^MOCK_ACCEL_(EVENT|NUMVFS|STATUS|HEALTH)=/) { sub(/^MOCK_ACCEL_/, "", $i); extra = extra " " tolower($i) }
+        if (what ~ /^mock/ || $2 ~ /^\/module\//) printf "  uevent  %-7s %-12s%s\n", $1, what, extra
     }'
     seen=$total
 }
+# change DESC COUNT FILE VALUE: make a change, measure until the API shows it
+change() {
+    step "$1"
+    echo "\$ echo \"$4\" > $3"
+    ms=$(guest-tool wait-devices --api $api --node $node --count "$2" --write "$3" "$4" 2>&1) || { echo "FAILED: $ms"; return; }
+    events
+    echo "  -> the API server holds the change $ms ms after the write"
+    guest-tool slices --api $api --node $node
+}
+
+step "Start a Kubernetes API server (the project's test server) and register node $node"
+mock-apiserver --listen 127.0.0.1:6443 --kubeconfig /tmp/kc >/tmp/apiserver.log 2>&1 &
+until guest-tool http GET $api/version >/dev/null 2>&1; do sleep 0.05; done
+guest-tool http POST $api/api/v1/nodes "{\"metadata\":{\"name\":\"$node\"}}" >/dev/null && echo "  node/$node created"
 
 uevents_start /tmp/events
-step "Load the module: 4 PFs on 2 NUMA nodes, 8 VFs each allowed (defaults)"
+step "Load the module: 4 PFs on 2 NUMA nodes, 8 VFs each allowed"
 run modprobe mock-accel
 events
-table
 
-step "Hot-plug PF 4 on NUMA node 1 (netdevsim-style bus attribute)"
-run 'echo "4 1" > /sys/bus/mock-accel/new_device'
-events
-table
+step "Start the node agent (uevent-driven; the periodic rescan is off to prove it)"
+echo "\$ mock-accel-agent --rescan-interval=0 (NODE_NAME=$node)"
+KUBECONFIG=/tmp/kc NODE_NAME=$node mock-accel-agent --rescan-interval=0 --admin-address=127.0.0.1:8080 --v=2 >/tmp/agent.log 2>&1 &
+ms=$(guest-tool wait-devices --api $api --node $node --count 4)
+echo "  -> first publish $ms ms after start"
+guest-tool slices --api $api --node $node
 
-step "Enable 4 SR-IOV VFs on mock1 (PCI-core sriov_numvfs)"
-run 'echo 4 > /sys/class/mock-accel/mock1/sriov_numvfs'
-events
-echo "sysfs tree of a VF:"
-ls -l $cls/mock1_vf2/ | awk 'NR > 1 { $1 = $2 = $3 = $4 = $5 = $6 = $7 = $8 = ""; sub(/^ +/, ""); print "  " $0 }'
-echo "its character device reads its identity:"
-sed 's/^/  /' /dev/mock-accel/mock1_vf2
-table
+change "Hot-plug PF 4 on NUMA node 1" 5 /sys/bus/mock-accel/new_device "4 1"
+change "Enable 4 SR-IOV VFs on mock1" 9 /sys/class/mock-accel/mock1/sriov_numvfs 4
+change "Disable them" 5 /sys/class/mock-accel/mock1/sriov_numvfs 0
+change "Hot-unplug PF 4" 4 /sys/bus/mock-accel/del_device 4
 
-step "Allocate mock1_vf2, inject a fault into mock2"
-run 'echo 1 > /sys/class/mock-accel/mock1_vf2/status'
-run 'echo failed > /sys/class/mock-accel/mock2/health'
-events
-run 'echo 1 > /sys/class/mock-accel/mock2/status   # a failed device refuses allocation'
-run 'echo 0 > /sys/class/mock-accel/mock1/sriov_numvfs   # refused: a VF is allocated'
-table
+step "A kubelet restart deletes the node's slices; the agent puts them back"
+echo "\$ kubelet start-up (DELETE every ResourceSlice of $node)"
+guest-tool http POST "$api/_mock/kubelet-restart?node=$node" | tail -1 | sed 's/^/  /'
+ms=$(guest-tool wait-devices --api $api --node $node --count 4)
+echo "  -> restored in $ms ms"
 
-step "Free the VF, disable VFs, unplug PF 4"
-run 'echo 0 > /sys/class/mock-accel/mock1_vf2/status'
-run 'echo 0 > /sys/class/mock-accel/mock1/sriov_numvfs'
-run 'echo 4 > /sys/bus/mock-accel/del_device'
-events
-table
+step "What kubectl would print"
+guest-tool http GET "$api/apis/resource.k8s.io/v1/resourceslices?labelSelector=driver%3Dmock-accel.example.com" >/tmp/list
+echo "\$ kubectl get resourceslices -l driver=mock-accel.example.com -o name"
+grep -o '"name":"[^"]*-mock-accel.example.com-[0-9]*"' /tmp/list | sed 's/"name":"/  resourceslice.resource.k8s.io\//; s/"$//'
 
-step "Unload"
-run modprobe -r mock-accel
-events
+step "The agent's own measure (kernel event received -> slices accepted)"
+guest-tool http GET http://127.0.0.1:8080/metrics >/tmp/metrics
+grep -E '^mock_accel_(event_to_slice_seconds_(sum|count)|slice_writes_total|uevents_total)' /tmp/metrics | sed 's/^/  /'
 uevents_stop
-ls $cls 2>/dev/null || echo "/sys/class/mock-accel is gone"

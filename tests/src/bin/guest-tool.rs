@@ -62,6 +62,13 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Print NODE's ResourceSlices as a table (what the cluster sees).
+    Slices {
+        #[arg(long, default_value = "http://127.0.0.1:6443")]
+        api: String,
+        #[arg(long)]
+        node: String,
+    },
     /// Write VALUE to FILE in one write(2); print "ok" or the errno name.
     Write {
         file: String,
@@ -89,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             let _ = writeln!(std::io::stdout(), "{code}\n{text}");
             std::process::exit(if (200..300).contains(&code) { 0 } else { 1 });
         }
+        Cmd::Slices { api, node } => print_slices(&api, &node),
         Cmd::WaitDevices {
             api,
             node,
@@ -378,4 +386,53 @@ fn wait_devices(
         anyhow::ensure!(code == 200 && chunked, "watch: HTTP {code}");
         let _ = read_chunk(&mut r)?;
     }
+}
+
+fn print_slices(api: &str, node: &str) -> anyhow::Result<()> {
+    let (code, text) = http(
+        "GET",
+        &format!("{api}/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3D{node}"),
+        "",
+    )?;
+    anyhow::ensure!(code == 200, "listing slices: {code} {text}");
+    let list: serde_json::Value = serde_json::from_str(&text)?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    if items.is_empty() {
+        writeln!(out, "  (no ResourceSlices for node {node})")?;
+    }
+    for s in items {
+        let pool = &s["spec"]["pool"];
+        writeln!(
+            out,
+            "  ResourceSlice {}  pool {} generation {} ({} slice(s)), driver {}",
+            s["metadata"]["name"].as_str().unwrap_or(""),
+            pool["name"].as_str().unwrap_or(""),
+            pool["generation"],
+            pool["resourceSliceCount"],
+            s["spec"]["driver"].as_str().unwrap_or("")
+        )?;
+        writeln!(
+            out,
+            "    {:<11} {:<4} {:<13} {:<4} {:<7} {:<6} {:<10} UUID",
+            "DEVICE", "TYPE", "PCI", "NUMA", "MEMORY", "PHYSFN", "PCIE-ROOT"
+        )?;
+        for d in s["spec"]["devices"].as_array().into_iter().flatten() {
+            let a = &d["attributes"];
+            let text = |k: &str| a[k]["string"].as_str().unwrap_or("-").to_string();
+            writeln!(
+                out,
+                "    {:<11} {:<4} {:<13} {:<4} {:<7} {:<6} {:<10} {}",
+                d["name"].as_str().unwrap_or(""),
+                text("deviceType"),
+                text("pciAddress"),
+                a["numaNode"]["int"].to_string(),
+                d["capacity"]["memory"]["value"].as_str().unwrap_or("-"),
+                text("physfn"),
+                text("resource.kubernetes.io/pcieRoot"),
+                text("uuid")
+            )?;
+        }
+    }
+    Ok(())
 }
