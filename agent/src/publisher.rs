@@ -86,9 +86,11 @@ impl View {
                 if let Some(r) = self.relist.take() {
                     self.watched = r;
                 }
-                let watched = &self.watched;
-                self.written
-                    .retain(|name, w| watched.get(name).is_none_or(|s| rv(s) < rv(w)));
+                // The relist is the truth: what we wrote before it is in it, what
+                // we write after comes as later events. A create it does not show
+                // yet is answered 409 and re-read.
+                self.written.clear();
+                self.deleted.clear();
             }
             watcher::Event::Apply(s) => {
                 let name = s.name_any();
@@ -246,6 +248,7 @@ pub async fn run(
             Err(Retry::Now) => retry_at = Some(tokio::time::Instant::now()),
             Err(Retry::Later) => {
                 counter!(m::PUBLISHES, "result" => "failed").increment(1);
+                health.ready.store(false, Ordering::SeqCst);
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 retry_at = Some(tokio::time::Instant::now() + delay);
                 debug!(?delay, "publish failed; retrying after backoff");
@@ -336,4 +339,54 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn slice(name: &str, rv: u64) -> ResourceSlice {
+        ResourceSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                resource_version: Some(rv.to_string()),
+                ..Default::default()
+            },
+            spec: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_view_trusts_our_writes_until_the_watch_catches_up() {
+        let mut v = View::default();
+        v.apply(watcher::Event::Init);
+        v.apply(watcher::Event::InitApply(slice("a", 5)));
+        v.apply(watcher::Event::InitDone);
+        // We update a (rv 7): the watch has not shown it yet.
+        v.written.insert("a".into(), slice("a", 7));
+        assert_eq!(rv(&v.current()["a"]), 7);
+        v.apply(watcher::Event::Apply(slice("a", 7)));
+        assert!(v.written.is_empty());
+        // A kubelet wipe after our write: gone from the view.
+        v.written.insert("a".into(), slice("a", 8));
+        v.apply(watcher::Event::Delete(slice("a", 9)));
+        assert!(v.current().is_empty());
+        // We delete b; the watch shows it later.
+        v.apply(watcher::Event::Apply(slice("b", 10)));
+        v.deleted.insert("b".into(), 11);
+        assert!(!v.current().contains_key("b"));
+    }
+
+    #[test]
+    fn a_relist_is_the_truth() {
+        let mut v = View::default();
+        v.written.insert("gone".into(), slice("gone", 3));
+        v.deleted.insert("back".into(), 4);
+        v.apply(watcher::Event::Init);
+        v.apply(watcher::Event::InitApply(slice("back", 6)));
+        v.apply(watcher::Event::InitDone);
+        let names: Vec<String> = v.current().into_keys().collect();
+        assert_eq!(names, ["back"], "deleted while the watch was down must not linger");
+    }
 }

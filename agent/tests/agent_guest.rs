@@ -40,5 +40,5 @@ fn agent_publishes_real_hotplug_through_uevents() {
         eprintln!("{line}");
     }
     eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
-    run.assert_clean(16);
+    run.assert_clean(19);
 }

@@ -49,11 +49,24 @@ check_true "the pcieRoot standard attribute" grep -q 'resource.kubernetes.io/pci
 guest-tool http POST "$api/_mock/kubelet-restart?node=$node" >/dev/null
 wait_dev "restored after a kubelet wipe" 4
 
+# Lost events: while the agent is frozen, hundreds of uevents overflow its
+# socket buffer; on resume the kernel reports ENOBUFS and the agent rescans.
+kill -STOP $agent
+for round in 1 2 3 4 5 6; do
+    for pf in 0 1 2 3; do echo 8 >$cls/mock$pf/sriov_numvfs; echo 0 >$cls/mock$pf/sriov_numvfs; done
+done
+echo 8 >$cls/mock2/sriov_numvfs
+kill -CONT $agent
+wait_dev "after lost events, the pool is right" 12
+guest-tool http GET http://127.0.0.1:8080/metrics >/tmp/metrics
+check_true "the overflow was noticed (ENOBUFS)" grep -qE '^mock_accel_uevent_overflows_total [1-9]' /tmp/metrics
+check_true "and answered with a full rescan" grep -qE '^mock_accel_rescans_total\{reason="overflow"\} [1-9]' /tmp/metrics
+
 guest-tool http GET http://127.0.0.1:8080/readyz >/tmp/readyz
 check "readyz" 200 "$(head -1 /tmp/readyz)"
 guest-tool http GET http://127.0.0.1:8080/metrics >/tmp/metrics
 check_true "uevents counted" grep -q 'mock_accel_uevents_total{source="kernel",action="add"}' /tmp/metrics
-grep -E '^mock_accel_(event_to_slice_seconds_(sum|count)|uevents_total|rescans_total|slice_writes_total)' /tmp/metrics | sed 's/^/METRIC /'
+grep -E '^mock_accel_(event_to_slice_seconds_(sum|count)|uevents_total|uevent_overflows_total|rescans_total|slice_writes_total)' /tmp/metrics | sed 's/^/METRIC /'
 
 kill $agent
 n=0
