@@ -42,3 +42,34 @@ fn agent_publishes_real_hotplug_through_uevents() {
     eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
     run.assert_clean(19);
 }
+
+/// The README's main command runs this scenario: it must keep working.
+#[test]
+fn the_demo_runs_to_the_end() {
+    let mut bins = guest_binaries();
+    if let Some(kubectl) = mock_device_testkit::python_tool("kubectl") {
+        bins.push(("kubectl", kubectl));
+    }
+    let refs: Vec<(&str, &Path)> = bins.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    let guest = Guest::with_module(&refs).unwrap_or_else(|e| panic!("cannot set up the guest: {e}"));
+    let script = std::fs::read_to_string(workspace_root().join("tests/scenarios/demo.sh")).unwrap();
+    let run = guest.run(&script).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.exit_code, 0, "{}", run.output);
+    assert!(run.kernel_problems().is_empty(), "{}", run.dmesg);
+    for milestone in [
+        "node/mock-guest created",
+        "first publish",
+        "uevent  add     mock4",
+        "mock1-vf3   vf   0000:1b:00.4",
+        "uevent  remove  mock4",
+        "restored in",
+        "mock_accel_event_to_slice_seconds_count",
+    ] {
+        assert!(
+            run.output.contains(milestone),
+            "the demo lacks {milestone:?}:\n{}",
+            run.output
+        );
+    }
+    assert!(!run.output.contains("FAILED"), "{}", run.output);
+}

