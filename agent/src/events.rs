@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use kobject_uevent::{ActionType, UEvent};
@@ -26,19 +27,28 @@ pub const SUBSYSTEM: &str = "mock-accel";
 #[derive(Debug, Clone)]
 pub enum Trigger {
     /// A uevent about a mock-accel device or the module.
+    /// `ebpf_attached`: whether the probes were attached when it was received
+    /// (so eBPF should have seen the same device event).
     Uevent {
         source: &'static str,
         event: Box<UEvent>,
         at: Instant,
+        ebpf_attached: bool,
     },
     /// The kernel dropped events (ENOBUFS): everything must be rescanned.
     Overflow { at: Instant },
+    /// The eBPF probe saw the module probe or remove a function; `at` is
+    /// the kernel's timestamp.
+    Probe {
+        event: mock_accel_ebpf::ProbeEvent,
+        at: Instant,
+    },
 }
 
 impl Trigger {
     fn at(&self) -> Instant {
         match self {
-            Trigger::Uevent { at, .. } | Trigger::Overflow { at } => *at,
+            Trigger::Uevent { at, .. } | Trigger::Overflow { at } | Trigger::Probe { at, .. } => *at,
         }
     }
 }
@@ -49,6 +59,8 @@ impl Trigger {
 pub struct Snapshot {
     pub inventory: Arc<Inventory>,
     pub first_event: Option<Instant>,
+    /// `first_event` is a kernel timestamp (from eBPF), not a receipt time.
+    pub kernel_clock: bool,
 }
 
 pub fn action_name(a: ActionType) -> &'static str {
@@ -84,7 +96,7 @@ pub fn parse(packet: &[u8], source: &'static str) -> Option<UEvent> {
 }
 
 /// Counts a relevant event and turns it into a trigger.
-pub fn trigger(ev: UEvent, source: &'static str, at: Instant) -> Option<Trigger> {
+pub fn trigger(ev: UEvent, source: &'static str, at: Instant, ebpf_attached: bool) -> Option<Trigger> {
     if !relevant(&ev) {
         return None;
     }
@@ -94,11 +106,18 @@ pub fn trigger(ev: UEvent, source: &'static str, at: Instant) -> Option<Trigger>
         source,
         event: Box::new(ev),
         at,
+        ebpf_attached,
     })
 }
 
 /// The kernel's uevent netlink group (1): reaches a pod without hostNetwork.
-pub async fn kernel_uevents(tx: mpsc::Sender<Trigger>, cancel: CancellationToken) -> anyhow::Result<()> {
+/// Module loads and unloads also go to `module` (for the eBPF probes).
+pub async fn kernel_uevents(
+    tx: mpsc::Sender<Trigger>,
+    module: tokio::sync::watch::Sender<crate::ebpf::ModuleState>,
+    ebpf_attached: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols::NETLINK_KOBJECT_UEVENT};
     let mut socket = TokioSocket::new(NETLINK_KOBJECT_UEVENT)?;
     // Room for a storm (16 VFs x 3 events is small; a reload of 64 PFs is not).
@@ -115,7 +134,16 @@ pub async fn kernel_uevents(tx: mpsc::Sender<Trigger>, cancel: CancellationToken
         match received {
             Ok((packet, _)) => {
                 let at = Instant::now();
-                if let Some(t) = parse(&packet, "kernel").and_then(|ev| trigger(ev, "kernel", at))
+                let event = parse(&packet, "kernel");
+                if let Some(ev) = event.as_ref().filter(|ev| ev.subsystem == "module" && relevant(ev)) {
+                    let loaded = ev.action == ActionType::Add;
+                    module.send_modify(|m| {
+                        m.loaded = loaded;
+                        m.loads += loaded as u64;
+                    });
+                }
+                let attached = ebpf_attached.load(Ordering::SeqCst);
+                if let Some(t) = event.and_then(|ev| trigger(ev, "kernel", at, attached))
                     && tx.send(t).await.is_err()
                 {
                     return Ok(());
@@ -174,7 +202,7 @@ pub fn udev_uevents(tx: mpsc::Sender<Trigger>, cancel: CancellationToken) -> Opt
                     packet.extend_from_slice(p.value().as_encoded_bytes());
                     packet.push(0);
                 }
-                if let Some(t) = parse(&packet, "udev").and_then(|ev| trigger(ev, "udev", at))
+                if let Some(t) = parse(&packet, "udev").and_then(|ev| trigger(ev, "udev", at, false))
                     && tx.blocking_send(t).is_err()
                 {
                     return;
@@ -216,13 +244,12 @@ pub async fn inventory_task(
 ) -> anyhow::Result<()> {
     let mut scanner = Scanner::default();
     let first = scanner.scan(&root, "startup").await?;
-    if out
-        .send(Snapshot {
-            inventory: first,
-            first_event: None,
-        })
-        .is_err()
-    {
+    let startup = Snapshot {
+        inventory: first,
+        first_event: None,
+        kernel_clock: false,
+    };
+    if out.send(startup).is_err() {
         return Ok(());
     }
     let mut ticker = rescan.map(|period| {
@@ -230,47 +257,187 @@ pub async fn inventory_task(
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    let mut correlator = Correlator::new(Duration::from_secs(2));
+    let mut expiry = tokio::time::interval(Duration::from_millis(500));
     let mut open = true;
     loop {
-        let (reason, first_event) = tokio::select! {
+        let batch = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            _ = async { ticker.as_mut().unwrap().tick().await }, if ticker.is_some() => ("periodic", None),
+            _ = async { ticker.as_mut().unwrap().tick().await }, if ticker.is_some() => Batch::new("periodic"),
+            _ = expiry.tick() => {
+                correlator.expire(Instant::now());
+                continue;
+            }
             t = triggers.recv(), if open => {
                 // No event source left (uevents off): rescans only, until cancelled.
                 let Some(t) = t else { open = false; continue };
-                let first = t.at();
-                let mut reason = reason_of(&t);
-                let deadline = tokio::time::Instant::from_std(first + coalesce.max_wait);
+                let mut batch = Batch::new(reason_of(&t));
+                let deadline = tokio::time::Instant::now() + coalesce.max_wait;
+                let mut next = Some(t);
                 // Coalesce the burst.
-                loop {
-                    let wait = tokio::time::Instant::now() + coalesce.quiet;
-                    match tokio::time::timeout_at(wait.min(deadline), triggers.recv()).await {
-                        Ok(Some(more)) => {
-                            if matches!(more, Trigger::Overflow { .. }) || reason == "overflow" {
-                                reason = "overflow";
-                            } else if reason_of(&more) == "module" {
-                                reason = "module";
-                            }
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        break;
+                while let Some(t) = next.take() {
+                    correlator.observe(&t);
+                    batch.add(&t);
+                    let wait = (tokio::time::Instant::now() + coalesce.quiet).min(deadline);
+                    if let Ok(Some(more)) = tokio::time::timeout_at(wait, triggers.recv()).await {
+                        next = Some(more);
                     }
                 }
-                (reason, Some(first))
+                batch
             }
         };
-        let inventory = scanner.scan(&root, reason).await?;
-        if out.send(Snapshot { inventory, first_event }).is_err() {
+        let inventory = scanner.scan(&root, batch.reason).await?;
+        let snapshot = Snapshot {
+            inventory,
+            first_event: batch.first,
+            kernel_clock: batch.kernel_clock,
+        };
+        if out.send(snapshot).is_err() {
             return Ok(());
         }
+    }
+}
+
+/// The triggers of one scan: why, and the oldest event it answers.
+struct Batch {
+    reason: &'static str,
+    first: Option<Instant>,
+    kernel_clock: bool,
+}
+
+impl Batch {
+    fn new(reason: &'static str) -> Batch {
+        Batch {
+            reason,
+            first: None,
+            kernel_clock: false,
+        }
+    }
+
+    fn add(&mut self, t: &Trigger) {
+        let r = reason_of(t);
+        if r == "overflow" || (r == "module" && self.reason != "overflow") {
+            self.reason = r;
+        }
+        if self.first.is_none_or(|f| t.at() < f) {
+            self.first = Some(t.at());
+            self.kernel_clock = matches!(t, Trigger::Probe { .. });
+        }
+    }
+}
+
+/// A device event as both sources name it: (added?, PF, VF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceEvent {
+    pub added: bool,
+    pub pf: u32,
+    pub vf: Option<u32>,
+}
+
+impl DeviceEvent {
+    /// From a class-device add/remove uevent (the ones with a device node).
+    pub fn from_uevent(ev: &UEvent) -> Option<DeviceEvent> {
+        if ev.subsystem != SUBSYSTEM || !ev.env.contains_key("DEVNAME") {
+            return None;
+        }
+        let added = match ev.action {
+            ActionType::Add => true,
+            ActionType::Remove => false,
+            _ => return None,
+        };
+        Some(DeviceEvent {
+            added,
+            pf: ev.env.get("MOCK_ACCEL_PF_INDEX")?.parse().ok()?,
+            vf: match ev.env.get("MOCK_ACCEL_VF_INDEX") {
+                Some(v) => Some(v.parse().ok()?),
+                None => None,
+            },
+        })
+    }
+
+    /// From an eBPF event; a failed probe creates no device.
+    pub fn from_probe(ev: &mock_accel_ebpf::ProbeEvent) -> Option<DeviceEvent> {
+        let added = match (ev.kind, ev.result) {
+            (mock_accel_ebpf::KIND_PROBE, 0) => true,
+            (mock_accel_ebpf::KIND_PROBE, _) => return None,
+            _ => false,
+        };
+        Some(DeviceEvent {
+            added,
+            pf: ev.pf_index,
+            vf: ev.is_vf().then_some(ev.vf_index),
+        })
+    }
+}
+
+/// Pairs each device event seen through uevents with the one seen through
+/// eBPF; one seen by a single source within the window is logged and
+/// counted. Active only while the probes are attached.
+pub struct Correlator {
+    window: Duration,
+    pending: std::collections::HashMap<DeviceEvent, (&'static str, Instant)>,
+}
+
+impl Correlator {
+    pub fn new(window: Duration) -> Correlator {
+        Correlator {
+            window,
+            pending: Default::default(),
+        }
+    }
+
+    pub fn observe(&mut self, t: &Trigger) {
+        let (key, source) = match t {
+            // A uevent received while the probes were detached expects nothing.
+            Trigger::Uevent {
+                ebpf_attached: false, ..
+            } => return,
+            Trigger::Uevent { event, .. } => (DeviceEvent::from_uevent(event), "uevent"),
+            Trigger::Probe { event, .. } => (DeviceEvent::from_probe(event), "ebpf"),
+            Trigger::Overflow { .. } => {
+                // Lost uevents: nothing can be paired until now.
+                self.pending.clear();
+                return;
+            }
+        };
+        let Some(key) = key else { return };
+        match self.pending.get(&key) {
+            Some((other, _)) if *other != source => {
+                self.pending.remove(&key);
+            }
+            _ => {
+                self.pending.insert(key, (source, Instant::now()));
+            }
+        }
+    }
+
+    /// Events older than the window that the other source never saw.
+    pub fn expire(&mut self, now: Instant) -> Vec<(DeviceEvent, &'static str)> {
+        let window = self.window;
+        let mut out = Vec::new();
+        self.pending.retain(|key, (source, seen)| {
+            let keep = now.duration_since(*seen) < window;
+            if !keep {
+                out.push((*key, *source));
+            }
+            keep
+        });
+        for (key, source) in &out {
+            counter!(m::EVENT_MISMATCHES, "seen_only_by" => *source).increment(1);
+            warn!(
+                ?key,
+                seen_only_by = *source,
+                "a device event was seen by one source only"
+            );
+        }
+        out
     }
 }
 
 fn reason_of(t: &Trigger) -> &'static str {
     match t {
         Trigger::Overflow { .. } => "overflow",
+        Trigger::Probe { .. } => "ebpf",
         Trigger::Uevent { event, .. } if event.subsystem == "module" => "module",
         Trigger::Uevent { .. } => "uevent",
     }
@@ -389,7 +556,9 @@ mod tests {
         .unwrap();
         let t0 = Instant::now();
         for _ in 0..48 {
-            tx.send(trigger(ev.clone(), "kernel", t0).unwrap()).await.unwrap();
+            tx.send(trigger(ev.clone(), "kernel", t0, false).unwrap())
+                .await
+                .unwrap();
         }
         let snap = snaps.recv().await.unwrap();
         assert_eq!(snap.first_event, Some(t0));
@@ -397,5 +566,93 @@ mod tests {
         assert!(snaps.try_recv().is_err(), "48 events, one scan");
         cancel.cancel();
         task.await.unwrap().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod correlation_tests {
+    use super::*;
+    use mock_accel_ebpf::{KIND_PROBE, KIND_REMOVE, ProbeEvent, VF_NONE};
+
+    fn uevent(action: &str, pf: u32, vf: Option<u32>) -> Trigger {
+        uevent_when(action, pf, vf, true)
+    }
+
+    fn uevent_when(action: &str, pf: u32, vf: Option<u32>, attached: bool) -> Trigger {
+        let name = match vf {
+            Some(v) => format!("mock{pf}_vf{v}"),
+            None => format!("mock{pf}"),
+        };
+        let vf_prop = vf.map(|v| format!("MOCK_ACCEL_VF_INDEX={v}\0")).unwrap_or_default();
+        let packet = format!(
+            "{action}@/devices/mock-accel/x/mock-accel/{name}\0ACTION={action}\0DEVPATH=/devices/mock-accel/x/mock-accel/{name}\0SUBSYSTEM=mock-accel\0DEVNAME=mock-accel/{name}\0MOCK_ACCEL_PF_INDEX={pf}\0{vf_prop}SEQNUM=1\0"
+        );
+        trigger(
+            parse(packet.as_bytes(), "kernel").unwrap(),
+            "kernel",
+            Instant::now(),
+            attached,
+        )
+        .unwrap()
+    }
+
+    fn probe(kind: u32, pf: u32, vf: Option<u32>, result: i32) -> Trigger {
+        Trigger::Probe {
+            event: ProbeEvent {
+                timestamp_ns: 0,
+                kind,
+                pf_index: pf,
+                vf_index: vf.unwrap_or(VF_NONE),
+                result,
+            },
+            at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn events_seen_by_both_sources_pair_up() {
+        let mut c = Correlator::new(Duration::from_millis(10));
+        c.observe(&uevent("add", 5, None));
+        c.observe(&probe(KIND_PROBE, 5, None, 0));
+        c.observe(&probe(KIND_REMOVE, 1, Some(3), 0));
+        c.observe(&uevent("remove", 1, Some(3)));
+        // A failed probe creates no device, and no uevent is expected.
+        c.observe(&probe(KIND_PROBE, 7, None, -5));
+        // Bus-device events have no device node: not paired.
+        let later = Instant::now() + Duration::from_millis(50);
+        assert!(c.expire(later).is_empty());
+    }
+
+    #[test]
+    fn an_event_seen_by_one_source_is_reported() {
+        let mut c = Correlator::new(Duration::from_millis(10));
+        c.observe(&probe(KIND_PROBE, 2, Some(0), 0));
+        c.observe(&uevent("remove", 3, None));
+        let mut missed = c.expire(Instant::now() + Duration::from_millis(50));
+        missed.sort_by_key(|(k, _)| k.pf);
+        assert_eq!(
+            missed,
+            vec![
+                (
+                    DeviceEvent {
+                        added: true,
+                        pf: 2,
+                        vf: Some(0)
+                    },
+                    "ebpf"
+                ),
+                (
+                    DeviceEvent {
+                        added: false,
+                        pf: 3,
+                        vf: None
+                    },
+                    "uevent"
+                ),
+            ]
+        );
+        // Received while detached: nothing is expected of eBPF.
+        c.observe(&uevent_when("add", 4, None, false));
+        assert!(c.expire(Instant::now() + Duration::from_secs(1)).is_empty());
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! - [`inventory`] reads the module's sysfs tree into typed records;
 //! - [`events`] turns uevents (and a safety-net timer) into coalesced scans;
+//! - [`ebpf`] adds kprobes on the module's probe/remove: kernel timestamps
+//!   and a second signal, where eBPF is allowed;
 //! - [`slices`] turns an inventory into ResourceSlices and plans writes;
 //! - [`publisher`] makes the API hold them, whatever happens to it;
 //! - [`admin`] serves `/livez`, `/readyz` and `/metrics`.
 
 pub mod admin;
 pub mod args;
+pub mod ebpf;
 pub mod events;
 pub mod inventory;
 pub mod metrics;
@@ -111,11 +114,34 @@ async fn run(
 ) -> anyhow::Result<()> {
     let (trigger_tx, trigger_rx) = mpsc::channel(4096);
     let (snap_tx, snap_rx) = mpsc::unbounded_channel();
+    let (module_tx, module_rx) = tokio::sync::watch::channel(ebpf::ModuleState::now());
+    let ebpf_attached = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = JoinSet::new();
 
     tasks.spawn(admin::serve(listener, health.clone(), cancel.clone()).instrument(info_span!("admin")));
+    if args.ebpf {
+        let (tx, attached, cancel) = (trigger_tx.clone(), ebpf_attached.clone(), cancel.clone());
+        tasks.spawn(
+            async move {
+                // Not critical: on failure the agent goes on with uevents.
+                if let Err(e) = ebpf::run(tx, module_rx, attached, cancel.clone()).await {
+                    ::metrics::gauge!(metrics::EBPF_ATTACHED).set(0.0);
+                    warn!(error = %format!("{e:#}"), "the eBPF probes stopped; going on with uevents alone");
+                    cancel.cancelled().await;
+                }
+                Ok(())
+            }
+            .instrument(info_span!("ebpf")),
+        );
+    } else {
+        ::metrics::gauge!(metrics::EBPF_AVAILABLE).set(0.0);
+        info!("eBPF probes off (--ebpf=false)");
+    }
     if args.uevents {
-        tasks.spawn(events::kernel_uevents(trigger_tx.clone(), cancel.clone()).instrument(info_span!("uevents")));
+        tasks.spawn(
+            events::kernel_uevents(trigger_tx.clone(), module_tx, ebpf_attached.clone(), cancel.clone())
+                .instrument(info_span!("uevents")),
+        );
         // The udev thread ends with the token; it is not critical.
         let _ = events::udev_uevents(trigger_tx.clone(), cancel.clone());
     } else {

@@ -21,6 +21,13 @@ pub const API_ERRORS: &str = "mock_accel_api_errors_total";
 pub const EVENT_TO_SLICE: &str = "mock_accel_event_to_slice_seconds";
 pub const SLICES: &str = "mock_accel_resource_slices";
 pub const POOL_GENERATION: &str = "mock_accel_pool_generation";
+pub const EBPF_AVAILABLE: &str = "mock_accel_ebpf_available";
+pub const EBPF_ATTACHED: &str = "mock_accel_ebpf_attached";
+pub const EBPF_ATTACHES: &str = "mock_accel_ebpf_attaches_total";
+pub const EBPF_EVENTS: &str = "mock_accel_ebpf_events_total";
+pub const EBPF_MALFORMED: &str = "mock_accel_ebpf_events_malformed_total";
+pub const EBPF_DROPS: &str = "mock_accel_ebpf_ringbuf_drops_total";
+pub const EVENT_MISMATCHES: &str = "mock_accel_event_mismatches_total";
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
@@ -86,6 +93,31 @@ fn describe() {
     );
     describe_gauge!(SLICES, "ResourceSlices this agent publishes.");
     describe_gauge!(POOL_GENERATION, "Generation of this node's pool.");
+    describe_gauge!(
+        EBPF_AVAILABLE,
+        "1 if the eBPF probes could be loaded here, 0 if the agent runs on uevents alone."
+    );
+    describe_gauge!(
+        EBPF_ATTACHED,
+        "1 while the eBPF probes are attached to the loaded module."
+    );
+    describe_counter!(
+        EBPF_ATTACHES,
+        "Times the eBPF probes were attached (once per module load)."
+    );
+    describe_counter!(
+        EBPF_EVENTS,
+        "Probes and removes seen by eBPF, by kind (probe, probe_failed, remove)."
+    );
+    describe_counter!(EBPF_MALFORMED, "Ring-buffer records that were not an event.");
+    describe_counter!(
+        EBPF_DROPS,
+        "Events the eBPF programs could not put in the full ring buffer."
+    );
+    describe_counter!(
+        EVENT_MISMATCHES,
+        "Device events seen by one source (uevent or eBPF) but not the other within 2 s."
+    );
 }
 
 /// A bounded label for an API error.

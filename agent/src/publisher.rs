@@ -163,7 +163,7 @@ pub async fn run(
     let mut view = View::default();
     let mut synced = false;
     let mut inventory: Option<Arc<Inventory>> = None;
-    let mut pending_since: Option<Instant> = None;
+    let mut pending_since: Option<(Instant, bool)> = None;
     let mut generation = 0i64;
     let mut delays = backoff();
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -175,7 +175,8 @@ pub async fn run(
                 let Some(mut snap) = snap else { return Ok(()) };
                 // Take the newest inventory; remember the oldest event not yet published.
                 loop {
-                    pending_since = [pending_since, snap.first_event].into_iter().flatten().min();
+                    let this = snap.first_event.map(|t| (t, snap.kernel_clock));
+                    pending_since = [pending_since, this].into_iter().flatten().min_by_key(|(t, _)| *t);
                     match snapshots.try_recv() {
                         Ok(newer) => snap = newer,
                         Err(_) => break,
@@ -233,10 +234,14 @@ pub async fn run(
                 counter!(m::PUBLISHES, "result" => "changed").increment(1);
                 gauge!(m::SLICES).set(desired.len() as f64);
                 gauge!(m::POOL_GENERATION).set(generation as f64);
-                if let Some(t) = pending_since.take() {
-                    histogram!(m::EVENT_TO_SLICE).record(t.elapsed().as_secs_f64());
-                }
+                let latency = pending_since.take().map(|(t, kernel)| {
+                    let clock = if kernel { "kernel" } else { "uevent" };
+                    histogram!(m::EVENT_TO_SLICE, "clock" => clock).record(t.elapsed().as_secs_f64());
+                    (t.elapsed().as_secs_f64() * 1000.0, clock)
+                });
                 info!(
+                    latency_ms = latency.map(|(ms, _)| (ms * 10.0).round() / 10.0),
+                    clock = latency.map(|(_, c)| c),
                     slices = desired.len(),
                     devices = desired.iter().map(Vec::len).sum::<usize>(),
                     generation,

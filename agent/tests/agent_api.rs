@@ -120,6 +120,7 @@ impl Rig {
             events::parse(packet.as_bytes(), "kernel").unwrap(),
             "kernel",
             Instant::now(),
+            false,
         )
         .unwrap()
     }

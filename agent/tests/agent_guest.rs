@@ -73,3 +73,20 @@ fn the_demo_runs_to_the_end() {
     }
     assert!(!run.output.contains("FAILED"), "{}", run.output);
 }
+
+#[test]
+fn ebpf_probes_see_every_probe_and_remove_and_follow_reloads() {
+    let bins = guest_binaries();
+    let refs: Vec<(&str, &Path)> = bins.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    let guest = Guest::with_module(&refs).unwrap_or_else(|e| panic!("cannot set up the guest: {e}"));
+    let script = std::fs::read_to_string(workspace_root().join("tests/scenarios/ebpf.sh")).unwrap();
+    let run = guest.run(&script).unwrap_or_else(|e| panic!("{e}"));
+    for line in run
+        .output
+        .lines()
+        .filter(|l| l.starts_with("LATENCY") || l.starts_with("LOG"))
+    {
+        eprintln!("{line}");
+    }
+    run.assert_clean(25);
+}

@@ -13,6 +13,9 @@ guest-tool http POST $api/api/v1/nodes "{\"metadata\":{\"name\":\"$node\"}}" >/d
 modprobe mock-accel max_vfs=16
 KUBECONFIG=/tmp/kc NODE_NAME=$node mock-accel-agent --admin-address=127.0.0.1:8080 --v=1 >/tmp/agent.log 2>&1 &
 guest-tool wait-devices --api $api --node $node --count 4 >/dev/null || { echo "the agent never published"; exit 1; }
+n=0
+until guest-tool http GET http://127.0.0.1:8080/metrics | grep -q '^mock_accel_ebpf_attached 1' || [ $n -gt 100 ]; do sleep 0.1; n=$((n + 1)); done
+echo "eBPF probes attached: $(guest-tool http GET http://127.0.0.1:8080/metrics | grep '^mock_accel_ebpf_attached ' | awk '{print $2}')"
 
 # percentiles FILE: p50 p90 p99 max of one number per line
 percentiles() {
@@ -33,6 +36,8 @@ while [ $i -lt $n_hotplugs ]; do
     i=$((i + 1))
 done
 echo "write(2) -> API holds the new pool, seen by a watching client: $(percentiles /tmp/lat)"
+grep 'ResourceSlices published' /tmp/agent.log | grep 'clock="kernel"' | sed 's/.*latency_ms=\([0-9.]*\).*/\1/' >/tmp/klat
+echo "kernel timestamp (eBPF) -> slices accepted by the API server: $(percentiles /tmp/klat)"
 guest-tool http GET http://127.0.0.1:8080/metrics >/tmp/metrics
 awk '/^mock_accel_event_to_slice_seconds_(sum|count)/ { v[$1] = $2 } END {
     printf "agent histogram (event received -> slices accepted): count=%d mean=%.1f ms\n", v["mock_accel_event_to_slice_seconds_count"], 1000 * v["mock_accel_event_to_slice_seconds_sum"] / v["mock_accel_event_to_slice_seconds_count"] }' /tmp/metrics

@@ -24,7 +24,9 @@ const QEMU_HINT: &str = "install it with `apt-get install -y qemu-system-x86` (o
 /// The guest's `/init`: mounts the usual file systems, then runs the
 /// scenario (mode `run`) or a shell on the console (mode `shell`).
 const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /run /root /var
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /run /root /var /etc
+/bin/busybox printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' >/etc/passwd
+/bin/busybox printf 'root:x:0:\nnogroup:x:65534:\n' >/etc/group
 /bin/busybox --install -s
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
