@@ -23,7 +23,8 @@ pub const MAP_DROPS: &str = "DROPS";
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeEvent {
-    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, in nanoseconds.
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC, ns) when the probe or remove
+    /// started: the true start of the hot-plug in the kernel.
     pub timestamp_ns: u64,
     pub kind: u32,
     pub pf_index: u32,

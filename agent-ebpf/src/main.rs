@@ -18,16 +18,20 @@ mod programs {
     #[map]
     static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-    /// (pf, vf) of a probe in flight, by task, until it returns.
+    /// A probe in flight, by task, until it returns: [pf << 32 | vf, start time].
     #[map]
-    static PENDING: HashMap<u64, [u32; 2]> = HashMap::with_max_entries(1024, 0);
+    static PENDING: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(1024, 0);
 
-    fn emit(kind: u32, pf_index: u32, vf_index: u32, result: i32) {
+    fn now() -> u64 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    }
+
+    fn emit(kind: u32, pf_index: u32, vf_index: u32, result: i32, timestamp_ns: u64) {
         match EVENTS.reserve::<ProbeEvent>(0) {
             Some(mut entry) => {
                 entry.write(ProbeEvent {
-                    // SAFETY: a helper without arguments.
-                    timestamp_ns: unsafe { bpf_ktime_get_ns() },
+                    timestamp_ns,
                     kind,
                     pf_index,
                     vf_index,
@@ -50,8 +54,8 @@ mod programs {
     }
 
     fn try_probe_entry(ctx: &ProbeContext) -> Option<u32> {
-        let args = [ctx.arg::<u32>(0)?, ctx.arg::<u32>(1)?];
-        PENDING.insert(&bpf_get_current_pid_tgid(), &args, 0).ok()?;
+        let ids = (u64::from(ctx.arg::<u32>(0)?) << 32) | u64::from(ctx.arg::<u32>(1)?);
+        PENDING.insert(&bpf_get_current_pid_tgid(), &[ids, now()], 0).ok()?;
         Some(0)
     }
 
@@ -63,9 +67,10 @@ mod programs {
     fn try_probe_return(ctx: &RetProbeContext) -> Option<u32> {
         let key = bpf_get_current_pid_tgid();
         // SAFETY: the value is copied out before the entry is removed.
-        let [pf, vf] = *unsafe { PENDING.get(&key) }?;
+        let [ids, started] = *unsafe { PENDING.get(&key) }?;
         let _ = PENDING.remove(&key);
-        emit(KIND_PROBE, pf, vf, ctx.ret::<i32>());
+        // The event is stamped with the probe's start: the hot-plug's true start.
+        emit(KIND_PROBE, (ids >> 32) as u32, ids as u32, ctx.ret::<i32>(), started);
         Some(0)
     }
 
@@ -73,7 +78,7 @@ mod programs {
     pub fn mock_accel_remove(ctx: ProbeContext) -> u32 {
         match (ctx.arg::<u32>(0), ctx.arg::<u32>(1)) {
             (Some(pf), Some(vf)) => {
-                emit(KIND_REMOVE, pf, vf, 0);
+                emit(KIND_REMOVE, pf, vf, 0, now());
                 0
             }
             _ => 1,

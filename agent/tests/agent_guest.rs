@@ -88,5 +88,5 @@ fn ebpf_probes_see_every_probe_and_remove_and_follow_reloads() {
     {
         eprintln!("{line}");
     }
-    run.assert_clean(25);
+    run.assert_clean(26);
 }

@@ -39,8 +39,12 @@ echo "write(2) -> API holds the new pool, seen by a watching client: $(percentil
 grep 'ResourceSlices published' /tmp/agent.log | grep 'clock="kernel"' | sed 's/.*latency_ms=\([0-9.]*\).*/\1/' >/tmp/klat
 echo "kernel timestamp (eBPF) -> slices accepted by the API server: $(percentiles /tmp/klat)"
 guest-tool http GET http://127.0.0.1:8080/metrics >/tmp/metrics
-awk '/^mock_accel_event_to_slice_seconds_(sum|count)/ { v[$1] = $2 } END {
-    printf "agent histogram (event received -> slices accepted): count=%d mean=%.1f ms\n", v["mock_accel_event_to_slice_seconds_count"], 1000 * v["mock_accel_event_to_slice_seconds_sum"] / v["mock_accel_event_to_slice_seconds_count"] }' /tmp/metrics
+awk '/^mock_accel_event_to_slice_seconds_(sum|count)/ {
+        split($1, a, "{"); name = a[1]; clock = a[2]; sub(/clock="/, "", clock); sub(/"}/, "", clock)
+        v[clock, name] = $2; clocks[clock] = 1 }
+    END { for (c in clocks) printf "agent histogram, clock=%s: count=%d mean=%.1f ms\n", c,
+            v[c, "mock_accel_event_to_slice_seconds_count"],
+            1000 * v[c, "mock_accel_event_to_slice_seconds_sum"] / v[c, "mock_accel_event_to_slice_seconds_count"] }' /tmp/metrics
 grep '^mock_accel_event_to_slice_seconds_bucket' /tmp/metrics | sed 's/^/  /'
 
 echo "== idle: API requests while nothing changes (default 30 s safety-net rescan)"

@@ -52,6 +52,11 @@ check "the injected probe failure seen, with its result" 1 "$(metric 'mock_accel
 check "every remove seen (4 VFs + 1 PF)" 5 "$(metric 'mock_accel_ebpf_events_total{kind="remove"}')"
 check "latencies measured from kernel timestamps" 1 \
     "$(grep -c 'mock_accel_event_to_slice_seconds_count{clock="kernel"}' /tmp/m)"
+# The latency starts at the earliest instant known. A remove's kprobe fires
+# before any uevent: the VF disable and the PF unplug are kernel-clocked. An
+# add's first uevent (the bus device's) precedes the probe itself.
+kclock=$(metric 'mock_accel_event_to_slice_seconds_count{clock="kernel"}')
+check_true "the removes are measured from the kernel clock ($kclock of 4 steps)" test "$kclock" -ge 2
 
 modprobe -r mock-accel
 _desc="modprobe -r"; wait_dev x mock-guest 0
