@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mock_device_testkit::guest::Guest;
+use mock_device_testkit::guest::{Guest, GuestRun};
 use mock_device_testkit::workspace_root;
 
 /// The binaries the guest needs, built next to this test's agent binary.
@@ -25,13 +25,17 @@ pub fn guest_binaries() -> Vec<(&'static str, PathBuf)> {
     bins
 }
 
-#[test]
-fn agent_publishes_real_hotplug_through_uevents() {
-    let bins = guest_binaries();
+/// Runs `tests/scenarios/<name>` in a guest with the module and the binaries.
+fn run_scenario(name: &str, bins: &[(&'static str, PathBuf)]) -> GuestRun {
     let refs: Vec<(&str, &Path)> = bins.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let guest = Guest::with_module(&refs).unwrap_or_else(|e| panic!("cannot set up the guest: {e}"));
-    let script = std::fs::read_to_string(workspace_root().join("tests/scenarios/agent.sh")).unwrap();
-    let run = guest.run(&script).unwrap_or_else(|e| panic!("{e}"));
+    let script = std::fs::read_to_string(workspace_root().join("tests/scenarios").join(name)).unwrap();
+    guest.run(&script).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn agent_publishes_real_hotplug_through_uevents() {
+    let run = run_scenario("agent.sh", &guest_binaries());
     for line in run
         .output
         .lines()
@@ -50,10 +54,7 @@ fn the_demo_runs_to_the_end() {
     if let Some(kubectl) = mock_device_testkit::python_tool("kubectl") {
         bins.push(("kubectl", kubectl));
     }
-    let refs: Vec<(&str, &Path)> = bins.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    let guest = Guest::with_module(&refs).unwrap_or_else(|e| panic!("cannot set up the guest: {e}"));
-    let script = std::fs::read_to_string(workspace_root().join("tests/scenarios/demo.sh")).unwrap();
-    let run = guest.run(&script).unwrap_or_else(|e| panic!("{e}"));
+    let run = run_scenario("demo.sh", &bins);
     assert_eq!(run.exit_code, 0, "{}", run.output);
     assert!(run.kernel_problems().is_empty(), "{}", run.dmesg);
     for milestone in [
@@ -76,11 +77,7 @@ fn the_demo_runs_to_the_end() {
 
 #[test]
 fn ebpf_probes_see_every_probe_and_remove_and_follow_reloads() {
-    let bins = guest_binaries();
-    let refs: Vec<(&str, &Path)> = bins.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    let guest = Guest::with_module(&refs).unwrap_or_else(|e| panic!("cannot set up the guest: {e}"));
-    let script = std::fs::read_to_string(workspace_root().join("tests/scenarios/ebpf.sh")).unwrap();
-    let run = guest.run(&script).unwrap_or_else(|e| panic!("{e}"));
+    let run = run_scenario("ebpf.sh", &guest_binaries());
     for line in run
         .output
         .lines()

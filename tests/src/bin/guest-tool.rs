@@ -324,16 +324,21 @@ fn http(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
     Ok((code, String::from_utf8_lossy(&text).into_owned()))
 }
 
-/// Devices in NODE's pool if it is consistent (every slice of the newest
-/// generation, as many as the pool says), with the list's resourceVersion.
-fn pool_devices(api: &str, node: &str) -> anyhow::Result<(Option<usize>, String)> {
+/// The ResourceSliceList of NODE's slices.
+fn node_slices(api: &str, node: &str) -> anyhow::Result<serde_json::Value> {
     let (code, text) = http(
         "GET",
         &format!("{api}/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3D{node}"),
         "",
     )?;
     anyhow::ensure!(code == 200, "listing slices: {code} {text}");
-    let list: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Devices in NODE's pool if it is consistent (every slice of the newest
+/// generation, as many as the pool says), with the list's resourceVersion.
+fn pool_devices(api: &str, node: &str) -> anyhow::Result<(Option<usize>, String)> {
+    let list = node_slices(api, node)?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
     let generation = items
         .iter()
@@ -389,13 +394,7 @@ fn wait_devices(
 }
 
 fn print_slices(api: &str, node: &str) -> anyhow::Result<()> {
-    let (code, text) = http(
-        "GET",
-        &format!("{api}/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3D{node}"),
-        "",
-    )?;
-    anyhow::ensure!(code == 200, "listing slices: {code} {text}");
-    let list: serde_json::Value = serde_json::from_str(&text)?;
+    let list = node_slices(api, node)?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
     let mut out = std::io::stdout().lock();
     if items.is_empty() {
