@@ -159,6 +159,17 @@ fn event_last_seen(v: &Value) -> Value {
     Value::String(crate::apiserver::time::human_age(t))
 }
 
+/// A plain string column.
+const fn text(name: &'static str, cell: fn(&Value) -> Value) -> Column {
+    Column {
+        name,
+        kind: "string",
+        format: "",
+        description: "",
+        cell,
+    }
+}
+
 const AGE: Column = Column {
     name: "Age",
     kind: "string",
@@ -180,27 +191,9 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: true,
         field_selectors: &["spec.nodeName", "spec.driver"],
         columns: &[
-            Column {
-                name: "Node",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: |v| s(v, &["spec", "nodeName"]),
-            },
-            Column {
-                name: "Driver",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: |v| s(v, &["spec", "driver"]),
-            },
-            Column {
-                name: "Pool",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: |v| s(v, &["spec", "pool", "name"]),
-            },
+            text("Node", |v| s(v, &["spec", "nodeName"])),
+            text("Driver", |v| s(v, &["spec", "driver"])),
+            text("Pool", |v| s(v, &["spec", "pool", "name"])),
             AGE,
         ],
     },
@@ -215,16 +208,7 @@ pub static RESOURCES: &[ResourceType] = &[
         status_subresource: true,
         generation: true,
         field_selectors: &[],
-        columns: &[
-            Column {
-                name: "State",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: claim_state,
-            },
-            AGE,
-        ],
+        columns: &[text("State", claim_state), AGE],
     },
     ResourceType {
         group: "resource.k8s.io",
@@ -251,28 +235,10 @@ pub static RESOURCES: &[ResourceType] = &[
         generation: false,
         field_selectors: &["spec.unschedulable"],
         columns: &[
-            Column {
-                name: "Status",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: node_status,
-            },
-            Column {
-                name: "Roles",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: node_roles,
-            },
+            text("Status", node_status),
+            text("Roles", node_roles),
             AGE,
-            Column {
-                name: "Version",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: |v| s(v, &["status", "nodeInfo", "kubeletVersion"]),
-            },
+            text("Version", |v| s(v, &["status", "nodeInfo", "kubeletVersion"])),
         ],
     },
     ResourceType {
@@ -286,16 +252,7 @@ pub static RESOURCES: &[ResourceType] = &[
         status_subresource: true,
         generation: false,
         field_selectors: &["status.phase"],
-        columns: &[
-            Column {
-                name: "Status",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: |v| s(v, &["status", "phase"]),
-            },
-            AGE,
-        ],
+        columns: &[text("Status", |v| s(v, &["status", "phase"])), AGE],
     },
     ResourceType {
         group: "",
@@ -321,41 +278,11 @@ pub static RESOURCES: &[ResourceType] = &[
             "type",
         ],
         columns: &[
-            Column {
-                name: "Last Seen",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: event_last_seen,
-            },
-            Column {
-                name: "Type",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: |v| s(v, &["type"]),
-            },
-            Column {
-                name: "Reason",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: |v| s(v, &["reason"]),
-            },
-            Column {
-                name: "Object",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: event_object,
-            },
-            Column {
-                name: "Message",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: |v| s(v, &["message"]),
-            },
+            text("Last Seen", event_last_seen),
+            text("Type", |v| s(v, &["type"])),
+            text("Reason", |v| s(v, &["reason"])),
+            text("Object", event_object),
+            text("Message", |v| s(v, &["message"])),
         ],
     },
     ResourceType {
@@ -369,16 +296,7 @@ pub static RESOURCES: &[ResourceType] = &[
         status_subresource: false,
         generation: false,
         field_selectors: &[],
-        columns: &[
-            Column {
-                name: "Holder",
-                kind: "string",
-                format: "",
-                description: "",
-                cell: |v| s(v, &["spec", "holderIdentity"]),
-            },
-            AGE,
-        ],
+        columns: &[text("Holder", |v| s(v, &["spec", "holderIdentity"])), AGE],
     },
 ];
 
