@@ -13,6 +13,7 @@ packages=(
     kmod                  # depmod, for the guest's module tree
     cpio                  # handy to inspect initramfs archives
     sparse                # the kernel's static checker (make C=2)
+    protobuf-compiler     # protoc, for the kubelet gRPC APIs (tonic)
     libudev-dev           # the agent's udev event source (udev crate)
     prometheus            # promtool checks the agent's /metrics
     llvm-22-dev libpolly-22-dev libzstd-dev   # bpf-linker, for the eBPF probes

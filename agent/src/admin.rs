@@ -17,6 +17,13 @@ pub struct Health {
     pub alive: AtomicBool,
     /// The node's devices are published as they are now.
     pub ready: AtomicBool,
+    /// The kubelet plugin runs: readiness then also needs the kubelet's
+    /// registration.
+    pub plugin: AtomicBool,
+    /// The kubelet accepted our registration.
+    pub registered: AtomicBool,
+    /// Our gRPC sockets answered the last self-check.
+    pub sockets_ok: AtomicBool,
     pub metrics: PrometheusHandle,
 }
 
@@ -25,16 +32,43 @@ impl Health {
         Arc::new(Health {
             alive: AtomicBool::new(true),
             ready: AtomicBool::new(false),
+            plugin: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
+            sockets_ok: AtomicBool::new(true),
             metrics,
         })
     }
 }
 
-fn probe(ok: bool, what: &str) -> (StatusCode, String) {
-    if ok {
-        (StatusCode::OK, "ok\n".into())
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not {what}\n"))
+impl Health {
+    /// `Err(why)` unless every task runs and our sockets answer.
+    pub fn live(&self) -> Result<(), &'static str> {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err("not alive: a task stopped");
+        }
+        if !self.sockets_ok.load(Ordering::SeqCst) {
+            return Err("not alive: the kubelet plugin sockets do not answer");
+        }
+        Ok(())
+    }
+
+    /// `Err(why)` until the devices are published (and, with the kubelet
+    /// plugin, the kubelet has registered it).
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err("not ready: the devices are not published yet");
+        }
+        if self.plugin.load(Ordering::SeqCst) && !self.registered.load(Ordering::SeqCst) {
+            return Err("not ready: the kubelet has not registered the plugin");
+        }
+        Ok(())
+    }
+}
+
+fn probe(r: Result<(), &'static str>) -> (StatusCode, String) {
+    match r {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
@@ -42,11 +76,11 @@ pub fn router(health: Arc<Health>) -> Router {
     Router::new()
         .route(
             "/livez",
-            get(|State(h): State<Arc<Health>>| async move { probe(h.alive.load(Ordering::SeqCst), "alive") }),
+            get(|State(h): State<Arc<Health>>| async move { probe(h.live()) }),
         )
         .route(
             "/readyz",
-            get(|State(h): State<Arc<Health>>| async move { probe(h.ready.load(Ordering::SeqCst), "ready") }),
+            get(|State(h): State<Arc<Health>>| async move { probe(h.ready()) }),
         )
         .route(
             "/metrics",

@@ -36,13 +36,38 @@ pub struct Args {
     /// This node's name (the pool name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// The kubelet plugin directory of this driver.
+    /// The kubelet plugin directory of this driver: the DRA socket
+    /// (`dra.sock`), the checkpoint and the lock live there. A path ending in
+    /// `.sock` is taken as the socket itself, in its parent directory.
     #[arg(
         long,
         env = "PLUGIN_SOCKET",
         default_value = "/var/lib/kubelet/plugins/mock-accel.example.com"
     )]
     pub plugin_socket: PathBuf,
+    /// Serve the kubelet (registration, DRA prepare/unprepare, health). Off:
+    /// publish ResourceSlices only (e.g. to test a scheduler without kubelet).
+    #[arg(long, env = "KUBELET_PLUGIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub kubelet_plugin: bool,
+    /// The kubelet's plugin registry directory (plugin watcher).
+    #[arg(long, env = "REGISTRY_DIR", default_value = "/var/lib/kubelet/plugins_registry")]
+    pub registry_dir: PathBuf,
+    /// Where CDI specs are written (the container runtime's CDI directory).
+    #[arg(long, env = "CDI_ROOT", default_value = "/var/run/cdi")]
+    pub cdi_root: PathBuf,
+    /// This pod's UID: set by the chart for rolling updates; both socket
+    /// names then carry it and calls are serialised across pods (flock).
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
+    /// The kernel's boot ID (a reboot empties /var/run/cdi and resets the
+    /// module; the checkpoint notices through it).
+    #[arg(
+        long,
+        env = "BOOT_ID_PATH",
+        default_value = "/proc/sys/kernel/random/boot_id",
+        hide = true
+    )]
+    pub boot_id_path: PathBuf,
     /// Safety-net rescan period ("30s", "5m"); 0 turns it off. Uevents drive
     /// publishing; this only catches what they could not.
     #[arg(long, env = "RESCAN_INTERVAL", default_value = "30s", value_parser = parse_duration)]
@@ -80,6 +105,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Args {
+    /// The plugin directory and the DRA socket path in it.
+    pub fn plugin_paths(&self) -> (PathBuf, PathBuf) {
+        let p = &self.plugin_socket;
+        let uid = self.pod_uid.as_deref().filter(|u| !u.is_empty());
+        if p.extension().is_some_and(|e| e == "sock") {
+            let dir = p.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            return (dir, p.clone());
+        }
+        let name = match uid {
+            Some(uid) => format!("dra-{uid}.sock"),
+            None => "dra.sock".to_string(),
+        };
+        (p.clone(), p.join(name))
+    }
+
+    /// The registration socket: `<driver>-reg.sock`, or `<driver>-<uid>-reg.sock`.
+    pub fn registration_socket(&self) -> PathBuf {
+        let name = match self.pod_uid.as_deref().filter(|u| !u.is_empty()) {
+            Some(uid) => format!("{}-{uid}-reg.sock", self.driver_name),
+            None => format!("{}-reg.sock", self.driver_name),
+        };
+        self.registry_dir.join(name)
+    }
+
     pub fn rescan(&self) -> Option<Duration> {
         (!self.rescan_interval.is_zero()).then_some(self.rescan_interval)
     }
@@ -117,5 +166,27 @@ mod tests {
         assert!(Args::try_parse_from(["agent", "--v=11"]).is_err());
         assert!(Args::try_parse_from(["agent", "--rescan-interval=soon"]).is_err());
         assert!(Args::try_parse_from(["agent", "--mode=other"]).is_err());
+    }
+
+    #[test]
+    fn socket_names() {
+        let a = Args::try_parse_from(["agent"]).unwrap();
+        let dir = PathBuf::from("/var/lib/kubelet/plugins/mock-accel.example.com");
+        assert_eq!(a.plugin_paths(), (dir.clone(), dir.join("dra.sock")));
+        assert_eq!(
+            a.registration_socket(),
+            PathBuf::from("/var/lib/kubelet/plugins_registry/mock-accel.example.com-reg.sock")
+        );
+        let r = Args::try_parse_from(["agent", "--pod-uid=1234-ab"]).unwrap();
+        assert_eq!(r.plugin_paths().1, dir.join("dra-1234-ab.sock"));
+        assert_eq!(
+            r.registration_socket(),
+            PathBuf::from("/var/lib/kubelet/plugins_registry/mock-accel.example.com-1234-ab-reg.sock")
+        );
+        let s = Args::try_parse_from(["agent", "--plugin-socket=/p/x/plugin.sock"]).unwrap();
+        assert_eq!(
+            s.plugin_paths(),
+            (PathBuf::from("/p/x"), PathBuf::from("/p/x/plugin.sock"))
+        );
     }
 }

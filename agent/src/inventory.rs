@@ -52,6 +52,15 @@ pub struct Function {
     pub status: u32,
     /// `(sriov_numvfs, sriov_totalvfs)` for a PF.
     pub sriov: Option<(u32, u32)>,
+    /// The character device's `(major, minor)`, from `dev`.
+    pub devnum: Option<(u32, u32)>,
+}
+
+impl Function {
+    /// The function's character device node.
+    pub fn device_node(&self) -> String {
+        format!("/dev/mock-accel/{}", self.name)
+    }
 }
 
 /// Why a function was left out of the inventory.
@@ -218,7 +227,15 @@ fn read_function(dir: &Path, name: &str) -> Result<Function, (SkipReason, String
         health,
         status: r.number("status")?,
         sriov,
+        devnum: read_devnum(dir),
     })
+}
+
+/// `dev` holds "MAJOR:MINOR"; a function without one has no node (yet).
+fn read_devnum(dir: &Path) -> Option<(u32, u32)> {
+    let text = fs::read_to_string(dir.join("dev")).ok()?;
+    let (major, minor) = text.trim().split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// Reads every function under `root`. A missing root is an empty inventory
@@ -300,6 +317,7 @@ pub fn write_fake_function(root: &Path, devices: &Path, pf: u32, vf: Option<u32>
         ("fw_version", "1.4.2".into()),
         ("status", "0".into()),
         ("health", "ok".into()),
+        ("dev", format!("240:{}", pf * 256 + vf.map_or(0, |v| v + 1))),
     ];
     for (attr, value) in attrs {
         fs::write(dir.join(attr), format!("{value}\n"))?;
@@ -351,6 +369,8 @@ mod tests {
         let pf = &inv.functions["mock0"];
         assert_eq!(pf.sriov, Some((3, 8)));
         assert_eq!(pf.memory_bytes, 16 << 30);
+        assert_eq!(vf.devnum, Some((240, 259)));
+        assert_eq!(vf.device_node(), "/dev/mock-accel/mock1_vf2");
         let order: Vec<&str> = inv.ordered().iter().map(|f| f.name.as_str()).collect();
         assert_eq!(order[..5], ["mock0", "mock0_vf0", "mock0_vf1", "mock0_vf2", "mock1"]);
     }

@@ -6,6 +6,8 @@
 //!   and a second signal, where eBPF is allowed;
 //! - [`slices`] turns an inventory into ResourceSlices and plans writes;
 //! - [`publisher`] makes the API hold them, whatever happens to it;
+//! - [`plugin`] is the kubelet's DRA plugin: prepares and releases
+//!   claims' devices (CDI, checkpoint) and streams device health;
 //! - [`admin`] serves `/livez`, `/readyz` and `/metrics`.
 
 pub mod admin;
@@ -14,6 +16,7 @@ pub mod ebpf;
 pub mod events;
 pub mod inventory;
 pub mod metrics;
+pub mod plugin;
 pub mod publisher;
 pub mod slices;
 
@@ -167,11 +170,53 @@ async fn run(
         });
     }
     drop(trigger_tx);
+    // Every scan goes to the publisher, and the newest to the kubelet plugin.
+    let (tee_tx, mut tee_rx) = mpsc::unbounded_channel::<events::Snapshot>();
+    let (inventory_tx, inventory_rx) = tokio::sync::watch::channel(Arc::new(inventory::Inventory::default()));
+    tasks.spawn(async move {
+        while let Some(snap) = tee_rx.recv().await {
+            inventory_tx.send_replace(snap.inventory.clone());
+            if snap_tx.send(snap).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    if args.kubelet_plugin {
+        let (plugin_dir, dra) = args.plugin_paths();
+        let inventory_for_health = inventory_rx.clone();
+        let driver = Arc::new(plugin::driver::Driver::new(
+            plugin::driver::Config {
+                driver: args.driver_name.clone(),
+                node: node.clone(),
+                sysfs_root: args.sysfs_root.clone(),
+                cdi_root: args.cdi_root.clone(),
+                plugin_dir,
+                boot_id_path: args.boot_id_path.clone(),
+                cross_pod_lock: args.pod_uid.as_deref().is_some_and(|u| !u.is_empty()),
+            },
+            client.clone(),
+            inventory_rx,
+        ));
+        health.plugin.store(true, Ordering::SeqCst);
+        let plugin = plugin::Plugin {
+            driver,
+            sockets: plugin::Sockets {
+                registration: args.registration_socket(),
+                dra,
+            },
+            health: health.clone(),
+            inventory: inventory_for_health,
+        };
+        tasks.spawn(plugin.run(cancel.clone()).instrument(info_span!("plugin")));
+    } else {
+        info!("kubelet plugin off (--kubelet-plugin=false): publishing only");
+    }
     tasks.spawn(
         events::inventory_task(
             args.sysfs_root.clone(),
             trigger_rx,
-            snap_tx,
+            tee_tx,
             args.rescan(),
             events::Coalesce::default(),
             cancel.clone(),

@@ -28,6 +28,24 @@ pub const EBPF_EVENTS: &str = "mock_accel_ebpf_events_total";
 pub const EBPF_MALFORMED: &str = "mock_accel_ebpf_events_malformed_total";
 pub const EBPF_DROPS: &str = "mock_accel_ebpf_ringbuf_drops_total";
 pub const EVENT_MISMATCHES: &str = "mock_accel_event_mismatches_total";
+pub const PREPARES: &str = "mock_accel_prepares_total";
+pub const UNPREPARES: &str = "mock_accel_unprepares_total";
+pub const PREPARE_SECONDS: &str = "mock_accel_prepare_duration_seconds";
+pub const UNPREPARE_SECONDS: &str = "mock_accel_unprepare_duration_seconds";
+pub const PREPARED_CLAIMS: &str = "mock_accel_prepared_claims";
+pub const PREPARED_DEVICES: &str = "mock_accel_prepared_devices";
+pub const CHECKPOINT_ERRORS: &str = "mock_accel_checkpoint_errors_total";
+pub const PLUGIN_REGISTERED: &str = "mock_accel_plugin_registered";
+pub const REGISTRATIONS: &str = "mock_accel_plugin_registrations_total";
+pub const PLUGIN_REQUESTS: &str = "mock_accel_plugin_requests_total";
+pub const SOCKET_RECREATIONS: &str = "mock_accel_plugin_socket_recreations_total";
+pub const SOCKET_CHECK_FAILURES: &str = "mock_accel_plugin_socket_check_failures_total";
+pub const HEALTH_STREAMS: &str = "mock_accel_health_streams";
+pub const DEVICE_HEALTH: &str = "mock_accel_device_health";
+
+const PREPARE_BUCKETS: [f64; 14] = [
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0, 45.0,
+];
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
@@ -41,6 +59,8 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(EVENT_TO_SLICE.into()), &LATENCY_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SCAN_SECONDS.into()), &LATENCY_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PREPARE_SECONDS.into()), &PREPARE_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UNPREPARE_SECONDS.into()), &PREPARE_BUCKETS))
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
@@ -117,6 +137,49 @@ fn describe() {
     describe_counter!(
         EVENT_MISMATCHES,
         "Device events seen by one source (uevent or eBPF) but not the other within 2 s."
+    );
+    describe_counter!(
+        PREPARES,
+        "Claims prepared for the kubelet, by result (success/error) and reason (none, not_found, uid_mismatch, \
+         not_allocated, wrong_driver, wrong_node, unknown_device, device_gone, unhealthy, conflict, invalid, api, \
+         sysfs, cdi, checkpoint, lock)."
+    );
+    describe_counter!(UNPREPARES, "Claims released for the kubelet, by result and reason.");
+    describe_histogram!(PREPARE_SECONDS, Unit::Seconds, "Time to prepare one claim.");
+    describe_histogram!(UNPREPARE_SECONDS, Unit::Seconds, "Time to release one claim.");
+    describe_gauge!(PREPARED_CLAIMS, "Claims prepared on this node (the checkpoint's).");
+    describe_gauge!(PREPARED_DEVICES, "Devices of the prepared claims.");
+    describe_counter!(
+        CHECKPOINT_ERRORS,
+        "Checkpoint problems, by kind (corrupt, future_version, foreign, io, write)."
+    );
+    describe_gauge!(
+        PLUGIN_REGISTERED,
+        "1 once the kubelet accepted the plugin's registration, 0 before or if it refused."
+    );
+    describe_counter!(
+        REGISTRATIONS,
+        "Registration verdicts from the kubelet, by result (accepted/rejected)."
+    );
+    describe_counter!(
+        PLUGIN_REQUESTS,
+        "gRPC calls from the kubelet, by api (registration, v1, v1beta1, v1alpha1) and method."
+    );
+    describe_counter!(
+        SOCKET_RECREATIONS,
+        "Times a plugin socket (registration/dra) was found removed or replaced and was listened on again."
+    );
+    describe_counter!(
+        SOCKET_CHECK_FAILURES,
+        "Self-checks where a plugin socket did not answer."
+    );
+    describe_gauge!(
+        HEALTH_STREAMS,
+        "Open device health streams (kubelet NodeWatchResources)."
+    );
+    describe_gauge!(
+        DEVICE_HEALTH,
+        "Devices by health as reported to the kubelet (healthy/unhealthy/unknown)."
     );
 }
 

@@ -59,6 +59,8 @@ impl Rig {
             "--uevents=false".into(),
             "--rescan-interval=0".into(),
             "--admin-address=127.0.0.1:0".into(),
+            // The kubelet plugin has its own tests (plugin_api.rs).
+            "--kubelet-plugin=false".into(),
         ];
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Args::try_parse_from(argv).unwrap();
@@ -297,6 +299,7 @@ async fn waits_out_an_api_that_is_down_at_start() {
         "--uevents=false",
         "--rescan-interval=0",
         "--admin-address=127.0.0.1:0",
+        "--kubelet-plugin=false",
     ])
     .unwrap();
     let agent = Agent::start(Options {

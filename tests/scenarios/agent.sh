@@ -63,6 +63,9 @@ check_true "the overflow was noticed (ENOBUFS)" grep -qE '^mock_accel_uevent_ove
 check_true "and answered with a full rescan" grep -qE '^mock_accel_rescans_total\{reason="overflow"\} [1-9]' /tmp/metrics
 
 guest-tool http GET http://127.0.0.1:8080/readyz >/tmp/readyz
+check "not ready before the kubelet registers the plugin" 503 "$(head -1 /tmp/readyz)"
+check_true "the kubelet registers the plugin" guest-tool kubelet register
+guest-tool http GET http://127.0.0.1:8080/readyz >/tmp/readyz
 check "readyz" 200 "$(head -1 /tmp/readyz)"
 guest-tool http GET http://127.0.0.1:8080/metrics >/tmp/metrics
 check_true "uevents counted" grep -q 'mock_accel_uevents_total{source="kernel",action="add"}' /tmp/metrics

@@ -77,7 +77,7 @@ check "no ring-buffer drops" 0 "$(metric mock_accel_ebpf_ringbuf_drops_total)"
 
 # Without privileges: no eBPF, a clear warning, uevents alone.
 su -s /bin/sh nobody -c \
-    "KUBECONFIG=/tmp/kc NODE_NAME=unpriv exec mock-accel-agent --rescan-interval=0 --admin-address=127.0.0.1:8081" >/tmp/unpriv.log 2>&1 &
+    "KUBECONFIG=/tmp/kc NODE_NAME=unpriv KUBELET_PLUGIN=false exec mock-accel-agent --rescan-interval=0 --admin-address=127.0.0.1:8081" >/tmp/unpriv.log 2>&1 &
 unpriv=$!
 _desc="unprivileged agent publishes"; wait_dev x unpriv 5
 check_true "unprivileged: runs as nobody" sh -c "ps | grep '[m]ock-accel-agent.*8081' | grep -q nobody"

@@ -11,12 +11,14 @@
 //! - [`guest`] boots it, runs a scenario script inside and returns the
 //!   script's output, its exit status and the guest's kernel log;
 //! - [`apiserver`] is a test Kubernetes API server held to the real one's
-//!   rules, for the agent's tests and the demo.
+//!   rules, for the agent's tests and the demo;
+//! - [`kubelet`] plays the kubelet towards the agent's plugin sockets.
 
 pub mod apiserver;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod kubelet;
 
 use std::path::PathBuf;
 

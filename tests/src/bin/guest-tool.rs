@@ -11,6 +11,8 @@
 //! - `guest-tool wait-devices --api URL --node N --count C [--write F V]`
 //!   does the write (if any), then watches the API until this node's pool is
 //!   consistent and holds C devices, and prints the milliseconds it took.
+//! - `guest-tool kubelet register|prepare|unprepare|health` plays the
+//!   kubelet towards the agent's plugin sockets (see `kubelet` below).
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -69,11 +71,41 @@ enum Cmd {
         #[arg(long)]
         node: String,
     },
+    /// Play the kubelet: register the plugin found in the registry
+    /// directory, then one call.
+    Kubelet {
+        #[arg(long, default_value = "/var/lib/kubelet/plugins_registry")]
+        registry: std::path::PathBuf,
+        /// DRA API version: v1 or v1beta1.
+        #[arg(long, default_value = "v1")]
+        api: String,
+        #[command(subcommand)]
+        call: KubeletCall,
+    },
     /// Write VALUE to FILE in one write(2); print "ok" or the errno name.
     Write {
         file: String,
         #[arg(allow_hyphen_values = true)]
         value: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KubeletCall {
+    /// Register; print "registered NAME ENDPOINT VERSIONS".
+    Register,
+    /// NodePrepareResources for NS/NAME/UID claims; print per claim
+    /// "UID ok DEVICE=CDI_ID..." or "UID error: MESSAGE". Exit 1 on any error.
+    Prepare { claims: Vec<String> },
+    /// NodeUnprepareResources; print "UID ok" or "UID error: MESSAGE".
+    Unprepare { claims: Vec<String> },
+    /// Print the first COUNT health messages: "DEVICE HEALTH MESSAGE" lines,
+    /// each message ended by "--". Creates READY once the stream is open.
+    Health {
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long)]
+        ready: Option<String>,
     },
 }
 
@@ -107,6 +139,11 @@ fn main() -> anyhow::Result<()> {
             let ms = wait_devices(&api, &node, count, write.as_deref(), Duration::from_secs(timeout))?;
             println!("{ms:.1}");
             Ok(())
+        }
+        Cmd::Kubelet { registry, api, call } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let ok = rt.block_on(kubelet(&registry, &api, call))?;
+            std::process::exit(if ok { 0 } else { 1 });
         }
         Cmd::Write { file, value } => {
             let result = write_once(&file, value.as_bytes());
@@ -434,4 +471,94 @@ fn print_slices(api: &str, node: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One kubelet call; `Ok(false)` when a claim failed.
+async fn kubelet(registry: &std::path::Path, api: &str, call: KubeletCall) -> anyhow::Result<bool> {
+    use mock_device_testkit::kubelet::{self as k, Api, Claim, Kubelet};
+    let api = match api {
+        "v1" => Api::V1,
+        "v1beta1" => Api::V1beta1,
+        other => bail!("--api {other}: use v1 or v1beta1"),
+    };
+    let sockets = k::registration_sockets(registry).with_context(|| format!("reading {}", registry.display()))?;
+    let socket = sockets
+        .first()
+        .with_context(|| format!("no registration socket in {}", registry.display()))?;
+    let kubelet = Kubelet::register(socket).await?;
+    let claims = |list: &[String]| -> anyhow::Result<Vec<Claim>> {
+        list.iter()
+            .map(|c| match c.split('/').collect::<Vec<_>>()[..] {
+                [ns, name, uid] => Ok(Claim::new(ns, name, uid)),
+                _ => bail!("{c:?}: want NAMESPACE/NAME/UID"),
+            })
+            .collect()
+    };
+    match call {
+        KubeletCall::Register => {
+            let i = &kubelet.info;
+            println!(
+                "registered {} {} {}",
+                i.name,
+                i.endpoint,
+                i.supported_versions.join(",")
+            );
+            Ok(true)
+        }
+        KubeletCall::Prepare { claims: list } => {
+            let out = kubelet.prepare(api, &claims(&list)?).await?;
+            let mut ok = true;
+            for (uid, r) in out {
+                match r {
+                    Ok(devices) => {
+                        let d: Vec<String> = devices
+                            .iter()
+                            .map(|d| format!("{}={}", d.device, d.cdi_ids.join(",")))
+                            .collect();
+                        println!("{uid} ok {}", d.join(" "));
+                    }
+                    Err(e) => {
+                        ok = false;
+                        println!("{uid} error: {e}");
+                    }
+                }
+            }
+            Ok(ok)
+        }
+        KubeletCall::Unprepare { claims: list } => {
+            let out = kubelet.unprepare(api, &claims(&list)?).await?;
+            let mut ok = true;
+            for (uid, r) in out {
+                match r {
+                    Ok(()) => println!("{uid} ok"),
+                    Err(e) => {
+                        ok = false;
+                        println!("{uid} error: {e}");
+                    }
+                }
+            }
+            Ok(ok)
+        }
+        KubeletCall::Health { count, ready } => {
+            use mock_accel_proto::health::v1alpha1::HealthStatus;
+            let mut stream = kubelet.watch_health().await?;
+            if let Some(r) = ready {
+                std::fs::write(r, "")?;
+            }
+            for _ in 0..count {
+                let Some(msg) = stream.message().await? else {
+                    bail!("the health stream ended");
+                };
+                let mut out = std::io::stdout().lock();
+                for d in msg.devices {
+                    let name = d.device.map(|i| i.device_name).unwrap_or_default();
+                    let health = HealthStatus::try_from(d.health).map_or("INVALID", |h| h.as_str_name());
+                    writeln!(out, "{name} {health} {}", d.message)?;
+                }
+                writeln!(out, "--")?;
+                out.flush()?;
+            }
+            Ok(true)
+        }
+    }
 }

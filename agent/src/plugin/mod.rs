@@ -1,0 +1,331 @@
+//! The kubelet plugin: the registration socket in the kubelet's registry
+//! directory, the DRA socket (v1, v1beta1 and the health stream) in the
+//! plugin directory, both kept alive and checked.
+//!
+//! - [`driver`] prepares and releases claims' devices;
+//! - [`cdi`] writes the CDI specs the runtime reads;
+//! - [`checkpoint`] records what was prepared, crash-safely;
+//! - [`health`] turns scans into the device health stream;
+//! - [`grpc`] adapts all of it to the kubelet's protos.
+
+pub mod cdi;
+pub mod checkpoint;
+pub mod driver;
+pub mod grpc;
+pub mod health;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics::{counter, gauge};
+use mock_accel_proto::dra::{v1, v1beta1};
+use mock_accel_proto::health::v1alpha1 as pb_health;
+use mock_accel_proto::pluginregistration as reg;
+use mock_accel_proto::services;
+use notify::Watcher;
+use tokio::net::UnixListener;
+use tokio::sync::{Notify, watch};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::admin;
+use crate::metrics as m;
+
+/// How often the agent dials its own sockets (and the kubelet its GetInfo).
+pub const SELF_CHECK_PERIOD: Duration = Duration::from_secs(5);
+
+/// Where the plugin listens.
+#[derive(Debug, Clone)]
+pub struct Sockets {
+    pub registration: PathBuf,
+    pub dra: PathBuf,
+}
+
+/// Identifies the socket file we created, so that we never remove or keep
+/// one that is not ours.
+type Ident = (u64, u64);
+
+fn ident(path: &Path) -> Option<Ident> {
+    fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn bind(path: &Path) -> anyhow::Result<(UnixListener, Ident)> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match fs::symlink_metadata(path) {
+        // A socket left by an earlier run of ours (same name): replace it.
+        Ok(m) if m.file_type().is_socket() => {
+            fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a socket: refusing to replace it", path.display()),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+    let id = ident(path).with_context(|| format!("{} vanished right after bind", path.display()))?;
+    Ok((listener, id))
+}
+
+fn remove_if_ours(path: &Path, id: Ident) {
+    if ident(path) == Some(id) {
+        match fs::remove_file(path) {
+            Ok(()) => debug!(path = %path.display(), "socket removed"),
+            Err(e) => warn!(path = %path.display(), error = %e, "could not remove our socket"),
+        }
+    }
+}
+
+/// Serves `make()` on `path` until cancelled; binds again whenever the
+/// socket file is no longer ours (deleted, replaced). Removes only its own
+/// socket on the way out.
+async fn serve_socket(
+    path: PathBuf,
+    what: &'static str,
+    make: impl Fn() -> Router,
+    recheck: Arc<Notify>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let (listener, id) = bind(&path)?;
+        info!(socket = %path.display(), "{what} socket listening");
+        let stop = CancellationToken::new();
+        let mut server = tokio::spawn(
+            make().serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop.clone().cancelled_owned()),
+        );
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    stop.cancel();
+                    let _ = (&mut server).await;
+                    remove_if_ours(&path, id);
+                    return Ok(());
+                }
+                _ = recheck.notified() => {
+                    if ident(&path) == Some(id) {
+                        continue;
+                    }
+                    counter!(m::SOCKET_RECREATIONS, "socket" => what).increment(1);
+                    warn!(socket = %path.display(), "our {what} socket was removed or replaced: listening again");
+                    stop.cancel();
+                    let _ = (&mut server).await;
+                    break;
+                }
+                r = &mut server => {
+                    let r = r.context("the gRPC server panicked")?;
+                    r.with_context(|| format!("the {what} gRPC server on {} stopped", path.display()))?;
+                    anyhow::bail!("the {what} gRPC server on {} stopped", path.display());
+                }
+            }
+        }
+    }
+}
+
+/// Watches the directories of our sockets (inotify through `notify`) and
+/// pokes the servers when something there changes.
+fn watch_dirs(dirs: &[&Path], pokes: Vec<Arc<Notify>>) -> anyhow::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok_and(|e| e.kind.is_remove() || e.kind.is_create() || e.kind.is_modify()) {
+            pokes.iter().for_each(|p| p.notify_one());
+        }
+    })
+    .context("creating the inotify watcher")?;
+    for d in dirs {
+        watcher
+            .watch(d, notify::RecursiveMode::NonRecursive)
+            .with_context(|| format!("watching {}", d.display()))?;
+    }
+    Ok(watcher)
+}
+
+/// Dials both sockets like the kubelet does; `/livez` fails while they do
+/// not answer, and a missing socket is recreated.
+async fn self_check(sockets: &Sockets) -> Result<(), String> {
+    let timeout = Duration::from_secs(5);
+    let reg_ok = tokio::time::timeout(timeout, async {
+        let ch = mock_accel_proto::client::connect(&sockets.registration)
+            .await
+            .map_err(|e| format!("dialing {}: {e}", sockets.registration.display()))?;
+        reg::registration_client::RegistrationClient::new(ch)
+            .get_info(reg::InfoRequest {})
+            .await
+            .map_err(|e| format!("GetInfo on {}: {e}", sockets.registration.display()))
+    })
+    .await
+    .map_err(|_| format!("{} did not answer in {timeout:?}", sockets.registration.display()))?;
+    reg_ok?;
+    let dra_ok = tokio::time::timeout(timeout, async {
+        let ch = mock_accel_proto::client::connect(&sockets.dra)
+            .await
+            .map_err(|e| format!("dialing {}: {e}", sockets.dra.display()))?;
+        // An empty batch: answered without touching anything.
+        v1::dra_plugin_client::DraPluginClient::new(ch)
+            .node_prepare_resources(v1::NodePrepareResourcesRequest { claims: vec![] })
+            .await
+            .map_err(|e| format!("NodePrepareResources on {}: {e}", sockets.dra.display()))
+    })
+    .await
+    .map_err(|_| format!("{} did not answer in {timeout:?}", sockets.dra.display()))?;
+    dra_ok.map(|_| ())
+}
+
+/// Everything the plugin needs to run.
+pub struct Plugin {
+    pub driver: Arc<driver::Driver>,
+    pub sockets: Sockets,
+    pub health: Arc<admin::Health>,
+    pub inventory: watch::Receiver<Arc<crate::inventory::Inventory>>,
+}
+
+impl Plugin {
+    /// Runs until cancelled; fails if a socket cannot be served.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let Plugin {
+            driver,
+            sockets,
+            health,
+            inventory,
+        } = self;
+        let cfg = driver.config().clone();
+        match driver.check_checkpoint() {
+            Ok(n) => {
+                info!(claims = n, path = %cfg.plugin_dir.join(checkpoint::FILE_NAME).display(), "checkpoint loaded")
+            }
+            Err(e) => {
+                warn!(error = %e, "the checkpoint cannot be used: prepare and unprepare will fail until it is fixed")
+            }
+        }
+        let endpoint = std::path::absolute(&sockets.dra).context("the DRA socket path")?;
+        let info = reg::PluginInfo {
+            r#type: services::DRA_PLUGIN_TYPE.into(),
+            name: cfg.driver.clone(),
+            endpoint: endpoint.to_string_lossy().into_owned(),
+            supported_versions: vec![
+                services::DRA_V1.into(),
+                services::DRA_V1BETA1.into(),
+                services::HEALTH_V1ALPHA1.into(),
+            ],
+        };
+        gauge!(m::PLUGIN_REGISTERED).set(0.0);
+
+        let (health_tx, health_rx) = watch::channel(Arc::new(Vec::<pb_health::DeviceHealth>::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(
+            health::run(
+                cfg.node.clone(),
+                inventory,
+                driver.prepared(),
+                health_tx,
+                cancel.clone(),
+            )
+            .instrument(info_span!("health")),
+        );
+        let (reg_poke, dra_poke) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        for dir in [sockets.registration.parent(), sockets.dra.parent()]
+            .into_iter()
+            .flatten()
+        {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let dirs: Vec<&Path> = [sockets.registration.parent(), sockets.dra.parent()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let _watcher = watch_dirs(&dirs, vec![reg_poke.clone(), dra_poke.clone()])?;
+
+        // The DRA socket first: the kubelet dials it as soon as it sees the
+        // registration socket.
+        {
+            let (driver, health_rx) = (driver.clone(), health_rx.clone());
+            tasks.spawn(
+                serve_socket(
+                    sockets.dra.clone(),
+                    "dra",
+                    move || {
+                        Server::builder()
+                            .add_service(v1::dra_plugin_server::DraPluginServer::new(grpc::DraV1(driver.clone())))
+                            .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(grpc::DraV1beta1(
+                                driver.clone(),
+                            )))
+                            .add_service(pb_health::dra_resource_health_server::DraResourceHealthServer::new(
+                                grpc::HealthService(health_rx.clone()),
+                            ))
+                    },
+                    dra_poke.clone(),
+                    cancel.clone(),
+                )
+                .instrument(info_span!("dra")),
+            );
+        }
+        while !sockets.dra.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        {
+            let registration = grpc::Registration {
+                info,
+                health: health.clone(),
+            };
+            tasks.spawn(
+                serve_socket(
+                    sockets.registration.clone(),
+                    "registration",
+                    move || {
+                        Server::builder()
+                            .add_service(reg::registration_server::RegistrationServer::new(registration.clone()))
+                    },
+                    reg_poke.clone(),
+                    cancel.clone(),
+                )
+                .instrument(info_span!("registration")),
+            );
+        }
+        {
+            let (sockets, health, cancel) = (sockets.clone(), health.clone(), cancel.clone());
+            tasks.spawn(
+                async move {
+                    let mut tick = tokio::time::interval(SELF_CHECK_PERIOD);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Ok(()),
+                            _ = tick.tick() => {}
+                        }
+                        let r = self_check(&sockets).await;
+                        let was = health.sockets_ok.swap(r.is_ok(), Ordering::SeqCst);
+                        match r {
+                            Ok(()) if !was => info!("our sockets answer again"),
+                            Ok(()) => {}
+                            Err(e) => {
+                                counter!(m::SOCKET_CHECK_FAILURES).increment(1);
+                                warn!(error = %e, "our own socket does not answer: /livez fails until it does");
+                                // A missed inotify event must not leave us deaf.
+                                reg_poke.notify_one();
+                                dra_poke.notify_one();
+                            }
+                        }
+                    }
+                }
+                .instrument(info_span!("self-check")),
+            );
+        }
+        info!(registration = %sockets.registration.display(), dra = %sockets.dra.display(), "kubelet plugin serving");
+
+        let mut outcome = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            let r = done.map_err(anyhow::Error::from).and_then(|r| r);
+            if !cancel.is_cancelled() {
+                outcome = r.and(Err(anyhow::anyhow!("a kubelet plugin task ended unexpectedly")));
+                cancel.cancel();
+            }
+        }
+        health.registered.store(false, Ordering::SeqCst);
+        outcome
+    }
+}

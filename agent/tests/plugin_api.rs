@@ -1,0 +1,895 @@
+//! The kubelet plugin, with the tests playing the kubelet over the real
+//! unix sockets: registration, NodePrepareResources and
+//! NodeUnprepareResources in v1 and v1beta1, the CDI specs, the checkpoint
+//! across restarts (in-process and a killed agent process), bad input, and
+//! the health stream. Devices are a fake sysfs tree; claims live in the
+//! test API server.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use mock_accel_agent::events::{self, Trigger};
+use mock_accel_agent::inventory::write_fake_tree;
+use mock_accel_agent::plugin::cdi;
+use mock_accel_agent::plugin::checkpoint::{Checkpoint, ClaimState};
+use mock_accel_agent::{Agent, Args, Options};
+use mock_device_testkit::apiserver::{ApiServer, Config};
+use mock_device_testkit::kubelet::{self, Api as DraApi, Claim, Kubelet};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const DRIVER: &str = "mock-accel.example.com";
+const NODE: &str = "node-a";
+
+struct Rig {
+    server: ApiServer,
+    client: Client,
+    dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Rig {
+    async fn new(pfs: u32, vfs: u32) -> Rig {
+        let server = ApiServer::start(Config::default()).unwrap();
+        let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+        Api::<Node>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": NODE}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/class/mock-accel");
+        write_fake_tree(&root, pfs, vfs).unwrap();
+        fs::write(dir.path().join("boot_id"), "boot-1\n").unwrap();
+        Rig {
+            server,
+            client,
+            dir,
+            root,
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn plugin_dir(&self) -> PathBuf {
+        self.path("plugins").join(DRIVER)
+    }
+
+    fn cdi_dir(&self) -> PathBuf {
+        self.path("cdi")
+    }
+
+    fn argv(&self, extra: &[&str]) -> Vec<String> {
+        let mut argv = vec![
+            "agent".to_string(),
+            format!("--node-name={NODE}"),
+            format!("--sysfs-root={}", self.root.display()),
+            "--uevents=false".into(),
+            "--ebpf=false".into(),
+            "--rescan-interval=0".into(),
+            "--admin-address=127.0.0.1:0".into(),
+            format!("--plugin-socket={}", self.plugin_dir().display()),
+            format!("--registry-dir={}", self.path("registry").display()),
+            format!("--cdi-root={}", self.cdi_dir().display()),
+            format!("--boot-id-path={}", self.path("boot_id").display()),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv
+    }
+
+    async fn agent(&self, extra: &[&str]) -> (Agent, mpsc::Sender<Trigger>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let args = Args::try_parse_from(self.argv(extra)).unwrap();
+        let agent = Agent::start(Options {
+            args,
+            client: Some(self.client.clone()),
+            injected: Some(rx),
+        })
+        .await
+        .unwrap();
+        (agent, tx)
+    }
+
+    /// Waits for the registration socket and registers like the kubelet.
+    async fn kubelet(&self) -> Kubelet {
+        let registry = self.path("registry");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(socks) = kubelet::registration_sockets(&registry)
+                && let Some(s) = socks.first()
+                && let Ok(k) = Kubelet::register(s).await
+            {
+                return k;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no registration socket in {}",
+                registry.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn claims(&self) -> Api<ResourceClaim> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// Creates a claim with one request per device and allocates it
+    /// (driver, pool) as the scheduler would; returns the kubelet's name for it.
+    async fn claim(&self, name: &str, devices: &[(&str, &str, &str)]) -> Claim {
+        let requests: Vec<Value> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, _)| json!({"name": format!("r{i}"), "exactly": {"deviceClassName": "mock-accel-pf", "count": 1}}))
+            .collect();
+        let created = self
+            .claims()
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": name}, "spec": {"devices": {"requests": requests}}}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        if !devices.is_empty() {
+            let results: Vec<Value> = devices
+                .iter()
+                .enumerate()
+                .map(|(i, (driver, pool, device))| {
+                    json!({"request": format!("r{i}"), "driver": driver, "pool": pool, "device": device})
+                })
+                .collect();
+            self.claims()
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"allocation": {"devices": {"results": results}}}})),
+                )
+                .await
+                .unwrap();
+        }
+        Claim::new("default", name, &created.uid().unwrap())
+    }
+
+    fn status(&self, function: &str) -> String {
+        fs::read_to_string(self.root.join(function).join("status"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn cdi_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.cdi_dir())
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint::new(&self.plugin_dir(), DRIVER, NODE)
+    }
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    let code = out[9..12].parse().unwrap();
+    (
+        code,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// The value of one series in a /metrics text (0 when absent). The
+/// recorder is process-wide: tests compare values before and after.
+fn value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Kills the agent process if the test fails half-way.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Checks a CDI spec file against the CDI specification on its own terms
+/// (not the agent's validator): only the fields the spec defines, at each
+/// level; names and values in the spec's syntax; and a version no lower
+/// than the fields need.
+fn check_cdi_file(path: &Path) -> Value {
+    let v: Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+    let keys = |o: &Value, allowed: &[&str], at: &str| {
+        for k in o.as_object().unwrap_or_else(|| panic!("{at} is not an object")).keys() {
+            assert!(
+                allowed.contains(&k.as_str()),
+                "{at}: unknown field {k:?} in {}",
+                path.display()
+            );
+        }
+    };
+    keys(
+        &v,
+        &["cdiVersion", "kind", "devices", "containerEdits", "annotations"],
+        "spec",
+    );
+    let edits_fields = ["env", "deviceNodes", "hooks", "mounts", "intelRdt", "additionalGids"];
+    let node_fields = [
+        "path",
+        "hostPath",
+        "type",
+        "major",
+        "minor",
+        "fileMode",
+        "permissions",
+        "uid",
+        "gid",
+    ];
+    let check_edits = |e: &Value, at: &str| {
+        keys(e, &edits_fields, at);
+        for env in e["env"].as_array().into_iter().flatten() {
+            let s = env.as_str().unwrap();
+            assert!(s.split_once('=').is_some_and(|(k, _)| !k.is_empty()), "{at}: env {s:?}");
+        }
+        for n in e["deviceNodes"].as_array().into_iter().flatten() {
+            keys(n, &node_fields, at);
+            assert!(n["path"].as_str().unwrap().starts_with('/'));
+            if let Some(t) = n["type"].as_str() {
+                assert!(["b", "c", "u", "p"].contains(&t));
+            }
+            if let Some(p) = n["permissions"].as_str() {
+                assert!(!p.is_empty() && p.chars().all(|c| "rwm".contains(c)));
+            }
+        }
+    };
+    let kind = v["kind"].as_str().unwrap();
+    let (vendor, class) = kind.split_once('/').unwrap();
+    let ident = |s: &str, extra: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    assert!(ident(vendor, "-_.") && ident(class, "-_"), "kind {kind}");
+    let version = v["cdiVersion"].as_str().unwrap();
+    let mut needs_050 = false;
+    for d in v["devices"].as_array().unwrap() {
+        keys(d, &["name", "annotations", "containerEdits"], "device");
+        let name = d["name"].as_str().unwrap();
+        assert!(
+            name.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)),
+            "device name {name}"
+        );
+        needs_050 |= !name.starts_with(|c: char| c.is_ascii_alphabetic());
+        check_edits(&d["containerEdits"], name);
+    }
+    if let Some(e) = v.get("containerEdits") {
+        check_edits(e, "spec");
+    }
+    // The lowest version these fields allow: 0.5.0 for a device name that
+    // starts with a digit, else 0.3.0.
+    assert_eq!(version, if needs_050 { "0.5.0" } else { "0.3.0" }, "{}", path.display());
+    // And the agent's own strict types read it back.
+    let spec: cdi::Spec = serde_json::from_value(v.clone()).unwrap();
+    cdi::validate(&spec).unwrap();
+    v
+}
+
+fn env_of(spec: &Value, device: usize) -> BTreeMap<String, String> {
+    spec["devices"][device]["containerEdits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let (k, v) = e.as_str().unwrap().split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn sysfs(root: &Path, function: &str, attr: &str) -> String {
+    fs::read_to_string(root.join(function).join(attr))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registers_then_prepares_and_unprepares_in_v1_and_v1beta1() {
+    let rig = Rig::new(2, 2).await;
+    let (agent, _events) = rig.agent(&[]).await;
+
+    // Published but not registered: not ready, and it says why.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = get(agent.admin_addr, "/readyz").await;
+        if body.contains("kubelet has not registered") {
+            assert_eq!(code, 503);
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = get(agent.admin_addr, "/metrics").await.1;
+    let kubelet = rig.kubelet().await;
+    let info = &kubelet.info;
+    assert_eq!(info.r#type, "DRAPlugin");
+    assert_eq!(info.name, DRIVER);
+    assert_eq!(PathBuf::from(&info.endpoint), rig.plugin_dir().join("dra.sock"));
+    assert_eq!(
+        info.supported_versions,
+        ["v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth"]
+    );
+    assert_eq!(
+        kubelet::registration_sockets(&rig.path("registry")).unwrap(),
+        [rig.path("registry").join(format!("{DRIVER}-reg.sock"))]
+    );
+    assert_eq!(get(agent.admin_addr, "/readyz").await, (200, "ok\n".into()));
+
+    // v1: one PF.
+    let c1 = rig.claim("c1", &[(DRIVER, NODE, "mock0")]).await;
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c1)).await.unwrap();
+    let devices = out[&c1.uid].clone().unwrap();
+    assert_eq!(
+        devices,
+        [kubelet::Device {
+            requests: vec!["r0".into()],
+            pool: NODE.into(),
+            device: "mock0".into(),
+            cdi_ids: vec![format!("k8s.{DRIVER}/accel={}-mock0", c1.uid)],
+            share_id: None,
+        }]
+    );
+    assert_eq!(rig.status("mock0"), "1");
+    let spec_file = rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", c1.uid));
+    let spec = check_cdi_file(&spec_file);
+    assert_eq!(spec["kind"], format!("k8s.{DRIVER}/accel"));
+    assert_eq!(spec["devices"][0]["name"], format!("{}-mock0", c1.uid));
+    let env = env_of(&spec, 0);
+    assert_eq!(env["MOCK_ACCEL_UUID"], sysfs(&rig.root, "mock0", "uuid"));
+    assert_eq!(env["MOCK_ACCEL_PCI"], "0000:1a:00.0");
+    assert_eq!(env["MOCK_ACCEL_DEVICE"], "mock0");
+    assert_eq!(
+        spec["devices"][0]["containerEdits"]["deviceNodes"][0],
+        json!({"path": "/dev/mock-accel/mock0", "type": "c", "major": 240, "minor": 0, "permissions": "rw"})
+    );
+    assert_eq!(spec["containerEdits"]["env"], json!(["MOCK_ACCEL_DEVICES=mock0"]));
+
+    // Idempotent: the kubelet repeats after its restarts.
+    let cp_before = fs::read(rig.checkpoint().path).unwrap();
+    let again = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c1)).await.unwrap();
+    assert_eq!(again, out);
+    assert_eq!(fs::read(rig.checkpoint().path).unwrap(), cp_before);
+
+    // v1beta1: two VFs of the other PF in one claim.
+    let c2 = rig
+        .claim("c2", &[(DRIVER, NODE, "mock1-vf0"), (DRIVER, NODE, "mock1-vf1")])
+        .await;
+    let out2 = kubelet
+        .prepare(DraApi::V1beta1, std::slice::from_ref(&c2))
+        .await
+        .unwrap();
+    let names: Vec<String> = out2[&c2.uid].clone().unwrap().into_iter().map(|d| d.device).collect();
+    assert_eq!(names, ["mock1-vf0", "mock1-vf1"]);
+    assert_eq!(
+        (rig.status("mock1_vf0"), rig.status("mock1_vf1")),
+        ("1".into(), "1".into())
+    );
+    let spec2 = check_cdi_file(&rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", c2.uid)));
+    assert_eq!(env_of(&spec2, 1)["MOCK_ACCEL_PCI"], "0000:1b:00.2");
+    assert_eq!(rig.cdi_files().len(), 2);
+    let recorded = rig.checkpoint().load().unwrap();
+    assert_eq!(recorded.0.len(), 2);
+    assert!(
+        recorded
+            .0
+            .values()
+            .all(|c| c.state == ClaimState::PrepareCompleted && c.boot_id == "boot-1")
+    );
+
+    // Unprepare both, each in the other API version; then again (idempotent).
+    let un = kubelet
+        .unprepare(DraApi::V1beta1, std::slice::from_ref(&c1))
+        .await
+        .unwrap();
+    assert_eq!(un[&c1.uid], Ok(()));
+    let un = kubelet.unprepare(DraApi::V1, std::slice::from_ref(&c2)).await.unwrap();
+    assert_eq!(un[&c2.uid], Ok(()));
+    for f in ["mock0", "mock1_vf0", "mock1_vf1"] {
+        assert_eq!(rig.status(f), "0", "{f}");
+    }
+    assert!(rig.cdi_files().is_empty(), "{:?}", rig.cdi_files());
+    assert!(rig.checkpoint().load().unwrap().0.is_empty());
+    let un = kubelet.unprepare(DraApi::V1, &[c1.clone(), c2.clone()]).await.unwrap();
+    assert!(un.values().all(|r| r.is_ok()));
+
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    let delta = |series: &str| value(&metrics, series) - value(&before, series);
+    assert_eq!(
+        delta("mock_accel_prepares_total{result=\"success\",reason=\"none\"}"),
+        3.0
+    );
+    assert_eq!(
+        delta("mock_accel_unprepares_total{result=\"success\",reason=\"none\"}"),
+        4.0
+    );
+    assert_eq!(delta("mock_accel_plugin_registrations_total{result=\"accepted\"}"), 1.0);
+    assert!(delta("mock_accel_plugin_requests_total{api=\"v1beta1\",method=\"NodePrepareResources\"}") >= 1.0);
+    assert!(delta("mock_accel_prepare_duration_seconds_count") >= 3.0);
+
+    // On the way out the agent removes its own sockets.
+    agent.stop().await.unwrap();
+    assert!(kubelet::registration_sockets(&rig.path("registry")).unwrap().is_empty());
+    assert!(!rig.plugin_dir().join("dra.sock").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_claims_get_clear_errors_and_the_rest_of_the_batch_is_prepared() {
+    let rig = Rig::new(3, 2).await;
+    let (agent, events) = rig.agent(&[]).await;
+    let kubelet = rig.kubelet().await;
+
+    let good = rig.claim("good", &[(DRIVER, NODE, "mock0")]).await;
+    let missing = Claim::new("default", "missing", "0c0c0c0c-0000-4000-8000-000000000000");
+    let mut mismatch = rig.claim("mismatch", &[(DRIVER, NODE, "mock2")]).await;
+    mismatch.uid = "11111111-2222-4333-8444-555555555555".into();
+    let unallocated = rig.claim("unallocated", &[]).await;
+    let other_node = rig.claim("other-node", &[(DRIVER, "node-b", "mock2")]).await;
+    let other_driver = rig.claim("other-driver", &[("gpu.example.com", NODE, "gpu0")]).await;
+    let unknown = rig.claim("unknown", &[(DRIVER, NODE, "mock9")]).await;
+    let empty = Claim::new("default", "", "22222222-2222-4222-8222-222222222222");
+    let batch = [
+        good.clone(),
+        missing.clone(),
+        mismatch.clone(),
+        unallocated.clone(),
+        other_node.clone(),
+        other_driver.clone(),
+        unknown.clone(),
+        empty.clone(),
+    ];
+    let out = kubelet.prepare(DraApi::V1, &batch).await.unwrap();
+    assert_eq!(out.len(), batch.len());
+    assert_eq!(out[&good.uid].as_ref().unwrap()[0].device, "mock0");
+    let err = |c: &Claim| out[&c.uid].clone().unwrap_err();
+    let expect = [
+        (&missing, "ResourceClaim default/missing not found"),
+        (&mismatch, "deleted and created again"),
+        (&unallocated, "ResourceClaim default/unallocated is not allocated"),
+        (
+            &other_node,
+            "device mock2 is in pool node-b, another node's; this is node node-a",
+        ),
+        (
+            &other_driver,
+            "has no device of driver mock-accel.example.com (allocated: [gpu.example.com/node-a/gpu0])",
+        ),
+        (&unknown, "device mock9 is not on this node"),
+        (&empty, "the claim's name is empty"),
+    ];
+    for (c, want) in expect {
+        assert!(err(c).contains(want), "{}: {:?} lacks {want:?}", c.name, err(c));
+    }
+    // Nothing of the failed claims was left behind.
+    assert_eq!(rig.cdi_files().len(), 1);
+    assert_eq!(rig.checkpoint().load().unwrap().0.len(), 1);
+    assert_eq!(rig.status("mock2"), "0");
+
+    // Exclusive: the same device, a VF of a held PF, the PF of a held VF.
+    let twice = rig.claim("twice", &[(DRIVER, NODE, "mock0")]).await;
+    let vf_of_held = rig.claim("vf-of-held", &[(DRIVER, NODE, "mock0-vf1")]).await;
+    let vf = rig.claim("vf", &[(DRIVER, NODE, "mock1-vf0")]).await;
+    let pf_of_held = rig.claim("pf-of-held", &[(DRIVER, NODE, "mock1")]).await;
+    let both = rig
+        .claim("both", &[(DRIVER, NODE, "mock2"), (DRIVER, NODE, "mock2-vf1")])
+        .await;
+    let out = kubelet
+        .prepare(
+            DraApi::V1,
+            &[
+                twice.clone(),
+                vf_of_held.clone(),
+                vf.clone(),
+                pf_of_held.clone(),
+                both.clone(),
+            ],
+        )
+        .await
+        .unwrap();
+    let err = |c: &Claim| out[&c.uid].clone().unwrap_err();
+    assert!(err(&twice).contains(&format!(
+        "device mock0 is already prepared for claim default/good ({})",
+        good.uid
+    )));
+    assert!(
+        err(&vf_of_held).contains("VF mock0-vf1 cannot be prepared: its PF mock0 is prepared for claim default/good")
+    );
+    assert!(out[&vf.uid].is_ok());
+    assert!(
+        err(&pf_of_held).contains("PF mock1 cannot be prepared: its VF mock1-vf0 is prepared for claim default/vf"),
+        "{}",
+        err(&pf_of_held)
+    );
+    assert!(
+        err(&both).contains("asks for PF mock2 and its VF mock2-vf1 together"),
+        "{}",
+        err(&both)
+    );
+    assert_eq!((rig.status("mock2"), rig.status("mock2_vf1")), ("0".into(), "0".into()));
+
+    // The same claim prepared twice at once: one preparation, same answer.
+    let race = rig.claim("race", &[(DRIVER, NODE, "mock2-vf0")]).await;
+    let (a, b) = tokio::join!(
+        kubelet.prepare(DraApi::V1, std::slice::from_ref(&race)),
+        kubelet.prepare(DraApi::V1beta1, std::slice::from_ref(&race))
+    );
+    assert_eq!(a.unwrap()[&race.uid], b.unwrap()[&race.uid]);
+    assert_eq!(rig.checkpoint().load().unwrap().0.len(), 3);
+
+    // A device that went away since the allocation.
+    let gone = rig.claim("gone", &[(DRIVER, NODE, "mock2")]).await;
+    for f in ["mock2_vf1", "mock2"] {
+        fs::remove_file(rig.root.join(f)).unwrap();
+    }
+    events
+        .send(events::Trigger::Overflow { at: Instant::now() })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let msg = loop {
+        let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&gone)).await.unwrap();
+        let msg = out[&gone.uid].clone().unwrap_err();
+        if msg.contains("not on this node") || Instant::now() > deadline {
+            break msg;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(msg.contains("device mock2 is not on this node"), "{msg}");
+
+    // A sysfs write that fails: the claim fails, nothing is left half done.
+    let sysfs_fail = rig.claim("sysfs-fail", &[(DRIVER, NODE, "mock1-vf1")]).await;
+    let status = fs::canonicalize(rig.root.join("mock1_vf1")).unwrap().join("status");
+    fs::remove_file(&status).unwrap();
+    fs::create_dir(&status).unwrap();
+    let out = kubelet
+        .prepare(DraApi::V1, std::slice::from_ref(&sysfs_fail))
+        .await
+        .unwrap();
+    let msg = out[&sysfs_fail.uid].clone().unwrap_err();
+    assert!(
+        msg.contains("writing 1 to") && msg.contains("mock1_vf1/status"),
+        "{msg}"
+    );
+    assert_eq!(rig.checkpoint().load().unwrap().0.len(), 3);
+    assert_eq!(rig.cdi_files().len(), 3);
+
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    for reason in [
+        "not_found",
+        "uid_mismatch",
+        "not_allocated",
+        "wrong_node",
+        "wrong_driver",
+        "unknown_device",
+        "invalid",
+        "conflict",
+        "sysfs",
+    ] {
+        let want = format!("mock_accel_prepares_total{{result=\"error\",reason=\"{reason}\"}}");
+        assert!(metrics.contains(&want), "no {want} in\n{metrics}");
+    }
+    // Still serving, still alive.
+    assert_eq!(get(agent.admin_addr, "/livez").await.0, 200);
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_cdi_directory_fails_the_claim_and_undoes_it() {
+    let rig = Rig::new(1, 0).await;
+    fs::write(rig.path("not-a-dir"), "").unwrap();
+    let cdi_root = format!("--cdi-root={}", rig.path("not-a-dir").join("cdi").display());
+    let (agent, _events) = rig.agent(&[&cdi_root]).await;
+    let kubelet = rig.kubelet().await;
+    let c = rig.claim("c", &[(DRIVER, NODE, "mock0")]).await;
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    let msg = out[&c.uid].clone().unwrap_err();
+    assert!(msg.contains("creating the CDI directory"), "{msg}");
+    assert_eq!(rig.status("mock0"), "0", "the device was released again");
+    assert!(rig.checkpoint().load().unwrap().0.is_empty());
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    assert!(metrics.contains("mock_accel_prepares_total{result=\"error\",reason=\"cdi\"}"));
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_checkpoint_carries_claims_across_restarts_and_reboots_and_is_never_guessed() {
+    let rig = Rig::new(2, 0).await;
+    let (agent, _events) = rig.agent(&[]).await;
+    let kubelet = rig.kubelet().await;
+    let c = rig.claim("c", &[(DRIVER, NODE, "mock0")]).await;
+    let first = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    assert!(first[&c.uid].is_ok());
+    agent.stop().await.unwrap();
+
+    // A new agent: the claim is still held (no double allocation), the
+    // repeated prepare answers the same, and unprepare works.
+    let (agent, _events) = rig.agent(&[]).await;
+    let kubelet = rig.kubelet().await;
+    let other = rig.claim("other", &[(DRIVER, NODE, "mock0")]).await;
+    let out = kubelet.prepare(DraApi::V1, &[c.clone(), other.clone()]).await.unwrap();
+    assert_eq!(out[&c.uid], first[&c.uid]);
+    assert!(
+        out[&other.uid]
+            .clone()
+            .unwrap_err()
+            .contains("already prepared for claim default/c")
+    );
+
+    // A reboot: new boot ID, the CDI directory (tmpfs) empty, the module
+    // reloaded (status 0). The repeated prepare makes it all true again.
+    fs::write(rig.path("boot_id"), "boot-2\n").unwrap();
+    for f in rig.cdi_files() {
+        fs::remove_file(rig.cdi_dir().join(f)).unwrap();
+    }
+    fs::write(rig.root.join("mock0/status"), "0\n").unwrap();
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(out[&c.uid], first[&c.uid]);
+    assert_eq!(rig.status("mock0"), "1");
+    assert_eq!(rig.cdi_files().len(), 1);
+    check_cdi_file(&rig.cdi_dir().join(&rig.cdi_files()[0]));
+    assert_eq!(rig.checkpoint().load().unwrap().0[&c.uid].boot_id, "boot-2");
+
+    // A crash half-way through a prepare (recorded, not applied): the
+    // next unprepare undoes whatever may have been done.
+    let half = rig.claim("half", &[(DRIVER, NODE, "mock1")]).await;
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&half)).await.unwrap();
+    assert!(out[&half.uid].is_ok());
+    let mut claims = rig.checkpoint().load().unwrap();
+    claims.0.get_mut(&half.uid).unwrap().state = ClaimState::PrepareStarted;
+    rig.checkpoint().save(&claims).unwrap();
+    let spec = rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", half.uid));
+    fs::remove_file(&spec).unwrap();
+    // ...and a prepare completes it.
+    let again = kubelet.prepare(DraApi::V1, std::slice::from_ref(&half)).await.unwrap();
+    assert_eq!(again[&half.uid], out[&half.uid]);
+    assert!(spec.exists());
+    assert_eq!(
+        rig.checkpoint().load().unwrap().0[&half.uid].state,
+        ClaimState::PrepareCompleted
+    );
+
+    // Corrupt: refused, kept byte for byte, reported, until moved away.
+    let path = rig.checkpoint().path;
+    let good = fs::read(&path).unwrap();
+    let corrupt = &good[..good.len() - 20];
+    fs::write(&path, corrupt).unwrap();
+    let out = kubelet.unprepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    let msg = out[&c.uid].clone().unwrap_err();
+    assert!(msg.contains("is corrupt") && msg.contains("kept as is"), "{msg}");
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    assert!(out[&c.uid].is_err());
+    assert_eq!(fs::read(&path).unwrap(), corrupt);
+    assert_eq!(rig.status("mock0"), "1", "nothing was released blindly");
+    // From a newer agent: also left alone.
+    let future = br#"{"version": 2, "claims": {}, "newField": true}"#;
+    fs::write(&path, future).unwrap();
+    let out = kubelet.unprepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    assert!(
+        out[&c.uid]
+            .clone()
+            .unwrap_err()
+            .contains("format version 2, newer than")
+    );
+    assert_eq!(fs::read(&path).unwrap(), future);
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    assert!(metrics.contains("mock_accel_checkpoint_errors_total{kind=\"corrupt\"}"));
+    assert!(metrics.contains("mock_accel_checkpoint_errors_total{kind=\"future_version\"}"));
+    // The operator puts the good file back: service resumes, no restart.
+    fs::write(&path, &good).unwrap();
+    let out = kubelet.unprepare(DraApi::V1, &[c.clone(), half.clone()]).await.unwrap();
+    assert!(out.values().all(|r| r.is_ok()), "{out:?}");
+    assert_eq!((rig.status("mock0"), rig.status("mock1")), ("0".into(), "0".into()));
+    assert!(rig.cdi_files().is_empty());
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_agent_process_leaks_nothing() {
+    let rig = Rig::new(2, 0).await;
+    let kubeconfig = rig.path("kubeconfig");
+    rig.server.write_kubeconfig(&kubeconfig).unwrap();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"))
+            .args(&rig.argv(&["--v=1"])[1..])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(rig.path("agent.log")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = Child(spawn());
+    let kubelet = rig.kubelet().await;
+    let c = rig.claim("c", &[(DRIVER, NODE, "mock1")]).await;
+    assert!(kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap()[&c.uid].is_ok());
+    // SIGKILL: no clean-up at all; the sockets stay behind.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    assert!(rig.path("registry").join(format!("{DRIVER}-reg.sock")).exists());
+
+    let mut child = Child(spawn());
+    // The stale sockets are replaced; the kubelet registers again.
+    let kubelet = rig.kubelet().await;
+    let thief = rig.claim("thief", &[(DRIVER, NODE, "mock1")]).await;
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&thief)).await.unwrap();
+    assert!(
+        out[&thief.uid]
+            .clone()
+            .unwrap_err()
+            .contains("already prepared for claim default/c")
+    );
+    let out = kubelet
+        .unprepare(DraApi::V1beta1, std::slice::from_ref(&c))
+        .await
+        .unwrap();
+    assert_eq!(out[&c.uid], Ok(()));
+    assert_eq!(rig.status("mock1"), "0");
+    assert!(rig.cdi_files().is_empty());
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&thief)).await.unwrap();
+    assert!(out[&thief.uid].is_ok());
+    // SIGTERM: a clean stop removes our sockets.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        fs::read_to_string(rig.path("agent.log")).unwrap()
+    );
+    assert!(kubelet::registration_sockets(&rig.path("registry")).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_update_names_sockets_by_pod_and_recreates_a_deleted_socket() {
+    let rig = Rig::new(1, 0).await;
+    let (agent, _events) = rig.agent(&["--pod-uid=4f1c2a7e-0000-4000-8000-00000000abcd"]).await;
+    let kubelet = rig.kubelet().await;
+    let reg_sock = rig
+        .path("registry")
+        .join(format!("{DRIVER}-4f1c2a7e-0000-4000-8000-00000000abcd-reg.sock"));
+    assert!(reg_sock.exists());
+    assert_eq!(
+        PathBuf::from(&kubelet.info.endpoint),
+        rig.plugin_dir().join("dra-4f1c2a7e-0000-4000-8000-00000000abcd.sock")
+    );
+    let c = rig.claim("c", &[(DRIVER, NODE, "mock0")]).await;
+    assert!(kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap()[&c.uid].is_ok());
+    assert!(
+        rig.plugin_dir().join("serialize.lock").exists(),
+        "calls take the cross-pod lock"
+    );
+
+    // Someone deletes our registration socket: it comes back.
+    let before = get(agent.admin_addr, "/metrics").await.1;
+    fs::remove_file(&reg_sock).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reg_sock.exists() {
+        assert!(Instant::now() < deadline, "the registration socket was not recreated");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let again = Kubelet::register(&reg_sock).await.unwrap();
+    assert_eq!(again.info, kubelet.info);
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    let series = "mock_accel_plugin_socket_recreations_total{socket=\"registration\"}";
+    assert_eq!(value(&metrics, series) - value(&before, series), 1.0, "{metrics}");
+
+    // The kubelet rejects the plugin: not ready, and it says why.
+    Kubelet::reject(&reg_sock, "version skew").await.unwrap();
+    let (code, body) = get(agent.admin_addr, "/readyz").await;
+    assert_eq!(
+        (code, body.trim()),
+        (503, "not ready: the kubelet has not registered the plugin")
+    );
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    assert!(value(&metrics, "mock_accel_plugin_registrations_total{result=\"rejected\"}") >= 1.0);
+    agent.stop().await.unwrap();
+    assert!(!reg_sock.exists());
+}
+
+/// Device name → (health, message), from one health stream message.
+type HealthMap = BTreeMap<String, (i32, String)>;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_health_stream_follows_the_devices() {
+    use mock_accel_proto::health::v1alpha1::HealthStatus;
+    let rig = Rig::new(2, 0).await;
+    let (agent, events) = rig.agent(&[]).await;
+    let kubelet = rig.kubelet().await;
+    let mut stream = kubelet.watch_health().await.unwrap();
+    let mut next_until = async |pred: &dyn Fn(&HealthMap) -> bool| {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("a health message within 10 s")
+                .unwrap()
+                .expect("the stream stays open");
+            let map: HealthMap = msg
+                .devices
+                .iter()
+                .map(|d| {
+                    let id = d.device.clone().unwrap();
+                    assert_eq!(id.pool_name, NODE);
+                    assert!(d.last_updated_time > 1_700_000_000);
+                    (id.device_name, (d.health, d.message.clone()))
+                })
+                .collect();
+            if pred(&map) {
+                return map;
+            }
+        }
+    };
+    let healthy = HealthStatus::Healthy as i32;
+    let unhealthy = HealthStatus::Unhealthy as i32;
+    next_until(&|m| m.len() == 2 && m.values().all(|(h, _)| *h == healthy)).await;
+
+    // The module marks mock0 failed and says so with a change uevent.
+    fs::write(rig.root.join("mock0/health"), "failed\n").unwrap();
+    events
+        .send(events::Trigger::Overflow { at: Instant::now() })
+        .await
+        .unwrap();
+    let m = next_until(&|m| m.get("mock0").is_some_and(|(h, _)| *h == unhealthy)).await;
+    assert!(m["mock0"].1.contains("failed"));
+
+    // A prepared device goes away: unhealthy, "removed"; unprepare still works.
+    let c = rig.claim("c", &[(DRIVER, NODE, "mock1")]).await;
+    assert!(kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap()[&c.uid].is_ok());
+    fs::remove_file(rig.root.join("mock1")).unwrap();
+    events
+        .send(events::Trigger::Overflow { at: Instant::now() })
+        .await
+        .unwrap();
+    let m = next_until(&|m| m.get("mock1").is_some_and(|(h, _)| *h == unhealthy)).await;
+    assert!(m["mock1"].1.contains("removed"), "{m:?}");
+    let out = kubelet.unprepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(out[&c.uid], Ok(()));
+    // Released and gone: no longer reported.
+    next_until(&|m| !m.contains_key("mock1")).await;
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    // Gauges are process-wide (other tests' agents set them too): present.
+    assert!(value(&metrics, "mock_accel_health_streams") >= 1.0, "{metrics}");
+    assert!(
+        metrics.contains("mock_accel_device_health{health=\"unhealthy\"}"),
+        "{metrics}"
+    );
+    agent.stop().await.unwrap();
+}
