@@ -43,6 +43,13 @@ vm-shell: build
 vm-run script: build
     cargo run -q -p mock-device-testkit --bin guest -- run {{script}}
 
+# Every benchmark: the kubelet plugin's prepare/unprepare latency, then the VM benchmarks
+bench: bench-plugin bench-vm
+
+# NodePrepareResources/NodeUnprepareResources p50/p99 (1- and 8-device claims), release build
+bench-plugin:
+    cargo run --release -q -p mock-accel-agent --example bench_plugin
+
 # Benchmarks in a VM with release builds: event->slice latency p50/p99, idle API load, storm writes
 bench-vm:
     cargo build --release --workspace --bins

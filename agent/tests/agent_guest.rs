@@ -65,6 +65,10 @@ fn the_demo_runs_to_the_end() {
         "uevent  remove  mock4",
         "restored in",
         "mock_accel_event_to_slice_seconds_count",
+        " ok mock1=k8s.mock-accel.example.com/accel=",
+        "mock1 status in sysfs: 1",
+        "MOCK_ACCEL_PCI=0000:1b:00.0",
+        "mock1 status in sysfs: 0; CDI specs left: 0",
     ] {
         assert!(
             run.output.contains(milestone),

@@ -65,7 +65,25 @@ if command -v kubectl >/dev/null; then
     run kubectl get nodes
 fi
 
+if command -v kubectl >/dev/null; then
+    step "A pod's claim: the scheduler allocates mock1, the kubelet asks the agent to prepare it"
+    drv=mock-accel.example.com
+    echo '{"apiVersion":"resource.k8s.io/v1","kind":"ResourceClaim","metadata":{"name":"test-claim","namespace":"default"},"spec":{"devices":{"requests":[{"name":"accel","exactly":{"deviceClassName":"mock-accel-pf","count":1}}]}}}' >/tmp/claim.json
+    run kubectl create -f /tmp/claim.json
+    run "kubectl patch resourceclaim test-claim --subresource=status --type=merge -p '{\"status\":{\"allocation\":{\"devices\":{\"results\":[{\"request\":\"accel\",\"driver\":\"$drv\",\"pool\":\"$node\",\"device\":\"mock1\"}]}}}}' >/dev/null && echo allocated"
+    uid=$(kubectl get resourceclaim test-claim -o jsonpath='{.metadata.uid}')
+    echo "\$ kubelet -> NodePrepareResources(default/test-claim/$uid)"
+    guest-tool kubelet register | sed 's/^/  /'
+    guest-tool kubelet prepare "default/test-claim/$uid" | sed 's/^/  /'
+    echo "  mock1 status in sysfs: $(cat /sys/class/mock-accel/mock1/status)"
+    echo "  what the container gets (CDI spec /var/run/cdi/k8s.$drv-accel_$uid.json):"
+    grep -oE '"(MOCK_ACCEL_(UUID|PCI|DEVICE)=[^"]*|path": "[^"]*)' /var/run/cdi/k8s.$drv-accel_$uid.json | tr -d '"' | sed 's/^/    /'
+    echo "\$ kubelet -> NodeUnprepareResources (the pod is gone)"
+    guest-tool kubelet unprepare "default/test-claim/$uid" | sed 's/^/  /'
+    echo "  mock1 status in sysfs: $(cat /sys/class/mock-accel/mock1/status); CDI specs left: $(ls /var/run/cdi | wc -l)"
+fi
+
 step "The agent's own measure (kernel event received -> slices accepted)"
 guest-tool http GET http://127.0.0.1:8080/metrics >/tmp/metrics
-grep -E '^mock_accel_(event_to_slice_seconds_(sum|count)|slice_writes_total|uevents_total)' /tmp/metrics | sed 's/^/  /'
+grep -E '^mock_accel_(event_to_slice_seconds_(sum|count)|slice_writes_total|uevents_total|prepares_total|unprepares_total)' /tmp/metrics | sed 's/^/  /'
 uevents_stop

@@ -1,0 +1,167 @@
+//! `just bench`: NodePrepareResources / NodeUnprepareResources latency,
+//! played as the kubelet over the agent's real unix socket, against the
+//! test API server on loopback, for a 1-device and an 8-device claim.
+//!
+//! Where things live, as on a node: the checkpoint (fsync'ed) on disk
+//! under target/, the CDI directory and the fake sysfs on tmpfs
+//! (/dev/shm) when there is one. Each round is a full cycle: the claim is
+//! read from the API again, devices marked, the spec written, and undone.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use mock_accel_agent::inventory::write_fake_tree;
+use mock_accel_agent::{Agent, Args, Options};
+use mock_device_testkit::apiserver::{ApiServer, Config};
+use mock_device_testkit::kubelet::{self, Api as DraApi, Claim, Kubelet};
+use serde_json::json;
+
+const DRIVER: &str = "mock-accel.example.com";
+const NODE: &str = "bench-node";
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn report(what: &str, mut v: Vec<Duration>) {
+    v.sort();
+    println!(
+        "{what:<46} n={:<4} p50={:>7.3} ms  p99={:>7.3} ms  max={:>7.3} ms",
+        v.len(),
+        percentile(&v, 0.5),
+        percentile(&v, 0.99),
+        percentile(&v, 1.0)
+    );
+}
+
+async fn claim(client: &Client, name: &str, devices: &[String]) -> Claim {
+    let api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
+    let requests: Vec<_> = (0..devices.len())
+        .map(|i| json!({"name": format!("r{i}"), "exactly": {"deviceClassName": "mock-accel-vf"}}))
+        .collect();
+    let created = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"devices": {"requests": requests}}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let results: Vec<_> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"request": format!("r{i}"), "driver": DRIVER, "pool": NODE, "device": d}))
+        .collect();
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"allocation": {"devices": {"results": results}}}})),
+    )
+    .await
+    .unwrap();
+    Claim::new("default", name, &created.uid().unwrap())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let server = ApiServer::start(Config::default())?;
+    let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
+    Api::<Node>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NODE}}))?,
+        )
+        .await?;
+    let shm = PathBuf::from("/dev/shm");
+    let fast = tempfile::tempdir_in(if shm.is_dir() { shm } else { std::env::temp_dir() })?;
+    let disk = tempfile::tempdir_in(mock_device_testkit::workspace_root().join("target"))?;
+    let root = fast.path().join("sys/class/mock-accel");
+    write_fake_tree(&root, 2, 8)?;
+    std::fs::write(fast.path().join("boot_id"), "bench\n")?;
+    let args = Args::try_parse_from([
+        "agent".to_string(),
+        format!("--node-name={NODE}"),
+        format!("--sysfs-root={}", root.display()),
+        "--uevents=false".into(),
+        "--ebpf=false".into(),
+        "--rescan-interval=0".into(),
+        "--admin-address=127.0.0.1:0".into(),
+        "--v=0".into(),
+        format!("--plugin-socket={}", disk.path().join("plugin").display()),
+        format!("--registry-dir={}", disk.path().join("registry").display()),
+        format!("--cdi-root={}", fast.path().join("cdi").display()),
+        format!("--boot-id-path={}", fast.path().join("boot_id").display()),
+    ])?;
+    let agent = Agent::start(Options {
+        args,
+        client: Some(client.clone()),
+        injected: None,
+    })
+    .await?;
+    let registry = disk.path().join("registry");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kubelet = loop {
+        if let Some(s) = kubelet::registration_sockets(&registry)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            && let Ok(k) = Kubelet::register(&s).await
+        {
+            break k;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the plugin never registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // The agent publishes its inventory shortly after start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    println!("kubelet plugin: {rounds} prepare/unprepare rounds per case, gRPC over a unix socket, API on loopback");
+    for (label, devices) in [
+        ("1 device (PF)", vec!["mock0".to_string()]),
+        ("8 devices (VFs)", (0..8).map(|v| format!("mock1-vf{v}")).collect()),
+    ] {
+        let c = claim(&client, &format!("bench-{}", devices.len()), &devices).await;
+        for api in [DraApi::V1, DraApi::V1beta1] {
+            let (mut prep, mut unprep) = (Vec::new(), Vec::new());
+            for round in 0..rounds + 10 {
+                let t = Instant::now();
+                let out = kubelet.prepare(api, std::slice::from_ref(&c)).await?;
+                let dt = t.elapsed();
+                let devs = out[&c.uid].clone().map_err(anyhow::Error::msg)?;
+                anyhow::ensure!(devs.len() == devices.len(), "prepared {} devices", devs.len());
+                let t = Instant::now();
+                let out = kubelet.unprepare(api, std::slice::from_ref(&c)).await?;
+                let du = t.elapsed();
+                out[&c.uid].clone().map_err(anyhow::Error::msg)?;
+                // The first rounds warm connections and caches up.
+                if round >= 10 {
+                    prep.push(dt);
+                    unprep.push(du);
+                }
+            }
+            report(&format!("NodePrepareResources {api:?} {label}"), prep);
+            report(&format!("NodeUnprepareResources {api:?} {label}"), unprep);
+        }
+    }
+    // The already-prepared path (a kubelet restart repeats the call).
+    let c = claim(&client, "bench-repeat", &["mock0".to_string()]).await;
+    kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await?;
+    let mut again = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await?;
+        again.push(t.elapsed());
+    }
+    report("NodePrepareResources V1 repeated (prepared)", again);
+    agent.stop().await?;
+    Ok(())
+}
