@@ -213,6 +213,31 @@ fn value(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `promtool check metrics` (the real Prometheus tool) passes the text.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .expect("promtool not found: install it with `apt-get install -y prometheus` (or run ./dev setup)");
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Kills the agent process if the test fails half-way.
 struct Child(std::process::Child);
 
@@ -447,6 +472,7 @@ async fn registers_then_prepares_and_unprepares_in_v1_and_v1beta1() {
     assert_eq!(delta("mock_accel_plugin_registrations_total{result=\"accepted\"}"), 1.0);
     assert!(delta("mock_accel_plugin_requests_total{api=\"v1beta1\",method=\"NodePrepareResources\"}") >= 1.0);
     assert!(delta("mock_accel_prepare_duration_seconds_count") >= 3.0);
+    promtool_check(&metrics);
 
     // On the way out the agent removes its own sockets.
     agent.stop().await.unwrap();
