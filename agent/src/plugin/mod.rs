@@ -290,21 +290,25 @@ impl Plugin {
             let (sockets, health, cancel) = (sockets.clone(), health.clone(), cancel.clone());
             tasks.spawn(
                 async move {
-                    let mut tick = tokio::time::interval(SELF_CHECK_PERIOD);
+                    let start = tokio::time::Instant::now() + SELF_CHECK_PERIOD;
+                    let mut tick = tokio::time::interval_at(start, SELF_CHECK_PERIOD);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut failures = 0u32;
                     loop {
                         tokio::select! {
                             _ = cancel.cancelled() => return Ok(()),
                             _ = tick.tick() => {}
                         }
                         let r = self_check(&sockets).await;
-                        let was = health.sockets_ok.swap(r.is_ok(), Ordering::SeqCst);
+                        // Like the kubelet: two failures in a row, not one.
+                        failures = if r.is_ok() { 0 } else { failures + 1 };
+                        let was = health.sockets_ok.swap(failures < 2, Ordering::SeqCst);
                         match r {
                             Ok(()) if !was => info!("our sockets answer again"),
                             Ok(()) => {}
                             Err(e) => {
                                 counter!(m::SOCKET_CHECK_FAILURES).increment(1);
-                                warn!(error = %e, "our own socket does not answer: /livez fails until it does");
+                                warn!(error = %e, failures, "our own socket does not answer: /livez fails after two failures in a row");
                                 // A missed inotify event must not leave us deaf.
                                 reg_poke.notify_one();
                                 dra_poke.notify_one();
