@@ -14,6 +14,7 @@ use mock_accel_agent::events::{self, Trigger};
 use mock_accel_agent::inventory::{write_fake_function, write_fake_tree};
 use mock_accel_agent::{Agent, Args, Options};
 use mock_device_testkit::apiserver::{ApiServer, Config, Fault};
+use mock_device_testkit::http_get as get;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -126,23 +127,6 @@ impl Rig {
         )
         .unwrap()
     }
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).await.unwrap();
-    let code = out[9..12].parse().unwrap();
-    (
-        code,
-        out.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

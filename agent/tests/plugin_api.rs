@@ -21,6 +21,7 @@ use mock_accel_agent::plugin::cdi;
 use mock_accel_agent::plugin::checkpoint::{Checkpoint, ClaimState};
 use mock_accel_agent::{Agent, Args, Options};
 use mock_device_testkit::apiserver::{ApiServer, Config};
+use mock_device_testkit::http_get as get;
 use mock_device_testkit::kubelet::{self, Api as DraApi, Claim, Kubelet};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -185,23 +186,6 @@ impl Rig {
     fn checkpoint(&self) -> Checkpoint {
         Checkpoint::new(&self.plugin_dir(), DRIVER, NODE)
     }
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).await.unwrap();
-    let code = out[9..12].parse().unwrap();
-    (
-        code,
-        out.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    )
 }
 
 /// The value of one series in a /metrics text (0 when absent). The

@@ -156,6 +156,16 @@ impl Driver {
         })
     }
 
+    /// Starts a batch: the lock and the checkpoint, or why every claim of
+    /// the batch fails.
+    async fn begin(&self) -> (Result<BatchGuard<'_>, ClaimError>, Claims, Option<ClaimError>) {
+        let guard = self.lock().await;
+        match guard.as_ref().map_err(Clone::clone).and_then(|_| self.load()) {
+            Ok(state) => (guard, state, None),
+            Err(e) => (guard, Claims::default(), Some(e)),
+        }
+    }
+
     fn boot_id(&self) -> String {
         fs::read_to_string(&self.cfg.boot_id_path)
             .map(|s| s.trim().to_string())
@@ -195,12 +205,7 @@ impl Driver {
         if claims.is_empty() {
             return out;
         }
-        let guard = self.lock().await;
-        let loaded = guard.as_ref().map_err(Clone::clone).and_then(|_| self.load());
-        let (mut state, batch_err) = match loaded {
-            Ok(s) => (s, None),
-            Err(e) => (Claims::default(), Some(e)),
-        };
+        let (_guard, mut state, batch_err) = self.begin().await;
         let boot = self.boot_id();
         // The API reads, at once, for the claims we do not hold yet.
         let api_claims = futures::future::join_all(claims.iter().map(|c| async {
@@ -572,12 +577,7 @@ impl Driver {
         if claims.is_empty() {
             return out;
         }
-        let guard = self.lock().await;
-        let loaded = guard.as_ref().map_err(Clone::clone).and_then(|_| self.load());
-        let (mut state, batch_err) = match loaded {
-            Ok(s) => (s, None),
-            Err(e) => (Claims::default(), Some(e)),
-        };
+        let (_guard, mut state, batch_err) = self.begin().await;
         for claim in claims {
             let started = Instant::now();
             let checked = match &batch_err {

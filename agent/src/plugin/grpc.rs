@@ -54,157 +54,91 @@ impl reg::registration_server::Registration for Registration {
     }
 }
 
-fn claim_refs<C>(claims: Vec<C>, f: impl Fn(C) -> ClaimRef) -> Vec<ClaimRef> {
-    claims.into_iter().map(f).collect()
+/// One DRA service version over [`Driver`]: the same calls, the version's
+/// types, and how a prepared device looks in that version.
+macro_rules! dra_service {
+    ($name:ident, $pb:ident, $api:literal, $device:expr) => {
+        #[doc = concat!("`k8s.io.kubelet.pkg.apis.dra.", $api, ".DRAPlugin`.")]
+        #[derive(Clone)]
+        pub struct $name(pub Arc<Driver>);
+
+        #[tonic::async_trait]
+        impl $pb::dra_plugin_server::DraPlugin for $name {
+            async fn node_prepare_resources(
+                &self,
+                req: Request<$pb::NodePrepareResourcesRequest>,
+            ) -> Result<Response<$pb::NodePrepareResourcesResponse>, Status> {
+                counter!(m::PLUGIN_REQUESTS, "api" => $api, "method" => "NodePrepareResources").increment(1);
+                let refs: Vec<ClaimRef> = req.into_inner().claims.into_iter().map(|c| ClaimRef {
+                    namespace: c.namespace,
+                    name: c.name,
+                    uid: c.uid,
+                }).collect();
+                let device: fn(PreparedDevice) -> $pb::Device = $device;
+                let claims = self
+                    .0
+                    .prepare(&refs)
+                    .await
+                    .into_iter()
+                    .map(|(uid, r)| {
+                        let resp = match r {
+                            Ok(devices) => $pb::NodePrepareResourceResponse {
+                                devices: devices.into_iter().map(device).collect(),
+                                error: String::new(),
+                            },
+                            Err(e) => $pb::NodePrepareResourceResponse {
+                                devices: vec![],
+                                error: e.message,
+                            },
+                        };
+                        (uid, resp)
+                    })
+                    .collect();
+                Ok(Response::new($pb::NodePrepareResourcesResponse { claims }))
+            }
+
+            async fn node_unprepare_resources(
+                &self,
+                req: Request<$pb::NodeUnprepareResourcesRequest>,
+            ) -> Result<Response<$pb::NodeUnprepareResourcesResponse>, Status> {
+                counter!(m::PLUGIN_REQUESTS, "api" => $api, "method" => "NodeUnprepareResources").increment(1);
+                let refs: Vec<ClaimRef> = req.into_inner().claims.into_iter().map(|c| ClaimRef {
+                    namespace: c.namespace,
+                    name: c.name,
+                    uid: c.uid,
+                }).collect();
+                let claims = self
+                    .0
+                    .unprepare(&refs)
+                    .await
+                    .into_iter()
+                    .map(|(uid, r)| {
+                        let error = r.err().map(|e: ClaimError| e.message).unwrap_or_default();
+                        (uid, $pb::NodeUnprepareResourceResponse { error })
+                    })
+                    .collect();
+                Ok(Response::new($pb::NodeUnprepareResourcesResponse { claims }))
+            }
+        }
+    };
 }
 
-/// `k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin`.
-#[derive(Clone)]
-pub struct DraV1(pub Arc<Driver>);
+dra_service!(DraV1, v1, "v1", |d| v1::Device {
+    request_names: d.requests,
+    pool_name: d.pool,
+    device_name: d.device,
+    cdi_device_ids: vec![d.cdi_device_id],
+    share_id: d.share_id,
+});
 
-/// `k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin`.
-#[derive(Clone)]
-pub struct DraV1beta1(pub Arc<Driver>);
-
-fn error_text(e: ClaimError) -> String {
-    e.message
-}
-
-#[tonic::async_trait]
-impl v1::dra_plugin_server::DraPlugin for DraV1 {
-    async fn node_prepare_resources(
-        &self,
-        req: Request<v1::NodePrepareResourcesRequest>,
-    ) -> Result<Response<v1::NodePrepareResourcesResponse>, Status> {
-        counter!(m::PLUGIN_REQUESTS, "api" => "v1", "method" => "NodePrepareResources").increment(1);
-        let refs = claim_refs(req.into_inner().claims, |c| ClaimRef {
-            namespace: c.namespace,
-            name: c.name,
-            uid: c.uid,
-        });
-        let claims = self
-            .0
-            .prepare(&refs)
-            .await
-            .into_iter()
-            .map(|(uid, r)| {
-                let resp = match r {
-                    Ok(devices) => v1::NodePrepareResourceResponse {
-                        devices: devices.into_iter().map(device_v1).collect(),
-                        error: String::new(),
-                    },
-                    Err(e) => v1::NodePrepareResourceResponse {
-                        devices: vec![],
-                        error: error_text(e),
-                    },
-                };
-                (uid, resp)
-            })
-            .collect();
-        Ok(Response::new(v1::NodePrepareResourcesResponse { claims }))
-    }
-
-    async fn node_unprepare_resources(
-        &self,
-        req: Request<v1::NodeUnprepareResourcesRequest>,
-    ) -> Result<Response<v1::NodeUnprepareResourcesResponse>, Status> {
-        counter!(m::PLUGIN_REQUESTS, "api" => "v1", "method" => "NodeUnprepareResources").increment(1);
-        let refs = claim_refs(req.into_inner().claims, |c| ClaimRef {
-            namespace: c.namespace,
-            name: c.name,
-            uid: c.uid,
-        });
-        let claims = self
-            .0
-            .unprepare(&refs)
-            .await
-            .into_iter()
-            .map(|(uid, r)| {
-                let error = r.err().map(error_text).unwrap_or_default();
-                (uid, v1::NodeUnprepareResourceResponse { error })
-            })
-            .collect();
-        Ok(Response::new(v1::NodeUnprepareResourcesResponse { claims }))
-    }
-}
-
-fn device_v1(d: PreparedDevice) -> v1::Device {
-    v1::Device {
-        request_names: d.requests,
-        pool_name: d.pool,
-        device_name: d.device,
-        cdi_device_ids: vec![d.cdi_device_id],
-        share_id: d.share_id,
-    }
-}
-
-#[tonic::async_trait]
-impl v1beta1::dra_plugin_server::DraPlugin for DraV1beta1 {
-    async fn node_prepare_resources(
-        &self,
-        req: Request<v1beta1::NodePrepareResourcesRequest>,
-    ) -> Result<Response<v1beta1::NodePrepareResourcesResponse>, Status> {
-        counter!(m::PLUGIN_REQUESTS, "api" => "v1beta1", "method" => "NodePrepareResources").increment(1);
-        let refs = claim_refs(req.into_inner().claims, |c| ClaimRef {
-            namespace: c.namespace,
-            name: c.name,
-            uid: c.uid,
-        });
-        let claims = self
-            .0
-            .prepare(&refs)
-            .await
-            .into_iter()
-            .map(|(uid, r)| {
-                let resp = match r {
-                    // v1beta1 has no share IDs: shared devices still work,
-                    // the kubelet just cannot tell the shares apart.
-                    Ok(devices) => v1beta1::NodePrepareResourceResponse {
-                        devices: devices
-                            .into_iter()
-                            .map(|d| v1beta1::Device {
-                                request_names: d.requests,
-                                pool_name: d.pool,
-                                device_name: d.device,
-                                cdi_device_ids: vec![d.cdi_device_id],
-                            })
-                            .collect(),
-                        error: String::new(),
-                    },
-                    Err(e) => v1beta1::NodePrepareResourceResponse {
-                        devices: vec![],
-                        error: error_text(e),
-                    },
-                };
-                (uid, resp)
-            })
-            .collect();
-        Ok(Response::new(v1beta1::NodePrepareResourcesResponse { claims }))
-    }
-
-    async fn node_unprepare_resources(
-        &self,
-        req: Request<v1beta1::NodeUnprepareResourcesRequest>,
-    ) -> Result<Response<v1beta1::NodeUnprepareResourcesResponse>, Status> {
-        counter!(m::PLUGIN_REQUESTS, "api" => "v1beta1", "method" => "NodeUnprepareResources").increment(1);
-        let refs = claim_refs(req.into_inner().claims, |c| ClaimRef {
-            namespace: c.namespace,
-            name: c.name,
-            uid: c.uid,
-        });
-        let claims = self
-            .0
-            .unprepare(&refs)
-            .await
-            .into_iter()
-            .map(|(uid, r)| {
-                let error = r.err().map(error_text).unwrap_or_default();
-                (uid, v1beta1::NodeUnprepareResourceResponse { error })
-            })
-            .collect();
-        Ok(Response::new(v1beta1::NodeUnprepareResourcesResponse { claims }))
-    }
-}
+// v1beta1 has no share IDs: shared devices still work, the kubelet just
+// cannot tell the shares apart.
+dra_service!(DraV1beta1, v1beta1, "v1beta1", |d| v1beta1::Device {
+    request_names: d.requests,
+    pool_name: d.pool,
+    device_name: d.device,
+    cdi_device_ids: vec![d.cdi_device_id],
+});
 
 /// `v1alpha1.DRAResourceHealth`: the complete list now, then on every change.
 #[derive(Clone)]
