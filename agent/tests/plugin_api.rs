@@ -898,3 +898,59 @@ async fn the_health_stream_follows_the_devices() {
     );
     agent.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_access_shares_a_held_device_without_allocating_it() {
+    let rig = Rig::new(1, 0).await;
+    let (agent, _events) = rig.agent(&[]).await;
+    let kubelet = rig.kubelet().await;
+    let owner = rig.claim("owner", &[(DRIVER, NODE, "mock0")]).await;
+    assert!(kubelet.prepare(DraApi::V1, std::slice::from_ref(&owner)).await.unwrap()[&owner.uid].is_ok());
+
+    // A monitoring claim with admin access to the same device.
+    let created = rig
+        .claims()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "admin"}, "spec": {"devices": {"requests": [
+                {"name": "r0", "exactly": {"deviceClassName": "mock-accel-pf", "adminAccess": true}}]}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    rig.claims()
+        .patch_status(
+            "admin",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"allocation": {"devices": {"results": [
+                {"request": "r0", "driver": DRIVER, "pool": NODE, "device": "mock0", "adminAccess": true}]}}}})),
+        )
+        .await
+        .unwrap();
+    let admin = Claim::new("default", "admin", &created.uid().unwrap());
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&admin)).await.unwrap();
+    assert_eq!(out[&admin.uid].as_ref().unwrap()[0].device, "mock0");
+    let spec = check_cdi_file(&rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", admin.uid)));
+    assert_eq!(
+        spec["devices"][0]["containerEdits"]["deviceNodes"][0]["permissions"],
+        "r"
+    );
+    // Releasing the admin claim leaves the owner's allocation alone.
+    assert_eq!(
+        kubelet
+            .unprepare(DraApi::V1, std::slice::from_ref(&admin))
+            .await
+            .unwrap()[&admin.uid],
+        Ok(())
+    );
+    assert_eq!(rig.status("mock0"), "1");
+    assert_eq!(
+        kubelet
+            .unprepare(DraApi::V1, std::slice::from_ref(&owner))
+            .await
+            .unwrap()[&owner.uid],
+        Ok(())
+    );
+    assert_eq!(rig.status("mock0"), "0");
+    agent.stop().await.unwrap();
+}
