@@ -23,6 +23,7 @@ use mock_accel_agent::{Agent, Args, Options};
 use mock_device_testkit::apiserver::{ApiServer, Config};
 use mock_device_testkit::http_get as get;
 use mock_device_testkit::kubelet::{self, Api as DraApi, Claim, Kubelet};
+use mock_device_testkit::promtool_check;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -195,31 +196,6 @@ fn value(metrics: &str, series: &str) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or(0.0)
-}
-
-/// `promtool check metrics` (the real Prometheus tool) passes the text.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.is_file())
-        .expect("promtool not found: install it with `apt-get install -y prometheus` (or run ./dev setup)");
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Kills the agent process if the test fails half-way.

@@ -120,3 +120,29 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
             .unwrap_or_default(),
     )
 }
+
+/// Runs the real `promtool check metrics` on a /metrics text; panics with
+/// its complaints.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| p.is_file())
+        .expect("promtool not found: install it with `apt-get install -y prometheus` (or run ./dev setup)");
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

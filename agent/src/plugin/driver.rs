@@ -5,7 +5,7 @@
 //! on its own, and every step is recorded before it is taken so that a
 //! crash at any point is completed or undone by the next call.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -105,8 +105,8 @@ fn flock(path: &Path) -> io::Result<fs::File> {
 impl Driver {
     pub fn new(cfg: Config, client: kube::Client, inventory: watch::Receiver<Arc<Inventory>>) -> Driver {
         let checkpoint = Checkpoint::new(&cfg.plugin_dir, &cfg.driver, &cfg.node);
-        let initial = checkpoint.load().unwrap_or_default();
-        let (prepared, _) = watch::channel(Arc::new(initial));
+        // Filled by `check_checkpoint` at start, then after every batch.
+        let (prepared, _) = watch::channel(Arc::new(Claims::default()));
         Driver {
             cfg,
             client,
@@ -660,13 +660,4 @@ fn write_status(path: &Path, device: &str, allocated: bool) -> Result<(), ClaimE
         ),
         _ => ClaimError::new("sysfs", format!("writing {value} to {}: {e}", path.display())),
     })
-}
-
-/// What the health stream and `/readyz` need to know of the plugin.
-pub fn prepared_functions(claims: &Claims) -> BTreeSet<(String, String)> {
-    claims
-        .0
-        .values()
-        .flat_map(|c| c.devices.iter().map(|d| (d.device.clone(), d.function.clone())))
-        .collect()
 }
