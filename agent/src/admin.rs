@@ -25,7 +25,12 @@ pub struct Health {
     /// Our gRPC sockets answered the last self-check.
     pub sockets_ok: AtomicBool,
     pub metrics: PrometheusHandle,
+    /// Metrics computed at scrape time (the controller's fleet view).
+    pub extra: std::sync::Mutex<Option<Collector>>,
 }
+
+/// Appends Prometheus text to a scrape.
+pub type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
 
 impl Health {
     pub fn new(metrics: PrometheusHandle) -> Arc<Health> {
@@ -36,11 +41,24 @@ impl Health {
             registered: AtomicBool::new(false),
             sockets_ok: AtomicBool::new(true),
             metrics,
+            extra: std::sync::Mutex::new(None),
         })
     }
 }
 
 impl Health {
+    /// The recorder's metrics, then the scrape-time ones.
+    pub fn render(&self) -> String {
+        let mut out = self.metrics.render();
+        if let Some(extra) = self.extra.lock().unwrap().as_ref() {
+            if !out.is_empty() && !out.ends_with("\n\n") {
+                out.push('\n');
+            }
+            extra(&mut out);
+        }
+        out
+    }
+
     /// `Err(why)` unless every task runs and our sockets answer.
     pub fn live(&self) -> Result<(), &'static str> {
         if !self.alive.load(Ordering::SeqCst) {
@@ -87,7 +105,7 @@ pub fn router(health: Arc<Health>) -> Router {
             get(|State(h): State<Arc<Health>>| async move {
                 (
                     [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    h.metrics.render(),
+                    h.render(),
                 )
             }),
         )

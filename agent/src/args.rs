@@ -23,7 +23,7 @@ pub enum LogFormat {
 #[command(
     name = "mock-accel-agent",
     version,
-    about = "mock-device DRA driver: node agent",
+    about = "mock-device DRA driver: node agent (publishes devices, serves the kubelet) or controller (fleet view, clean-up)",
     args_override_self = true
 )]
 pub struct Args {
@@ -91,6 +91,27 @@ pub struct Args {
     /// CAP_PERFMON, or root; without them the agent goes on with uevents).
     #[arg(long, env = "EBPF", default_value_t = true, action = clap::ArgAction::Set)]
     pub ebpf: bool,
+    /// The namespace of this pod: the agents' heartbeat Leases and the
+    /// controller's leader Lease live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mock-device")]
+    pub namespace: String,
+    /// Node agent: heartbeat Lease renewal period (valid for four); 0 turns
+    /// it off (the controller then never takes the agent for gone).
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Controller: how long a node agent may be gone (heartbeat expired), or
+    /// a slice left behind by a newer pool generation, before the slices go.
+    #[arg(long, env = "AGENT_GRACE_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    pub agent_grace_period: Duration,
+    /// Controller: how long the leader Lease holds without renewal.
+    #[arg(long, env = "LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// Controller: a leader that cannot renew for this long steps down.
+    #[arg(long, env = "LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// Controller: how often candidates try to take, and the leader renews, the Lease.
+    #[arg(long, env = "LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub leader_elect_retry_period: Duration,
     /// Most devices per ResourceSlice (1-128).
     #[arg(long, env = "MAX_DEVICES_PER_SLICE", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub max_devices_per_slice: u16,
@@ -133,6 +154,25 @@ impl Args {
         (!self.rescan_interval.is_zero()).then_some(self.rescan_interval)
     }
 
+    /// The leader-election timings, checked as client-go checks them.
+    pub fn leader_timing(&self) -> Result<crate::controller::leader::Timing, String> {
+        let t = crate::controller::leader::Timing {
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+        };
+        if t.retry_period.is_zero() || t.lease_duration < Duration::from_secs(1) {
+            return Err("--leader-elect-retry-period must be > 0 and --leader-elect-lease-duration at least 1s".into());
+        }
+        if t.lease_duration <= t.renew_deadline {
+            return Err("--leader-elect-lease-duration must be greater than --leader-elect-renew-deadline".into());
+        }
+        if t.renew_deadline.as_secs_f64() <= 1.2 * t.retry_period.as_secs_f64() {
+            return Err("--leader-elect-renew-deadline must be greater than 1.2 x --leader-elect-retry-period".into());
+        }
+        Ok(t)
+    }
+
     /// The tracing filter for `--v`.
     pub fn log_filter(&self) -> &'static str {
         match self.verbosity {
@@ -166,6 +206,23 @@ mod tests {
         assert!(Args::try_parse_from(["agent", "--v=11"]).is_err());
         assert!(Args::try_parse_from(["agent", "--rescan-interval=soon"]).is_err());
         assert!(Args::try_parse_from(["agent", "--mode=other"]).is_err());
+        let c = Args::try_parse_from(["agent", "--mode=controller"]).unwrap();
+        assert_eq!(c.mode, Mode::Controller);
+        assert!(c.leader_timing().is_ok());
+        let bad = Args::try_parse_from([
+            "agent",
+            "--leader-elect-lease-duration=5s",
+            "--leader-elect-renew-deadline=10s",
+        ])
+        .unwrap();
+        assert!(bad.leader_timing().unwrap_err().contains("greater than"));
+        let bad = Args::try_parse_from([
+            "agent",
+            "--leader-elect-renew-deadline=2s",
+            "--leader-elect-retry-period=2s",
+        ])
+        .unwrap();
+        assert!(bad.leader_timing().is_err());
     }
 
     #[test]

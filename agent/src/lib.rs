@@ -8,12 +8,17 @@
 //! - [`publisher`] makes the API hold them, whatever happens to it;
 //! - [`plugin`] is the kubelet's DRA plugin: prepares and releases
 //!   claims' devices (CDI, checkpoint) and streams device health;
+//! - [`heartbeat`] keeps a Lease per node agent, for the controller;
+//! - [`controller`] (`--mode=controller`) is the cluster-wide view: fleet
+//!   metrics and the clean-up of slices whose node or agent is gone;
 //! - [`admin`] serves `/livez`, `/readyz` and `/metrics`.
 
 pub mod admin;
 pub mod args;
+pub mod controller;
 pub mod ebpf;
 pub mod events;
+pub mod heartbeat;
 pub mod inventory;
 pub mod metrics;
 pub mod plugin;
@@ -52,7 +57,7 @@ impl Agent {
     pub async fn start(opts: Options) -> anyhow::Result<Agent> {
         let args = opts.args;
         if args.mode == Mode::Controller {
-            anyhow::bail!("--mode=controller is not implemented in this version: only --mode=node-agent is");
+            return Agent::start_controller(args, opts.client).await;
         }
         let node = args
             .node_name
@@ -60,7 +65,7 @@ impl Agent {
             .filter(|n| !n.is_empty())
             .context("the node name is required in node-agent mode: set NODE_NAME or --node-name")?;
         let handle = metrics::install();
-        ::metrics::gauge!(metrics::INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => args.driver_name.clone(), "node" => node.clone()).set(1.0);
+        ::metrics::gauge!(metrics::INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => args.driver_name.clone(), "node" => node.clone(), "mode" => "node-agent").set(1.0);
         let health = admin::Health::new(handle);
         let listener = admin::bind(args.admin_address)
             .await
@@ -82,6 +87,45 @@ impl Agent {
             opts.injected,
             cancel.clone(),
         ));
+        Ok(Agent {
+            admin_addr,
+            health,
+            cancel,
+            task,
+        })
+    }
+
+    async fn start_controller(args: Args, client: Option<kube::Client>) -> anyhow::Result<Agent> {
+        let timing = args.leader_timing().map_err(anyhow::Error::msg)?;
+        let handle = metrics::install();
+        ::metrics::gauge!(metrics::INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => args.driver_name.clone(), "node" => "", "mode" => "controller").set(1.0);
+        let health = admin::Health::new(handle);
+        let listener = admin::bind(args.admin_address)
+            .await
+            .with_context(|| format!("binding the admin address {}", args.admin_address))?;
+        let admin_addr = listener.local_addr()?;
+        let client = match client {
+            Some(c) => c,
+            None => kube::Client::try_default()
+                .await
+                .context("no Kubernetes API: run in a pod, or set KUBECONFIG")?,
+        };
+        let cfg = controller::Config {
+            driver: args.driver_name.clone(),
+            namespace: args.namespace.clone(),
+            identity: controller::leader::identity(),
+            timing,
+            agent_grace: args.agent_grace_period,
+            audit: args.rescan(),
+        };
+        let cancel = CancellationToken::new();
+        let (h, c) = (health.clone(), cancel.clone());
+        let task = tokio::spawn(async move {
+            let mut tasks = JoinSet::new();
+            tasks.spawn(admin::serve(listener, h.clone(), c.clone()).instrument(info_span!("admin")));
+            tasks.spawn(controller::run(client, cfg, h.clone(), c.clone()).instrument(info_span!("controller")));
+            supervise(tasks, &h, &c).await
+        });
         Ok(Agent {
             admin_addr,
             health,
@@ -223,6 +267,7 @@ async fn run(
         )
         .instrument(info_span!("inventory")),
     );
+    let client_for_heartbeat = client.clone();
     tasks.spawn(
         publisher::run(
             client,
@@ -237,9 +282,30 @@ async fn run(
         )
         .instrument(info_span!("publisher")),
     );
+    if !args.heartbeat_interval.is_zero() {
+        tasks.spawn(
+            heartbeat::run(
+                kube::Api::namespaced(client_for_heartbeat, &args.namespace),
+                args.driver_name.clone(),
+                node.clone(),
+                args.heartbeat_interval,
+                cancel.clone(),
+            )
+            .instrument(info_span!("heartbeat")),
+        );
+    }
     info!(%node, driver = %args.driver_name, sysfs = %args.sysfs_root.display(), "node agent started");
+    let outcome = supervise(tasks, &health, &cancel).await;
+    info!("node agent stopped");
+    outcome
+}
 
-    // The first task to end ends the agent: by cancellation, or by failure.
+/// The first task to end ends them all: by cancellation, or by failure.
+async fn supervise(
+    mut tasks: JoinSet<anyhow::Result<()>>,
+    health: &admin::Health,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut outcome = Ok(());
     while let Some(done) = tasks.join_next().await {
         let result = done.map_err(anyhow::Error::from).and_then(|r| r);
@@ -253,7 +319,6 @@ async fn run(
             cancel.cancel();
         }
     }
-    info!("node agent stopped");
     outcome
 }
 

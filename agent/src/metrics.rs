@@ -42,9 +42,25 @@ pub const SOCKET_RECREATIONS: &str = "mock_accel_plugin_socket_recreations_total
 pub const SOCKET_CHECK_FAILURES: &str = "mock_accel_plugin_socket_check_failures_total";
 pub const HEALTH_STREAMS: &str = "mock_accel_health_streams";
 pub const DEVICE_HEALTH: &str = "mock_accel_device_health";
+pub const CLAIM_STATUS_UPDATES: &str = "mock_accel_claim_status_updates_total";
+pub const HEARTBEAT_FAILURES: &str = "mock_accel_heartbeat_failures_total";
+pub const CONTROLLER_LEADER: &str = "mock_accel_controller_leader";
+pub const CONTROLLER_LEADER_TRANSITIONS: &str = "mock_accel_controller_leader_transitions_total";
+pub const CONTROLLER_API_ERRORS: &str = "mock_accel_controller_api_errors_total";
+pub const CONTROLLER_WATCH_ERRORS: &str = "mock_accel_controller_watch_errors_total";
+pub const CONTROLLER_RECONCILES: &str = "mock_accel_controller_reconciles_total";
+pub const CONTROLLER_AUDITS: &str = "mock_accel_controller_audits_total";
+pub const CONTROLLER_DRIFT: &str = "mock_accel_controller_drift_total";
+pub const CONTROLLER_CLEANUPS: &str = "mock_accel_controller_cleanups_total";
+pub const CONTROLLER_EVENTS: &str = "mock_accel_controller_events_total";
+pub const CLAIM_ALLOCATION_SECONDS: &str = "mock_accel_fleet_claim_allocation_seconds";
 
 const PREPARE_BUCKETS: [f64; 14] = [
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0, 45.0,
+];
+
+const WAIT_BUCKETS: [f64; 13] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
 ];
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -61,6 +77,7 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SCAN_SECONDS.into()), &LATENCY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PREPARE_SECONDS.into()), &PREPARE_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UNPREPARE_SECONDS.into()), &PREPARE_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLAIM_ALLOCATION_SECONDS.into()), &WAIT_BUCKETS))
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
@@ -180,6 +197,52 @@ fn describe() {
     describe_gauge!(
         DEVICE_HEALTH,
         "Devices by health as reported to the kubelet (healthy/unhealthy/unknown)."
+    );
+    describe_counter!(
+        CLAIM_STATUS_UPDATES,
+        "Reports of prepared devices in ResourceClaim status.devices, by result (written/unchanged/error)."
+    );
+    describe_counter!(
+        HEARTBEAT_FAILURES,
+        "Heartbeat Lease renewals that failed (retried at the next beat)."
+    );
+    describe_gauge!(
+        CONTROLLER_LEADER,
+        "1 while this controller instance holds the leader Lease."
+    );
+    describe_counter!(
+        CONTROLLER_LEADER_TRANSITIONS,
+        "Times this instance became or stopped being the leader."
+    );
+    describe_counter!(
+        CONTROLLER_API_ERRORS,
+        "Failed controller API requests, by operation and kind."
+    );
+    describe_counter!(
+        CONTROLLER_WATCH_ERRORS,
+        "Controller watch failures (each resumed with backoff), by resource."
+    );
+    describe_counter!(CONTROLLER_RECONCILES, "Passes over the watched cluster state.");
+    describe_counter!(
+        CONTROLLER_AUDITS,
+        "Full audits (every --rescan-interval), by result (clean/drift/error)."
+    );
+    describe_counter!(
+        CONTROLLER_DRIFT,
+        "What audits found and fixed that the watches had not, by kind."
+    );
+    describe_counter!(
+        CONTROLLER_CLEANUPS,
+        "ResourceSlices deleted by the controller, by reason."
+    );
+    describe_counter!(
+        CONTROLLER_EVENTS,
+        "Kubernetes Events recorded by the controller, by reason."
+    );
+    describe_histogram!(
+        CLAIM_ALLOCATION_SECONDS,
+        Unit::Seconds,
+        "Time from a claim's creation to its allocation, for claims seen pending, by DeviceClass."
     );
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::ResourceSlice;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mock_accel_agent::events::{self, Trigger};
@@ -62,6 +63,7 @@ impl Rig {
             "--admin-address=127.0.0.1:0".into(),
             // The kubelet plugin has its own tests (plugin_api.rs).
             "--kubelet-plugin=false".into(),
+            "--namespace=default".into(),
         ];
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Args::try_parse_from(argv).unwrap();
@@ -336,7 +338,25 @@ async fn idle_means_no_writes_and_a_storm_few() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     rig.server.reset_counts();
     tokio::time::sleep(Duration::from_secs(2)).await; // 20 rescans
-    assert_eq!(rig.server.writes(), 0, "idle writes: {:?}", rig.server.request_counts());
+    // No slice writes; the heartbeat Lease is renewed every 10 s at most.
+    let slice_writes: u64 = rig
+        .server
+        .request_counts()
+        .iter()
+        .filter(|(k, _)| {
+            k.ends_with(" resourceslices")
+                && !k.starts_with("get ")
+                && !k.starts_with("list ")
+                && !k.starts_with("watch ")
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(slice_writes, 0, "idle writes: {:?}", rig.server.request_counts());
+    assert!(
+        rig.server.writes() <= 1,
+        "idle writes: {:?}",
+        rig.server.request_counts()
+    );
 
     // Storm: every PF enables 16 VFs at once (64 VFs, 3 events each).
     for pf in 0..4 {
@@ -403,5 +423,47 @@ async fn metrics_pass_promtool() {
     let (code, text) = get(agent.admin_addr, "/metrics").await;
     assert_eq!(code, 200);
     mock_device_testkit::promtool_check(&text);
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_heartbeat_lease_is_renewed() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let rig = Rig::new(1, 0).await;
+    let (agent, _events) = rig.agent(&["--heartbeat-interval=200ms"]).await;
+    let leases: Api<Lease> = Api::namespaced(rig.client.clone(), "default");
+    let name = mock_accel_agent::heartbeat::lease_name("mock-accel.example.com", "node-a");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(l) = leases.get_opt(&name).await.unwrap() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no heartbeat Lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let spec = first.spec.clone().unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("node-a"));
+    assert_eq!(spec.lease_duration_seconds, Some(1));
+    assert_eq!(
+        first.labels().get("driver").map(String::as_str),
+        Some("mock-accel.example.com")
+    );
+    // Selected by the controller's selector.
+    let selected = leases
+        .list(&ListParams::default().labels(&mock_accel_agent::heartbeat::selector("mock-accel.example.com")))
+        .await
+        .unwrap();
+    assert_eq!(selected.items.len(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = leases.get(&name).await.unwrap().spec.unwrap();
+    assert!(later.renew_time.unwrap().0 > spec.renew_time.unwrap().0);
+    // The API failing does not stop it.
+    rig.server
+        .inject(Fault::server_errors(3).only(Some("update"), Some("leases")));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = leases.get(&name).await.unwrap().spec.unwrap();
+    assert!(Timestamp::now().as_millisecond() - after.renew_time.unwrap().0.as_millisecond() < 1000);
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    assert!(metrics.contains("mock_accel_heartbeat_failures_total"), "{metrics}");
     agent.stop().await.unwrap();
 }

@@ -85,6 +85,7 @@ impl Rig {
             format!("--registry-dir={}", self.path("registry").display()),
             format!("--cdi-root={}", self.cdi_dir().display()),
             format!("--boot-id-path={}", self.path("boot_id").display()),
+            "--namespace=default".into(),
         ];
         argv.extend(extra.iter().map(|s| s.to_string()));
         argv
@@ -928,5 +929,72 @@ async fn admin_access_shares_a_held_device_without_allocating_it() {
         Ok(())
     );
     assert_eq!(rig.status("mock0"), "0");
+    agent.stop().await.unwrap();
+}
+
+/// The claim's `status.devices` carries our devices while prepared.
+async fn device_status(rig: &Rig, name: &str) -> Vec<Value> {
+    let claims: Api<ResourceClaim> = Api::namespaced(rig.client.clone(), "default");
+    let c = serde_json::to_value(claims.get(name).await.unwrap()).unwrap();
+    c["status"]["devices"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepared_devices_are_reported_in_the_claim_status() {
+    let rig = Rig::new(2, 0).await;
+    let (agent, _events) = rig.agent(&[]).await;
+    let kubelet = rig.kubelet().await;
+    let c = rig
+        .claim("reported", &[(DRIVER, NODE, "mock0"), (DRIVER, NODE, "mock1")])
+        .await;
+    assert!(kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap()[&c.uid].is_ok());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let devices = loop {
+        let d = device_status(&rig, "reported").await;
+        if d.len() == 2 {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no device status: {d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut names: Vec<&str> = devices.iter().map(|d| d["device"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["mock0", "mock1"]);
+    for d in &devices {
+        assert_eq!(d["driver"], DRIVER);
+        assert_eq!(d["pool"], NODE);
+        let cond = &d["conditions"][0];
+        assert_eq!(
+            (&cond["type"], &cond["status"], &cond["reason"]),
+            (&json!("Ready"), &json!("True"), &json!("Prepared"))
+        );
+        assert!(cond["lastTransitionTime"].is_string());
+    }
+    // Prepared again (a kubelet restart): nothing rewritten.
+    rig.server.reset_counts();
+    assert!(kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap()[&c.uid].is_ok());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rig.server.requests("update", "resourceclaims/status"),
+        0,
+        "{:?}",
+        rig.server.request_counts()
+    );
+    assert_eq!(device_status(&rig, "reported").await, devices);
+    // Released: our entries go.
+    assert_eq!(
+        kubelet.unprepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap()[&c.uid],
+        Ok(())
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !device_status(&rig, "reported").await.is_empty() {
+        assert!(Instant::now() < deadline, "device status left behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("mock_accel_claim_status_updates_total{result=\"written\"}"),
+        "{metrics}"
+    );
     agent.stop().await.unwrap();
 }

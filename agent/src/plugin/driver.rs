@@ -75,6 +75,8 @@ pub struct Driver {
     checkpoint: Checkpoint,
     batch: tokio::sync::Mutex<()>,
     prepared: watch::Sender<Arc<Claims>>,
+    /// Device status reports to the claims (see `status`).
+    status: tokio::sync::mpsc::UnboundedSender<super::status::Update>,
 }
 
 /// Held while a batch runs: the in-process mutex, and the `flock` on
@@ -107,7 +109,9 @@ impl Driver {
         let checkpoint = Checkpoint::new(&cfg.plugin_dir, &cfg.driver, &cfg.node);
         // Filled by `check_checkpoint` at start, then after every batch.
         let (prepared, _) = watch::channel(Arc::new(Claims::default()));
+        let status = super::status::spawn(client.clone(), cfg.driver.clone(), cfg.node.clone());
         Driver {
+            status,
             cfg,
             client,
             inventory,
@@ -225,6 +229,7 @@ impl Driver {
             let seconds = started.elapsed().as_secs_f64();
             match &result {
                 Ok(devices) => {
+                    let _ = self.status.send(super::status::Update::prepared(claim, devices));
                     counter!(m::PREPARES, "result" => "success", "reason" => "none").increment(1);
                     info!(claim = %claim, devices = devices.len(), "claim prepared");
                 }
@@ -589,9 +594,13 @@ impl Driver {
                 None => Ok(()),
                 Some(rec) => self.release(&rec, false).and_then(|()| {
                     state.0.remove(&claim.uid);
-                    self.save(&state).inspect_err(|_| {
-                        state.0.insert(claim.uid.clone(), rec.clone());
-                    })
+                    self.save(&state)
+                        .inspect_err(|_| {
+                            state.0.insert(claim.uid.clone(), rec.clone());
+                        })
+                        .inspect(|()| {
+                            let _ = self.status.send(super::status::Update::released(claim));
+                        })
                 }),
             });
             match &result {

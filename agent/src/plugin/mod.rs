@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod driver;
 pub mod grpc;
 pub mod health;
+pub mod status;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -2,7 +2,7 @@
 //! errors, `resource.k8s.io/v1` validation), with the same field paths,
 //! reasons and messages, so a client sees the 422 a cluster would send.
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 /// One field error (`metav1.StatusCause`).
 #[derive(Debug, Clone, PartialEq)]
@@ -695,6 +695,7 @@ pub fn validate_resource_claim_status(obj: &Value, old: &Value, errs: &mut Error
     if reserved.len() > MAX_RESERVED_FOR {
         errs.too_many("status.reservedFor", reserved.len(), MAX_RESERVED_FOR);
     }
+    validate_device_status(status, errs);
     if !reserved.is_empty() && !alloc.is_object() {
         errs.forbidden("status.reservedFor", "may not be specified when `allocated` is not set");
     }
@@ -702,6 +703,63 @@ pub fn validate_resource_claim_status(obj: &Value, old: &Value, errs: &mut Error
         for k in ["resource", "name", "uid"] {
             if c[k].as_str().is_none_or(str::is_empty) {
                 errs.required(&format!("status.reservedFor[{i}].{k}"), "");
+            }
+        }
+    }
+}
+
+/// `status.devices` (KEP-4817 device status): each entry names a device
+/// of the allocation, once; conditions as metav1.Condition.
+fn validate_device_status(status: &Value, errs: &mut Errors) {
+    let entries = status["devices"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let allocated: Vec<(&str, &str, &str)> = status["allocation"]["devices"]["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["driver"].as_str().unwrap_or(""),
+                r["pool"].as_str().unwrap_or(""),
+                r["device"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for (i, d) in entries.iter().enumerate() {
+        let f = format!("status.devices[{i}]");
+        let key = (
+            d["driver"].as_str().unwrap_or(""),
+            d["pool"].as_str().unwrap_or(""),
+            d["device"].as_str().unwrap_or(""),
+        );
+        if seen.contains(&key) {
+            errs.duplicate(&f, &json!({"driver": key.0, "pool": key.1, "device": key.2}));
+        }
+        seen.push(key);
+        if !allocated.contains(&key) {
+            errs.invalid(
+                &f,
+                &json!({"driver": key.0, "pool": key.1, "device": key.2}),
+                "must be an allocated device in the claim",
+            );
+        }
+        let conditions = d["conditions"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if conditions.len() > 8 {
+            errs.too_many(&format!("{f}.conditions"), conditions.len(), 8);
+        }
+        for (j, c) in conditions.iter().enumerate() {
+            let cf = format!("{f}.conditions[{j}]");
+            for k in ["type", "reason", "lastTransitionTime"] {
+                if c[k].as_str().is_none_or(str::is_empty) {
+                    errs.required(&format!("{cf}.{k}"), "");
+                }
+            }
+            if !["True", "False", "Unknown"].contains(&c["status"].as_str().unwrap_or("")) {
+                errs.invalid(
+                    &format!("{cf}.status"),
+                    &c["status"],
+                    "supported values: \"False\", \"True\", \"Unknown\"",
+                );
             }
         }
     }

@@ -1,0 +1,698 @@
+//! The cluster as the controller sees it, and what follows from it: the
+//! fleet metrics and the slices to clean up. Pure: objects and a clock in,
+//! numbers and decisions out.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+/// Everything the watches hold.
+#[derive(Default, Clone)]
+pub struct Cluster {
+    pub slices: Vec<Arc<ResourceSlice>>,
+    pub claims: Vec<Arc<ResourceClaim>>,
+    pub classes: Vec<Arc<DeviceClass>>,
+    pub nodes: Vec<Arc<Node>>,
+    /// The node agents' heartbeat Leases (holder = node name).
+    pub agents: Vec<Arc<Lease>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub driver: String,
+    /// How long a node agent may be gone (its Lease expired) before its
+    /// slices are deleted; also how long an out-of-date slice may stay.
+    pub agent_grace: Duration,
+}
+
+/// The state of a claim, one at a time, in the order a claim goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ClaimState {
+    /// Not allocated yet.
+    Pending,
+    /// Allocated, no pod reserved for it.
+    Allocated,
+    /// Allocated and reserved for a pod, not yet prepared on the node.
+    Reserved,
+    /// The node agent reported its devices prepared (`status.devices`).
+    Prepared,
+}
+
+impl ClaimState {
+    pub const ALL: [ClaimState; 4] = [
+        ClaimState::Pending,
+        ClaimState::Allocated,
+        ClaimState::Reserved,
+        ClaimState::Prepared,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimState::Pending => "pending",
+            ClaimState::Allocated => "allocated",
+            ClaimState::Reserved => "reserved",
+            ClaimState::Prepared => "prepared",
+        }
+    }
+}
+
+fn secs_since(t: Timestamp, now: Timestamp) -> f64 {
+    (now.as_millisecond() - t.as_millisecond()).max(0) as f64 / 1000.0
+}
+
+/// Whether a DeviceClass selects this driver's devices: one of its CEL
+/// selectors compares `device.driver` with our name.
+pub fn class_is_ours(class: &DeviceClass, driver: &str) -> bool {
+    let quoted = [format!("\"{driver}\""), format!("'{driver}'")];
+    class.spec.selectors.iter().flatten().any(|s| {
+        s.cel.as_ref().is_some_and(|c| {
+            c.expression.contains("device.driver") && quoted.iter().any(|q| c.expression.contains(q.as_str()))
+        })
+    })
+}
+
+/// The DeviceClasses a claim requests (exact requests and alternatives).
+pub fn claim_classes(claim: &ResourceClaim) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for r in claim.spec.devices.iter().flat_map(|d| d.requests.iter().flatten()) {
+        if let Some(e) = &r.exactly {
+            out.insert(e.device_class_name.clone());
+        }
+        for s in r.first_available.iter().flatten() {
+            out.insert(s.device_class_name.clone());
+        }
+    }
+    out
+}
+
+/// `(pool, device)` of this driver allocated to a claim.
+pub fn allocated_devices<'a>(claim: &'a ResourceClaim, driver: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+    claim
+        .status
+        .iter()
+        .filter_map(|s| s.allocation.as_ref())
+        .filter_map(|a| a.devices.as_ref())
+        .flat_map(|d| d.results.iter().flatten())
+        .filter(move |r| r.driver == driver)
+        .map(|r| (r.pool.as_str(), r.device.as_str()))
+}
+
+pub fn claim_state(claim: &ResourceClaim, driver: &str) -> ClaimState {
+    let Some(status) = &claim.status else {
+        return ClaimState::Pending;
+    };
+    if status.allocation.is_none() {
+        return ClaimState::Pending;
+    }
+    let prepared = status.devices.iter().flatten().any(|d| {
+        d.driver == driver
+            && d.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    });
+    if prepared {
+        ClaimState::Prepared
+    } else if status.reserved_for.as_ref().is_some_and(|r| !r.is_empty()) {
+        ClaimState::Reserved
+    } else {
+        ClaimState::Allocated
+    }
+}
+
+/// The classes a claim is counted under, if it concerns this driver at all:
+/// it requests one of our classes, or holds one of our devices.
+pub fn claim_labels(claim: &ResourceClaim, driver: &str, ours: &BTreeSet<String>) -> Vec<String> {
+    let classes = claim_classes(claim);
+    let requested: Vec<String> = classes.iter().filter(|c| ours.contains(*c)).cloned().collect();
+    if !requested.is_empty() {
+        return requested;
+    }
+    if allocated_devices(claim, driver).next().is_some() {
+        return if classes.is_empty() {
+            vec![String::new()]
+        } else {
+            classes.into_iter().collect()
+        };
+    }
+    Vec::new()
+}
+
+/// A node agent's heartbeat: node name, and when it expires.
+pub fn agent_expiry(lease: &Lease) -> Option<(String, Timestamp)> {
+    let spec = lease.spec.as_ref()?;
+    let node = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
+    let renew = spec.renew_time.as_ref()?.0;
+    let duration = spec.lease_duration_seconds.unwrap_or(0).max(0) as i64;
+    Some((node, renew + k8s_openapi::jiff::SignedDuration::from_secs(duration)))
+}
+
+fn attr_string<'a>(d: &'a k8s_openapi::api::resource::v1::Device, name: &str) -> Option<&'a str> {
+    d.attributes.as_ref()?.get(name)?.string.as_deref()
+}
+
+fn attr_int(d: &k8s_openapi::api::resource::v1::Device, name: &str) -> Option<i64> {
+    d.attributes.as_ref()?.get(name)?.int
+}
+
+/// The newest generation of each pool of ours.
+fn pool_generations<'a>(slices: impl Iterator<Item = &'a ResourceSlice>) -> BTreeMap<&'a str, i64> {
+    let mut out: BTreeMap<&str, i64> = BTreeMap::new();
+    for s in slices {
+        let g = out.entry(s.spec.pool.name.as_str()).or_insert(s.spec.pool.generation);
+        *g = (*g).max(s.spec.pool.generation);
+    }
+    out
+}
+
+/// The fleet metrics, computed from one view of the cluster.
+#[derive(Debug, Default, PartialEq)]
+pub struct Fleet {
+    /// (node, type, numa node, allocated|free) → devices.
+    pub devices: BTreeMap<(String, String, String, &'static str), u64>,
+    /// (device class, state) → claims.
+    pub claims: BTreeMap<(String, &'static str), u64>,
+    /// device class → age of its oldest pending claim.
+    pub oldest_pending: BTreeMap<String, f64>,
+    /// node → slices of the current pool generation.
+    pub node_slices: BTreeMap<String, u64>,
+    /// node → slices of an older pool generation.
+    pub stale_slices: BTreeMap<String, u64>,
+    /// node → its agent's heartbeat is fresh.
+    pub agent_up: BTreeMap<String, bool>,
+    /// Nodes whose agent is up and that publish no slice.
+    pub nodes_without_slices: u64,
+    pub nodes: u64,
+    pub device_classes: u64,
+}
+
+pub fn fleet(c: &Cluster, driver: &str, now: Timestamp) -> Fleet {
+    let mut f = Fleet {
+        nodes: c.nodes.len() as u64,
+        ..Default::default()
+    };
+    let ours: BTreeSet<String> = c
+        .classes
+        .iter()
+        .filter(|k| class_is_ours(k, driver))
+        .map(|k| k.name_any())
+        .collect();
+    f.device_classes = ours.len() as u64;
+    for class in &ours {
+        for s in ClaimState::ALL {
+            f.claims.insert((class.clone(), s.as_str()), 0);
+        }
+    }
+    let mut allocated: HashSet<(&str, &str)> = HashSet::new();
+    for claim in &c.claims {
+        allocated.extend(allocated_devices(claim, driver));
+        let state = claim_state(claim, driver);
+        for class in claim_labels(claim, driver, &ours) {
+            if state == ClaimState::Pending
+                && let Some(created) = claim.metadata.creation_timestamp.as_ref()
+            {
+                let age = secs_since(created.0, now);
+                let e = f.oldest_pending.entry(class.clone()).or_insert(0.0);
+                *e = e.max(age);
+            }
+            *f.claims.entry((class, state.as_str())).or_insert(0) += 1;
+        }
+    }
+    for class in &ours {
+        f.oldest_pending.entry(class.clone()).or_insert(0.0);
+    }
+    let mine: Vec<&ResourceSlice> = c
+        .slices
+        .iter()
+        .map(|s| s.as_ref())
+        .filter(|s| s.spec.driver == driver && s.spec.node_name.is_some())
+        .collect();
+    let generations = pool_generations(mine.iter().copied());
+    for s in &mine {
+        let node = s.spec.node_name.clone().unwrap_or_default();
+        if s.spec.pool.generation < generations[s.spec.pool.name.as_str()] {
+            *f.stale_slices.entry(node).or_insert(0) += 1;
+            continue;
+        }
+        *f.node_slices.entry(node.clone()).or_insert(0) += 1;
+        for d in s.spec.devices.iter().flatten() {
+            let kind = attr_string(d, "deviceType").unwrap_or("unknown").to_string();
+            let numa = attr_int(d, "numaNode").map(|n| n.to_string()).unwrap_or_default();
+            let state = if allocated.contains(&(s.spec.pool.name.as_str(), d.name.as_str())) {
+                "allocated"
+            } else {
+                "free"
+            };
+            *f.devices.entry((node.clone(), kind, numa, state)).or_insert(0) += 1;
+        }
+    }
+    for lease in &c.agents {
+        if let Some((node, expiry)) = agent_expiry(lease) {
+            let up = expiry >= now;
+            f.agent_up.insert(node.clone(), up);
+            if up && !f.node_slices.contains_key(&node) {
+                f.nodes_without_slices += 1;
+                f.node_slices.insert(node, 0);
+            }
+        }
+    }
+    f
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, help: &str, rows: impl IntoIterator<Item = (String, f64)>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, v) in rows {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+    out.push('\n');
+}
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Fleet {
+    /// Prometheus text exposition of the fleet gauges.
+    pub fn render(&self, out: &mut String) {
+        family(
+            out,
+            "mock_accel_fleet_devices",
+            "Devices of this driver published in current ResourceSlices, by node, type (pf/vf), NUMA node and state (allocated/free).",
+            self.devices.iter().map(|((node, kind, numa, state), n)| {
+                (
+                    labels(&[("node", node), ("type", kind), ("numa_node", numa), ("state", state)]),
+                    *n as f64,
+                )
+            }),
+        );
+        family(
+            out,
+            "mock_accel_fleet_claims",
+            "ResourceClaims that request this driver's DeviceClasses or hold its devices, by DeviceClass and state (pending/allocated/reserved/prepared).",
+            self.claims
+                .iter()
+                .map(|((class, state), n)| (labels(&[("device_class", class), ("state", state)]), *n as f64)),
+        );
+        family(
+            out,
+            "mock_accel_fleet_oldest_pending_claim_seconds",
+            "Age of the oldest claim still waiting for allocation, by DeviceClass (0 when none waits).",
+            self.oldest_pending
+                .iter()
+                .map(|(class, age)| (labels(&[("device_class", class)]), *age)),
+        );
+        family(
+            out,
+            "mock_accel_fleet_node_slices",
+            "Current-generation ResourceSlices of this driver per node (0: the agent runs but publishes nothing).",
+            self.node_slices
+                .iter()
+                .map(|(node, n)| (labels(&[("node", node)]), *n as f64)),
+        );
+        family(
+            out,
+            "mock_accel_fleet_stale_slices",
+            "ResourceSlices of this driver whose pool generation is out of date, per node.",
+            self.stale_slices
+                .iter()
+                .map(|(node, n)| (labels(&[("node", node)]), *n as f64)),
+        );
+        family(
+            out,
+            "mock_accel_fleet_agent_up",
+            "1 when the node agent's heartbeat Lease is fresh, 0 when it expired.",
+            self.agent_up
+                .iter()
+                .map(|(node, up)| (labels(&[("node", node)]), if *up { 1.0 } else { 0.0 })),
+        );
+        family(
+            out,
+            "mock_accel_fleet_nodes_without_slices",
+            "Nodes whose agent is up but that publish no ResourceSlice of this driver.",
+            [(String::new(), self.nodes_without_slices as f64)],
+        );
+        family(
+            out,
+            "mock_accel_fleet_nodes",
+            "Nodes in the cluster.",
+            [(String::new(), self.nodes as f64)],
+        );
+        family(
+            out,
+            "mock_accel_fleet_device_classes",
+            "DeviceClasses that select this driver's devices.",
+            [(String::new(), self.device_classes as f64)],
+        );
+    }
+}
+
+/// Why a slice is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// Its Node is gone (or was re-created: the slice's owner is the old one).
+    NodeGone,
+    /// Its node agent's heartbeat expired longer ago than the grace period.
+    AgentGone,
+    /// Its pool moved to a newer generation longer ago than the grace period.
+    StaleGeneration,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NodeGone => "NodeGone",
+            Reason::AgentGone => "AgentGone",
+            Reason::StaleGeneration => "StaleGeneration",
+        }
+    }
+}
+
+/// One slice to delete, with the uid and resourceVersion it was judged at
+/// (the delete is conditional on them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cleanup {
+    pub slice: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub node: String,
+    /// The Node uid the slice's owner reference names.
+    pub owner_uid: Option<String>,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// The slices of this driver to delete.
+pub fn plan(c: &Cluster, p: &Policy, now: Timestamp) -> Vec<Cleanup> {
+    let nodes: BTreeMap<String, Option<String>> = c.nodes.iter().map(|n| (n.name_any(), n.uid())).collect();
+    let agents: BTreeMap<String, Timestamp> = c.agents.iter().filter_map(|l| agent_expiry(l)).collect();
+    let grace = k8s_openapi::jiff::SignedDuration::try_from(p.agent_grace).unwrap_or_default();
+    let mine: Vec<&ResourceSlice> = c
+        .slices
+        .iter()
+        .map(|s| s.as_ref())
+        .filter(|s| s.spec.driver == p.driver && s.metadata.deletion_timestamp.is_none())
+        .collect();
+    let generations = pool_generations(mine.iter().copied());
+    let mut out = Vec::new();
+    for s in mine {
+        let Some(node) = s.spec.node_name.clone() else {
+            continue;
+        };
+        let owner = s
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "Node" && o.api_version == "v1")
+            .map(|o| o.uid.clone());
+        let found = nodes.get(&node);
+        let (reason, message) = match (found, &owner) {
+            (None, _) => (Reason::NodeGone, format!("its Node {node} no longer exists")),
+            (Some(Some(uid)), Some(owner)) if uid != owner => (
+                Reason::NodeGone,
+                format!("its Node {node} was deleted and re-created (owner uid {owner}, now {uid})"),
+            ),
+            _ => match agents.get(&node) {
+                Some(expiry) if *expiry + grace < now => (
+                    Reason::AgentGone,
+                    format!(
+                        "the {} agent on {node} has not renewed its heartbeat for {:.0}s (expired at {expiry}, grace {}s)",
+                        p.driver,
+                        secs_since(*expiry, now),
+                        p.agent_grace.as_secs()
+                    ),
+                ),
+                _ => {
+                    let newest = generations[s.spec.pool.name.as_str()];
+                    let old = s.spec.pool.generation < newest
+                        && s.metadata
+                            .creation_timestamp
+                            .as_ref()
+                            .is_some_and(|t| t.0 + grace < now);
+                    if !old {
+                        continue;
+                    }
+                    (
+                        Reason::StaleGeneration,
+                        format!(
+                            "pool {} is at generation {newest}; this slice (generation {}) was left behind for longer than {}s",
+                            s.spec.pool.name,
+                            s.spec.pool.generation,
+                            p.agent_grace.as_secs()
+                        ),
+                    )
+                }
+            },
+        };
+        out.push(Cleanup {
+            slice: s.name_any(),
+            uid: s.uid().unwrap_or_default(),
+            resource_version: s.resource_version().unwrap_or_default(),
+            node,
+            owner_uid: owner,
+            reason,
+            message,
+        });
+    }
+    out
+}
+
+/// When the next heartbeat outlives its grace period (a time-driven
+/// clean-up no watch event announces).
+pub fn next_deadline(c: &Cluster, p: &Policy, now: Timestamp) -> Option<Timestamp> {
+    let grace = k8s_openapi::jiff::SignedDuration::try_from(p.agent_grace).unwrap_or_default();
+    let nodes_with_slices: BTreeSet<&str> = c
+        .slices
+        .iter()
+        .filter(|s| s.spec.driver == p.driver)
+        .filter_map(|s| s.spec.node_name.as_deref())
+        .collect();
+    c.agents
+        .iter()
+        .filter_map(|l| agent_expiry(l))
+        .filter(|(node, _)| nodes_with_slices.contains(node.as_str()))
+        .map(|(_, expiry)| expiry + grace)
+        .filter(|t| *t > now)
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    const D: &str = "mock-accel.example.com";
+
+    fn slice(
+        name: &str,
+        node: &str,
+        node_uid: &str,
+        generation: i64,
+        created: &str,
+        devices: &[(&str, &str, i64)],
+    ) -> Arc<ResourceSlice> {
+        let devices: Vec<_> = devices
+            .iter()
+            .map(|(n, t, numa)| json!({"name": n, "attributes": {"deviceType": {"string": t}, "numaNode": {"int": numa}}}))
+            .collect();
+        obj(json!({
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": "7",
+                         "creationTimestamp": created,
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}]},
+            "spec": {"driver": D, "nodeName": node, "pool": {"name": node, "generation": generation, "resourceSliceCount": 1},
+                     "devices": devices}
+        }))
+    }
+
+    fn node(name: &str, uid: &str) -> Arc<Node> {
+        obj(json!({"metadata": {"name": name, "uid": uid}}))
+    }
+
+    fn agent(node: &str, renewed: &str, seconds: i32) -> Arc<Lease> {
+        obj(json!({"metadata": {"name": format!("{D}-{node}")},
+                   "spec": {"holderIdentity": node, "renewTime": renewed, "leaseDurationSeconds": seconds}}))
+    }
+
+    fn class(name: &str, expr: &str) -> Arc<DeviceClass> {
+        obj(json!({"metadata": {"name": name}, "spec": {"selectors": [{"cel": {"expression": expr}}]}}))
+    }
+
+    fn claim(name: &str, class: &str, created: &str, status: serde_json::Value) -> Arc<ResourceClaim> {
+        obj(
+            json!({"metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
+                   "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": class}}]}},
+                   "status": status}),
+        )
+    }
+
+    fn alloc(pool: &str, device: &str) -> serde_json::Value {
+        json!({"allocation": {"devices": {"results": [{"request": "r", "driver": D, "pool": pool, "device": device}]}}})
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-26T12:00:00Z".parse().unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            driver: D.into(),
+            agent_grace: Duration::from_secs(300),
+        }
+    }
+
+    fn cluster() -> Cluster {
+        let t = "2026-11-26T11:00:00Z";
+        let mut reserved = alloc("n1", "mock0-vf0");
+        reserved["reservedFor"] = json!([{"resource": "pods", "name": "p", "uid": "u"}]);
+        let mut prepared = alloc("n1", "mock0");
+        prepared["devices"] = json!([{"driver": D, "pool": "n1", "device": "mock0",
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Prepared", "message": "", "lastTransitionTime": t}]}]);
+        Cluster {
+            slices: vec![
+                slice(
+                    "n1-a",
+                    "n1",
+                    "u1",
+                    2,
+                    t,
+                    &[("mock0", "pf", 0), ("mock0-vf0", "vf", 0), ("mock1", "pf", 1)],
+                ),
+                slice("n1-old", "n1", "u1", 1, t, &[("mock0", "pf", 0)]),
+                slice("n2-a", "n2", "u2", 1, t, &[("mock0", "pf", 0)]),
+                slice("gone-a", "gone", "u9", 1, t, &[("mock0", "pf", 0)]),
+                slice("n4-a", "n4", "old-uid", 1, t, &[]),
+            ],
+            nodes: vec![node("n1", "u1"), node("n2", "u2"), node("n3", "u3"), node("n4", "u4")],
+            agents: vec![
+                agent("n1", "2026-11-26T11:59:50Z", 40),
+                agent("n2", "2026-11-26T11:50:00Z", 40),
+                agent("n3", "2026-11-26T11:59:55Z", 40),
+            ],
+            classes: vec![
+                class(
+                    "mock-accel-pf",
+                    &format!("device.driver == \"{D}\" && device.attributes[\"{D}\"].deviceType == \"pf\""),
+                ),
+                class("other", "device.driver == \"gpu.example.com\""),
+            ],
+            claims: vec![
+                claim("waiting", "mock-accel-pf", "2026-11-26T11:59:00Z", json!({})),
+                claim("got", "mock-accel-pf", t, alloc("n1", "mock1")),
+                claim("in-pod", "mock-accel-pf", t, reserved),
+                claim("ready", "mock-accel-pf", t, prepared),
+                claim("not-ours", "other", t, json!({})),
+            ],
+        }
+    }
+
+    #[test]
+    fn fleet_counts_devices_claims_and_agents() {
+        let f = fleet(&cluster(), D, now());
+        let dev = |n: &str, t: &str, numa: &str, s: &'static str| {
+            f.devices.get(&(n.into(), t.into(), numa.into(), s)).copied()
+        };
+        assert_eq!(dev("n1", "pf", "0", "allocated"), Some(1));
+        assert_eq!(dev("n1", "vf", "0", "allocated"), Some(1));
+        assert_eq!(dev("n1", "pf", "1", "allocated"), Some(1));
+        assert_eq!(dev("n2", "pf", "0", "free"), Some(1));
+        // The old generation's device is not counted twice.
+        assert_eq!(f.devices.values().sum::<u64>(), 5);
+        assert_eq!(f.stale_slices, BTreeMap::from([("n1".to_string(), 1)]));
+        let claims = |s: &'static str| f.claims[&("mock-accel-pf".to_string(), s)];
+        assert_eq!(
+            [
+                claims("pending"),
+                claims("allocated"),
+                claims("reserved"),
+                claims("prepared")
+            ],
+            [1, 1, 1, 1]
+        );
+        assert!(!f.claims.keys().any(|(c, _)| c == "other"), "{:?}", f.claims);
+        assert_eq!(f.oldest_pending["mock-accel-pf"], 60.0);
+        assert_eq!(f.device_classes, 1);
+        assert_eq!(
+            f.agent_up,
+            BTreeMap::from([("n1".into(), true), ("n2".into(), false), ("n3".into(), true)])
+        );
+        // n3 runs an agent and publishes nothing.
+        assert_eq!(f.nodes_without_slices, 1);
+        assert_eq!(f.node_slices["n3"], 0);
+        let mut text = String::new();
+        f.render(&mut text);
+        assert!(
+            text.contains("mock_accel_fleet_devices{node=\"n2\",type=\"pf\",numa_node=\"0\",state=\"free\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("mock_accel_fleet_nodes_without_slices 1\n"), "{text}");
+    }
+
+    #[test]
+    fn plan_deletes_what_has_no_node_or_agent() {
+        let mut c = cluster();
+        let plan_at = |c: &Cluster, now| plan(c, &policy(), now);
+        let got = plan_at(&c, now());
+        let by: BTreeMap<&str, Reason> = got.iter().map(|x| (x.slice.as_str(), x.reason)).collect();
+        assert_eq!(
+            by,
+            BTreeMap::from([
+                ("gone-a", Reason::NodeGone),
+                ("n1-old", Reason::StaleGeneration),
+                ("n2-a", Reason::AgentGone),
+                ("n4-a", Reason::NodeGone)
+            ]),
+            "{got:#?}"
+        );
+        assert_eq!(got.iter().find(|x| x.slice == "gone-a").unwrap().uid, "uid-gone-a");
+        assert!(got.iter().any(|x| x.message.contains("re-created")));
+        // n2's heartbeat expired at 11:50:40; the grace is 300 s.
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert!(!plan_at(&c, t("2026-11-26T11:55:39Z")).iter().any(|x| x.node == "n2"));
+        assert!(
+            plan_at(&c, t("2026-11-26T11:55:41Z"))
+                .iter()
+                .any(|x| x.node == "n2" && x.reason == Reason::AgentGone)
+        );
+        // A slice being deleted is left to the API.
+        let mut gone = (*c.slices[3]).clone();
+        gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        c.slices[3] = Arc::new(gone);
+        assert!(!plan_at(&c, now()).iter().any(|x| x.slice == "gone-a"));
+    }
+
+    #[test]
+    fn classes_are_ours_by_their_driver_comparison() {
+        assert!(class_is_ours(&class("a", &format!("device.driver == '{D}'")), D));
+        assert!(!class_is_ours(
+            &class("b", "device.driver == \"mock-accel.example.com.evil\""),
+            D
+        ));
+        assert!(!class_is_ours(
+            &class("c", &format!("device.attributes[\"{D}\"].deviceType == \"pf\"")),
+            D
+        ));
+    }
+}

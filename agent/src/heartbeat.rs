@@ -1,0 +1,110 @@
+//! The node agent's heartbeat: a `coordination.k8s.io/v1` Lease per node
+//! (holder = node name), renewed every `interval`, valid for four of them
+//! (as the kubelet's node Lease). The controller tells from it which nodes
+//! run the agent, and which agents are gone (their slices then go too).
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::PostParams;
+use metrics::counter;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics as m;
+use crate::slices::Publisher;
+
+/// The Lease of `node`'s agent: `<driver>-<node>`, cut to 253 characters.
+pub fn lease_name(driver: &str, node: &str) -> String {
+    let name = format!("{driver}-{node}");
+    let cut: String = name.chars().take(253).collect();
+    cut.trim_end_matches(['-', '.']).to_string()
+}
+
+/// The label selector of a driver's agent Leases.
+pub fn selector(driver: &str) -> String {
+    format!("driver={driver},app.kubernetes.io/managed-by=mock-accel-agent")
+}
+
+fn labels(driver: &str, node: &str) -> std::collections::BTreeMap<String, String> {
+    Publisher {
+        driver: driver.into(),
+        node: node.into(),
+        node_uid: String::new(),
+        max_devices: 1,
+    }
+    .labels()
+}
+
+/// Renews the Lease until cancelled; API failures are logged, counted and
+/// retried at the next beat (the Lease is valid for four).
+pub async fn run(
+    api: Api<Lease>,
+    driver: String,
+    node: String,
+    interval: Duration,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let name = lease_name(&driver, &node);
+    let duration = (interval.as_secs_f64() * 4.0).ceil().max(1.0) as i32;
+    let mut tick = tokio::time::interval(interval);
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        match beat(&api, &name, &driver, &node, duration).await {
+            Ok(()) => {
+                if first {
+                    info!(lease = %name, namespace = ?api.resource_url(), "heartbeat Lease renewed");
+                    first = false;
+                }
+                debug!(lease = %name, "heartbeat");
+            }
+            Err(e) => {
+                counter!(m::API_ERRORS, "kind" => m::api_error_kind(&e)).increment(1);
+                counter!(m::HEARTBEAT_FAILURES).increment(1);
+                warn!(lease = %name, error = %e, "could not renew the heartbeat Lease; retrying at the next beat");
+            }
+        }
+    }
+}
+
+async fn beat(api: &Api<Lease>, name: &str, driver: &str, node: &str, duration: i32) -> Result<(), kube::Error> {
+    let now = MicroTime(Timestamp::now());
+    match api.get_opt(name).await? {
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    labels: Some(labels(driver, node)),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node.into()),
+                    lease_duration_seconds: Some(duration),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    ..Default::default()
+                }),
+            };
+            api.create(&PostParams::default(), &lease).await?;
+        }
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            if spec.holder_identity.as_deref() != Some(node) {
+                spec.acquire_time = Some(now.clone());
+            }
+            spec.holder_identity = Some(node.into());
+            spec.lease_duration_seconds = Some(duration);
+            spec.renew_time = Some(now);
+            lease.metadata.labels = Some(labels(driver, node));
+            api.replace(name, &PostParams::default(), &lease).await?;
+        }
+    }
+    Ok(())
+}
