@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::resource::v1::ResourceClaim;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
+use kube::api::{Api, PostParams};
 use mock_accel_agent::inventory::write_fake_tree;
 use mock_accel_agent::{Agent, Args, Options};
 use mock_device_testkit::apiserver::{ApiServer, Config};
 use mock_device_testkit::kubelet::{self, Api as DraApi, Claim, Kubelet};
 use serde_json::json;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const DRIVER: &str = "mock-accel.example.com";
 const NODE: &str = "bench-node";
@@ -41,31 +43,8 @@ fn report(what: &str, mut v: Vec<Duration>) {
 }
 
 async fn claim(client: &Client, name: &str, devices: &[String]) -> Claim {
-    let api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
-    let requests: Vec<_> = (0..devices.len())
-        .map(|i| json!({"name": format!("r{i}"), "exactly": {"deviceClassName": "mock-accel-vf"}}))
-        .collect();
-    let created = api
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"devices": {"requests": requests}}}))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let results: Vec<_> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| json!({"request": format!("r{i}"), "driver": DRIVER, "pool": NODE, "device": d}))
-        .collect();
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"allocation": {"devices": {"results": results}}}})),
-    )
-    .await
-    .unwrap();
-    Claim::new("default", name, &created.uid().unwrap())
+    let devices: Vec<(&str, &str, &str)> = devices.iter().map(|d| (DRIVER, NODE, d.as_str())).collect();
+    common::allocated_claim(client, name, "mock-accel-vf", &devices).await
 }
 
 #[tokio::main]

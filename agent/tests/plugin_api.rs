@@ -27,6 +27,8 @@ use mock_device_testkit::promtool_check;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+mod common;
+
 const DRIVER: &str = "mock-accel.example.com";
 const NODE: &str = "node-a";
 
@@ -128,43 +130,8 @@ impl Rig {
         Api::namespaced(self.client.clone(), "default")
     }
 
-    /// Creates a claim with one request per device and allocates it
-    /// (driver, pool) as the scheduler would; returns the kubelet's name for it.
     async fn claim(&self, name: &str, devices: &[(&str, &str, &str)]) -> Claim {
-        let requests: Vec<Value> = devices
-            .iter()
-            .enumerate()
-            .map(|(i, _)| json!({"name": format!("r{i}"), "exactly": {"deviceClassName": "mock-accel-pf", "count": 1}}))
-            .collect();
-        let created = self
-            .claims()
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(
-                    json!({"metadata": {"name": name}, "spec": {"devices": {"requests": requests}}}),
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-        if !devices.is_empty() {
-            let results: Vec<Value> = devices
-                .iter()
-                .enumerate()
-                .map(|(i, (driver, pool, device))| {
-                    json!({"request": format!("r{i}"), "driver": driver, "pool": pool, "device": device})
-                })
-                .collect();
-            self.claims()
-                .patch_status(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"allocation": {"devices": {"results": results}}}})),
-                )
-                .await
-                .unwrap();
-        }
-        Claim::new("default", name, &created.uid().unwrap())
+        common::allocated_claim(&self.client, name, "mock-accel-pf", devices).await
     }
 
     fn status(&self, function: &str) -> String {
