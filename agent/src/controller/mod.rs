@@ -67,6 +67,17 @@ impl Config {
 /// Runs until cancelled: stands by, leads when elected, stands by again
 /// when the lead is lost.
 pub async fn run(client: Client, cfg: Config, health: Arc<Health>, cancel: CancellationToken) -> anyhow::Result<()> {
+    // Every series there from the start: rates and increases need a zero
+    // before the first event, and dashboards show 0, not "no data".
+    for reason in [Reason::NodeGone, Reason::AgentGone, Reason::StaleGeneration] {
+        counter!(m::CONTROLLER_CLEANUPS, "reason" => reason.as_str()).increment(0);
+        counter!(m::CONTROLLER_DRIFT, "kind" => reason.as_str()).increment(0);
+        counter!(m::CONTROLLER_EVENTS, "reason" => reason.as_str()).increment(0);
+    }
+    counter!(m::CONTROLLER_DRIFT, "kind" => "cache").increment(0);
+    for result in ["clean", "drift", "error"] {
+        counter!(m::CONTROLLER_AUDITS, "result" => result).increment(0);
+    }
     let (leading_tx, mut leading) = watch::channel(false);
     let elector = leader::Elector {
         api: Api::namespaced(client.clone(), &cfg.namespace),
