@@ -55,7 +55,18 @@ bench-vm:
     cargo build --release --workspace --bins
     MOCK_GUEST_TIMEOUT=1200 ./target/release/guest run tests/scenarios/bench.sh
 
-# Formatting, clippy with warnings as errors, and the module's static checks
-lint: kmod-check
+# Formatting, clippy with warnings as errors, the module's static checks, the chart (real Helm, official schemas) and promtool on both components' metrics
+lint: kmod-check chart-check
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo test -q -p mock-accel-agent --test agent_api metrics_pass_promtool
+    cargo test -q -p mock-accel-agent --test controller_api the_controller_follows_the_cluster_and_cleans_up
+
+# The Helm chart: lint, every seed command rendered and validated (Kubernetes 1.34-1.37), schema refusals, dashboards in sync
+chart-check:
+    cargo build -q -p mock-accel-agent --bin mock-accel-agent
+    python3 tests/chart/check_chart.py
+
+# Copy dashboards/*.json (the source) into the chart (Helm reads only inside it)
+dashboards-sync:
+    cp dashboards/*.json chart/dashboards/

