@@ -585,7 +585,7 @@ async fn two_controllers_one_acts() {
     assert_eq!(
         b.metric("mock_accel_controller_cleanups_total{reason=\"NodeGone\"}")
             .await,
-        None
+        Some(0.0)
     );
 
     // a stops cleanly and hands the lease back: b leads at once.

@@ -1,11 +1,11 @@
 //! Timestamps as the API server writes them, and ages as kubectl shows them.
 
-use jiff::{Timestamp, Unit};
+use jiff::Timestamp;
 
-/// Now, RFC 3339 with seconds precision (`metav1.Time`).
+/// Now, RFC 3339 with seconds precision (`metav1.Time`): the fraction is
+/// cut, as Go's `time.Format(time.RFC3339)` does, never rounded up.
 pub fn now() -> String {
-    Timestamp::now()
-        .round(Unit::Second)
+    Timestamp::from_second(Timestamp::now().as_second())
         .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default()
 }
