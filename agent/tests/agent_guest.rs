@@ -69,6 +69,13 @@ fn the_demo_runs_to_the_end() {
         "mock1 status in sysfs: 1",
         "MOCK_ACCEL_PCI=0000:1b:00.0",
         "mock1 status in sysfs: 0; CDI specs left: 0",
+        // The controller: its view, the prepared claim, the clean-up after the agent died.
+        "mock_accel_controller_leader 1",
+        "mock_accel_fleet_agent_up{node=\"mock-guest\"} 1",
+        "state=\"prepared\"} 1",
+        "the node's slices deleted",
+        "mock_accel_fleet_agent_up{node=\"mock-guest\"} 0",
+        "mock_accel_controller_cleanups_total{reason=\"AgentGone\"} 1",
     ] {
         assert!(
             run.output.contains(milestone),

@@ -40,11 +40,25 @@ run modprobe mock-accel
 events
 
 step "Start the node agent (uevent-driven; the periodic rescan is off to prove it)"
-echo "\$ mock-accel-agent --rescan-interval=0 (NODE_NAME=$node)"
-KUBECONFIG=/tmp/kc NODE_NAME=$node mock-accel-agent --rescan-interval=0 --admin-address=127.0.0.1:8080 --v=2 >/tmp/agent.log 2>&1 &
+echo "\$ mock-accel-agent --rescan-interval=0 --heartbeat-interval=1s (NODE_NAME=$node)"
+KUBECONFIG=/tmp/kc NODE_NAME=$node mock-accel-agent --rescan-interval=0 --heartbeat-interval=1s --namespace=default \
+    --admin-address=127.0.0.1:8080 --v=2 >/tmp/agent.log 2>&1 &
+agent_pid=$!
 ms=$(guest-tool wait-devices --api $api --node $node --count 4)
 echo "  -> first publish $ms ms after start"
 guest-tool slices --api $api --node $node
+
+step "Start the controller: the cluster-wide view (fleet metrics) and the clean-up"
+echo "\$ mock-accel-agent --mode=controller --agent-grace-period=3s"
+KUBECONFIG=/tmp/kc mock-accel-agent --mode=controller --namespace=default --agent-grace-period=3s --rescan-interval=5s \
+    --admin-address=127.0.0.1:8081 --v=2 >/tmp/controller.log 2>&1 &
+fleet() { guest-tool http GET http://127.0.0.1:8081/metrics 2>/dev/null | grep -E "$1" | sed 's/^/  /'; }
+i=0
+until fleet '^mock_accel_fleet_agent_up' | grep -q ' 1$'; do
+    i=$((i + 1)); [ $i -lt 200 ] || { echo "FAILED: the controller never saw the agent"; break; }
+    sleep 0.1
+done
+fleet '^mock_accel_(controller_leader|fleet_(devices|agent_up|node_slices))[{ ]'
 
 change "Hot-plug PF 4 on NUMA node 1" 5 /sys/bus/mock-accel/new_device "4 1"
 change "Enable 4 SR-IOV VFs on mock1" 9 /sys/class/mock-accel/mock1/sriov_numvfs 4
@@ -76,6 +90,13 @@ if command -v kubectl >/dev/null; then
     guest-tool kubelet register | sed 's/^/  /'
     guest-tool kubelet prepare "default/test-claim/$uid" | sed 's/^/  /'
     echo "  mock1 status in sysfs: $(cat /sys/class/mock-accel/mock1/status)"
+    i=0
+    until fleet '^mock_accel_fleet_claims.*state="prepared"' | grep -q ' 1$'; do
+        i=$((i + 1)); [ $i -lt 100 ] || break
+        sleep 0.1
+    done
+    echo "  the controller's view (the claim's status.devices says prepared):"
+    fleet '^mock_accel_fleet_(claims\{.*state="prepared"|devices\{.*type="pf",numa_node="1")'
     echo "  what the container gets (CDI spec /var/run/cdi/k8s.$drv-accel_$uid.json):"
     grep -oE '"(MOCK_ACCEL_(UUID|PCI|DEVICE)=[^"]*|path": "[^"]*)' /var/run/cdi/k8s.$drv-accel_$uid.json | tr -d '"' | sed 's/^/    /'
     echo "\$ kubelet -> NodeUnprepareResources (the pod is gone)"
@@ -86,4 +107,13 @@ fi
 step "The agent's own measure (kernel event received -> slices accepted)"
 guest-tool http GET http://127.0.0.1:8080/metrics >/tmp/metrics
 grep -E '^mock_accel_(event_to_slice_seconds_(sum|count)|slice_writes_total|uevents_total|prepares_total|unprepares_total)' /tmp/metrics | sed 's/^/  /'
+step "The node agent dies (SIGKILL): its heartbeat stops; after the grace period the controller deletes the node's slices and says why"
+echo "\$ kill -9 <agent>"
+kill -9 $agent_pid
+ms=$(guest-tool wait-devices --api $api --node $node --count 0 --timeout 120) || echo "FAILED: $ms"
+echo "  -> the node's slices deleted $ms ms after the agent died (its heartbeat holds 4 s from the last renewal, then 3 s of grace)"
+if command -v kubectl >/dev/null; then
+    run "kubectl get events -n default --field-selector reason=AgentGone -o custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.kind,NAME:.involvedObject.name"
+fi
+fleet '^mock_accel_(fleet_agent_up|controller_cleanups_total\{reason="AgentGone")'
 uevents_stop
