@@ -17,7 +17,7 @@ use kube::api::{Api, PostParams};
 use mock_accel_agent::inventory::write_fake_tree;
 use mock_accel_agent::{Agent, Args, Options};
 use mock_device_testkit::apiserver::{ApiServer, Config};
-use mock_device_testkit::kubelet::{self, Api as DraApi, Claim, Kubelet};
+use mock_device_testkit::kubelet::{Api as DraApi, Claim};
 use serde_json::json;
 
 #[path = "../tests/common/mod.rs"]
@@ -88,18 +88,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let registry = disk.path().join("registry");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let kubelet = loop {
-        if let Some(s) = kubelet::registration_sockets(&registry)
-            .ok()
-            .and_then(|v| v.into_iter().next())
-            && let Ok(k) = Kubelet::register(&s).await
-        {
-            break k;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the plugin never registered");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let kubelet = common::kubelet(&registry).await?;
     // The agent publishes its inventory shortly after start.
     tokio::time::sleep(Duration::from_millis(300)).await;
 

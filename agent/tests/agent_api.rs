@@ -19,6 +19,8 @@ use mock_device_testkit::http_get as get;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+mod common;
+
 struct Rig {
     server: ApiServer,
     client: Client,
@@ -118,16 +120,7 @@ impl Rig {
 
     /// A uevent as the kernel would send it for a class device.
     fn uevent(action: &str, name: &str) -> Trigger {
-        let packet = format!(
-            "{action}@/devices/mock-accel/x/mock-accel/{name}\0ACTION={action}\0DEVPATH=/devices/mock-accel/x/mock-accel/{name}\0SUBSYSTEM=mock-accel\0SEQNUM=1\0"
-        );
-        events::trigger(
-            events::parse(packet.as_bytes(), "kernel").unwrap(),
-            "kernel",
-            Instant::now(),
-            false,
-        )
-        .unwrap()
+        common::uevent(action, name)
     }
 }
 

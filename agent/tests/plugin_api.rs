@@ -108,22 +108,7 @@ impl Rig {
 
     /// Waits for the registration socket and registers like the kubelet.
     async fn kubelet(&self) -> Kubelet {
-        let registry = self.path("registry");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(socks) = kubelet::registration_sockets(&registry)
-                && let Some(s) = socks.first()
-                && let Ok(k) = Kubelet::register(s).await
-            {
-                return k;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no registration socket in {}",
-                registry.display()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        common::kubelet(&self.path("registry")).await.unwrap()
     }
 
     fn claims(&self) -> Api<ResourceClaim> {

@@ -17,11 +17,10 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use mock_accel_agent::events::{self, Trigger};
 use mock_accel_agent::inventory::{write_fake_function, write_fake_tree};
 use mock_accel_agent::{Agent, Args, Options};
 use mock_device_testkit::apiserver::{ApiServer, Config, Fault};
-use mock_device_testkit::kubelet::{self, Api as DraApi, Claim, Kubelet};
+use mock_device_testkit::kubelet::{Api as DraApi, Claim};
 use mock_device_testkit::{http_get as get, promtool_check, workspace_root};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -85,19 +84,6 @@ async fn wait_for(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn uevent(action: &str, name: &str) -> Trigger {
-    let packet = format!(
-        "{action}@/devices/mock-accel/x/mock-accel/{name}\0ACTION={action}\0DEVPATH=/devices/mock-accel/x/mock-accel/{name}\0SUBSYSTEM=mock-accel\0SEQNUM=1\0"
-    );
-    events::trigger(
-        events::parse(packet.as_bytes(), "kernel").unwrap(),
-        "kernel",
-        Instant::now(),
-        false,
-    )
-    .unwrap()
 }
 
 /// Every `expr` of a dashboard, with the panel title.
@@ -232,15 +218,7 @@ async fn prometheus_scrapes_and_every_dashboard_query_returns_data() {
     })
     .await;
     let registry = dir.path().join("registry");
-    let kubelet = loop {
-        if let Ok(s) = kubelet::registration_sockets(&registry)
-            && let Some(s) = s.first()
-            && let Ok(k) = Kubelet::register(s).await
-        {
-            break k;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let kubelet = common::kubelet(&registry).await.unwrap();
     // Spread over several scrapes: a series' first sample already holds its
     // first observation, so rates need changes after it.
     let claims: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
@@ -255,7 +233,9 @@ async fn prometheus_scrapes_and_every_dashboard_query_returns_data() {
             server.inject(Fault::server_errors(1).only(Some("update"), Some("resourceslices")));
         }
         write_fake_function(&root, &devices, 1, Some(2 + round), 5).unwrap();
-        tx.send(uevent("add", &format!("mock1_vf{}", 2 + round))).await.unwrap();
+        tx.send(common::uevent("add", &format!("mock1_vf{}", 2 + round)))
+            .await
+            .unwrap();
         let device = format!("mock1-vf{}", 2 + round);
         wait_for("the new VF published", 30, async || {
             slices

@@ -1,4 +1,5 @@
-//! Helpers shared by the agent's integration tests and its benchmark.
+//! Helpers shared by the agent's integration tests and its benchmark
+//! (each test crate uses some of them: hence the `allow(dead_code)`).
 
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -9,6 +10,7 @@ use serde_json::{Value, json};
 /// Creates a claim in `default` with one request of `class` per device and,
 /// as the scheduler would, allocates each request its `(driver, pool,
 /// device)`; returns the kubelet's name for it. No devices: left pending.
+#[allow(dead_code)]
 pub async fn allocated_claim(client: &Client, name: &str, class: &str, devices: &[(&str, &str, &str)]) -> Claim {
     let api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
     let count = devices.len().max(1);
@@ -40,4 +42,42 @@ pub async fn allocated_claim(client: &Client, name: &str, class: &str, devices: 
         .unwrap();
     }
     Claim::new("default", name, &created.uid().unwrap())
+}
+
+/// A uevent as the kernel sends it for a class device, counted and turned
+/// into a trigger as the agent's netlink reader would.
+#[allow(dead_code)]
+pub fn uevent(action: &str, name: &str) -> mock_accel_agent::events::Trigger {
+    use mock_accel_agent::events;
+    let packet = format!(
+        "{action}@/devices/mock-accel/x/mock-accel/{name}\0ACTION={action}\0DEVPATH=/devices/mock-accel/x/mock-accel/{name}\0SUBSYSTEM=mock-accel\0SEQNUM=1\0"
+    );
+    events::trigger(
+        events::parse(packet.as_bytes(), "kernel").unwrap(),
+        "kernel",
+        std::time::Instant::now(),
+        false,
+    )
+    .unwrap()
+}
+
+/// Waits (10 s at most) for a registration socket in `registry` and
+/// registers like the kubelet.
+#[allow(dead_code)]
+pub async fn kubelet(registry: &std::path::Path) -> anyhow::Result<mock_device_testkit::kubelet::Kubelet> {
+    use mock_device_testkit::kubelet::{Kubelet, registration_sockets};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(s) = registration_sockets(registry).ok().and_then(|v| v.into_iter().next())
+            && let Ok(k) = Kubelet::register(&s).await
+        {
+            return Ok(k);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no plugin registered in {}",
+            registry.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
