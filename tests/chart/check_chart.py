@@ -322,12 +322,35 @@ def main():
         check(f"kubectl get resourceslices -l driver={DRIVER}" in notes, f"{what}: NOTES has the seed's verification")
         print(f"ok: {what}: {len(docs)} objects valid for {', '.join(K8S_VERSIONS)}")
 
+    # Components and RBAC switched off: still valid, and what is off is gone.
+    toggles = [
+        (["rbac.create=false", "serviceAccount.create=false"], {"ClusterRole", "Role", "ServiceAccount",
+                                                                "ValidatingAdmissionPolicy"}),
+        (["draDriver.controller.enabled=false"], {"Deployment"}),
+        (["draDriver.nodeAgent.enabled=false"], {"DaemonSet", "ValidatingAdmissionPolicy", "Pod"}),
+        (["deviceClasses[0].enabled=false", "deviceClasses[1].enabled=false"], {"DeviceClass"}),
+        (["metrics.service.enabled=false"], {"Service"}),
+    ]
+    for sets, gone in toggles:
+        # --set on a list replaces it: keep the classes' other fields.
+        vals = values_for(sets, [])
+        if "deviceClasses" in vals:
+            vals["deviceClasses"] = [dict(c, enabled=False) for c in chart.values["deviceClasses"]]
+        docs, _ = render(chart, vals, "mock-device")
+        validate_builtin(docs, f"toggle {sets}")
+        # The helm-test hook's own ServiceAccount/Role/Pod is not the chart's.
+        left = {d["kind"] for _, d in docs if "helm.sh/hook" not in d["metadata"].get("annotations", {})}
+        check(not (left & gone), f"{sets}: still renders {sorted(left & gone)}")
+        print(f"ok: {' '.join(sets)}: {len(docs)} objects, none of {sorted(gone)}")
+
     # The schema refuses mistakes, with a message naming them.
     bad = [
         ("a misspelt key", ["draDriver.controler.enabled=false"], "controler"),
         ("verbosity 11", ["draDriver.nodeAgent.verbosity=11"], "verbosity"),
         ("a pull policy", ["draDriver.controller.image.pullPolicy=Sometimes"], "pullPolicy"),
         ("a duration", ["draDriver.controller.rescanInterval=soon"], "rescanInterval"),
+        ("a fractional duration (the agent cannot parse it)", ["draDriver.nodeAgent.heartbeatInterval=1.5s"],
+         "heartbeatInterval"),
         ("a driver name", ["draDriver.name=Not_A_Domain"], "name"),
         ("a device type", ["deviceClasses[0].deviceType=gpu"], "deviceType"),
     ]
@@ -337,12 +360,12 @@ def main():
             check(False, f"schema accepted {what}")
         except helm.HelmError as e:
             check(word in str(e), f"schema error for {what} names it: {e}")
-            print(f"ok: schema refuses {what}: {str(e).splitlines()[0][:160]}")
+            print(f"ok: schema refuses {what}: {' '.join(str(e).split())[:160]}")
     try:
         chart.validate_schema(values_for([], ['kernelModule.kernelMappings=[{"containerImage":"x"}]']))
         check(False, "schema accepted a kernel mapping without regexp or literal")
     except helm.HelmError as e:
-        print(f"ok: schema refuses a kernel mapping without regexp/literal: {str(e).splitlines()[0][:160]}")
+        print(f"ok: schema refuses a kernel mapping without regexp/literal: {' '.join(str(e).split())[:160]}")
 
     # Dashboards: one source (dashboards/), the chart's copy identical.
     for f in sorted((ROOT / "dashboards").glob("*.json")):
