@@ -43,12 +43,16 @@ vm-shell: build
 vm-run script: build
     cargo run -q -p mock-device-testkit --bin guest -- run {{script}}
 
-# Every benchmark: the kubelet plugin's prepare/unprepare latency, then the VM benchmarks
-bench: bench-plugin bench-vm
+# Every benchmark: the kubelet plugin's prepare/unprepare latency, the controller at scale, then the VM benchmarks
+bench: bench-plugin bench-controller bench-vm
 
 # NodePrepareResources/NodeUnprepareResources p50/p99 (1- and 8-device claims), release build
 bench-plugin:
     cargo run --release -q -p mock-accel-agent --example bench_plugin
+
+# The controller at fleet scale (BENCH_NODES, default 500): start to full view, /metrics cost, Node deleted -> slice deleted, idle API load
+bench-controller:
+    cargo run --release -q -p mock-accel-agent --example bench_controller
 
 # Benchmarks in a VM with release builds: event->slice latency p50/p99, idle API load, storm writes
 bench-vm:

@@ -9,7 +9,8 @@
 //! behind by a newer pool generation. Every `--rescan-interval` an audit
 //! lists again from the API, fixes what the watches missed and counts it.
 //! Each deletion is confirmed against the API first, made conditional on
-//! the slice's uid and resourceVersion, and explained by an Event.
+//! the slice's uid (and, for a stale generation, its resourceVersion), and
+//! explained by an Event.
 
 pub mod fleet;
 pub mod leader;
@@ -330,7 +331,20 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    // The first change after a quiet spell is acted on at once; a burst is
+    // folded into passes at most every PASS_GAP.
+    const PASS_GAP: Duration = Duration::from_millis(100);
+    let mut last_pass: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(gap) = last_pass.map(|t| PASS_GAP.saturating_sub(t.elapsed()))
+            && !gap.is_zero()
+        {
+            tokio::select! {
+                _ = term.cancelled() => break,
+                _ = tokio::time::sleep(gap) => {}
+            }
+        }
+        last_pass = Some(tokio::time::Instant::now());
         let cluster = stores.cluster();
         let now = Timestamp::now();
         counter!(m::CONTROLLER_RECONCILES).increment(1);
@@ -344,10 +358,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             _ = term.cancelled() => break,
-            _ = notify.notified() => {
-                // Let a burst of changes settle into one pass.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            _ = notify.notified() => {}
             _ = tokio::time::sleep(wake) => {}
             _ = async { match audit.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
                 run_audit(&ctx, &stores).await;
@@ -463,10 +474,14 @@ async fn execute(ctx: &Ctx, todo: Vec<Cleanup>, audit: bool) -> usize {
                 continue;
             }
         }
+        // Always the very object judged (uid); for a stale generation also
+        // unchanged since (resourceVersion): its content was the reason.
+        // A gone node or agent condemns the slice whatever changed in it
+        // (e.g. its owner reference removed when the Node was orphan-deleted).
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(c.uid.clone()),
-                resource_version: Some(c.resource_version.clone()),
+                resource_version: (c.reason == Reason::StaleGeneration).then(|| c.resource_version.clone()),
             }),
             ..Default::default()
         };
