@@ -97,21 +97,41 @@ pub async fn run(client: Client, cfg: Config, health: Arc<Health>, cancel: Cance
             }
         }
         let term = cancel.child_token();
-        let work = tokio::spawn(
+        let mut work = tokio::spawn(
             lead(client.clone(), cfg.clone(), health.clone(), term.clone()).instrument(info_span!("lead")),
         );
-        // Stop acting the moment the lead is lost (or on shutdown).
+        // Stop acting the moment the lead is lost (or on shutdown). Should
+        // the work end while we still lead, start it again a second later.
+        let mut restart = false;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = leading.changed() => if r.is_err() || !*leading.borrow_and_update() { break },
+                done = &mut work => {
+                    let why = match done {
+                        Ok(Ok(())) => "ended".to_string(),
+                        Ok(Err(e)) => format!("{e:#}"),
+                        Err(e) => format!("panicked: {e}"),
+                    };
+                    counter!(m::CONTROLLER_API_ERRORS, "op" => "lead", "kind" => "other").increment(1);
+                    warn!(error = %why, "leading work stopped while still the leader; starting it again in 1 s");
+                    restart = true;
+                    break;
+                }
             }
         }
         term.cancel();
-        if let Ok(Err(e)) = work.await {
+        if !restart && let Ok(Err(e)) = work.await {
             warn!(error = %format!("{e:#}"), "leading ended with an error");
         }
         *health.extra.lock().unwrap() = None;
+        if restart {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
         info!("not leading: the fleet metrics are withdrawn");
     }
     election.await??;
