@@ -2,6 +2,10 @@
 # Checks print TAP lines ("ok N - ...", "not ok N - ..."); the host test
 # fails on any "not ok", a non-zero exit, or too few checks.
 
+# The agents' Leases (heartbeat, leader) go to the test API server's
+# `default` namespace (in a cluster the chart sets POD_NAMESPACE).
+export POD_NAMESPACE=default
+
 cls=/sys/class/mock-accel
 bus=/sys/bus/mock-accel
 _checks=0
