@@ -52,12 +52,16 @@ pub async fn run(
     let duration = (interval.as_secs_f64() * 4.0).ceil().max(1.0) as i32;
     let mut tick = tokio::time::interval(interval);
     let mut first = true;
+    // The Lease as we last wrote it: renewed in one request (its
+    // resourceVersion rides along); read again only after a failure.
+    let mut last: Option<Lease> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        match beat(&api, &name, &driver, &node, duration).await {
+        let result = beat(&api, &name, &driver, &node, duration, last.take()).await;
+        match result.map(|written| last = Some(written)) {
             Ok(()) => {
                 if first {
                     info!(lease = %name, namespace = ?api.resource_url(), "heartbeat Lease renewed");
@@ -74,9 +78,20 @@ pub async fn run(
     }
 }
 
-async fn beat(api: &Api<Lease>, name: &str, driver: &str, node: &str, duration: i32) -> Result<(), kube::Error> {
+async fn beat(
+    api: &Api<Lease>,
+    name: &str,
+    driver: &str,
+    node: &str,
+    duration: i32,
+    last: Option<Lease>,
+) -> Result<Lease, kube::Error> {
     let now = MicroTime(Timestamp::now());
-    match api.get_opt(name).await? {
+    let current = match last {
+        Some(l) => Some(l),
+        None => api.get_opt(name).await?,
+    };
+    match current {
         None => {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -92,7 +107,7 @@ async fn beat(api: &Api<Lease>, name: &str, driver: &str, node: &str, duration: 
                     ..Default::default()
                 }),
             };
-            api.create(&PostParams::default(), &lease).await?;
+            api.create(&PostParams::default(), &lease).await
         }
         Some(mut lease) => {
             let spec = lease.spec.get_or_insert_with(Default::default);
@@ -103,8 +118,7 @@ async fn beat(api: &Api<Lease>, name: &str, driver: &str, node: &str, duration: 
             spec.lease_duration_seconds = Some(duration);
             spec.renew_time = Some(now);
             lease.metadata.labels = Some(labels(driver, node));
-            api.replace(name, &PostParams::default(), &lease).await?;
+            api.replace(name, &PostParams::default(), &lease).await
         }
     }
-    Ok(())
 }

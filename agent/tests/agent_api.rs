@@ -450,6 +450,36 @@ async fn the_heartbeat_lease_is_renewed() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let later = leases.get(&name).await.unwrap().spec.unwrap();
     assert!(later.renew_time.unwrap().0 > spec.renew_time.unwrap().0);
+    // One request a beat: the Lease it wrote last is renewed as is.
+    rig.server.reset_counts();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        rig.server.requests("get", "leases"),
+        0,
+        "{:?}",
+        rig.server.request_counts()
+    );
+    assert!(
+        rig.server.requests("update", "leases") >= 3,
+        "{:?}",
+        rig.server.request_counts()
+    );
+    // Someone else writes it (409 for the agent): read again, renewed again.
+    let mut theirs = leases.get(&name).await.unwrap();
+    theirs.spec.as_mut().unwrap().holder_identity = Some("intruder".into());
+    leases.replace(&name, &PostParams::default(), &theirs).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        leases
+            .get(&name)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .holder_identity
+            .as_deref(),
+        Some("node-a")
+    );
     // The API failing does not stop it.
     rig.server
         .inject(Fault::server_errors(3).only(Some("update"), Some("leases")));
