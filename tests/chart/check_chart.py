@@ -284,7 +284,13 @@ def main():
         ctl_rules = objs[("ClusterRole", "mock-accel-controller")]["rules"]
         check(not any("resourceslices" in r["resources"] and ({"create", "update"} & set(r["verbs"])) for r in ctl_rules),
               f"{what}: the controller only deletes slices")
-        check(("ValidatingAdmissionPolicy", "mock-accel-node-agent-resourceslices") in objs, f"{what}: admission policy")
+        for kind in ("resourceslices", "resourceclaims-status", "leases"):
+            name = f"mock-accel-node-agent-{kind}"
+            check(("ValidatingAdmissionPolicy", name) in objs and ("ValidatingAdmissionPolicyBinding", name) in objs,
+                  f"{what}: admission policy and binding {name}")
+        leases_vap = objs.get(("ValidatingAdmissionPolicy", "mock-accel-node-agent-leases"), {"spec": {"validations": []}})
+        check(any(f'"{merged["draDriver"]["name"]}-" + variables.userNodeName' in v["expression"]
+                  for v in leases_vap["spec"]["validations"]), f"{what}: the agent's Lease name in the policy")
         # KMM.
         module = [d for _, d in docs if d["kind"] == "Module"]
         check(len(module) == int(bool(merged["kernelModule"]["enabled"])), f"{what}: KMM Module count")
