@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::metrics as m;
-use crate::slices::Publisher;
+use crate::slices::labels;
 
 /// The Lease of `node`'s agent: `<driver>-<node>`, cut to 253 characters.
 pub fn lease_name(driver: &str, node: &str) -> String {
@@ -27,16 +27,6 @@ pub fn lease_name(driver: &str, node: &str) -> String {
 /// The label selector of a driver's agent Leases.
 pub fn selector(driver: &str) -> String {
     format!("driver={driver},app.kubernetes.io/managed-by=mock-accel-agent")
-}
-
-fn labels(driver: &str, node: &str) -> std::collections::BTreeMap<String, String> {
-    Publisher {
-        driver: driver.into(),
-        node: node.into(),
-        node_uid: String::new(),
-        max_devices: 1,
-    }
-    .labels()
 }
 
 /// Renews the Lease until cancelled; API failures are logged, counted and

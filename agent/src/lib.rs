@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod claims;
 pub mod controller;
 pub mod ebpf;
 pub mod events;

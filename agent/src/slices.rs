@@ -30,6 +30,22 @@ pub struct Publisher {
     pub max_devices: usize,
 }
 
+/// The labels of what a node agent writes (slices, heartbeat Lease): the
+/// seed's `driver=`, the manager, and the node where it fits a label value.
+pub fn labels(driver: &str, node: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    labels.insert("driver".to_string(), driver.to_string());
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_string(),
+        "mock-accel-agent".to_string(),
+    );
+    // A label value is at most 63 characters; long node names go without.
+    if node.len() <= 63 {
+        labels.insert("node".to_string(), node.to_string());
+    }
+    labels
+}
+
 /// `mock0_vf3` → `mock0-vf3` (device names are DNS labels).
 pub fn device_name(function: &str) -> String {
     function.replace('_', "-")
@@ -152,17 +168,7 @@ impl Publisher {
     }
 
     pub fn labels(&self) -> BTreeMap<String, String> {
-        let mut labels = BTreeMap::new();
-        labels.insert("driver".to_string(), self.driver.clone());
-        labels.insert(
-            "app.kubernetes.io/managed-by".to_string(),
-            "mock-accel-agent".to_string(),
-        );
-        // A label value is at most 63 characters; long node names go without.
-        if self.node.len() <= 63 {
-            labels.insert("node".to_string(), self.node.clone());
-        }
-        labels
+        labels(&self.driver, &self.node)
     }
 
     /// The selector of this publisher's slices.

@@ -13,6 +13,8 @@ use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+pub use crate::claims::allocated_devices;
+
 /// Everything the watches hold.
 #[derive(Default, Clone)]
 pub struct Cluster {
@@ -90,18 +92,6 @@ pub fn claim_classes(claim: &ResourceClaim) -> BTreeSet<String> {
         }
     }
     out
-}
-
-/// `(pool, device)` of this driver allocated to a claim.
-pub fn allocated_devices<'a>(claim: &'a ResourceClaim, driver: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
-    claim
-        .status
-        .iter()
-        .filter_map(|s| s.allocation.as_ref())
-        .filter_map(|a| a.devices.as_ref())
-        .flat_map(|d| d.results.iter().flatten())
-        .filter(move |r| r.driver == driver)
-        .map(|r| (r.pool.as_str(), r.device.as_str()))
 }
 
 pub fn claim_state(claim: &ResourceClaim, driver: &str) -> ClaimState {
@@ -366,7 +356,7 @@ impl Fleet {
 }
 
 /// Why a slice is deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
     /// Its Node is gone (or was re-created: the slice's owner is the old one).
     NodeGone,

@@ -119,7 +119,7 @@ async fn apply(client: &Client, driver: &str, node: &str, u: &Update) -> Result<
             return Ok(false); // Another claim of that name now.
         }
         // Only devices the allocation still holds can carry a status.
-        let allocated: Vec<(String, String)> = crate::controller::fleet::allocated_devices(&claim, driver)
+        let allocated: Vec<(String, String)> = crate::claims::allocated_devices(&claim, driver)
             .map(|(p, d)| (p.to_string(), d.to_string()))
             .collect();
         let wanted: Vec<(String, String)> = u.devices.iter().filter(|d| allocated.contains(d)).cloned().collect();
