@@ -15,7 +15,7 @@
 pub mod fleet;
 pub mod leader;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::atomic::Ordering;
@@ -209,7 +209,7 @@ impl Stores {
 /// How long claims wait for allocation: seen pending, then allocated.
 #[derive(Default)]
 struct Waits {
-    pending: HashMap<String, ()>,
+    pending: HashSet<String>,
 }
 
 impl Waits {
@@ -220,10 +220,10 @@ impl Waits {
                 let allocation = c.status.as_ref().and_then(|s| s.allocation.as_ref());
                 match allocation {
                     None => {
-                        self.pending.insert(uid, ());
+                        self.pending.insert(uid);
                     }
                     Some(a) => {
-                        if self.pending.remove(&uid).is_none() || fleet::allocated_devices(c, driver).next().is_none() {
+                        if !self.pending.remove(&uid) || fleet::allocated_devices(c, driver).next().is_none() {
                             return;
                         }
                         let Some(created) = c.metadata.creation_timestamp.as_ref() else {
@@ -478,11 +478,20 @@ async fn confirm(ctx: &Ctx, c: &Cleanup) -> Result<bool, kube::Error> {
 async fn execute(ctx: &Ctx, todo: Vec<Cleanup>, audit: bool) -> usize {
     let mut done = 0;
     let mut agents_gone: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // A node's slices share the answer: one GET per node and reason.
+    let mut confirmed: HashMap<(Reason, String, Option<String>), bool> = HashMap::new();
     for c in todo {
         if ctx.term.is_cancelled() {
             break; // No longer the leader: act no more.
         }
-        match confirm(ctx, &c).await {
+        let key = (c.reason, c.node.clone(), c.owner_uid.clone());
+        let answer = match confirmed.get(&key) {
+            Some(yes) => Ok(*yes),
+            None => confirm(ctx, &c).await.inspect(|yes| {
+                confirmed.insert(key, *yes);
+            }),
+        };
+        match answer {
             Ok(true) => {}
             Ok(false) => {
                 debug!(slice = %c.slice, reason = c.reason.as_str(), "not confirmed by the API; left alone");
