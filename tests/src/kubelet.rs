@@ -128,78 +128,8 @@ impl Kubelet {
         claims: &[Claim],
     ) -> anyhow::Result<BTreeMap<String, Result<Vec<Device>, String>>> {
         let out = match api {
-            Api::V1 => {
-                let req = v1::NodePrepareResourcesRequest {
-                    claims: claims
-                        .iter()
-                        .map(|c| v1::Claim {
-                            namespace: c.namespace.clone(),
-                            uid: c.uid.clone(),
-                            name: c.name.clone(),
-                        })
-                        .collect(),
-                };
-                let resp = v1::dra_plugin_client::DraPluginClient::new(self.dra.clone())
-                    .node_prepare_resources(req)
-                    .await?
-                    .into_inner();
-                resp.claims
-                    .into_iter()
-                    .map(|(uid, r)| {
-                        let v = if r.error.is_empty() {
-                            Ok(r.devices
-                                .into_iter()
-                                .map(|d| Device {
-                                    requests: d.request_names,
-                                    pool: d.pool_name,
-                                    device: d.device_name,
-                                    cdi_ids: d.cdi_device_ids,
-                                    share_id: d.share_id,
-                                })
-                                .collect())
-                        } else {
-                            Err(r.error)
-                        };
-                        (uid, v)
-                    })
-                    .collect::<BTreeMap<_, _>>()
-            }
-            Api::V1beta1 => {
-                let req = v1beta1::NodePrepareResourcesRequest {
-                    claims: claims
-                        .iter()
-                        .map(|c| v1beta1::Claim {
-                            namespace: c.namespace.clone(),
-                            uid: c.uid.clone(),
-                            name: c.name.clone(),
-                        })
-                        .collect(),
-                };
-                let resp = v1beta1::dra_plugin_client::DraPluginClient::new(self.dra.clone())
-                    .node_prepare_resources(req)
-                    .await?
-                    .into_inner();
-                resp.claims
-                    .into_iter()
-                    .map(|(uid, r)| {
-                        let v = if r.error.is_empty() {
-                            Ok(r.devices
-                                .into_iter()
-                                .map(|d| Device {
-                                    requests: d.request_names,
-                                    pool: d.pool_name,
-                                    device: d.device_name,
-                                    cdi_ids: d.cdi_device_ids,
-                                    share_id: None,
-                                })
-                                .collect())
-                        } else {
-                            Err(r.error)
-                        };
-                        (uid, v)
-                    })
-                    .collect()
-            }
+            Api::V1 => prepare_v1(self.dra.clone(), claims).await?,
+            Api::V1beta1 => prepare_v1beta1(self.dra.clone(), claims).await?,
         };
         check_every_claim_answered(claims, &out)?;
         Ok(out)
@@ -207,42 +137,9 @@ impl Kubelet {
 
     /// NodeUnprepareResources: per claim UID, `Ok` or the error.
     pub async fn unprepare(&self, api: Api, claims: &[Claim]) -> anyhow::Result<BTreeMap<String, Result<(), String>>> {
-        let to_result = |e: String| if e.is_empty() { Ok(()) } else { Err(e) };
-        let out: BTreeMap<String, Result<(), String>> = match api {
-            Api::V1 => v1::dra_plugin_client::DraPluginClient::new(self.dra.clone())
-                .node_unprepare_resources(v1::NodeUnprepareResourcesRequest {
-                    claims: claims
-                        .iter()
-                        .map(|c| v1::Claim {
-                            namespace: c.namespace.clone(),
-                            uid: c.uid.clone(),
-                            name: c.name.clone(),
-                        })
-                        .collect(),
-                })
-                .await?
-                .into_inner()
-                .claims
-                .into_iter()
-                .map(|(u, r)| (u, to_result(r.error)))
-                .collect(),
-            Api::V1beta1 => v1beta1::dra_plugin_client::DraPluginClient::new(self.dra.clone())
-                .node_unprepare_resources(v1beta1::NodeUnprepareResourcesRequest {
-                    claims: claims
-                        .iter()
-                        .map(|c| v1beta1::Claim {
-                            namespace: c.namespace.clone(),
-                            uid: c.uid.clone(),
-                            name: c.name.clone(),
-                        })
-                        .collect(),
-                })
-                .await?
-                .into_inner()
-                .claims
-                .into_iter()
-                .map(|(u, r)| (u, to_result(r.error)))
-                .collect(),
+        let out = match api {
+            Api::V1 => unprepare_v1(self.dra.clone(), claims).await?,
+            Api::V1beta1 => unprepare_v1beta1(self.dra.clone(), claims).await?,
         };
         check_every_claim_answered(claims, &out)?;
         Ok(out)
@@ -258,6 +155,75 @@ impl Kubelet {
         )
     }
 }
+
+/// The two DRA calls of one API version, in the version-neutral types (the
+/// request and response types differ only by module; v1 adds `share_id`).
+macro_rules! dra_calls {
+    ($prepare:ident, $unprepare:ident, $m:ident, |$d:ident| $share:expr) => {
+        async fn $prepare(
+            dra: Channel,
+            claims: &[Claim],
+        ) -> anyhow::Result<BTreeMap<String, Result<Vec<Device>, String>>> {
+            let resp = $m::dra_plugin_client::DraPluginClient::new(dra)
+                .node_prepare_resources($m::NodePrepareResourcesRequest {
+                    claims: claims
+                        .iter()
+                        .map(|c| $m::Claim {
+                            namespace: c.namespace.clone(),
+                            uid: c.uid.clone(),
+                            name: c.name.clone(),
+                        })
+                        .collect(),
+                })
+                .await?
+                .into_inner();
+            Ok(resp
+                .claims
+                .into_iter()
+                .map(|(uid, r)| {
+                    let v = if r.error.is_empty() {
+                        Ok(r.devices
+                            .into_iter()
+                            .map(|$d| Device {
+                                share_id: $share,
+                                requests: $d.request_names,
+                                pool: $d.pool_name,
+                                device: $d.device_name,
+                                cdi_ids: $d.cdi_device_ids,
+                            })
+                            .collect())
+                    } else {
+                        Err(r.error)
+                    };
+                    (uid, v)
+                })
+                .collect())
+        }
+
+        async fn $unprepare(dra: Channel, claims: &[Claim]) -> anyhow::Result<BTreeMap<String, Result<(), String>>> {
+            Ok($m::dra_plugin_client::DraPluginClient::new(dra)
+                .node_unprepare_resources($m::NodeUnprepareResourcesRequest {
+                    claims: claims
+                        .iter()
+                        .map(|c| $m::Claim {
+                            namespace: c.namespace.clone(),
+                            uid: c.uid.clone(),
+                            name: c.name.clone(),
+                        })
+                        .collect(),
+                })
+                .await?
+                .into_inner()
+                .claims
+                .into_iter()
+                .map(|(u, r)| (u, if r.error.is_empty() { Ok(()) } else { Err(r.error) }))
+                .collect())
+        }
+    };
+}
+
+dra_calls!(prepare_v1, unprepare_v1, v1, |d| d.share_id);
+dra_calls!(prepare_v1beta1, unprepare_v1beta1, v1beta1, |d| None);
 
 /// The kubelet's checks of a DRA plugin's info.
 pub fn check_info(info: &reg::PluginInfo) -> Result<(), String> {
