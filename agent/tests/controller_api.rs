@@ -20,6 +20,8 @@ use mock_device_testkit::apiserver::{ApiServer, Config, Fault};
 use mock_device_testkit::{http_get as get, promtool_check};
 use serde_json::{Value, json};
 
+mod common;
+
 const DRIVER: &str = "mock-accel.example.com";
 const NS: &str = "default";
 
@@ -31,23 +33,9 @@ struct Rig {
 
 /// A controller process, killed when dropped.
 struct Controller {
-    child: std::process::Child,
+    child: common::Killed,
     admin: SocketAddr,
     log: PathBuf,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 impl Controller {
@@ -71,8 +59,8 @@ impl Controller {
     }
 
     fn sigterm(&mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
+        unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) };
+        self.child.0.wait().unwrap()
     }
 }
 
@@ -131,7 +119,7 @@ impl Rig {
     }
 
     fn controller(&self, name: &str, extra: &[&str]) -> Controller {
-        let admin = free_port();
+        let admin = common::free_port();
         let log = self.dir.path().join(format!("{name}.log"));
         let mut args = vec![
             "--mode=controller".to_string(),
@@ -152,7 +140,11 @@ impl Rig {
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Controller { child, admin, log }
+        Controller {
+            child: common::Killed(child),
+            admin,
+            log,
+        }
     }
 
     async fn node(&self, name: &str) -> String {

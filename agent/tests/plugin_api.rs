@@ -152,14 +152,7 @@ fn value(metrics: &str, series: &str) -> f64 {
 }
 
 /// Kills the agent process if the test fails half-way.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Killed as Child;
 
 /// Checks a CDI spec file against the CDI specification on its own terms
 /// (not the agent's validator): only the fields the spec defines, at each

@@ -32,29 +32,13 @@ const NODE: &str = "node-a";
 /// on the build host (they are tested in the guest kernel, ebpf.sh).
 const NEEDS_EBPF: [&str; 2] = ["mock_accel_ebpf_events_total", "mock_accel_ebpf_attached"];
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).unwrap()
 }
 
 /// A GET on loopback with a query, the body as JSON.
 async fn query(prom: SocketAddr, path: &str, params: &[(&str, &str)]) -> Value {
-    let q: String = form_urlencoded(params);
+    let q = form_urlencoded(params);
     let (code, body) = get(prom, &format!("{path}?{q}")).await;
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{code} {body}: {e}"));
     assert_eq!(code, 200, "{path}?{q}: {v}");
@@ -62,20 +46,9 @@ async fn query(prom: SocketAddr, path: &str, params: &[(&str, &str)]) -> Value {
 }
 
 fn form_urlencoded(params: &[(&str, &str)]) -> String {
-    params
-        .iter()
-        .map(|(k, v)| {
-            let enc: String = v
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                    _ => format!("%{b:02X}"),
-                })
-                .collect();
-            format!("{k}={enc}")
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish()
 }
 
 async fn wait_for(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) {
@@ -161,8 +134,8 @@ async fn prometheus_scrapes_and_every_dashboard_query_returns_data() {
     // The controller, as a process.
     let kubeconfig = dir.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
-    let controller_addr = free_port();
-    let _controller = Killed(
+    let controller_addr = common::free_port();
+    let _controller = common::Killed(
         Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"))
             .args([
                 "--mode=controller",
@@ -182,13 +155,13 @@ async fn prometheus_scrapes_and_every_dashboard_query_returns_data() {
     );
 
     // Prometheus, scraping both every second.
-    let prom_addr = free_port();
+    let prom_addr = common::free_port();
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: node-agent\n    static_configs:\n      - targets: ['{}']\n  - job_name: controller\n    static_configs:\n      - targets: ['{}']\n",
         agent.admin_addr, controller_addr
     );
     fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let _prom = Killed(
+    let _prom = common::Killed(
         Command::new(&prometheus)
             .args([
                 &format!("--config.file={}", p("prometheus.yml")),

@@ -1,6 +1,8 @@
 //! Helpers shared by the agent's integration tests and its benchmark
 //! (each test crate uses some of them: hence the `allow(dead_code)`).
 
+#![allow(dead_code)]
+
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -10,7 +12,6 @@ use serde_json::{Value, json};
 /// Creates a claim in `default` with one request of `class` per device and,
 /// as the scheduler would, allocates each request its `(driver, pool,
 /// device)`; returns the kubelet's name for it. No devices: left pending.
-#[allow(dead_code)]
 pub async fn allocated_claim(client: &Client, name: &str, class: &str, devices: &[(&str, &str, &str)]) -> Claim {
     let api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
     let count = devices.len().max(1);
@@ -46,7 +47,6 @@ pub async fn allocated_claim(client: &Client, name: &str, class: &str, devices: 
 
 /// A uevent as the kernel sends it for a class device, counted and turned
 /// into a trigger as the agent's netlink reader would.
-#[allow(dead_code)]
 pub fn uevent(action: &str, name: &str) -> mock_accel_agent::events::Trigger {
     use mock_accel_agent::events;
     let packet = format!(
@@ -63,7 +63,6 @@ pub fn uevent(action: &str, name: &str) -> mock_accel_agent::events::Trigger {
 
 /// Waits (10 s at most) for a registration socket in `registry` and
 /// registers like the kubelet.
-#[allow(dead_code)]
 pub async fn kubelet(registry: &std::path::Path) -> anyhow::Result<mock_device_testkit::kubelet::Kubelet> {
     use mock_device_testkit::kubelet::{Kubelet, registration_sockets};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -80,4 +79,23 @@ pub async fn kubelet(registry: &std::path::Path) -> anyhow::Result<mock_device_t
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+}
+
+/// A child process killed (and reaped) when dropped: a failing test leaves
+/// nothing running.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback address nobody listens on (for a process's admin port).
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
