@@ -20,26 +20,13 @@ use mock_device_testkit::apiserver::{ApiServer, Config};
 use mock_device_testkit::http_get;
 use serde_json::{Value, json};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 const DRIVER: &str = "mock-accel.example.com";
 
 fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).unwrap()
-}
-
-fn percentile(v: &[Duration], q: f64) -> f64 {
-    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-    v[i].as_secs_f64() * 1000.0
-}
-
-fn report(what: &str, mut v: Vec<Duration>) {
-    v.sort();
-    println!(
-        "{what:<44} n={:<4} p50={:>8.2} ms  p99={:>8.2} ms  max={:>8.2} ms",
-        v.len(),
-        percentile(&v, 0.5),
-        percentile(&v, 0.99),
-        percentile(&v, 1.0)
-    );
 }
 
 fn value(text: &str, series: &str) -> Option<f64> {
@@ -169,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
         size = http_get(agent.admin_addr, "/metrics").await.1.len();
         scrapes.push(t.elapsed());
     }
-    report(&format!("GET /metrics ({} KiB)", size / 1024), scrapes);
+    common::report(&format!("GET /metrics ({} KiB)", size / 1024), scrapes);
 
     // Idle: what it asks of the API while nothing changes.
     server.reset_counts();
@@ -209,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
             }
             cleanups.push(t.elapsed());
         }
-        report(what, cleanups);
+        common::report(what, cleanups);
     }
     let deleted = 2 * deleted;
     let left = slices.list(&ListParams::default()).await?.items.len();

@@ -26,22 +26,6 @@ mod common;
 const DRIVER: &str = "mock-accel.example.com";
 const NODE: &str = "bench-node";
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
-}
-
-fn report(what: &str, mut v: Vec<Duration>) {
-    v.sort();
-    println!(
-        "{what:<46} n={:<4} p50={:>7.3} ms  p99={:>7.3} ms  max={:>7.3} ms",
-        v.len(),
-        percentile(&v, 0.5),
-        percentile(&v, 0.99),
-        percentile(&v, 1.0)
-    );
-}
-
 async fn claim(client: &Client, name: &str, devices: &[String]) -> Claim {
     let devices: Vec<(&str, &str, &str)> = devices.iter().map(|d| (DRIVER, NODE, d.as_str())).collect();
     common::allocated_claim(client, name, "mock-accel-vf", &devices).await
@@ -116,8 +100,8 @@ async fn main() -> anyhow::Result<()> {
                     unprep.push(du);
                 }
             }
-            report(&format!("NodePrepareResources {api:?} {label}"), prep);
-            report(&format!("NodeUnprepareResources {api:?} {label}"), unprep);
+            common::report(&format!("NodePrepareResources {api:?} {label}"), prep);
+            common::report(&format!("NodeUnprepareResources {api:?} {label}"), unprep);
         }
     }
     // The already-prepared path (a kubelet restart repeats the call).
@@ -129,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
         kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await?;
         again.push(t.elapsed());
     }
-    report("NodePrepareResources V1 repeated (prepared)", again);
+    common::report("NodePrepareResources V1 repeated (prepared)", again);
     agent.stop().await?;
     Ok(())
 }

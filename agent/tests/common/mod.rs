@@ -99,3 +99,17 @@ pub fn free_port() -> std::net::SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// Prints `what` with the p50, p99 and max of `v` in milliseconds (the
+/// benchmarks' line format; nearest-rank percentiles).
+pub fn report(what: &str, mut v: Vec<std::time::Duration>) {
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
+    println!(
+        "{what:<46} n={:<4} p50={:>7.3} ms  p99={:>7.3} ms  max={:>7.3} ms",
+        v.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
