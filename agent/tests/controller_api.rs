@@ -224,6 +224,25 @@ impl Rig {
             .items
     }
 
+    /// The `reason` Events once `enough` says they are all there: the
+    /// controller records them after the deletions they explain, so a read
+    /// right after a slice went may come too early.
+    async fn events_once(&self, reason: &str, c: &Controller, enough: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ev = self.events(reason).await;
+            if enough(&ev) {
+                return ev;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the {reason} Events: {ev:?}\n--- controller log ---\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn claims(&self) -> Api<ResourceClaim> {
         Api::namespaced(self.client.clone(), NS)
     }
@@ -387,7 +406,7 @@ async fn the_controller_follows_the_cluster_and_cleans_up() {
         !rig.slice_names().await.contains(&"n2-a".to_string())
     })
     .await;
-    let ev = rig.events("NodeGone").await;
+    let ev = rig.events_once("NodeGone", &c, |ev| !ev.is_empty()).await;
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].involved_object.name.as_deref(), Some("n2-a"));
     assert_eq!(ev[0].involved_object.kind.as_deref(), Some("ResourceSlice"));
@@ -416,29 +435,37 @@ async fn the_controller_follows_the_cluster_and_cleans_up() {
     })
     .await;
     assert!(rig.slice_names().await.contains(&"n3-new".to_string()));
-    assert_eq!(rig.events("StaleGeneration").await.len(), 1);
+    let ev = rig.events_once("StaleGeneration", &c, |ev| !ev.is_empty()).await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].involved_object.name.as_deref(), Some("n3-old"));
 
     // n1's agent stops renewing: after the grace period its slices go, and
     // `kubectl describe node n1` says why.
-    rig.heartbeat("n1", Timestamp::now()).await;
+    let renewed = Timestamp::now();
+    rig.heartbeat("n1", renewed).await;
     wait_until("agent_up 0", &c, || async {
         c.metric("mock_accel_fleet_agent_up{node=\"n1\"}").await == Some(0.0)
     })
     .await;
-    assert!(
-        rig.slice_names().await.contains(&"n1-a".to_string()),
-        "not before the grace period"
-    );
     wait_until("n1's slice deleted", &c, || async {
         !rig.slice_names().await.contains(&"n1-a".to_string())
     })
     .await;
-    let ev = rig.events("AgentGone").await;
-    let kinds: Vec<_> = ev.iter().map(|e| e.involved_object.kind.clone().unwrap()).collect();
-    assert!(
-        kinds.contains(&"Node".to_string()) && kinds.contains(&"ResourceSlice".to_string()),
-        "{ev:?}"
-    );
+    let ev = rig
+        .events_once("AgentGone", &c, |ev| {
+            let kinds: Vec<_> = ev.iter().filter_map(|e| e.involved_object.kind.as_deref()).collect();
+            kinds.contains(&"Node") && kinds.contains(&"ResourceSlice")
+        })
+        .await;
+    // Not before the grace period: expiry (renewed + 1 s lease) + 2 s grace;
+    // Event times are cut to the second, so at least renewed + 2 s.
+    for e in &ev {
+        let at = e.first_timestamp.as_ref().unwrap().0;
+        assert!(
+            at >= renewed + k8s_openapi::jiff::SignedDuration::from_secs(2),
+            "deleted before the grace period: renewed {renewed}, event at {at}"
+        );
+    }
     let on_node = ev
         .iter()
         .find(|e| e.involved_object.kind.as_deref() == Some("Node"))
@@ -567,6 +594,8 @@ async fn two_controllers_one_acts() {
     rig.slice("ghost-a", "ghost", "gone-uid", 1, &[("mock0", "pf", 0)])
         .await;
     wait_until("ghost deleted", &a, || async { rig.slice_names().await.is_empty() }).await;
+    rig.events_once("NodeGone", &a, |ev| !ev.is_empty()).await;
+    // Several passes of both later, still one.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rig.events("NodeGone").await.len(), 1);
     assert_eq!(
@@ -611,7 +640,8 @@ async fn two_controllers_one_acts() {
     rig.slice("ghost-c", "ghost", "gone-uid", 1, &[("mock0", "pf", 0)])
         .await;
     wait_until("c cleans", &c, || async { rig.slice_names().await.is_empty() }).await;
-    assert_eq!(rig.events("NodeGone").await.len(), 3);
+    let ev = rig.events_once("NodeGone", &c, |ev| ev.len() >= 3).await;
+    assert_eq!(ev.len(), 3, "{ev:?}");
     println!("handover after SIGTERM: {handover:?}; takeover after SIGKILL: {takeover:?}");
 }
 
