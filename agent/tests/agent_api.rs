@@ -21,6 +21,19 @@ use tokio::sync::mpsc;
 
 mod common;
 
+/// Polls `f` until it holds; a deadline generous for a loaded 2-core machine.
+async fn wait<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 struct Rig {
     server: ApiServer,
     client: Client,
@@ -447,20 +460,21 @@ async fn the_heartbeat_lease_is_renewed() {
         .await
         .unwrap();
     assert_eq!(selected.items.len(), 1);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let later = leases.get(&name).await.unwrap().spec.unwrap();
-    assert!(later.renew_time.unwrap().0 > spec.renew_time.unwrap().0);
+    let renewed = || async { leases.get(&name).await.unwrap().spec.unwrap() };
+    let first_renewal = spec.renew_time.clone().unwrap().0;
+    wait("renewed", || async {
+        renewed().await.renew_time.unwrap().0 > first_renewal
+    })
+    .await;
     // One request a beat: the Lease it wrote last is renewed as is.
     rig.server.reset_counts();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait("three renewals", || async {
+        rig.server.requests("update", "leases") >= 3
+    })
+    .await;
     assert_eq!(
         rig.server.requests("get", "leases"),
         0,
-        "{:?}",
-        rig.server.request_counts()
-    );
-    assert!(
-        rig.server.requests("update", "leases") >= 3,
         "{:?}",
         rig.server.request_counts()
     );
@@ -468,24 +482,19 @@ async fn the_heartbeat_lease_is_renewed() {
     let mut theirs = leases.get(&name).await.unwrap();
     theirs.spec.as_mut().unwrap().holder_identity = Some("intruder".into());
     leases.replace(&name, &PostParams::default(), &theirs).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(
-        leases
-            .get(&name)
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .holder_identity
-            .as_deref(),
-        Some("node-a")
-    );
-    // The API failing does not stop it.
+    wait("taken back", || async {
+        renewed().await.holder_identity.as_deref() == Some("node-a")
+    })
+    .await;
+    // The API failing does not stop it: its only Lease updates fail three
+    // times, so a renewal newer than this comes after the failures.
+    let injected = Timestamp::now();
     rig.server
         .inject(Fault::server_errors(3).only(Some("update"), Some("leases")));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let after = leases.get(&name).await.unwrap().spec.unwrap();
-    assert!(Timestamp::now().as_millisecond() - after.renew_time.unwrap().0.as_millisecond() < 1000);
+    wait("renewed after the failures", || async {
+        renewed().await.renew_time.unwrap().0 > injected
+    })
+    .await;
     let (_, metrics) = get(agent.admin_addr, "/metrics").await;
     assert!(metrics.contains("mock_accel_heartbeat_failures_total"), "{metrics}");
     agent.stop().await.unwrap();
