@@ -7,8 +7,7 @@ api=http://127.0.0.1:6443
 node=mock-guest
 
 mock-apiserver --listen 127.0.0.1:6443 --kubeconfig /tmp/kc >/tmp/apiserver.log 2>&1 &
-n=0
-until guest-tool http GET $api/version >/dev/null 2>&1 || [ $n -gt 200 ]; do sleep 0.05; n=$((n + 1)); done
+wait_until 60 guest-tool http GET $api/version >/dev/null 2>&1
 check_true "the test API server answers" guest-tool http GET $api/version
 guest-tool http POST $api/api/v1/nodes "{\"metadata\":{\"name\":\"$node\"}}" >/dev/null
 check_true "modprobe mock-accel" modprobe mock-accel
@@ -72,8 +71,7 @@ check_true "uevents counted" grep -q 'mock_accel_uevents_total{source="kernel",a
 grep -E '^mock_accel_(event_to_slice_seconds_(sum|count)|uevents_total|uevent_overflows_total|rescans_total|slice_writes_total)' /tmp/metrics | sed 's/^/METRIC /'
 
 kill $agent
-n=0
-while kill -0 $agent 2>/dev/null && [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
+wait_until 30 gone $agent
 check_false "SIGTERM stops the agent" kill -0 $agent
 check_true "it stopped cleanly" grep -q "node agent stopped" /tmp/agent.log
 grep -iE "error|panic" /tmp/agent.log | head -5

@@ -53,11 +53,8 @@ echo "\$ mock-accel-agent --mode=controller --agent-grace-period=3s"
 KUBECONFIG=/tmp/kc mock-accel-agent --mode=controller --namespace=default --agent-grace-period=3s --rescan-interval=5s \
     --admin-address=127.0.0.1:8081 --v=2 >/tmp/controller.log 2>&1 &
 fleet() { guest-tool http GET http://127.0.0.1:8081/metrics 2>/dev/null | grep -E "$1" | sed 's/^/  /'; }
-i=0
-until fleet '^mock_accel_fleet_agent_up' | grep -q ' 1$'; do
-    i=$((i + 1)); [ $i -lt 200 ] || { echo "FAILED: the controller never saw the agent"; break; }
-    sleep 0.1
-done
+agent_seen() { fleet '^mock_accel_fleet_agent_up' | grep -q ' 1$'; }
+wait_until 60 agent_seen || echo "FAILED: the controller never saw the agent"
 fleet '^mock_accel_(controller_leader|fleet_(devices|agent_up|node_slices))[{ ]'
 
 change "Hot-plug PF 4 on NUMA node 1" 5 /sys/bus/mock-accel/new_device "4 1"
@@ -90,11 +87,8 @@ if command -v kubectl >/dev/null; then
     guest-tool kubelet register | sed 's/^/  /'
     guest-tool kubelet prepare "default/test-claim/$uid" | sed 's/^/  /'
     echo "  mock1 status in sysfs: $(cat /sys/class/mock-accel/mock1/status)"
-    i=0
-    until fleet '^mock_accel_fleet_claims.*state="prepared"' | grep -q ' 1$'; do
-        i=$((i + 1)); [ $i -lt 100 ] || break
-        sleep 0.1
-    done
+    prepared_seen() { fleet '^mock_accel_fleet_claims.*state="prepared"' | grep -q ' 1$'; }
+    wait_until 60 prepared_seen
     echo "  the controller's view (the claim's status.devices says prepared):"
     fleet '^mock_accel_fleet_(claims\{.*state="prepared"|devices\{.*type="pf",numa_node="1")'
     echo "  what the container gets (CDI spec /var/run/cdi/k8s.$drv-accel_$uid.json):"

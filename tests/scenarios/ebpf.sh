@@ -17,11 +17,9 @@ metric() {
     v=$(grep -F "$1 " /tmp/m | grep -v '^#' | awk '{print $NF}' | head -1)
     echo "${v:-0}"
 }
-# wait_metric NAME VALUE: up to 10 s
-wait_metric() {
-    n=0
-    while [ "$(metric "$1")" != "$2" ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
-}
+# wait_metric NAME VALUE: until the metric has that value (60 s at most)
+metric_is() { [ "$(metric "$1")" = "$2" ]; }
+wait_metric() { wait_until 60 metric_is "$1" "$2"; }
 # wait_dev DESC NODE COUNT [FILE VALUE]
 wait_dev() {
     _node=$2 _count=$3

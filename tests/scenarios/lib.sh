@@ -60,6 +60,22 @@ uevents_stop() {
     wait "$_uev_pid" 2>/dev/null
 }
 
+# wait_until SECONDS COMMAND...: runs COMMAND (a shell function too) until
+# it succeeds, for at most SECONDS; fails if it never did. Give deadlines
+# generous for software emulation on a loaded 2-core machine: a wait ends
+# as soon as its condition holds, so only a failing run pays for them.
+wait_until() {
+    _wu_end=$(($(date +%s) + $1))
+    shift
+    until "$@"; do
+        [ "$(date +%s)" -lt "$_wu_end" ] || return 1
+        sleep 0.05
+    done
+}
+
+# gone PID: the process has exited
+gone() { ! kill -0 "$1" 2>/dev/null; }
+
 # finish: summary line, and the exit status the host checks
 finish() {
     echo "# $_checks checks, $_fails failed"

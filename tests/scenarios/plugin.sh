@@ -17,8 +17,7 @@ echo 2 >$cls/mock1/sriov_numvfs
 KUBECONFIG=/tmp/kc NODE_NAME=$node mock-accel-agent --rescan-interval=0 --admin-address=127.0.0.1:8080 --v=2 >/tmp/agent.log 2>&1 &
 agent=$!
 guest-tool wait-devices --api $api --node $node --count 6 >/dev/null || not_ok "the agent never published"
-n=0
-until [ -S /var/lib/kubelet/plugins_registry/$drv-reg.sock ] || [ $n -gt 200 ]; do sleep 0.05; n=$((n + 1)); done
+wait_until 60 test -S /var/lib/kubelet/plugins_registry/$drv-reg.sock
 check_true "registration socket in the kubelet's registry" test -S /var/lib/kubelet/plugins_registry/$drv-reg.sock
 check "GetInfo" "registered $drv /var/lib/kubelet/plugins/$drv/dra.sock v1.DRAPlugin,v1beta1.DRAPlugin,v1alpha1.DRAResourceHealth" \
     "$(guest-tool kubelet register)"
@@ -87,12 +86,11 @@ check_true "prepare mock3" guest-tool kubelet prepare "$c5"
 rm -f /tmp/health.ready
 guest-tool kubelet health --count 40 --ready /tmp/health.ready >/tmp/health 2>&1 &
 hp=$!
-n=0; until [ -e /tmp/health.ready ] || [ $n -gt 200 ]; do sleep 0.05; n=$((n + 1)); done
-check_true "health stream: mock3 healthy" sh -c "sleep 0.3; grep -q '^mock3 HEALTHY' /tmp/health"
+wait_until 60 test -e /tmp/health.ready
+check_true "health stream: mock3 healthy" wait_until 60 grep -q '^mock3 HEALTHY' /tmp/health
 guest-tool kubelet unprepare "$c2" >/dev/null
 check_true "rmmod while mock3 is prepared" modprobe -r mock-accel
-n=0; until grep -q '^mock3 UNHEALTHY removed' /tmp/health || [ $n -gt 200 ]; do sleep 0.05; n=$((n + 1)); done
-check_true "health stream: mock3 unhealthy (removed)" grep -q '^mock3 UNHEALTHY removed' /tmp/health
+check_true "health stream: mock3 unhealthy (removed)" wait_until 60 grep -q '^mock3 UNHEALTHY removed' /tmp/health
 check "unprepare still succeeds" "$uid5 ok" "$(guest-tool kubelet unprepare "$c5")"
 check_false "and the CDI spec is gone" test -e $cdi/k8s.$drv-accel_$uid5.json
 kill $hp 2>/dev/null
@@ -103,7 +101,7 @@ guest-tool http GET http://127.0.0.1:8080/metrics >/tmp/metrics
 check_true "prepare metrics" grep -q 'mock_accel_prepares_total{result="error",reason="unhealthy"} 1' /tmp/metrics
 grep -E '^mock_accel_(prepares_total|unprepares_total|prepared_devices|plugin_registered)' /tmp/metrics | sed 's/^/METRIC /'
 kill $agent
-n=0; while kill -0 $agent 2>/dev/null && [ $n -lt 100 ]; do sleep 0.05; n=$((n + 1)); done
+wait_until 30 gone $agent
 check_false "SIGTERM stops the agent" kill -0 $agent
 check_false "and it removed its registration socket" test -e /var/lib/kubelet/plugins_registry/$drv-reg.sock
 check_false "no panic" grep -qi panic /tmp/agent.log
