@@ -74,3 +74,7 @@ chart-check:
 # Copy dashboards/*.json (the source) into the chart (Helm reads only inside it)
 dashboards-sync:
     cp dashboards/*.json chart/dashboards/
+
+# Every test many times (FLAKE_HOST_RUNS=20 host, FLAKE_GUEST_RUNS=3 guest) with one core kept busy; each test's failure count
+flake-hunt:
+    python3 scripts/flake_hunt.py
