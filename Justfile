@@ -10,10 +10,14 @@ kver := `ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V | t
 default:
     @just --list --unsorted
 
-# Run every test: host unit tests and the guest-kernel tests (boots VMs)
-test:
+# Run every test: host unit tests, the real control plane's tests and the guest-kernel tests (boots VMs)
+test: kube
     cargo build --workspace --bins
     cargo test --workspace --no-fail-fast
+
+# Build the real Kubernetes v1.37.2 components, etcd, containerd and CNI plugins from their Go modules (tests/kube; cold: long, progress shown; nothing when up to date)
+kube:
+    bash tests/kube/build.sh
 
 # Build the Rust workspace (agent, test API server, rig and in-guest tools)
 build:
@@ -76,5 +80,5 @@ dashboards-sync:
     cp dashboards/*.json chart/dashboards/
 
 # Every test many times (FLAKE_HOST_RUNS=20 host, FLAKE_GUEST_RUNS=3 guest) with one core kept busy; each test's failure count
-flake-hunt:
+flake-hunt: kube
     python3 scripts/flake_hunt.py

@@ -33,6 +33,13 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust with rustup" >&2; exit 1; }
+# The real Kubernetes components are built from their Go modules (tests/kube):
+# k8s.io/kubernetes v1.37.2 needs Go 1.26; GOTOOLCHAIN=local never downloads another.
+go_version=$(go env GOVERSION 2>/dev/null || true)
+case $go_version in
+    go1.2[6-9]* | go1.[3-9]*) ;;
+    *) echo "setup: Go 1.26 or newer is needed to build Kubernetes (found: ${go_version:-none})" >&2; exit 1 ;;
+esac
 
 # The eBPF probes build with -Z build-std=core on stable (RUSTC_BOOTSTRAP):
 # they need rust-src and bpf-linker against LLVM 22 (environment.md).
