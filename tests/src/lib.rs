@@ -12,9 +12,12 @@
 //!   script's output, its exit status and the guest's kernel log;
 //! - [`apiserver`] is a test Kubernetes API server held to the real one's
 //!   rules, for the agent's tests and the demo;
-//! - [`kubelet`] plays the kubelet towards the agent's plugin sockets.
+//! - [`kubelet`] plays the kubelet towards the agent's plugin sockets;
+//! - [`cluster`] runs the real control plane (etcd, kube-apiserver v1.37.2,
+//!   built by `just kube`) on loopback: the referee for the test API server.
 
 pub mod apiserver;
+pub mod cluster;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;

@@ -1,0 +1,306 @@
+//! The agent and the controller against the real kube-apiserver v1.37.2 (with
+//! its etcd, on loopback; `mock_device_testkit::cluster`), the referee for
+//! what our test API server imitates: TLS and client certificates, the real
+//! validation of ResourceSlices, Leases and Events, the chart's DeviceClasses
+//! (their CEL compiled by the real server), and the write counts the real
+//! server itself reports (`apiserver_request_total`).
+//!
+//! The agent runs as a process on a fake sysfs tree (no kernel here: the
+//! guest tests do that) with cluster-admin credentials (the chart's own RBAC
+//! is the Helm install's business).
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mock_accel_agent::inventory::{write_fake_function, write_fake_tree};
+use mock_device_testkit::cluster::{ControlPlane, VERSION};
+use serde_json::Value;
+
+mod common;
+
+const DRIVER: &str = "mock-accel.example.com";
+
+fn kubectl_json(cp: &ControlPlane, args: &[&str]) -> Value {
+    let out = cp.kubectl(args).unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Polls `f` until it gives a value; a deadline generous for a loaded 2-core machine.
+fn wait_for<T>(what: &str, logs: &dyn Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}\n{}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The devices of the driver's slices, as `kubectl get resourceslices` sees them.
+fn published(cp: &ControlPlane) -> (Vec<String>, Vec<Value>) {
+    let list = kubectl_json(
+        cp,
+        &["get", "resourceslices", "-l", &format!("driver={DRIVER}"), "-o", "json"],
+    );
+    let items = list["items"].as_array().unwrap().clone();
+    let mut names: Vec<String> = items
+        .iter()
+        .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    (names, items)
+}
+
+/// The real server's count of ResourceSlice writes (create, update, patch,
+/// delete) since it started, from its own /metrics.
+fn slice_writes(cp: &ControlPlane) -> u64 {
+    let out = cp.kubectl(&["get", "--raw", "/metrics"]).unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"resourceslices\""))
+        .filter(|l| {
+            ["POST", "PUT", "PATCH", "DELETE"]
+                .iter()
+                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
+/// The chart's DeviceClasses, rendered by real Helm (helm-python-sdk).
+fn chart_device_classes() -> String {
+    let script = r#"
+import sys
+import helm_python as helm
+out = helm.Chart.load(sys.argv[1]).render({}, name="mock-device", namespace="mock-device")
+print(out["mock-device/templates/deviceclasses.yaml"])
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(mock_device_testkit::workspace_root().join("chart"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "rendering the chart (helm-python-sdk: ./dev setup): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn spawn_agent(kubeconfig: &Path, log: &Path, args: &[String]) -> common::Killed {
+    let child = Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("POD_NAMESPACE", "default")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    common::Killed(child)
+}
+
+#[test]
+fn the_agent_and_the_controller_under_the_real_api_server() {
+    let cp = ControlPlane::start().unwrap_or_else(|e| panic!("the real control plane: {e}"));
+    let version = kubectl_json(&cp, &["version", "-o", "json"]);
+    assert_eq!(version["serverVersion"]["gitVersion"], VERSION, "{version}");
+
+    // The chart's DeviceClasses: the real server compiles their CEL.
+    let applied = cp.apply(&chart_device_classes()).unwrap();
+    assert!(
+        applied.contains("deviceclass.resource.k8s.io/mock-accel-pf created"),
+        "{applied}"
+    );
+    assert!(
+        applied.contains("deviceclass.resource.k8s.io/mock-accel-vf created"),
+        "{applied}"
+    );
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}"#)
+        .unwrap();
+    let node_uid = kubectl_json(&cp, &["get", "node", "node-a", "-o", "json"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The agent: 2 PFs with 2 VFs each, found by rescans every 200 ms.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sys/class/mock-accel");
+    write_fake_tree(&root, 2, 2).unwrap();
+    let agent_log = dir.path().join("agent.log");
+    let admin = common::free_port();
+    let agent_args: Vec<String> = vec![
+        "--node-name=node-a".into(),
+        format!("--sysfs-root={}", root.display()),
+        "--uevents=false".into(),
+        "--ebpf=false".into(),
+        "--rescan-interval=200ms".into(),
+        "--heartbeat-interval=1s".into(),
+        format!("--admin-address={admin}"),
+        "--kubelet-plugin=false".into(),
+    ];
+    let agent = spawn_agent(&cp.admin_kubeconfig, &agent_log, &agent_args);
+    let logs = || {
+        format!(
+            "--- agent ---\n{}\n--- kube-apiserver ---\n{}",
+            fs::read_to_string(&agent_log).unwrap_or_default(),
+            cp.apiserver.tail(30)
+        )
+    };
+    let (names, items) = wait_for("the devices in the real API server", &logs, || {
+        let (names, items) = published(&cp);
+        (names.len() == 6).then_some((names, items))
+    });
+    assert_eq!(
+        names,
+        ["mock0", "mock0-vf0", "mock0-vf1", "mock1", "mock1-vf0", "mock1-vf1"],
+        "{items:?}"
+    );
+    for s in &items {
+        assert_eq!(s["spec"]["nodeName"], "node-a");
+        assert_eq!(s["spec"]["pool"]["name"], "node-a");
+        assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], node_uid.as_str(), "{s}");
+    }
+
+    // Idle: rescans every 200 ms find nothing new, so nothing is written.
+    // The count is the real server's own.
+    let before = slice_writes(&cp);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(slice_writes(&cp), before, "idle slice writes\n{}", logs());
+
+    // A VF appears (as sriov_numvfs would make it): published, and the
+    // pool settles again with no further writes.
+    write_fake_function(&root, &root.join("../../devices/mock-accel"), 1, Some(2), 3).unwrap();
+    wait_for("the new VF", &logs, || {
+        published(&cp).0.contains(&"mock1-vf2".to_string()).then_some(())
+    });
+    let settled = slice_writes(&cp);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        slice_writes(&cp),
+        settled,
+        "writes after the change settled\n{}",
+        logs()
+    );
+
+    // The heartbeat Lease, validated by the real server.
+    let lease = kubectl_json(
+        &cp,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "default",
+            &format!("{DRIVER}-node-a"),
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(lease["spec"]["holderIdentity"], "node-a", "{lease}");
+
+    // The controller: it leads (Lease), sees the fleet, and when the Node is
+    // deleted (no garbage collector runs here) deletes its slices with Events
+    // the real server accepts.
+    drop(agent);
+    let ctl_log = dir.path().join("controller.log");
+    let ctl_admin = common::free_port();
+    let _ctl = spawn_agent(
+        &cp.admin_kubeconfig,
+        &ctl_log,
+        &[
+            "--mode=controller".into(),
+            "--namespace=default".into(),
+            format!("--admin-address={ctl_admin}"),
+            "--rescan-interval=2s".into(),
+        ],
+    );
+    let ctl_logs = || {
+        format!(
+            "--- controller ---\n{}\n--- kube-apiserver ---\n{}",
+            fs::read_to_string(&ctl_log).unwrap_or_default(),
+            cp.apiserver.tail(30)
+        )
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let metrics = || {
+        rt.block_on(async {
+            let get = mock_device_testkit::http_get(ctl_admin, "/metrics");
+            match tokio::time::timeout(Duration::from_secs(10), async {
+                tokio::net::TcpStream::connect(ctl_admin).await.ok()?;
+                Some(get.await.1)
+            })
+            .await
+            {
+                Ok(Some(text)) => text,
+                _ => String::new(),
+            }
+        })
+    };
+    // Its fleet view: node-a's 7 devices, free, whatever their NUMA node.
+    let devices = |m: &str, state: &str| -> f64 {
+        m.lines()
+            .filter(|l| {
+                l.starts_with("mock_accel_fleet_devices{node=\"node-a\"") && l.contains(&format!("state=\"{state}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    wait_for("the controller's fleet view", &ctl_logs, || {
+        let m = metrics();
+        (m.contains("mock_accel_controller_leader 1") && devices(&m, "free") == 7.0).then_some(())
+    });
+    let holder = kubectl_json(
+        &cp,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "default",
+            &format!("{DRIVER}-controller"),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(holder["spec"]["holderIdentity"].is_string(), "{holder}");
+
+    // A plain delete: with --cascade=orphan the Node would wait forever for
+    // the garbage collector to remove its `orphan` finalizer (none runs here).
+    let out = cp.kubectl(&["delete", "node", "node-a"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("node-a's slices deleted", &ctl_logs, || {
+        published(&cp).1.is_empty().then_some(())
+    });
+    let events = wait_for("the NodeGone Events", &ctl_logs, || {
+        let ev = kubectl_json(
+            &cp,
+            &[
+                "get",
+                "events",
+                "-n",
+                "default",
+                "--field-selector",
+                "reason=NodeGone",
+                "-o",
+                "json",
+            ],
+        );
+        let items = ev["items"].as_array().unwrap().clone();
+        (!items.is_empty()).then_some(items)
+    });
+    assert_eq!(events[0]["involvedObject"]["kind"], "ResourceSlice", "{events:?}");
+    assert!(
+        !metrics().contains("op=\"event\",kind="),
+        "an Event was refused by the real server:\n{}",
+        ctl_logs()
+    );
+}
