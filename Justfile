@@ -23,6 +23,10 @@ kube:
 build:
     cargo build --workspace --bins
 
+# The test node's container images as OCI archives, without an engine (pause, busybox): target/images/*.tar
+images:
+    cargo run -q -p mock-device-testkit --bin images
+
 # Build the module against the installed guest kernel (kmod/mock-accel.ko)
 kmod:
     make -C kmod KDIR=/lib/modules/{{kver}}/build modules

@@ -14,7 +14,8 @@
 //!   rules, for the agent's tests and the demo;
 //! - [`kubelet`] plays the kubelet towards the agent's plugin sockets;
 //! - [`cluster`] runs the real control plane (etcd, kube-apiserver v1.37.2,
-//!   built by `just kube`) on loopback: the referee for the test API server.
+//!   built by `just kube`) on loopback: the referee for the test API server;
+//! - [`oci`] writes container images as OCI archives without an engine.
 
 pub mod apiserver;
 pub mod cluster;
@@ -22,6 +23,7 @@ pub mod guest;
 pub mod initramfs;
 pub mod kernel;
 pub mod kubelet;
+pub mod oci;
 
 use std::path::PathBuf;
 
