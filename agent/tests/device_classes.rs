@@ -5,7 +5,6 @@
 //! attribute names in the driver's domain).
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use mock_accel_agent::inventory::{scan, write_fake_tree};
 use mock_accel_agent::slices;
@@ -15,27 +14,18 @@ const DRIVER: &str = "mock-accel.example.com";
 
 /// `(class name, CEL expression)` of the chart rendered with `set` values.
 fn rendered_classes(values: Value) -> Vec<(String, String)> {
-    let script = r#"
-import json, sys, yaml
-import helm_python as helm
-chart = helm.Chart.load(sys.argv[1])
-out = chart.render(json.loads(sys.argv[2]), name="mock-device", namespace="mock-device")
-classes = [d for d in yaml.safe_load_all(out["mock-device/templates/deviceclasses.yaml"]) if d]
-print(json.dumps([[c["metadata"]["name"], c["spec"]["selectors"][0]["cel"]["expression"]] for c in classes]))
-"#;
-    let root = mock_device_testkit::workspace_root();
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(root.join("chart"))
-        .arg(values.to_string())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "rendering the chart (helm-python-sdk: ./dev setup): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    mock_device_testkit::render_chart(&values)["mock-device/templates/deviceclasses.yaml"]
+        .iter()
+        .map(|c| {
+            (
+                c["metadata"]["name"].as_str().unwrap().to_string(),
+                c["spec"]["selectors"][0]["cel"]["expression"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect()
 }
 
 /// A published device as CEL sees it.

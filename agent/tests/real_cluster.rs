@@ -77,27 +77,6 @@ fn slice_writes(cp: &ControlPlane) -> u64 {
         .sum()
 }
 
-/// The chart's DeviceClasses, rendered by real Helm (helm-python-sdk).
-fn chart_device_classes() -> String {
-    let script = r#"
-import sys
-import helm_python as helm
-out = helm.Chart.load(sys.argv[1]).render({}, name="mock-device", namespace="mock-device")
-print(out["mock-device/templates/deviceclasses.yaml"])
-"#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(mock_device_testkit::workspace_root().join("chart"))
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "rendering the chart (helm-python-sdk: ./dev setup): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn spawn_agent(kubeconfig: &Path, log: &Path, args: &[String]) -> common::Killed {
     let child = Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"))
         .args(args)
@@ -117,7 +96,13 @@ fn the_agent_and_the_controller_under_the_real_api_server() {
     assert_eq!(version["serverVersion"]["gitVersion"], VERSION, "{version}");
 
     // The chart's DeviceClasses: the real server compiles their CEL.
-    let applied = cp.apply(&chart_device_classes()).unwrap();
+    let applied = cp.apply(
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "List",
+            "items": mock_device_testkit::render_chart(&serde_json::json!({}))["mock-device/templates/deviceclasses.yaml"],
+        })
+        .to_string(),
+    ).unwrap();
     assert!(
         applied.contains("deviceclass.resource.k8s.io/mock-accel-pf created"),
         "{applied}"

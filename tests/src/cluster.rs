@@ -88,27 +88,25 @@ impl Ca {
     /// groups from the O entries (`system:node:<name>` / `system:nodes` for
     /// a kubelet, `system:masters` for an administrator).
     pub fn client(&self, user: &str, groups: &[&str]) -> Pem {
-        let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
         p.distinguished_name.push(DnType::CommonName, user);
         for g in groups {
             p.distinguished_name.push(DnType::OrganizationName, *g);
         }
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
+        self.sign(p, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     /// A serving certificate for these DNS names and IP addresses.
     pub fn server(&self, names: &[&str]) -> Pem {
-        let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         p.distinguished_name.push(DnType::CommonName, names[0]);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(p, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A new key, and these parameters signed by the CA for one usage.
+    fn sign(&self, mut p: CertificateParams, usage: ExtendedKeyUsagePurpose) -> Pem {
+        let key = KeyPair::generate().unwrap();
+        p.extended_key_usages = vec![usage];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         Pem {

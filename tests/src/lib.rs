@@ -107,6 +107,30 @@ pub fn require_tool(tool: &str, hint: &'static str) -> Result<PathBuf> {
         })
 }
 
+/// The chart rendered by real Helm (helm-python-sdk) with these values, as
+/// release `mock-device` in namespace `mock-device`: template path → its
+/// objects (NOTES.txt left out).
+pub fn render_chart(values: &serde_json::Value) -> std::collections::BTreeMap<String, Vec<serde_json::Value>> {
+    let script = r#"
+import json, sys, yaml
+import helm_python as helm
+out = helm.Chart.load(sys.argv[1]).render(json.loads(sys.argv[2]), name="mock-device", namespace="mock-device")
+print(json.dumps({p: [d for d in yaml.safe_load_all(t) if d] for p, t in out.items() if not p.endswith("NOTES.txt")}))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(workspace_root().join("chart"))
+        .arg(values.to_string())
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "rendering the chart (helm-python-sdk: ./dev setup): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// One plain HTTP/1.1 GET on loopback (an agent's admin port): the status
 /// code and the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
