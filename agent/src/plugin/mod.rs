@@ -8,6 +8,7 @@
 //! - [`health`] turns scans into the device health stream;
 //! - [`grpc`] adapts all of it to the kubelet's protos.
 
+pub mod authority;
 pub mod cdi;
 pub mod checkpoint;
 pub mod driver;
@@ -31,6 +32,7 @@ use mock_accel_proto::services;
 use notify::Watcher;
 use tokio::net::UnixListener;
 use tokio::sync::{Notify, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -99,7 +101,12 @@ async fn serve_socket(
         info!(socket = %path.display(), "{what} socket listening");
         let stop = CancellationToken::new();
         let mut server = tokio::spawn(
-            make().serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop.clone().cancelled_owned()),
+            // Each connection through the :authority relay (authority.rs):
+            // the real kubelet dials registration sockets by bare path.
+            make().serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener).map(|conn| conn.map(authority::relayed)),
+                stop.clone().cancelled_owned(),
+            ),
         );
         loop {
             tokio::select! {
