@@ -39,9 +39,13 @@ kmod-check:
 kmod-clean:
     make -C kmod KDIR=/lib/modules/{{kver}}/build clean
 
-# The demo: a VM with the module, the agent and an API server; devices hot-plugged, slices shown changing
-vm-demo: build
+# The demo: a real Kubernetes v1.37.2 node in a VM (first run builds Kubernetes: ~10 min), the seed's test pod, a waiting pod placed after a hot-plug
+vm-demo: kube build
     cargo run -q -p mock-device-testkit --bin guest -- demo
+
+# The quick demo: the module, the agent and the project's test API server in a VM; devices hot-plugged, slices shown changing
+vm-demo-lite: build
+    cargo run -q -p mock-device-testkit --bin guest -- demo-lite
 
 # Boot a VM with the module installed and give me its shell (Ctrl-A X quits)
 vm-shell: build
@@ -52,7 +56,7 @@ vm-run script: build
     cargo run -q -p mock-device-testkit --bin guest -- run {{script}}
 
 # Every benchmark: the kubelet plugin's prepare/unprepare latency, the controller at scale, then the VM benchmarks
-bench: bench-plugin bench-controller bench-vm
+bench: bench-plugin bench-controller bench-vm bench-cluster
 
 # NodePrepareResources/NodeUnprepareResources p50/p99 (1- and 8-device claims), release build
 bench-plugin:
@@ -66,6 +70,11 @@ bench-controller:
 bench-vm:
     cargo build --release --workspace --bins
     MOCK_GUEST_TIMEOUT=1200 ./target/release/guest run tests/scenarios/bench.sh
+
+# The driver on the real Kubernetes node in a VM, release builds: API write cost, event->slice (ratio), hot-plug->pod Running split, the kubelet's prepare metrics, idle API load
+bench-cluster: kube
+    cargo build --release --workspace --bins
+    ./target/release/guest --node run tests/scenarios/bench_cluster.sh
 
 # Formatting, clippy with warnings as errors, the module's static checks, the chart (real Helm, official schemas) and promtool on both components' metrics
 lint: kmod-check chart-check

@@ -10,6 +10,7 @@ packages=(
     linux-image-amd64     # the guest kernel
     linux-headers-amd64   # builds the module against it
     busybox-static        # the guest's userland
+    runc                  # the OCI runtime under containerd on the guest node
     kmod                  # depmod, for the guest's module tree
     cpio                  # handy to inspect initramfs archives
     sparse                # the kernel's static checker (make C=2)

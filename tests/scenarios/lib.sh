@@ -64,12 +64,13 @@ uevents_stop() {
 # it succeeds, for at most SECONDS; fails if it never did. Give deadlines
 # generous for software emulation on a loaded 2-core machine: a wait ends
 # as soon as its condition holds, so only a failing run pays for them.
+# WAIT_INTERVAL (seconds, default 0.05) spaces the tries of costly commands.
 wait_until() {
     _wu_end=$(($(date +%s) + $1))
     shift
     until "$@"; do
         [ "$(date +%s)" -lt "$_wu_end" ] || return 1
-        sleep 0.05
+        sleep "${WAIT_INTERVAL:-0.05}"
     done
 }
 

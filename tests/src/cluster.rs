@@ -226,74 +226,25 @@ impl ControlPlane {
         };
 
         let ca = Ca::new();
-        let serving = ca.server(&[
-            "localhost",
-            "127.0.0.1",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-            "10.0.0.1",
-        ]);
-        let ca_crt = write("ca.crt", &ca.pem.cert)?;
-        let tls_crt = write("apiserver.crt", &serving.cert)?;
-        let tls_key = write("apiserver.key", &serving.key)?;
-        let kubelet_client = ca.client("kube-apiserver-kubelet-client", &["kubeadm:cluster-admins"]);
-        let kc_crt = write("apiserver-kubelet-client.crt", &kubelet_client.cert)?;
-        let kc_key = write("apiserver-kubelet-client.key", &kubelet_client.key)?;
-        // The service-account token signer (ES256).
-        let sa = KeyPair::generate().unwrap();
-        let sa_key = write("sa.key", &sa.serialize_pem())?;
-        let sa_pub = write("sa.pub", &sa.public_key_pem())?;
+        for (name, text) in control_plane_pki(&ca, &[]) {
+            write(name, &text)?;
+        }
 
         // etcd: one member, loopback only, no fsync (a test's data is thrown away).
         let (client_port, peer_port) = (free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut cmd = Command::new(bin.join("etcd"));
-        cmd.args([
-            "--name=default",
-            &format!("--data-dir={}", d.join("etcd").display()),
-            &format!("--listen-client-urls={etcd_url}"),
-            &format!("--advertise-client-urls={etcd_url}"),
-            &format!("--listen-peer-urls={peer_url}"),
-            &format!("--initial-advertise-peer-urls={peer_url}"),
-            &format!("--initial-cluster=default={peer_url}"),
-            "--listen-metrics-urls=",
-            "--unsafe-no-fsync",
-            "--log-level=warn",
-        ]);
+        cmd.args(etcd_args(
+            &d.join("etcd").to_string_lossy(),
+            &etcd_url,
+            &format!("http://127.0.0.1:{peer_port}"),
+        ));
         let etcd = Process::spawn("etcd", cmd, d.join("etcd.log"))?;
 
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut cmd = Command::new(bin.join("kube-apiserver"));
-        cmd.args([
-            &format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            // A loopback advertise address is refused by the endpoint
-            // reconciler ("may not be in the loopback range"): nothing here
-            // reaches the API through the `kubernetes` Service anyway.
-            "--endpoint-reconciler-type=none",
-            &format!("--secure-port={port}"),
-            &format!("--cert-dir={}", d.join("certs").display()),
-            &format!("--tls-cert-file={}", tls_crt.display()),
-            &format!("--tls-private-key-file={}", tls_key.display()),
-            &format!("--client-ca-file={}", ca_crt.display()),
-            &format!("--kubelet-certificate-authority={}", ca_crt.display()),
-            &format!("--kubelet-client-certificate={}", kc_crt.display()),
-            &format!("--kubelet-client-key={}", kc_key.display()),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            &format!("--service-account-key-file={}", sa_pub.display()),
-            &format!("--service-account-signing-key-file={}", sa_key.display()),
-            "--service-cluster-ip-range=10.0.0.0/24",
-            "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--v=1",
-        ]);
+        cmd.args(apiserver_args(&d.to_string_lossy(), &etcd_url, port));
         cmd.args(extra_flags);
         let apiserver = Process::spawn("kube-apiserver", cmd, d.join("kube-apiserver.log"))?;
 
@@ -396,11 +347,98 @@ impl ControlPlane {
     }
 }
 
+/// The control plane's keys and certificates, as (file name, PEM) pairs:
+/// the CA (`ca.crt`, `ca.key`: it also signs the controller-manager's
+/// certificates), the API server's serving certificate for loopback, the
+/// in-cluster names and `extra_names`, its client certificate towards
+/// kubelets (`system:masters`: no RBAC binding is needed for exec and logs)
+/// and the service-account token key pair (ES256).
+pub fn control_plane_pki(ca: &Ca, extra_names: &[&str]) -> Vec<(&'static str, String)> {
+    let mut names = vec![
+        "localhost",
+        "127.0.0.1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "10.0.0.1",
+    ];
+    names.extend_from_slice(extra_names);
+    let serving = ca.server(&names);
+    let kubelet_client = ca.client("kube-apiserver-kubelet-client", &["system:masters"]);
+    let sa = KeyPair::generate().unwrap();
+    vec![
+        ("ca.crt", ca.pem.cert.clone()),
+        ("ca.key", ca.pem.key.clone()),
+        ("apiserver.crt", serving.cert),
+        ("apiserver.key", serving.key),
+        ("apiserver-kubelet-client.crt", kubelet_client.cert),
+        ("apiserver-kubelet-client.key", kubelet_client.key),
+        ("sa.key", sa.serialize_pem()),
+        ("sa.pub", sa.public_key_pem()),
+    ]
+}
+
+/// etcd's flags: one member, no metrics listener, no fsync (a test's data is
+/// thrown away).
+pub fn etcd_args(data_dir: &str, client_url: &str, peer_url: &str) -> Vec<String> {
+    vec![
+        "--name=default".into(),
+        format!("--data-dir={data_dir}"),
+        format!("--listen-client-urls={client_url}"),
+        format!("--advertise-client-urls={client_url}"),
+        format!("--listen-peer-urls={peer_url}"),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster=default={peer_url}"),
+        "--listen-metrics-urls=".into(),
+        "--unsafe-no-fsync".into(),
+        "--log-level=warn".into(),
+    ]
+}
+
+/// kube-apiserver's flags, on 127.0.0.1:`port`, with the files of
+/// [`control_plane_pki`] in `pki`: Node,RBAC authorization, NodeRestriction,
+/// the release's default feature gates. The host's test control plane and
+/// the guest's node share them.
+pub fn apiserver_args(pki: &str, etcd_url: &str, port: u16) -> Vec<String> {
+    vec![
+        format!("--etcd-servers={etcd_url}"),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        // A loopback advertise address is refused by the endpoint
+        // reconciler ("may not be in the loopback range"): nothing here
+        // reaches the API through the `kubernetes` Service anyway.
+        "--endpoint-reconciler-type=none".into(),
+        format!("--secure-port={port}"),
+        format!("--cert-dir={pki}/certs"),
+        format!("--tls-cert-file={pki}/apiserver.crt"),
+        format!("--tls-private-key-file={pki}/apiserver.key"),
+        format!("--client-ca-file={pki}/ca.crt"),
+        format!("--kubelet-certificate-authority={pki}/ca.crt"),
+        format!("--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt"),
+        format!("--kubelet-client-key={pki}/apiserver-kubelet-client.key"),
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+        format!("--service-account-key-file={pki}/sa.pub"),
+        format!("--service-account-signing-key-file={pki}/sa.key"),
+        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        "--authorization-mode=Node,RBAC".into(),
+        "--enable-admission-plugins=NodeRestriction".into(),
+        "--allow-privileged=true".into(),
+        "--profiling=false".into(),
+        "--v=1".into(),
+    ]
+}
+
 /// A kubeconfig with the certificates inline (as kubeadm writes them).
 pub fn write_kubeconfig(path: &Path, url: &str, ca: &str, client: &Pem) -> Result<()> {
+    fs::write(path, kubeconfig_text(url, ca, client)).map_err(RigError::io(format!("writing {}", path.display())))
+}
+
+/// The text of a kubeconfig for this server, CA and client certificate.
+pub fn kubeconfig_text(url: &str, ca: &str, client: &Pem) -> String {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let text = format!(
+    format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster:\n    server: {url}\n    \
          certificate-authority-data: {}\nusers:\n- name: user\n  user:\n    client-certificate-data: {}\n    \
          client-key-data: {}\ncontexts:\n- name: mock\n  context:\n    cluster: mock\n    user: user\n\
@@ -408,6 +446,5 @@ pub fn write_kubeconfig(path: &Path, url: &str, ca: &str, client: &Pem) -> Resul
         b64(ca),
         b64(&client.cert),
         b64(&client.key)
-    );
-    fs::write(path, text).map_err(RigError::io(format!("writing {}", path.display())))
+    )
 }

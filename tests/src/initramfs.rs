@@ -19,6 +19,8 @@ const DIR: u32 = 0o040755;
 pub const EXEC: u32 = 0o100755;
 /// Mode of plain files.
 pub const FILE: u32 = 0o100644;
+/// Mode of symbolic links (the entry's data is the target).
+const SYMLINK: u32 = 0o120777;
 
 enum Content {
     Dir,
@@ -60,6 +62,11 @@ impl Initramfs {
     /// A file with the given contents.
     pub fn data(&mut self, dest: &str, mode: u32, data: impl Into<Vec<u8>>) -> &mut Self {
         self.add(dest, mode, Content::Data(data.into()))
+    }
+
+    /// A symbolic link to `target`.
+    pub fn symlink(&mut self, dest: &str, target: &str) -> &mut Self {
+        self.add(dest, SYMLINK, Content::Data(target.as_bytes().to_vec()))
     }
 
     /// A copy of a host file (read when the archive is written).
@@ -107,6 +114,14 @@ impl Initramfs {
     /// `modules.*` files that the host's `depmod` writes for it, so that
     /// `modprobe <name>` works in the guest.
     pub fn module(&mut self, ko: &Path, release: &str) -> Result<&mut Self> {
+        self.modules(&[ko], release, &[])
+    }
+
+    /// Installs our modules under `extra/`, the kernel's own modules named
+    /// in `in_tree` (e.g. `net/bridge/bridge.ko`, relative to
+    /// `/lib/modules/<release>/kernel/`, copied from the host's tree) and one
+    /// set of `modules.*` files from the host's `depmod` for all of them.
+    pub fn modules(&mut self, ours: &[&Path], release: &str, in_tree: &[&str]) -> Result<&mut Self> {
         // depmod lives in /usr/sbin, which a non-root PATH may lack.
         let depmod = ["/usr/sbin/depmod", "/sbin/depmod"]
             .into_iter()
@@ -118,9 +133,28 @@ impl Initramfs {
             )?;
         let staging = tempfile::tempdir().map_err(RigError::io("creating a depmod staging root"))?;
         let moddir = staging.path().join("lib/modules").join(release);
-        let name = ko.file_name().expect("a .ko path has a file name");
-        fs::create_dir_all(moddir.join("extra")).map_err(RigError::io("creating the staging tree"))?;
-        fs::copy(ko, moddir.join("extra").join(name)).map_err(RigError::io("copying the module"))?;
+        let mut installed = Vec::new();
+        for ko in ours {
+            let name = ko.file_name().expect("a .ko path has a file name").to_string_lossy();
+            installed.push((format!("extra/{name}"), ko.to_path_buf()));
+        }
+        let host_tree = Path::new("/lib/modules").join(release).join("kernel");
+        for rel in in_tree {
+            let src = host_tree.join(rel);
+            if !src.is_file() {
+                return Err(RigError::Command {
+                    what: "installing the guest's kernel modules".into(),
+                    detail: format!("{} is missing (package linux-image-{release})", src.display()),
+                });
+            }
+            installed.push((format!("kernel/{rel}"), src));
+        }
+        for (dest, src) in &installed {
+            let to = moddir.join(dest);
+            fs::create_dir_all(to.parent().expect("has a parent"))
+                .map_err(RigError::io("creating the staging tree"))?;
+            fs::copy(src, &to).map_err(RigError::io(format!("copying {}", src.display())))?;
+        }
         let out = Command::new(depmod)
             .arg("-b")
             .arg(staging.path())
@@ -141,12 +175,10 @@ impl Initramfs {
                 self.data(&format!("lib/modules/{release}/{file}"), FILE, data);
             }
         }
-        let data = fs::read(ko).map_err(RigError::io("reading the module"))?;
-        self.data(
-            &format!("lib/modules/{release}/extra/{}", name.to_string_lossy()),
-            FILE,
-            data,
-        );
+        for (dest, src) in installed {
+            let data = fs::read(&src).map_err(RigError::io(format!("reading {}", src.display())))?;
+            self.data(&format!("lib/modules/{release}/{dest}"), FILE, data);
+        }
         Ok(self)
     }
 

@@ -23,6 +23,7 @@ pub mod guest;
 pub mod initramfs;
 pub mod kernel;
 pub mod kubelet;
+pub mod node;
 pub mod oci;
 
 use std::path::PathBuf;

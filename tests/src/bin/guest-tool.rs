@@ -11,6 +11,9 @@
 //! - `guest-tool wait-devices --api URL --node N --count C [--write F V]`
 //!   does the write (if any), then watches the API until this node's pool is
 //!   consistent and holds C devices, and prints the milliseconds it took.
+//! - `guest-tool api-writes --count N` makes N writes (a ConfigMap replaced)
+//!   with the agent's kind of client (kube-rs, `KUBECONFIG`) and prints the
+//!   p50 and p99 milliseconds each took: the bare cost of one API write.
 //! - `guest-tool kubelet register|prepare|unprepare|health` plays the
 //!   kubelet towards the agent's plugin sockets (see `kubelet` below).
 
@@ -82,6 +85,11 @@ enum Cmd {
         #[command(subcommand)]
         call: KubeletCall,
     },
+    /// N ConfigMap writes with kube-rs (KUBECONFIG): print "P50_MS P99_MS".
+    ApiWrites {
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+    },
     /// Write VALUE to FILE in one write(2); print "ok" or the errno name.
     Write {
         file: String,
@@ -145,12 +153,48 @@ fn main() -> anyhow::Result<()> {
             let ok = rt.block_on(kubelet(&registry, &api, call))?;
             std::process::exit(if ok { 0 } else { 1 });
         }
+        Cmd::ApiWrites { count } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (p50, p99) = rt.block_on(api_writes(count))?;
+            println!("{p50:.2} {p99:.2}");
+            Ok(())
+        }
         Cmd::Write { file, value } => {
             let result = write_once(&file, value.as_bytes());
             println!("{}", result.as_ref().err().map_or("ok", String::as_str));
             std::process::exit(if result.is_ok() { 0 } else { 1 });
         }
     }
+}
+
+/// The bare cost of one API write as a kube-rs client sees it: `count`
+/// replaces of one ConfigMap (after one warm-up write), each timed.
+async fn api_writes(count: usize) -> anyhow::Result<(f64, f64)> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+    anyhow::ensure!(count > 0, "--count must be at least 1");
+    let client = kube::Client::try_default().await.context("KUBECONFIG")?;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let pp = PostParams::default();
+    let mut cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "mock-bench-writes"}, "data": {"n": "0"}
+    }))?;
+    cm = match api.create(&pp, &cm).await {
+        Ok(c) => c,
+        Err(_) => api.get("mock-bench-writes").await?,
+    };
+    let mut took = Vec::with_capacity(count);
+    for i in 0..=count {
+        cm.data = Some([("n".to_string(), i.to_string())].into());
+        let t = Instant::now();
+        cm = api.replace("mock-bench-writes", &pp, &cm).await?;
+        if i > 0 {
+            took.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    took.sort_by(f64::total_cmp);
+    let at = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
+    Ok((at(0.50), at(0.99)))
 }
 
 fn write_once(file: &str, value: &[u8]) -> Result<(), String> {

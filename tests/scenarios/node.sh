@@ -1,0 +1,96 @@
+# The real Kubernetes node in the guest, sourced after lib.sh:
+#   node_up     starts etcd, kube-apiserver, kube-controller-manager,
+#               kube-scheduler, containerd (test images imported) and the
+#               kubelet; waits until the Node is Ready; prints the timings
+#   node_logs   each component's error lines and last lines (for failures)
+#   node_ready  the Node's Ready condition is True
+# The host wrote the certificates, kubeconfigs, configuration files and
+# command lines (/guest/node.env) for this run: tests/src/node.rs.
+. /guest/node.env
+LOGS=/var/log/kube
+
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# start NAME COMMAND...: COMMAND in the background, its output in
+# $LOGS/NAME.log, its PID in $LOGS/NAME.pid
+start() {
+    _n=$1; shift
+    "$@" >"$LOGS/$_n.log" 2>&1 &
+    echo $! >"$LOGS/$_n.pid"
+}
+
+# stop NAME: SIGTERM, then SIGKILL after 20 s; waits until it has gone
+stop() {
+    _p=$(cat "$LOGS/$1.pid")
+    kill "$_p" 2>/dev/null
+    wait_until 20 gone "$_p" || { kill -9 "$_p" 2>/dev/null; wait_until 10 gone "$_p"; }
+}
+
+# cgroup v2 as the kubelet wants it (no systemd here): controllers enabled
+# at the root, every process moved out of it first.
+node_cgroups() {
+    mount -t cgroup2 cgroup2 /sys/fs/cgroup || return 1
+    mkdir -p /sys/fs/cgroup/init
+    for _p in $(cat /sys/fs/cgroup/cgroup.procs); do
+        echo "$_p" >/sys/fs/cgroup/init/cgroup.procs 2>/dev/null
+    done
+    for _c in cpuset cpu io memory hugetlb pids; do
+        echo "+$_c" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+    done
+    grep -q memory /sys/fs/cgroup/cgroup.subtree_control
+}
+
+# The node's address on a dummy interface, the default route through it
+# (nothing leaves the guest: it has no network device), the modules
+# containerd's overlayfs and the CNI bridge need.
+node_net() {
+    modprobe overlay && modprobe bridge && modprobe veth && modprobe dummy || return 1
+    # (loading dummy makes dummy0 already)
+    { ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy; } &&
+        ip addr add "$NODE_IP/24" dev dummy0 &&
+        ip link set dummy0 up &&
+        ip route add default dev dummy0
+}
+
+node_ready() {
+    [ "$(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+
+api_ready() { kubectl get --raw /readyz >/dev/null 2>&1; }
+
+node_up() {
+    _t0=$(uptime_s)
+    mkdir -p $LOGS /var/lib
+    mount -t tmpfs -o size=2g,mode=755 tmpfs /var/lib
+    mount --make-rshared /
+    node_cgroups || { not_ok "cgroup v2 with its controllers"; return 1; }
+    node_net || { not_ok "the node's network (modules overlay bridge veth dummy)"; return 1; }
+
+    start etcd etcd $ETCD_ARGS
+    start kube-apiserver kube-apiserver $APISERVER_ARGS
+    start containerd containerd --config /etc/containerd/config.toml
+    WAIT_INTERVAL=1 wait_until 600 api_ready || { not_ok "kube-apiserver ready"; node_logs; return 1; }
+    echo "# kube-apiserver ready after $(since "$_t0") s"
+    start kube-controller-manager kube-controller-manager $CONTROLLER_MANAGER_ARGS
+    start kube-scheduler kube-scheduler $SCHEDULER_ARGS
+
+    WAIT_INTERVAL=0.5 wait_until 120 ctr version >/dev/null 2>&1 || { not_ok "containerd up"; node_logs; return 1; }
+    for _i in /guest/images/*.tar; do
+        ctr -n k8s.io images import "$_i" >/dev/null || { not_ok "ctr images import $_i"; return 1; }
+    done
+    echo "# containerd up, images imported after $(since "$_t0") s"
+
+    start kubelet kubelet $KUBELET_ARGS
+    WAIT_INTERVAL=1 wait_until 600 node_ready || { not_ok "node $NODE_NAME Ready"; node_logs; return 1; }
+    echo "# node $NODE_NAME Ready after $(since "$_t0") s (from the first component's start)"
+}
+
+node_logs() {
+    for _f in $LOGS/*.log; do
+        echo "--- $_f: errors"
+        grep -E '^[EF][0-9]{4}|level=error|"level":"error"' "$_f" | tail -n 15
+        echo "--- $_f: last lines"
+        tail -n 8 "$_f"
+    done
+}
