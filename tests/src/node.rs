@@ -89,14 +89,14 @@ pub fn guest(binaries: &[(&str, &Path)]) -> Result<Guest> {
     }
 
     // The images, as `ctr images import` takes them.
+    // (Written to the build directory, read when the payload is packed.)
     let mut images = Vec::new();
     for image in crate::oci::test_images(build.path())? {
-        images.push(image.name.clone());
-        let short = image.name.rsplit('/').next().unwrap_or("image").replace(':', "_");
+        let short = image.short_name().to_string();
         let path = build.path().join(format!("{short}.tar"));
         image.write(&path)?;
-        let data = std::fs::read(&path).map_err(RigError::io("reading an image archive"))?;
-        p.data(&format!("/guest/images/{short}.tar"), FILE, data);
+        p.host_file(&format!("/guest/images/{short}.tar"), FILE, &path);
+        images.push((short, image.name));
     }
 
     for (path, text) in files(&Ca::new(), &images) {
@@ -118,7 +118,7 @@ pub fn guest(binaries: &[(&str, &Path)]) -> Result<Guest> {
 
 /// This run's certificates, kubeconfigs and configuration files, by path in
 /// the guest.
-fn files(ca: &Ca, images: &[String]) -> Vec<(String, String)> {
+fn files(ca: &Ca, images: &[(String, String)]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = control_plane_pki(ca, &[NODE_IP, NODE_NAME])
         .into_iter()
         .map(|(name, text)| (format!("{PKI}/{name}"), text))
@@ -162,8 +162,8 @@ fn files(ca: &Ca, images: &[String]) -> Vec<(String, String)> {
     let image = |short: &str| {
         images
             .iter()
-            .find(|i| i.contains(&format!("/{short}:")))
-            .cloned()
+            .find(|(s, _)| s == short)
+            .map(|(_, name)| name.clone())
             .unwrap_or_default()
     };
     let env = format!(

@@ -144,6 +144,13 @@ fn canonical_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Image {
+    /// The last path segment of the name without its tag (`pause` for
+    /// `localhost/mock-device/pause:1.0`): the archive's file name.
+    pub fn short_name(&self) -> &str {
+        let last = self.name.rsplit('/').next().unwrap_or(&self.name);
+        last.split(':').next().unwrap_or(last)
+    }
+
     /// The archive's files (path → bytes), and what they amount to.
     pub fn layout(&self) -> (BTreeMap<String, Vec<u8>>, Written) {
         let mut files = BTreeMap::new();

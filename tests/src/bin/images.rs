@@ -14,15 +14,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| workspace_root().join("target/images"));
     std::fs::create_dir_all(&out)?;
     for image in oci::test_images(&out)? {
-        let short = image
-            .name
-            .rsplit('/')
-            .next()
-            .unwrap_or(&image.name)
-            .split(':')
-            .next()
-            .unwrap_or("image");
-        let path = out.join(format!("{short}.tar"));
+        let path = out.join(format!("{}.tar", image.short_name()));
         let w = image.write(&path)?;
         println!(
             "{:<44} {}  {:>6.1} MB  {}",
