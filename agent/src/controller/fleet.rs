@@ -141,7 +141,17 @@ pub fn agent_expiry(lease: &Lease) -> Option<(String, Timestamp)> {
     let node = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
     let renew = spec.renew_time.as_ref()?.0;
     let duration = spec.lease_duration_seconds.unwrap_or(0).max(0) as i64;
-    Some((node, renew + k8s_openapi::jiff::SignedDuration::from_secs(duration)))
+    Some((
+        node,
+        later(renew, k8s_openapi::jiff::SignedDuration::from_secs(duration)),
+    ))
+}
+
+/// `t + d`, or the end of time where that overflows: Lease and object
+/// times come from the API (an agent may write any renewTime on its own
+/// Lease), and no value from the API may panic the controller.
+pub fn later(t: Timestamp, d: k8s_openapi::jiff::SignedDuration) -> Timestamp {
+    t.checked_add(d).unwrap_or(Timestamp::MAX)
 }
 
 fn attr_string<'a>(d: &'a k8s_openapi::api::resource::v1::Device, name: &str) -> Option<&'a str> {
@@ -422,7 +432,7 @@ pub fn plan(c: &Cluster, p: &Policy, now: Timestamp) -> Vec<Cleanup> {
                 format!("its Node {node} was deleted and re-created (owner uid {owner}, now {uid})"),
             ),
             _ => match agents.get(&node) {
-                Some(expiry) if *expiry + grace < now => (
+                Some(expiry) if later(*expiry, grace) < now => (
                     Reason::AgentGone,
                     format!(
                         "the {} agent on {node} has not renewed its heartbeat for {:.0}s (expired at {expiry}, grace {}s)",
@@ -437,7 +447,7 @@ pub fn plan(c: &Cluster, p: &Policy, now: Timestamp) -> Vec<Cleanup> {
                         && s.metadata
                             .creation_timestamp
                             .as_ref()
-                            .is_some_and(|t| t.0 + grace < now);
+                            .is_some_and(|t| later(t.0, grace) < now);
                     if !old {
                         continue;
                     }
@@ -480,7 +490,7 @@ pub fn next_deadline(c: &Cluster, p: &Policy, now: Timestamp) -> Option<Timestam
         .iter()
         .filter_map(|l| agent_expiry(l))
         .filter(|(node, _)| nodes_with_slices.contains(node.as_str()))
-        .map(|(_, expiry)| expiry + grace)
+        .map(|(_, expiry)| later(expiry, grace))
         .filter(|t| *t > now)
         .min()
 }
@@ -671,6 +681,26 @@ mod tests {
         gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
         c.slices[3] = Arc::new(gone);
         assert!(!plan_at(&c, now()).iter().any(|x| x.slice == "gone-a"));
+    }
+
+    /// Issue 18 #5: Lease values at the end of the calendar (an agent may
+    /// write any renewTime on its own Lease) must not panic the controller.
+    #[test]
+    fn lease_times_at_the_end_of_time_do_not_panic() {
+        let mut c = cluster();
+        c.agents = vec![
+            agent("n1", "9999-12-30T21:59:59Z", i32::MAX),
+            agent("n2", "9999-12-30T21:59:59Z", 40),
+        ];
+        let got = plan(&c, &policy(), now());
+        // Heartbeats that far ahead never expire: n1's and n2's slices stay.
+        assert!(!got.iter().any(|x| x.reason == Reason::AgentGone), "{got:#?}");
+        assert_eq!(next_deadline(&c, &policy(), now()), Some(Timestamp::MAX));
+        let f = fleet(&c, D, now());
+        assert_eq!(f.agent_up.get("n1"), Some(&true));
+        // And a slice created at the very end does not overflow its grace.
+        c.slices.push(slice("late", "n1", "u1", 1, "9999-12-30T21:59:59Z", &[]));
+        plan(&c, &policy(), now());
     }
 
     #[test]

@@ -174,7 +174,10 @@ impl Elector {
         if !ours && holder.is_some() && seen.at.elapsed() < duration {
             return Ok(Attempt::Follower(holder));
         }
-        let transitions = spec.lease_transitions.unwrap_or(0) + if ours { 0 } else { 1 };
+        let transitions = spec
+            .lease_transitions
+            .unwrap_or(0)
+            .saturating_add(if ours { 0 } else { 1 });
         let acquire = if ours { spec.acquire_time.clone() } else { None };
         lease.spec = Some(self.spec(now, acquire, transitions));
         // Our resourceVersion rides along: a concurrent writer makes this 409.

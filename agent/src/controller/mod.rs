@@ -468,7 +468,7 @@ async fn confirm(ctx: &Ctx, c: &Cleanup) -> Result<bool, kube::Error> {
             Ok(lease
                 .as_ref()
                 .and_then(fleet::agent_expiry)
-                .is_some_and(|(_, expiry)| expiry + grace < Timestamp::now()))
+                .is_some_and(|(_, expiry)| fleet::later(expiry, grace) < Timestamp::now()))
         }
         Reason::StaleGeneration => Ok(true),
     }
