@@ -422,22 +422,33 @@ async fn the_controller_follows_the_cluster_and_cleans_up() {
     })
     .await;
 
-    // Out-of-date generation: left by its agent beyond the grace period.
+    // Out-of-date generation. n3's agent heartbeats: its pool is its own
+    // business (it may be rewriting it slice by slice), never touched. ns
+    // has no heartbeat: its old slice goes once the pool has been at the
+    // newer generation for the grace period (by the controller's clock).
     let n3 = nodes.get("n3").await.unwrap().uid().unwrap();
     rig.slice("n3-old", "n3", &n3, 1, &[("mock0", "pf", 0)]).await;
     rig.slice("n3-new", "n3", &n3, 2, &[("mock0", "pf", 0)]).await;
+    let ns = rig.node("ns").await;
+    rig.slice("ns-old", "ns", &ns, 1, &[("mock0", "pf", 0)]).await;
+    rig.slice("ns-new", "ns", &ns, 2, &[("mock0", "pf", 0)]).await;
     wait_until("stale counted", &c, || async {
-        c.metric("mock_accel_fleet_stale_slices{node=\"n3\"}").await == Some(1.0)
+        c.metric("mock_accel_fleet_stale_slices{node=\"ns\"}").await == Some(1.0)
     })
     .await;
     wait_until("stale slice deleted", &c, || async {
-        !rig.slice_names().await.contains(&"n3-old".to_string())
+        !rig.slice_names().await.contains(&"ns-old".to_string())
     })
     .await;
-    assert!(rig.slice_names().await.contains(&"n3-new".to_string()));
+    let names = rig.slice_names().await;
+    assert!(names.contains(&"ns-new".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"n3-old".to_string()),
+        "a heartbeating agent's pool was touched: {names:?}"
+    );
     let ev = rig.events_once("StaleGeneration", &c, |ev| !ev.is_empty()).await;
     assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!(ev[0].involved_object.name.as_deref(), Some("n3-old"));
+    assert_eq!(ev[0].involved_object.name.as_deref(), Some("ns-old"));
 
     // n1's agent stops renewing: after the grace period its slices go, and
     // `kubectl describe node n1` says why.

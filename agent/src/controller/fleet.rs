@@ -400,8 +400,37 @@ pub struct Cleanup {
     pub message: String,
 }
 
+/// When this controller first saw each pool of the driver at its newest
+/// generation (its own clock): a slice of an older generation is stale only
+/// once the pool has been at a newer one for the grace period, not when the
+/// slice itself is old (an agent rewriting a pool of k slices moves them to
+/// the new generation one by one).
+#[derive(Debug, Default)]
+pub struct GenerationsSeen(BTreeMap<String, (i64, Timestamp)>);
+
+impl GenerationsSeen {
+    /// Notes the pools' newest generations as of `now`; forgets pools gone.
+    pub fn observe(&mut self, c: &Cluster, driver: &str, now: Timestamp) {
+        let newest = pool_generations(c.slices.iter().map(|s| s.as_ref()).filter(|s| s.spec.driver == driver));
+        self.0.retain(|pool, _| newest.contains_key(pool.as_str()));
+        for (pool, g) in newest {
+            match self.0.get(pool) {
+                Some((seen, _)) if *seen == g => {}
+                _ => {
+                    self.0.insert(pool.to_string(), (g, now));
+                }
+            }
+        }
+    }
+
+    /// Since when the pool has been at its newest generation.
+    fn since(&self, pool: &str) -> Option<Timestamp> {
+        self.0.get(pool).map(|(_, t)| *t)
+    }
+}
+
 /// The slices of this driver to delete.
-pub fn plan(c: &Cluster, p: &Policy, now: Timestamp) -> Vec<Cleanup> {
+pub fn plan(c: &Cluster, p: &Policy, seen: &GenerationsSeen, now: Timestamp) -> Vec<Cleanup> {
     let nodes: BTreeMap<String, Option<String>> = c.nodes.iter().map(|n| (n.name_any(), n.uid())).collect();
     let agents: BTreeMap<String, Timestamp> = c.agents.iter().filter_map(|l| agent_expiry(l)).collect();
     let grace = k8s_openapi::jiff::SignedDuration::try_from(p.agent_grace).unwrap_or_default();
@@ -441,23 +470,23 @@ pub fn plan(c: &Cluster, p: &Policy, now: Timestamp) -> Vec<Cleanup> {
                         p.agent_grace.as_secs()
                     ),
                 ),
-                _ => {
+                // A heartbeat, expired or not, but within its grace: the
+                // agent is (or may still be) rewriting its pool. Never touch it.
+                Some(_) => continue,
+                None => {
                     let newest = generations[s.spec.pool.name.as_str()];
                     let old = s.spec.pool.generation < newest
-                        && s.metadata
-                            .creation_timestamp
-                            .as_ref()
-                            .is_some_and(|t| later(t.0, grace) < now);
+                        && seen.since(&s.spec.pool.name).is_some_and(|t| later(t, grace) < now);
                     if !old {
                         continue;
                     }
                     (
                         Reason::StaleGeneration,
                         format!(
-                            "pool {} is at generation {newest}; this slice (generation {}) was left behind for longer than {}s",
+                            "pool {} has been at generation {newest} for longer than {}s and no agent heartbeat is there; this slice (generation {}) was left behind",
                             s.spec.pool.name,
-                            s.spec.pool.generation,
-                            p.agent_grace.as_secs()
+                            p.agent_grace.as_secs(),
+                            s.spec.pool.generation
                         ),
                     )
                 }
@@ -476,23 +505,31 @@ pub fn plan(c: &Cluster, p: &Policy, now: Timestamp) -> Vec<Cleanup> {
     out
 }
 
-/// When the next heartbeat outlives its grace period (a time-driven
-/// clean-up no watch event announces).
-pub fn next_deadline(c: &Cluster, p: &Policy, now: Timestamp) -> Option<Timestamp> {
+/// When the next heartbeat outlives its grace period, or the next pool
+/// without a heartbeat has been at a newer generation for it (time-driven
+/// clean-ups no watch event announces).
+pub fn next_deadline(c: &Cluster, p: &Policy, seen: &GenerationsSeen, now: Timestamp) -> Option<Timestamp> {
     let grace = k8s_openapi::jiff::SignedDuration::try_from(p.agent_grace).unwrap_or_default();
-    let nodes_with_slices: BTreeSet<&str> = c
+    let mine: Vec<&ResourceSlice> = c
         .slices
         .iter()
+        .map(|s| s.as_ref())
         .filter(|s| s.spec.driver == p.driver)
-        .filter_map(|s| s.spec.node_name.as_deref())
         .collect();
-    c.agents
+    let nodes_with_slices: BTreeSet<&str> = mine.iter().filter_map(|s| s.spec.node_name.as_deref()).collect();
+    let agents: BTreeMap<String, Timestamp> = c.agents.iter().filter_map(|l| agent_expiry(l)).collect();
+    let heartbeats = agents
         .iter()
-        .filter_map(|l| agent_expiry(l))
         .filter(|(node, _)| nodes_with_slices.contains(node.as_str()))
-        .map(|(_, expiry)| later(expiry, grace))
-        .filter(|t| *t > now)
-        .min()
+        .map(|(_, expiry)| later(*expiry, grace));
+    let generations = pool_generations(mine.iter().copied());
+    let stale = mine
+        .iter()
+        .filter(|s| s.spec.node_name.as_ref().is_some_and(|n| !agents.contains_key(n)))
+        .filter(|s| s.spec.pool.generation < generations[s.spec.pool.name.as_str()])
+        .filter_map(|s| seen.since(&s.spec.pool.name))
+        .map(|t| later(t, grace));
+    heartbeats.chain(stale).filter(|t| *t > now).min()
 }
 
 #[cfg(test)]
@@ -554,6 +591,11 @@ mod tests {
 
     fn now() -> Timestamp {
         "2026-11-26T12:00:00Z".parse().unwrap()
+    }
+
+    /// An hour before `now`, when the slices of `cluster()` were made.
+    fn t0() -> Timestamp {
+        "2026-11-26T11:00:00Z".parse().unwrap()
     }
 
     fn policy() -> Policy {
@@ -653,14 +695,15 @@ mod tests {
     #[test]
     fn plan_deletes_what_has_no_node_or_agent() {
         let mut c = cluster();
-        let plan_at = |c: &Cluster, now| plan(c, &policy(), now);
+        let mut seen = GenerationsSeen::default();
+        seen.observe(&c, D, t0());
+        let plan_at = |c: &Cluster, now| plan(c, &policy(), &seen, now);
         let got = plan_at(&c, now());
         let by: BTreeMap<&str, Reason> = got.iter().map(|x| (x.slice.as_str(), x.reason)).collect();
         assert_eq!(
             by,
             BTreeMap::from([
                 ("gone-a", Reason::NodeGone),
-                ("n1-old", Reason::StaleGeneration),
                 ("n2-a", Reason::AgentGone),
                 ("n4-a", Reason::NodeGone)
             ]),
@@ -692,15 +735,66 @@ mod tests {
             agent("n1", "9999-12-30T21:59:59Z", i32::MAX),
             agent("n2", "9999-12-30T21:59:59Z", 40),
         ];
-        let got = plan(&c, &policy(), now());
+        let mut seen = GenerationsSeen::default();
+        seen.observe(&c, D, t0());
+        let got = plan(&c, &policy(), &seen, now());
         // Heartbeats that far ahead never expire: n1's and n2's slices stay.
         assert!(!got.iter().any(|x| x.reason == Reason::AgentGone), "{got:#?}");
-        assert_eq!(next_deadline(&c, &policy(), now()), Some(Timestamp::MAX));
+        assert_eq!(next_deadline(&c, &policy(), &seen, now()), Some(Timestamp::MAX));
         let f = fleet(&c, D, now());
         assert_eq!(f.agent_up.get("n1"), Some(&true));
         // And a slice created at the very end does not overflow its grace.
         c.slices.push(slice("late", "n1", "u1", 1, "9999-12-30T21:59:59Z", &[]));
-        plan(&c, &policy(), now());
+        seen.observe(&c, D, Timestamp::MAX);
+        plan(&c, &policy(), &seen, Timestamp::MAX);
+    }
+
+    /// Issue 18 #1: an agent rewriting a pool of old slices moves them to the
+    /// new generation one by one; the old ones were judged stale by their own
+    /// age and deleted under it (n1-old, made an hour ago, went at once).
+    #[test]
+    fn a_pool_being_rewritten_is_left_to_its_agent() {
+        let c = cluster();
+        let secs = |n| k8s_openapi::jiff::SignedDuration::from_secs(n);
+        // n1's agent heartbeats (or is within its grace): its pool is never
+        // touched, though it has been at generation 2 beside an old slice
+        // for an hour.
+        let mut seen = GenerationsSeen::default();
+        seen.observe(&c, D, t0());
+        for at in [now(), later(now(), secs(300))] {
+            let got = plan(&c, &policy(), &seen, at);
+            assert!(!got.iter().any(|x| x.node == "n1"), "{got:#?}");
+        }
+
+        // Without a heartbeat Lease, the clock starts when this controller
+        // first sees the newer generation, not at the slice's creation.
+        let mut c = c;
+        c.agents
+            .retain(|l| l.spec.as_ref().unwrap().holder_identity.as_deref() != Some("n1"));
+        let mut seen = GenerationsSeen::default();
+        seen.observe(&c, D, now());
+        let stale = |c: &Cluster, seen: &GenerationsSeen, at| {
+            plan(c, &policy(), seen, at)
+                .into_iter()
+                .filter(|x| x.reason == Reason::StaleGeneration)
+                .map(|x| x.slice)
+                .collect::<Vec<_>>()
+        };
+        assert!(stale(&c, &seen, now()).is_empty());
+        assert!(stale(&c, &seen, later(now(), secs(299))).is_empty());
+        assert_eq!(stale(&c, &seen, later(now(), secs(301))), ["n1-old"]);
+        assert_eq!(
+            next_deadline(&c, &policy(), &seen, now()),
+            Some(later(now(), secs(300)))
+        );
+
+        // A newer generation restarts the clock.
+        let mut bumped = (*c.slices[0]).clone();
+        bumped.spec.pool.generation = 3;
+        c.slices[0] = Arc::new(bumped);
+        seen.observe(&c, D, later(now(), secs(200)));
+        assert!(stale(&c, &seen, later(now(), secs(301))).is_empty());
+        assert_eq!(stale(&c, &seen, later(now(), secs(501))), ["n1-old"]);
     }
 
     #[test]

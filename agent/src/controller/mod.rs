@@ -6,7 +6,9 @@
 //! Nodes and the node agents' heartbeat Leases; [`fleet`] turns them into
 //! gauges at every scrape and into the slices to delete: those whose Node
 //! is gone, whose agent is gone for longer than the grace period, or left
-//! behind by a newer pool generation. Every `--rescan-interval` an audit
+//! behind in a pool without a heartbeat that has been at a newer generation
+//! for the grace period (by this controller's clock; a heartbeating agent's
+//! pool is never touched: it may be rewriting it). Every `--rescan-interval` an audit
 //! lists again from the API, fixes what the watches missed and counts it.
 //! Each deletion is confirmed against the API first, made conditional on
 //! the slice's uid (and, for a stale generation, its resourceVersion), and
@@ -355,6 +357,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
     // folded into passes at most every PASS_GAP.
     const PASS_GAP: Duration = Duration::from_millis(100);
     let mut last_pass: Option<tokio::time::Instant> = None;
+    let mut seen = fleet::GenerationsSeen::default();
     loop {
         if let Some(gap) = last_pass.map(|t| PASS_GAP.saturating_sub(t.elapsed()))
             && !gap.is_zero()
@@ -368,12 +371,13 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
         let cluster = stores.cluster();
         let now = Timestamp::now();
         counter!(m::CONTROLLER_RECONCILES).increment(1);
-        let todo = fleet::plan(&cluster, &ctx.policy, now);
+        seen.observe(&cluster, &ctx.policy.driver, now);
+        let todo = fleet::plan(&cluster, &ctx.policy, &seen, now);
         if !todo.is_empty() {
             execute(&ctx, todo, false).await;
         }
         // Wake for the next heartbeat to outlive its grace, a change, or the audit.
-        let wake = fleet::next_deadline(&cluster, &ctx.policy, now)
+        let wake = fleet::next_deadline(&cluster, &ctx.policy, &seen, now)
             .map(|t| Duration::from_millis((t.as_millisecond() - now.as_millisecond()).max(0) as u64 + 50))
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
@@ -381,7 +385,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
             _ = notify.notified() => {}
             _ = tokio::time::sleep(wake) => {}
             _ = async { match audit.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
-                run_audit(&ctx, &stores).await;
+                run_audit(&ctx, &stores, &mut seen).await;
             }
         }
     }
@@ -391,7 +395,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
 
 /// Lists again from the API (not the caches), fixes what is wrong, and
 /// counts what the watches had not caught.
-async fn run_audit(ctx: &Ctx, stores: &Stores) {
+async fn run_audit(ctx: &Ctx, stores: &Stores, seen: &mut fleet::GenerationsSeen) {
     let fresh = async {
         let slices = ctx
             .slices
@@ -432,7 +436,9 @@ async fn run_audit(ctx: &Ctx, stores: &Stores) {
             "audit: the watches disagree with the API; acting on the API's view"
         );
     }
-    let todo = fleet::plan(&fresh, &ctx.policy, Timestamp::now());
+    let now = Timestamp::now();
+    seen.observe(&fresh, &ctx.policy.driver, now);
+    let todo = fleet::plan(&fresh, &ctx.policy, seen, now);
     let fixed = if todo.is_empty() {
         0
     } else {
@@ -470,7 +476,12 @@ async fn confirm(ctx: &Ctx, c: &Cleanup) -> Result<bool, kube::Error> {
                 .and_then(fleet::agent_expiry)
                 .is_some_and(|(_, expiry)| fleet::later(expiry, grace) < Timestamp::now()))
         }
-        Reason::StaleGeneration => Ok(true),
+        // Never a pool whose agent has a heartbeat: it may be rewriting it.
+        Reason::StaleGeneration => Ok(ctx
+            .agents
+            .get_opt(&heartbeat::lease_name(&ctx.cfg.driver, &c.node))
+            .await?
+            .is_none()),
     }
 }
 
