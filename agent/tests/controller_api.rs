@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node};
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mock_accel_agent::heartbeat;
@@ -156,24 +156,16 @@ impl Rig {
         n.uid().unwrap()
     }
 
-    /// A node agent's heartbeat, renewed at `renewed`.
-    async fn heartbeat(&self, node: &str, renewed: Timestamp) {
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), NS);
-        let name = heartbeat::lease_name(DRIVER, node);
-        let lease: Lease = obj(json!({
-            "metadata": {"name": name, "labels": {"driver": DRIVER, "app.kubernetes.io/managed-by": "mock-accel-agent"}},
-            "spec": {"holderIdentity": node, "leaseDurationSeconds": 1, "renewTime": renewed}
-        }));
-        match leases.get_opt(&name).await.unwrap() {
-            None => {
-                leases.create(&PostParams::default(), &lease).await.unwrap();
+    /// A node agent renewing its 1 s heartbeat every 200 ms by a clock
+    /// `skew` off the controller's, until dropped.
+    fn agent(&self, node: &str, skew: SignedDuration) -> Agent {
+        let (client, node) = (self.client.clone(), node.to_string());
+        Agent(tokio::spawn(async move {
+            loop {
+                heartbeat_once(&client, &node, Timestamp::now() + skew).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Some(old) => {
-                let mut l = lease;
-                l.metadata.resource_version = old.resource_version();
-                leases.replace(&name, &PostParams::default(), &l).await.unwrap();
-            }
-        }
+        }))
     }
 
     /// A slice as a node agent writes it.
@@ -255,6 +247,34 @@ impl Rig {
     }
 }
 
+/// A heartbeating agent; it stops when dropped.
+struct Agent(tokio::task::JoinHandle<()>);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn heartbeat_once(client: &Client, node: &str, renewed: Timestamp) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let name = heartbeat::lease_name(DRIVER, node);
+    let lease: Lease = obj(json!({
+        "metadata": {"name": name, "labels": {"driver": DRIVER, "app.kubernetes.io/managed-by": "mock-accel-agent"}},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 1, "renewTime": renewed}
+    }));
+    match leases.get_opt(&name).await.unwrap() {
+        None => {
+            leases.create(&PostParams::default(), &lease).await.unwrap();
+        }
+        Some(old) => {
+            let mut l = lease;
+            l.metadata.resource_version = old.resource_version();
+            leases.replace(&name, &PostParams::default(), &l).await.unwrap();
+        }
+    }
+}
+
 fn allocation(node: &str, device: &str) -> Value {
     json!({"devices": {"results": [{"request": "r", "driver": DRIVER, "pool": node, "device": device}]}})
 }
@@ -265,10 +285,12 @@ async fn the_controller_follows_the_cluster_and_cleans_up() {
     let n1 = rig.node("n1").await;
     let n2 = rig.node("n2").await;
     let _n3 = rig.node("n3").await;
-    for n in ["n1", "n2", "n3"] {
-        rig.heartbeat(n, Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(3600))
-            .await;
-    }
+    // Live agents, their clocks off the controller's (issue 18 #3): n1's an
+    // hour behind (its renewTime always looks expired), n3's an hour ahead.
+    let hour = SignedDuration::from_secs(3600);
+    let n1_agent = rig.agent("n1", -hour);
+    let _n2_agent = rig.agent("n2", SignedDuration::ZERO);
+    let n3_agent = rig.agent("n3", hour);
     rig.slice(
         "n1-a",
         "n1",
@@ -450,10 +472,13 @@ async fn the_controller_follows_the_cluster_and_cleans_up() {
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].involved_object.name.as_deref(), Some("ns-old"));
 
-    // n1's agent stops renewing: after the grace period its slices go, and
-    // `kubectl describe node n1` says why.
-    let renewed = Timestamp::now();
-    rig.heartbeat("n1", renewed).await;
+    // n1's agent, an hour behind all along, still has its slices. It stops
+    // renewing: after its lease (1 s) and the grace period (2 s), by the
+    // controller's clock, its slices go, and `kubectl describe node n1` says why.
+    assert!(rig.slice_names().await.contains(&"n1-a".to_string()));
+    assert_eq!(c.metric("mock_accel_fleet_agent_up{node=\"n1\"}").await, Some(1.0));
+    drop(n1_agent);
+    let stopped = Instant::now();
     wait_until("agent_up 0", &c, || async {
         c.metric("mock_accel_fleet_agent_up{node=\"n1\"}").await == Some(0.0)
     })
@@ -468,15 +493,13 @@ async fn the_controller_follows_the_cluster_and_cleans_up() {
             kinds.contains(&"Node") && kinds.contains(&"ResourceSlice")
         })
         .await;
-    // Not before the grace period: expiry (renewed + 1 s lease) + 2 s grace;
-    // Event times are cut to the second, so at least renewed + 2 s.
-    for e in &ev {
-        let at = e.first_timestamp.as_ref().unwrap().0;
-        assert!(
-            at >= renewed + k8s_openapi::jiff::SignedDuration::from_secs(2),
-            "deleted before the grace period: renewed {renewed}, event at {at}"
-        );
-    }
+    // Not before the grace period: last renewal (≤ 200 ms before it
+    // stopped) + 1 s lease + 2 s grace.
+    let after = stopped.elapsed();
+    assert!(
+        after >= Duration::from_millis(2500),
+        "deleted before the grace period: {after:?}"
+    );
     let on_node = ev
         .iter()
         .find(|e| e.involved_object.kind.as_deref() == Some("Node"))
@@ -489,13 +512,18 @@ async fn the_controller_follows_the_cluster_and_cleans_up() {
     })
     .await;
 
+    // n3's agent, an hour ahead, stops: its renewTime still lies an hour in
+    // the future, and its slices go all the same, after lease and grace.
+    assert!(rig.slice_names().await.contains(&"n3-new".to_string()));
+    drop(n3_agent);
+    wait_until("n3's slices deleted", &c, || async {
+        !rig.slice_names().await.iter().any(|s| s.starts_with("n3-"))
+    })
+    .await;
+
     // A watch that misses a deletion: the audit (every 1 s) finds and fixes it.
     let n4 = rig.node("n4").await;
-    rig.heartbeat(
-        "n4",
-        Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(3600),
-    )
-    .await;
+    let _n4_agent = rig.agent("n4", SignedDuration::ZERO);
     rig.slice("n4-a", "n4", &n4, 1, &[("mock0", "pf", 0)]).await;
     wait_until("n4 seen", &c, || async {
         c.metric("mock_accel_fleet_node_slices{node=\"n4\"}").await == Some(1.0)

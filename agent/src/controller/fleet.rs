@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 pub use crate::claims::allocated_devices;
@@ -135,22 +135,20 @@ pub fn claim_labels(claim: &ResourceClaim, driver: &str, ours: &BTreeSet<String>
     Vec::new()
 }
 
-/// A node agent's heartbeat: node name, and when it expires.
-pub fn agent_expiry(lease: &Lease) -> Option<(String, Timestamp)> {
+/// A node agent's heartbeat Lease: node name, the renewTime it carries (the
+/// agent's clock) and its duration.
+pub fn agent_heartbeat(lease: &Lease) -> Option<(String, Timestamp, SignedDuration)> {
     let spec = lease.spec.as_ref()?;
     let node = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
     let renew = spec.renew_time.as_ref()?.0;
     let duration = spec.lease_duration_seconds.unwrap_or(0).max(0) as i64;
-    Some((
-        node,
-        later(renew, k8s_openapi::jiff::SignedDuration::from_secs(duration)),
-    ))
+    Some((node, renew, SignedDuration::from_secs(duration)))
 }
 
 /// `t + d`, or the end of time where that overflows: Lease and object
 /// times come from the API (an agent may write any renewTime on its own
 /// Lease), and no value from the API may panic the controller.
-pub fn later(t: Timestamp, d: k8s_openapi::jiff::SignedDuration) -> Timestamp {
+pub fn later(t: Timestamp, d: SignedDuration) -> Timestamp {
     t.checked_add(d).unwrap_or(Timestamp::MAX)
 }
 
@@ -193,7 +191,7 @@ pub struct Fleet {
     pub device_classes: u64,
 }
 
-pub fn fleet(c: &Cluster, driver: &str, now: Timestamp) -> Fleet {
+pub fn fleet(c: &Cluster, driver: &str, seen: &Seen, now: Timestamp) -> Fleet {
     let mut f = Fleet {
         nodes: c.nodes.len() as u64,
         ..Default::default()
@@ -253,14 +251,12 @@ pub fn fleet(c: &Cluster, driver: &str, now: Timestamp) -> Fleet {
             *f.devices.entry((node.clone(), kind, numa, state)).or_insert(0) += 1;
         }
     }
-    for lease in &c.agents {
-        if let Some((node, expiry)) = agent_expiry(lease) {
-            let up = expiry >= now;
-            f.agent_up.insert(node.clone(), up);
-            if up && !f.node_slices.contains_key(&node) {
-                f.nodes_without_slices += 1;
-                f.node_slices.insert(node, 0);
-            }
+    for (node, beat) in seen.heartbeats(c, now) {
+        let up = beat.expiry >= now;
+        f.agent_up.insert(node.clone(), up);
+        if up && !f.node_slices.contains_key(&node) {
+            f.nodes_without_slices += 1;
+            f.node_slices.insert(node, 0);
         }
     }
     f
@@ -396,44 +392,97 @@ pub struct Cleanup {
     pub node: String,
     /// The Node uid the slice's owner reference names.
     pub owner_uid: Option<String>,
+    /// For [`Reason::AgentGone`]: the heartbeat's renewTime judged expired
+    /// (the API must still show it unchanged).
+    pub renewed: Option<Timestamp>,
     pub reason: Reason,
     pub message: String,
 }
 
-/// When this controller first saw each pool of the driver at its newest
-/// generation (its own clock): a slice of an older generation is stale only
-/// once the pool has been at a newer one for the grace period, not when the
-/// slice itself is old (an agent rewriting a pool of k slices moves them to
-/// the new generation one by one).
+/// What this controller has seen, by its own clock: times on objects are
+/// other machines' clocks, and a decision to delete must not rest on them.
+/// - Each pool's newest generation, and when it first saw it: a slice of an
+///   older generation is stale only once the pool has been at a newer one for
+///   the grace period, not when the slice itself is old (an agent rewriting a
+///   pool of k slices moves them to the new generation one by one).
+/// - Each agent's heartbeat, and when it last saw its renewTime change: a
+///   heartbeat expires a lease duration after that, whatever the renewTime
+///   says (an agent's clock may be hours off either way), as client-go's
+///   leader election and the node lifecycle controller judge Leases.
 #[derive(Debug, Default)]
-pub struct GenerationsSeen(BTreeMap<String, (i64, Timestamp)>);
+pub struct Seen {
+    generations: BTreeMap<String, (i64, Timestamp)>,
+    heartbeats: BTreeMap<String, (Timestamp, Timestamp)>,
+}
 
-impl GenerationsSeen {
-    /// Notes the pools' newest generations as of `now`; forgets pools gone.
+/// An agent's heartbeat as this controller judges it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heartbeat {
+    /// The renewTime on the Lease (the agent's clock), as last seen.
+    pub renewed: Timestamp,
+    /// When it expires by this controller's clock: a lease duration after
+    /// the renewTime was first seen at this value.
+    pub expiry: Timestamp,
+}
+
+impl Seen {
+    /// Notes the pools' newest generations and the heartbeats' renewTimes
+    /// as of `now`; forgets pools and heartbeats gone.
     pub fn observe(&mut self, c: &Cluster, driver: &str, now: Timestamp) {
         let newest = pool_generations(c.slices.iter().map(|s| s.as_ref()).filter(|s| s.spec.driver == driver));
-        self.0.retain(|pool, _| newest.contains_key(pool.as_str()));
+        self.generations.retain(|pool, _| newest.contains_key(pool.as_str()));
         for (pool, g) in newest {
-            match self.0.get(pool) {
-                Some((seen, _)) if *seen == g => {}
-                _ => {
-                    self.0.insert(pool.to_string(), (g, now));
-                }
+            if self.generations.get(pool).is_none_or(|(seen, _)| *seen != g) {
+                self.generations.insert(pool.to_string(), (g, now));
+            }
+        }
+        let beats: BTreeMap<String, Timestamp> = c
+            .agents
+            .iter()
+            .filter_map(|l| agent_heartbeat(l))
+            .map(|(node, renewed, _)| (node, renewed))
+            .collect();
+        self.heartbeats.retain(|node, _| beats.contains_key(node));
+        for (node, renewed) in beats {
+            if self.heartbeats.get(&node).is_none_or(|(seen, _)| *seen != renewed) {
+                self.heartbeats.insert(node, (renewed, now));
             }
         }
     }
 
     /// Since when the pool has been at its newest generation.
     fn since(&self, pool: &str) -> Option<Timestamp> {
-        self.0.get(pool).map(|(_, t)| *t)
+        self.generations.get(pool).map(|(_, t)| *t)
+    }
+
+    /// The heartbeats of `c`, by node. One not observed at its current
+    /// renewTime yet counts as renewed `now`.
+    pub fn heartbeats(&self, c: &Cluster, now: Timestamp) -> BTreeMap<String, Heartbeat> {
+        c.agents
+            .iter()
+            .filter_map(|l| agent_heartbeat(l))
+            .map(|(node, renewed, duration)| {
+                let at = match self.heartbeats.get(&node) {
+                    Some((seen, at)) if *seen == renewed => *at,
+                    _ => now,
+                };
+                (
+                    node,
+                    Heartbeat {
+                        renewed,
+                        expiry: later(at, duration),
+                    },
+                )
+            })
+            .collect()
     }
 }
 
 /// The slices of this driver to delete.
-pub fn plan(c: &Cluster, p: &Policy, seen: &GenerationsSeen, now: Timestamp) -> Vec<Cleanup> {
+pub fn plan(c: &Cluster, p: &Policy, seen: &Seen, now: Timestamp) -> Vec<Cleanup> {
     let nodes: BTreeMap<String, Option<String>> = c.nodes.iter().map(|n| (n.name_any(), n.uid())).collect();
-    let agents: BTreeMap<String, Timestamp> = c.agents.iter().filter_map(|l| agent_expiry(l)).collect();
-    let grace = k8s_openapi::jiff::SignedDuration::try_from(p.agent_grace).unwrap_or_default();
+    let agents = seen.heartbeats(c, now);
+    let grace = SignedDuration::try_from(p.agent_grace).unwrap_or_default();
     let mine: Vec<&ResourceSlice> = c
         .slices
         .iter()
@@ -454,6 +503,7 @@ pub fn plan(c: &Cluster, p: &Policy, seen: &GenerationsSeen, now: Timestamp) -> 
             .find(|o| o.kind == "Node" && o.api_version == "v1")
             .map(|o| o.uid.clone());
         let found = nodes.get(&node);
+        let mut renewed = None;
         let (reason, message) = match (found, &owner) {
             (None, _) => (Reason::NodeGone, format!("its Node {node} no longer exists")),
             (Some(Some(uid)), Some(owner)) if uid != owner => (
@@ -461,15 +511,19 @@ pub fn plan(c: &Cluster, p: &Policy, seen: &GenerationsSeen, now: Timestamp) -> 
                 format!("its Node {node} was deleted and re-created (owner uid {owner}, now {uid})"),
             ),
             _ => match agents.get(&node) {
-                Some(expiry) if later(*expiry, grace) < now => (
-                    Reason::AgentGone,
-                    format!(
-                        "the {} agent on {node} has not renewed its heartbeat for {:.0}s (expired at {expiry}, grace {}s)",
-                        p.driver,
-                        secs_since(*expiry, now),
-                        p.agent_grace.as_secs()
-                    ),
-                ),
+                Some(beat) if later(beat.expiry, grace) < now => {
+                    renewed = Some(beat.renewed);
+                    (
+                        Reason::AgentGone,
+                        format!(
+                            "the {} agent on {node} has not renewed its heartbeat for {:.0}s past its lease (last renewTime {}, grace {}s)",
+                            p.driver,
+                            secs_since(beat.expiry, now),
+                            beat.renewed,
+                            p.agent_grace.as_secs()
+                        ),
+                    )
+                }
                 // A heartbeat, expired or not, but within its grace: the
                 // agent is (or may still be) rewriting its pool. Never touch it.
                 Some(_) => continue,
@@ -498,6 +552,7 @@ pub fn plan(c: &Cluster, p: &Policy, seen: &GenerationsSeen, now: Timestamp) -> 
             resource_version: s.resource_version().unwrap_or_default(),
             node,
             owner_uid: owner,
+            renewed,
             reason,
             message,
         });
@@ -508,8 +563,8 @@ pub fn plan(c: &Cluster, p: &Policy, seen: &GenerationsSeen, now: Timestamp) -> 
 /// When the next heartbeat outlives its grace period, or the next pool
 /// without a heartbeat has been at a newer generation for it (time-driven
 /// clean-ups no watch event announces).
-pub fn next_deadline(c: &Cluster, p: &Policy, seen: &GenerationsSeen, now: Timestamp) -> Option<Timestamp> {
-    let grace = k8s_openapi::jiff::SignedDuration::try_from(p.agent_grace).unwrap_or_default();
+pub fn next_deadline(c: &Cluster, p: &Policy, seen: &Seen, now: Timestamp) -> Option<Timestamp> {
+    let grace = SignedDuration::try_from(p.agent_grace).unwrap_or_default();
     let mine: Vec<&ResourceSlice> = c
         .slices
         .iter()
@@ -517,11 +572,11 @@ pub fn next_deadline(c: &Cluster, p: &Policy, seen: &GenerationsSeen, now: Times
         .filter(|s| s.spec.driver == p.driver)
         .collect();
     let nodes_with_slices: BTreeSet<&str> = mine.iter().filter_map(|s| s.spec.node_name.as_deref()).collect();
-    let agents: BTreeMap<String, Timestamp> = c.agents.iter().filter_map(|l| agent_expiry(l)).collect();
+    let agents = seen.heartbeats(c, now);
     let heartbeats = agents
         .iter()
         .filter(|(node, _)| nodes_with_slices.contains(node.as_str()))
-        .map(|(_, expiry)| later(*expiry, grace));
+        .map(|(_, beat)| later(beat.expiry, grace));
     let generations = pool_generations(mine.iter().copied());
     let stale = mine
         .iter()
@@ -605,6 +660,39 @@ mod tests {
         }
     }
 
+    fn secs(n: i64) -> SignedDuration {
+        SignedDuration::from_secs(n)
+    }
+
+    fn renewed_at(lease: &Lease, t: Timestamp) -> Arc<Lease> {
+        let mut l = lease.clone();
+        l.spec.as_mut().unwrap().renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(t));
+        Arc::new(l)
+    }
+
+    /// What a controller watching `c` since t0 has seen: the pools as they
+    /// are, and each heartbeat's renewTime when the agent wrote it (clocks
+    /// in agreement).
+    fn watched(c: &Cluster) -> Seen {
+        let mut seen = Seen::default();
+        let mut now = c.clone();
+        let long_ago = later(t0(), secs(-3600));
+        now.agents = c.agents.iter().map(|l| renewed_at(l, long_ago)).collect();
+        seen.observe(&now, D, t0());
+        let mut order: Vec<(Timestamp, usize)> = c
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (agent_heartbeat(l).unwrap().1, i))
+            .collect();
+        order.sort();
+        for (t, i) in order {
+            now.agents[i] = c.agents[i].clone();
+            seen.observe(&now, D, t.max(t0()));
+        }
+        seen
+    }
+
     fn cluster() -> Cluster {
         let t = "2026-11-26T11:00:00Z";
         let mut reserved = alloc("n1", "mock0-vf0");
@@ -652,7 +740,8 @@ mod tests {
 
     #[test]
     fn fleet_counts_devices_claims_and_agents() {
-        let f = fleet(&cluster(), D, now());
+        let c = cluster();
+        let f = fleet(&c, D, &watched(&c), now());
         let dev = |n: &str, t: &str, numa: &str, s: &'static str| {
             f.devices.get(&(n.into(), t.into(), numa.into(), s)).copied()
         };
@@ -695,8 +784,7 @@ mod tests {
     #[test]
     fn plan_deletes_what_has_no_node_or_agent() {
         let mut c = cluster();
-        let mut seen = GenerationsSeen::default();
-        seen.observe(&c, D, t0());
+        let seen = watched(&c);
         let plan_at = |c: &Cluster, now| plan(c, &policy(), &seen, now);
         let got = plan_at(&c, now());
         let by: BTreeMap<&str, Reason> = got.iter().map(|x| (x.slice.as_str(), x.reason)).collect();
@@ -710,6 +798,10 @@ mod tests {
             "{got:#?}"
         );
         assert_eq!(got.iter().find(|x| x.slice == "gone-a").unwrap().uid, "uid-gone-a");
+        // The renewTime judged expired: the API must still show it.
+        let n2 = got.iter().find(|x| x.slice == "n2-a").unwrap();
+        assert_eq!(n2.renewed, Some("2026-11-26T11:50:00Z".parse().unwrap()));
+        assert!(got.iter().all(|x| x.reason == Reason::AgentGone || x.renewed.is_none()));
         assert!(got.iter().any(|x| x.message.contains("re-created")));
         // n2's heartbeat expired at 11:50:40; the grace is 300 s.
         let t = |s: &str| s.parse::<Timestamp>().unwrap();
@@ -735,18 +827,74 @@ mod tests {
             agent("n1", "9999-12-30T21:59:59Z", i32::MAX),
             agent("n2", "9999-12-30T21:59:59Z", 40),
         ];
-        let mut seen = GenerationsSeen::default();
+        let mut seen = Seen::default();
         seen.observe(&c, D, t0());
         let got = plan(&c, &policy(), &seen, now());
-        // Heartbeats that far ahead never expire: n1's and n2's slices stay.
-        assert!(!got.iter().any(|x| x.reason == Reason::AgentGone), "{got:#?}");
-        assert_eq!(next_deadline(&c, &policy(), &seen, now()), Some(Timestamp::MAX));
-        let f = fleet(&c, D, now());
+        // n1's lease lasts 68 years from when it was seen; n2's renewTime
+        // far ahead does not keep it alive (issue 18 #3): it has not changed
+        // for longer than its 40 s and the grace.
+        let gone: Vec<&str> = got
+            .iter()
+            .filter(|x| x.reason == Reason::AgentGone)
+            .map(|x| x.node.as_str())
+            .collect();
+        assert_eq!(gone, ["n2"], "{got:#?}");
+        assert_eq!(
+            next_deadline(&c, &policy(), &seen, now()),
+            Some(later(later(t0(), secs(i32::MAX as i64)), secs(300)))
+        );
+        let f = fleet(&c, D, &seen, now());
         assert_eq!(f.agent_up.get("n1"), Some(&true));
-        // And a slice created at the very end does not overflow its grace.
+        // And at the very end of time nothing overflows.
         c.slices.push(slice("late", "n1", "u1", 1, "9999-12-30T21:59:59Z", &[]));
         seen.observe(&c, D, Timestamp::MAX);
         plan(&c, &policy(), &seen, Timestamp::MAX);
+        next_deadline(&c, &policy(), &seen, Timestamp::MAX);
+        fleet(&c, D, &seen, Timestamp::MAX);
+    }
+
+    /// Issue 18 #3: heartbeat expiry compared the agent's renewTime (its
+    /// clock) with the controller's: an agent an hour behind lost its slices
+    /// on every pass though it renewed every 10 s, and one an hour ahead
+    /// kept them for an hour after it died. The controller now times each
+    /// heartbeat from when it saw the renewTime change.
+    #[test]
+    fn heartbeats_are_timed_by_the_controllers_clock() {
+        let mut c = cluster();
+        c.agents = vec![
+            agent("n1", "2026-11-26T11:00:00Z", 40),
+            agent("n2", "2026-11-26T13:00:00Z", 40),
+        ];
+        let mut seen = Seen::default();
+        let gone = |c: &Cluster, seen: &Seen, at| {
+            plan(c, &policy(), seen, at)
+                .into_iter()
+                .filter(|x| x.reason == Reason::AgentGone)
+                .map(|x| x.node)
+                .collect::<BTreeSet<_>>()
+        };
+        // Ten minutes of n1 renewing every 10 s (its clock an hour behind);
+        // n2 stopped at `now`, its last renewTime an hour ahead.
+        for step in 0..=60 {
+            let at = later(now(), secs(10 * step));
+            c.agents[0] = renewed_at(&c.agents[0], later(t0(), secs(10 * step)));
+            seen.observe(&c, D, at);
+            let got = gone(&c, &seen, at);
+            assert!(
+                !got.contains("n1"),
+                "a live agent with a slow clock judged gone at step {step}"
+            );
+            // n2: gone once its last renewal is 40 s + 300 s old, by our clock.
+            assert_eq!(got.contains("n2"), 10 * step > 340, "n2 at step {step}");
+            let f = fleet(&c, D, &seen, at);
+            assert!(f.agent_up["n1"]);
+            assert_eq!(f.agent_up["n2"], 10 * step <= 40, "n2 up at step {step}");
+        }
+        // A renewTime that goes back (the agent's clock stepped back) is a
+        // renewal all the same.
+        c.agents[1] = renewed_at(&c.agents[1], t0());
+        seen.observe(&c, D, later(now(), secs(601)));
+        assert!(!gone(&c, &seen, later(now(), secs(601))).contains("n2"));
     }
 
     /// Issue 18 #1: an agent rewriting a pool of old slices moves them to the
@@ -755,12 +903,10 @@ mod tests {
     #[test]
     fn a_pool_being_rewritten_is_left_to_its_agent() {
         let c = cluster();
-        let secs = |n| k8s_openapi::jiff::SignedDuration::from_secs(n);
         // n1's agent heartbeats (or is within its grace): its pool is never
         // touched, though it has been at generation 2 beside an old slice
         // for an hour.
-        let mut seen = GenerationsSeen::default();
-        seen.observe(&c, D, t0());
+        let seen = watched(&c);
         for at in [now(), later(now(), secs(300))] {
             let got = plan(&c, &policy(), &seen, at);
             assert!(!got.iter().any(|x| x.node == "n1"), "{got:#?}");
@@ -771,9 +917,9 @@ mod tests {
         let mut c = c;
         c.agents
             .retain(|l| l.spec.as_ref().unwrap().holder_identity.as_deref() != Some("n1"));
-        let mut seen = GenerationsSeen::default();
+        let mut seen = Seen::default();
         seen.observe(&c, D, now());
-        let stale = |c: &Cluster, seen: &GenerationsSeen, at| {
+        let stale = |c: &Cluster, seen: &Seen, at| {
             plan(c, &policy(), seen, at)
                 .into_iter()
                 .filter(|x| x.reason == Reason::StaleGeneration)

@@ -5,7 +5,9 @@
 //! keep ResourceSlices (this driver's), ResourceClaims, DeviceClasses,
 //! Nodes and the node agents' heartbeat Leases; [`fleet`] turns them into
 //! gauges at every scrape and into the slices to delete: those whose Node
-//! is gone, whose agent is gone for longer than the grace period, or left
+//! is gone, whose agent is gone for longer than the grace period (a
+//! heartbeat expires a lease duration after this controller last saw its
+//! renewTime change: agents' clocks are not trusted), or left
 //! behind in a pool without a heartbeat that has been at a newer generation
 //! for the grace period (by this controller's clock; a heartbeating agent's
 //! pool is never touched: it may be rewriting it). Every `--rescan-interval` an audit
@@ -330,10 +332,12 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
         ok = stores.ready() => if !ok { anyhow::bail!("a watch ended before it synced") },
     }
     info!("leading: the watches are synced");
+    let seen = Arc::new(Mutex::new(fleet::Seen::default()));
     {
-        let (stores, driver) = (stores.clone(), cfg.driver.clone());
+        let (stores, driver, seen) = (stores.clone(), cfg.driver.clone(), seen.clone());
         *health.extra.lock().unwrap() = Some(Box::new(move |out: &mut String| {
-            fleet::fleet(&stores.cluster(), &driver, Timestamp::now()).render(out)
+            let f = fleet::fleet(&stores.cluster(), &driver, &seen.lock().unwrap(), Timestamp::now());
+            f.render(out)
         }));
     }
     let ctx = Ctx {
@@ -357,7 +361,6 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
     // folded into passes at most every PASS_GAP.
     const PASS_GAP: Duration = Duration::from_millis(100);
     let mut last_pass: Option<tokio::time::Instant> = None;
-    let mut seen = fleet::GenerationsSeen::default();
     loop {
         if let Some(gap) = last_pass.map(|t| PASS_GAP.saturating_sub(t.elapsed()))
             && !gap.is_zero()
@@ -371,13 +374,19 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
         let cluster = stores.cluster();
         let now = Timestamp::now();
         counter!(m::CONTROLLER_RECONCILES).increment(1);
-        seen.observe(&cluster, &ctx.policy.driver, now);
-        let todo = fleet::plan(&cluster, &ctx.policy, &seen, now);
+        let (todo, deadline) = {
+            let mut seen = seen.lock().unwrap();
+            seen.observe(&cluster, &ctx.policy.driver, now);
+            (
+                fleet::plan(&cluster, &ctx.policy, &seen, now),
+                fleet::next_deadline(&cluster, &ctx.policy, &seen, now),
+            )
+        };
         if !todo.is_empty() {
             execute(&ctx, todo, false).await;
         }
         // Wake for the next heartbeat to outlive its grace, a change, or the audit.
-        let wake = fleet::next_deadline(&cluster, &ctx.policy, &seen, now)
+        let wake = deadline
             .map(|t| Duration::from_millis((t.as_millisecond() - now.as_millisecond()).max(0) as u64 + 50))
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
@@ -385,7 +394,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
             _ = notify.notified() => {}
             _ = tokio::time::sleep(wake) => {}
             _ = async { match audit.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
-                run_audit(&ctx, &stores, &mut seen).await;
+                run_audit(&ctx, &stores, &seen).await;
             }
         }
     }
@@ -395,7 +404,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
 
 /// Lists again from the API (not the caches), fixes what is wrong, and
 /// counts what the watches had not caught.
-async fn run_audit(ctx: &Ctx, stores: &Stores, seen: &mut fleet::GenerationsSeen) {
+async fn run_audit(ctx: &Ctx, stores: &Stores, seen: &Mutex<fleet::Seen>) {
     let fresh = async {
         let slices = ctx
             .slices
@@ -437,8 +446,11 @@ async fn run_audit(ctx: &Ctx, stores: &Stores, seen: &mut fleet::GenerationsSeen
         );
     }
     let now = Timestamp::now();
-    seen.observe(&fresh, &ctx.policy.driver, now);
-    let todo = fleet::plan(&fresh, &ctx.policy, seen, now);
+    let todo = {
+        let mut seen = seen.lock().unwrap();
+        seen.observe(&fresh, &ctx.policy.driver, now);
+        fleet::plan(&fresh, &ctx.policy, &seen, now)
+    };
     let fixed = if todo.is_empty() {
         0
     } else {
@@ -465,16 +477,17 @@ async fn confirm(ctx: &Ctx, c: &Cleanup) -> Result<bool, kube::Error> {
             None => true,
             Some(n) => c.owner_uid.is_some() && n.uid() != c.owner_uid,
         }),
+        // Expiry is judged by this controller's clock: the API must show
+        // the very renewTime that was judged, not renewed since.
         Reason::AgentGone => {
             let lease = ctx
                 .agents
                 .get_opt(&heartbeat::lease_name(&ctx.cfg.driver, &c.node))
                 .await?;
-            let grace = k8s_openapi::jiff::SignedDuration::try_from(ctx.policy.agent_grace).unwrap_or_default();
             Ok(lease
                 .as_ref()
-                .and_then(fleet::agent_expiry)
-                .is_some_and(|(_, expiry)| fleet::later(expiry, grace) < Timestamp::now()))
+                .and_then(fleet::agent_heartbeat)
+                .is_some_and(|(node, renewed, _)| node == c.node && Some(renewed) == c.renewed))
         }
         // Never a pool whose agent has a heartbeat: it may be rewriting it.
         Reason::StaleGeneration => Ok(ctx
