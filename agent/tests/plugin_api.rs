@@ -559,6 +559,39 @@ async fn an_unwritable_cdi_directory_fails_the_claim_and_undoes_it() {
     agent.stop().await.unwrap();
 }
 
+/// Issue 18 #8: a failed prepare whose undo fails too (the device's
+/// status cannot be written back to 0) dropped the claim from the
+/// checkpoint, leaving `status=1` owned by no claim for good. It now stays
+/// recorded, as begun, and the claim's unprepare frees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_prepare_that_cannot_be_undone_stays_recorded() {
+    let rig = Rig::new(1, 0).await;
+    fs::write(rig.path("not-a-dir"), "").unwrap();
+    let cdi_root = format!("--cdi-root={}", rig.path("not-a-dir").join("cdi").display());
+    let (agent, _events) = rig.agent(&[&cdi_root]).await;
+    let kubelet = rig.kubelet().await;
+    let c = rig.claim("stuck", &[(DRIVER, NODE, "mock0")]).await;
+    fail::cfg("release-status/stuck", "return").unwrap();
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    fail::remove("release-status/stuck");
+    let msg = out[&c.uid].clone().unwrap_err();
+    assert!(msg.contains("creating the CDI directory"), "{msg}");
+    assert!(msg.contains("undoing it failed too"), "{msg}");
+    assert_eq!(rig.status("mock0"), "1", "the fault kept the device allocated");
+    let kept = rig.checkpoint().load().unwrap();
+    assert_eq!(
+        kept.0.get(&c.uid).map(|r| r.state),
+        Some(ClaimState::PrepareStarted),
+        "the allocated device must stay owned by its claim: {kept:?}"
+    );
+    // The kubelet gives up on the pod: its unprepare frees the device.
+    let out = kubelet.unprepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(out[&c.uid], Ok(()));
+    assert_eq!(rig.status("mock0"), "0");
+    assert!(rig.checkpoint().load().unwrap().0.is_empty());
+    agent.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_checkpoint_carries_claims_across_restarts_and_reboots_and_is_never_guessed() {
     let rig = Rig::new(2, 0).await;

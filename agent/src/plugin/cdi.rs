@@ -220,7 +220,8 @@ pub fn write_spec(dir: &Path, path: &Path, spec: &Spec) -> Result<(), String> {
 pub fn remove_spec(path: &Path) -> Result<(), String> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        // Not there, or cannot be: its directory is not one.
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(()),
         Err(e) => Err(format!("removing the CDI spec {}: {e}", path.display())),
     }
 }

@@ -320,7 +320,24 @@ impl Driver {
         });
         if let Err(e) = done {
             // Undo what was done; the claim was never prepared.
-            let _ = self.release(&rec, true);
+            if let Err(undo) = self.release(&rec)
+                && self.holds_anything(&rec)
+            {
+                // What cannot be undone stays recorded, as a preparation
+                // begun: the kubelet's next prepare of the claim completes
+                // it, its unprepare releases it. Dropping the record would
+                // leave `status=1` (or a CDI spec) owned by no claim.
+                state.0.insert(claim.uid.clone(), rec);
+                let kept = self.save(state);
+                warn!(claim = %claim, error = %undo.message, kept = kept.is_ok(), "could not undo a failed preparation; it stays in the checkpoint");
+                return Err(ClaimError::new(
+                    e.reason,
+                    format!(
+                        "{}; undoing it failed too ({}): the claim stays recorded and is released at its unprepare",
+                        e.message, undo.message
+                    ),
+                ));
+            }
             state.0.remove(&claim.uid);
             if let Err(save) = self.save(state) {
                 warn!(claim = %claim, error = %save.message, "could not drop the failed claim from the checkpoint");
@@ -553,13 +570,24 @@ impl Driver {
         spec
     }
 
-    /// Frees the devices and removes the spec. `best_effort`: ignore errors
-    /// (rolling back a failed prepare).
-    fn release(&self, rec: &PreparedClaim, best_effort: bool) -> Result<(), ClaimError> {
+    /// Frees the devices and removes the spec: all it can, then the first
+    /// error.
+    fn release(&self, rec: &PreparedClaim) -> Result<(), ClaimError> {
         let spec = cdi::remove_spec(&rec.cdi_spec).map_err(|e| ClaimError::new("cdi", e));
         let mut first_err = spec.err();
         for d in rec.devices.iter().filter(|d| !d.admin_access) {
-            match write_status(&self.status_path(&d.function), &d.device, false) {
+            let freed = (|| {
+                // Test-only fault (see `fail`): a sysfs write that fails.
+                fail::fail_point!(&format!("release-status/{}", rec.name), |_| Err(ClaimError::new(
+                    "sysfs",
+                    format!(
+                        "writing 0 to {}: injected fault",
+                        self.status_path(&d.function).display()
+                    )
+                )));
+                write_status(&self.status_path(&d.function), &d.device, false)
+            })();
+            match freed {
                 Ok(()) => {}
                 // Gone with the device: nothing left to free.
                 Err(e) if e.reason == "device_gone" => {
@@ -570,10 +598,19 @@ impl Driver {
                 }
             }
         }
-        match first_err {
-            Some(e) if !best_effort => Err(e),
-            _ => Ok(()),
-        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Whether a device of the claim is still marked allocated, or its CDI
+    /// spec still there (after a release that failed: what it could not
+    /// undo may never have been done).
+    fn holds_anything(&self, rec: &PreparedClaim) -> bool {
+        rec.cdi_spec.exists()
+            || rec
+                .devices
+                .iter()
+                .filter(|d| !d.admin_access)
+                .any(|d| matches!(fs::read_to_string(self.status_path(&d.function)), Ok(s) if s.trim() == "1"))
     }
 
     /// NodeUnprepareResources: undoes exactly what prepare recorded.
@@ -592,7 +629,7 @@ impl Driver {
             let result = checked.and_then(|()| match state.0.get(&claim.uid).cloned() {
                 // Never prepared here, or already released.
                 None => Ok(()),
-                Some(rec) => self.release(&rec, false).and_then(|()| {
+                Some(rec) => self.release(&rec).and_then(|()| {
                     state.0.remove(&claim.uid);
                     self.save(&state)
                         .inspect_err(|_| {
@@ -660,7 +697,13 @@ fn unknown_device(inv: &Inventory, device: &str) -> ClaimError {
 /// Writes a function's `status`, with the module's errnos in words.
 fn write_status(path: &Path, device: &str, allocated: bool) -> Result<(), ClaimError> {
     let value = if allocated { "1" } else { "0" };
-    fs::write(path, value).map_err(|e| match (e.kind(), e.raw_os_error()) {
+    // The attribute is there or the device is gone: never created, never
+    // truncated (sysfs takes one write at offset 0).
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| io::Write::write_all(&mut f, value.as_bytes()));
+    written.map_err(|e| match (e.kind(), e.raw_os_error()) {
         (io::ErrorKind::NotFound, _) => ClaimError::new("device_gone", format!("device {device} is gone")),
         (_, Some(libc::ENODEV)) => ClaimError::new("device_gone", format!("device {device} is being removed")),
         (_, Some(libc::EIO)) => ClaimError::new(
@@ -669,4 +712,25 @@ fn write_status(path: &Path, device: &str, allocated: bool) -> Result<(), ClaimE
         ),
         _ => ClaimError::new("sysfs", format!("writing {value} to {}: {e}", path.display())),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 18 #9: the status attribute was written with
+    /// O_CREAT|O_TRUNC: a function directory without its attribute got a
+    /// regular file, and the write "succeeded".
+    #[test]
+    fn status_is_written_only_where_the_attribute_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("status");
+        let e = write_status(&status, "mock0", true).unwrap_err();
+        assert_eq!(e.reason, "device_gone", "{e:?}");
+        assert!(!status.exists(), "a status file was created");
+        fs::write(&status, "0\n").unwrap();
+        write_status(&status, "mock0", true).unwrap();
+        // One write at offset 0, as sysfs takes it.
+        assert_eq!(fs::read_to_string(&status).unwrap(), "1\n");
+    }
 }
