@@ -785,6 +785,46 @@ async fn rolling_update_names_sockets_by_pod_and_recreates_a_deleted_socket() {
     assert!(!reg_sock.exists());
 }
 
+/// Issue 18 #7: a DRA socket that cannot be bound left the plugin waiting
+/// for the socket file forever: the pod live, never ready, no error. Now
+/// the agent stops with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dra_socket_that_cannot_be_bound_stops_the_agent_with_the_reason() {
+    let rig = Rig::new(1, 0).await;
+    let long = rig.path(&"d".repeat(120));
+    fs::create_dir_all(rig.path("ro")).unwrap();
+    fs::create_dir_all(rig.path("taken")).unwrap();
+    fs::write(rig.path("taken/dra.sock"), "not a socket").unwrap();
+    let cases = [
+        (
+            format!("--plugin-socket={}", long.display()),
+            "must be shorter than 108 bytes",
+        ),
+        (
+            format!("--plugin-socket={}", rig.path("taken").display()),
+            "exists and is not a socket",
+        ),
+        (
+            format!("--plugin-socket={}", rig.path("not-a-dir/x").display()),
+            "creating",
+        ),
+    ];
+    fs::write(rig.path("not-a-dir"), "").unwrap();
+    for (arg, expected) in cases {
+        let (mut agent, _events) = rig.agent(&[&arg]).await;
+        let ended = tokio::time::timeout(Duration::from_secs(10), agent.wait()).await;
+        let err = ended
+            .unwrap_or_else(|_| panic!("{arg}: the agent is still running, serving nothing"))
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains(expected), "{arg}: {text}");
+        assert!(
+            fs::read_dir(rig.path("registry")).map_or(true, |mut d| d.next().is_none()),
+            "{arg}: registered a plugin it cannot serve"
+        );
+    }
+}
+
 /// Device name → (health, message), from one health stream message.
 type HealthMap = BTreeMap<String, (i32, String)>;
 

@@ -31,7 +31,7 @@ use mock_accel_proto::pluginregistration as reg;
 use mock_accel_proto::services;
 use notify::Watcher;
 use tokio::net::UnixListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +60,17 @@ fn ident(path: &Path) -> Option<Ident> {
     fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// `sun_path`: a unix socket's path, its terminating NUL included.
+const SUN_PATH_LEN: usize = 108;
+
 fn bind(path: &Path) -> anyhow::Result<(UnixListener, Ident)> {
+    let len = path.as_os_str().len();
+    if len >= SUN_PATH_LEN {
+        anyhow::bail!(
+            "{} is {len} bytes long: a unix socket path must be shorter than {SUN_PATH_LEN} bytes; choose a shorter --plugin-socket or --registry-dir",
+            path.display()
+        );
+    }
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -89,16 +99,22 @@ fn remove_if_ours(path: &Path, id: Ident) {
 /// Serves `make()` on `path` until cancelled; binds again whenever the
 /// socket file is no longer ours (deleted, replaced). Removes only its own
 /// socket on the way out.
+/// `bound` hears once the socket first listens (dropped unheard if it
+/// cannot be bound: the error is this function's result).
 async fn serve_socket(
     path: PathBuf,
     what: &'static str,
     make: impl Fn() -> Router,
     recheck: Arc<Notify>,
+    mut bound: Option<oneshot::Sender<()>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
-        let (listener, id) = bind(&path)?;
+        let (listener, id) = bind(&path).with_context(|| format!("the {what} socket"))?;
         info!(socket = %path.display(), "{what} socket listening");
+        if let Some(tx) = bound.take() {
+            let _ = tx.send(());
+        }
         let stop = CancellationToken::new();
         let mut server = tokio::spawn(
             // Each connection through the :authority relay (authority.rs):
@@ -195,6 +211,9 @@ pub struct Plugin {
 impl Plugin {
     /// Runs until cancelled; fails if a socket cannot be served.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        // Our tasks end with the agent, or together when one fails: then
+        // the error is ours to return, and the agent's to act on.
+        let cancel = cancel.child_token();
         let Plugin {
             driver,
             sockets,
@@ -250,6 +269,7 @@ impl Plugin {
 
         // The DRA socket first: the kubelet dials it as soon as it sees the
         // registration socket.
+        let (dra_bound, dra_listening) = oneshot::channel();
         {
             let (driver, health_rx) = (driver.clone(), health_rx.clone());
             tasks.spawn(
@@ -267,15 +287,16 @@ impl Plugin {
                             ))
                     },
                     dra_poke.clone(),
+                    Some(dra_bound),
                     cancel.clone(),
                 )
                 .instrument(info_span!("dra")),
             );
         }
-        while !sockets.dra.exists() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        {
+        // Not listening (it could not bind): no registration; the DRA
+        // task's error ends the plugin, and the agent with it, below.
+        let listening = dra_listening.await.is_ok();
+        if listening {
             let registration = grpc::Registration {
                 info,
                 health: health.clone(),
@@ -289,12 +310,13 @@ impl Plugin {
                             .add_service(reg::registration_server::RegistrationServer::new(registration.clone()))
                     },
                     reg_poke.clone(),
+                    None,
                     cancel.clone(),
                 )
                 .instrument(info_span!("registration")),
             );
         }
-        {
+        if listening {
             let (sockets, health, cancel) = (sockets.clone(), health.clone(), cancel.clone());
             tasks.spawn(
                 async move {
@@ -327,7 +349,9 @@ impl Plugin {
                 .instrument(info_span!("self-check")),
             );
         }
-        info!(registration = %sockets.registration.display(), dra = %sockets.dra.display(), "kubelet plugin serving");
+        if listening {
+            info!(registration = %sockets.registration.display(), dra = %sockets.dra.display(), "kubelet plugin serving");
+        }
 
         let mut outcome = Ok(());
         while let Some(done) = tasks.join_next().await {
