@@ -1,6 +1,7 @@
 //! Inventory → ResourceSlices in the API. Watches this node's slices of
 //! this driver (so slices deleted behind our back, e.g. by a starting
-//! kubelet, come back), plans the fewest writes (`slices::plan`), retries
+//! kubelet, come back) and this node's Node (the slices' owner: a Node
+//! deleted and created again gets them under its new uid), plans the fewest writes (`slices::plan`), retries
 //! failures with backoff, and never gives up because the API is down.
 
 use std::collections::BTreeMap;
@@ -43,22 +44,51 @@ fn rv(s: &ResourceSlice) -> u64 {
         .unwrap_or(0)
 }
 
-/// The Node's uid (for the owner reference), retried until it exists.
-async fn node_uid(nodes: &Api<Node>, node: &str, cancel: &CancellationToken) -> Option<String> {
-    let mut delays = backoff();
-    loop {
-        match nodes.get(node).await {
-            Ok(n) => return n.uid(),
-            Err(e) => {
-                counter!(m::API_ERRORS, "kind" => m::api_error_kind(&e)).increment(1);
-                warn!(node, error = %e, "cannot read this node's Node object yet; retrying");
+/// This node's Node uid (the slices' owner), as its watch shows it: a Node
+/// deleted and created again has a new one, and slices owned by the old
+/// one are garbage to the collector and to the controller.
+#[derive(Default)]
+struct NodeUid {
+    uid: Option<String>,
+    relisted: Option<Option<String>>,
+}
+
+impl NodeUid {
+    /// Applies a watch event; says whether the uid changed.
+    fn apply(&mut self, node: &str, event: watcher::Event<Node>) -> bool {
+        let before = self.uid.clone();
+        match event {
+            watcher::Event::Init => self.relisted = Some(None),
+            watcher::Event::InitApply(n) => {
+                if let Some(r) = self.relisted.as_mut() {
+                    *r = n.uid();
+                }
             }
+            watcher::Event::InitDone => {
+                if let Some(r) = self.relisted.take() {
+                    self.uid = r;
+                }
+            }
+            watcher::Event::Apply(n) => self.uid = n.uid(),
+            watcher::Event::Delete(_) => self.uid = None,
         }
-        let delay = delays.next().unwrap_or(Duration::from_secs(10));
-        tokio::select! {
-            _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
+        if self.uid == before {
+            return false;
         }
+        match (&before, &self.uid) {
+            (None, Some(uid)) => info!(node, %uid, "this node's Node object is there"),
+            (Some(old), Some(uid)) => {
+                warn!(node, %old, %uid, "this node's Node object was deleted and created again: our slices move to the new one")
+            }
+            (Some(_), None) => {
+                warn!(
+                    node,
+                    "this node's Node object is gone: nothing is published until it is back"
+                )
+            }
+            (None, None) => {}
+        }
+        true
     }
 }
 
@@ -143,16 +173,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let api: Api<ResourceSlice> = Api::all(client);
-    let Some(node_uid) = node_uid(&nodes, &cfg.node, &cancel).await else {
-        return Ok(());
-    };
-    let publisher = Publisher {
+    let mut publisher = Publisher {
         driver: cfg.driver.clone(),
         node: cfg.node.clone(),
-        node_uid,
+        node_uid: String::new(),
         max_devices: cfg.max_devices,
     };
     info!(node = %cfg.node, driver = %cfg.driver, "publishing this node's pool");
+    let mut node_watch = watcher(
+        nodes,
+        watcher::Config::default().fields(&format!("metadata.name={}", cfg.node)),
+    )
+    .default_backoff()
+    .boxed();
+    let mut node_uid = NodeUid::default();
 
     let mut watch = watcher(
         api.clone(),
@@ -205,13 +239,28 @@ pub async fn run(
                 }
                 None => return Ok(()),
             },
+            event = node_watch.next() => match event {
+                Some(Ok(event)) => {
+                    // Not ready while there is nothing to own our slices.
+                    if node_uid.apply(&cfg.node, event) && node_uid.uid.is_none() {
+                        health.ready.store(false, Ordering::SeqCst);
+                    }
+                }
+                Some(Err(e)) => {
+                    counter!(m::API_ERRORS, "kind" => "watch").increment(1);
+                    warn!(error = %e, "watch of this node's Node object failed; it retries with backoff");
+                    continue;
+                }
+                None => return Ok(()),
+            },
             _ = async { tokio::time::sleep_until(retry_at.unwrap()).await }, if retry_at.is_some() => {
                 retry_at = None;
             }
         }
-        let (Some(inv), true) = (inventory.as_ref(), synced) else {
+        let (Some(inv), true, Some(uid)) = (inventory.as_ref(), synced, node_uid.uid.as_ref()) else {
             continue;
         };
+        publisher.node_uid.clone_from(uid);
         if retry_at.is_some() {
             continue; // backing off: the timer fires the next attempt
         }

@@ -212,6 +212,53 @@ async fn restores_slices_after_a_kubelet_wipe_or_a_foreign_edit() {
     agent.stop().await.unwrap();
 }
 
+/// Issue 18 #6: the Node's uid was read once at start. A Node deleted and
+/// created again (a node re-registered under the same name) left our
+/// slices owned by the old uid, for the garbage collector and the
+/// controller to delete and the agent to recreate, in a loop. The agent
+/// watches its Node and moves the slices to the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_created_again_owns_the_slices() {
+    let rig = Rig::new(2, 0).await;
+    let (agent, _events) = rig.agent(&[]).await;
+    rig.wait_for(2).await;
+    let nodes: Api<Node> = Api::all(rig.client.clone());
+    let owners = || async {
+        let list = rig.slices().list(&ListParams::default()).await.unwrap();
+        list.items
+            .iter()
+            .flat_map(|s| s.metadata.owner_references.iter().flatten().map(|o| o.uid.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let old = nodes.get("node-a").await.unwrap().uid().unwrap();
+    assert_eq!(owners().await, [old.clone()].into());
+    nodes.delete("node-a", &Default::default()).await.unwrap();
+    wait("not ready without a Node", || async {
+        get(agent.admin_addr, "/readyz").await.0 == 503
+    })
+    .await;
+    let new = nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "node-a"}})).unwrap(),
+        )
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    assert_ne!(old, new);
+    wait("the slices owned by the new Node", || async {
+        owners().await == [new.clone()].into()
+    })
+    .await;
+    rig.wait_for(2).await;
+    wait("ready again", || async {
+        get(agent.admin_addr, "/readyz").await.0 == 200
+    })
+    .await;
+    agent.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn survives_api_faults_and_converges() {
     let rig = Rig::new(2, 1).await;
