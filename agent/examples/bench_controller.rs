@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let agent = Agent::start(Options {
         args,
-        client: Some(client.clone()),
+        api: Some(kube::Config::new(server.url().parse()?)),
         injected: None,
     })
     .await?;

@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     ])?;
     let agent = Agent::start(Options {
         args,
-        client: Some(client.clone()),
+        api: Some(kube::Config::new(server.url().parse()?)),
         injected: None,
     })
     .await?;

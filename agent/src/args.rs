@@ -112,6 +112,11 @@ pub struct Args {
     /// Controller: how often candidates try to take, and the leader renews, the Lease.
     #[arg(long, env = "LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
     pub leader_elect_retry_period: Duration,
+    /// How long one Kubernetes API request (not a watch) may take before it
+    /// is abandoned and retried: a request hung on a dead connection must
+    /// not hold a lock, the leader Lease or the heartbeat.
+    #[arg(long, env = "API_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
     /// Most devices per ResourceSlice (1-128).
     #[arg(long, env = "MAX_DEVICES_PER_SLICE", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub max_devices_per_slice: u16,

@@ -50,7 +50,16 @@ pub async fn run(
             _ = cancel.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let result = beat(&api, &name, &driver, &node, duration, last.take()).await;
+        // One beat at most an interval long (as the kubelet's node Lease):
+        // one hung on a dead connection must not stop the next ones.
+        let beating = tokio::time::timeout(interval, beat(&api, &name, &driver, &node, duration, last.take()));
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = beating => match r {
+                Ok(r) => r.map_err(|e| (m::api_error_kind(&e), e.to_string())),
+                Err(_) => Err(("timeout", format!("no answer within {interval:?}"))),
+            },
+        };
         match result.map(|written| last = Some(written)) {
             Ok(()) => {
                 if first {
@@ -59,8 +68,8 @@ pub async fn run(
                 }
                 debug!(lease = %name, "heartbeat");
             }
-            Err(e) => {
-                counter!(m::API_ERRORS, "kind" => m::api_error_kind(&e)).increment(1);
+            Err((kind, e)) => {
+                counter!(m::API_ERRORS, "kind" => kind).increment(1);
                 counter!(m::HEARTBEAT_FAILURES).increment(1);
                 warn!(lease = %name, error = %e, "could not renew the heartbeat Lease; retrying at the next beat");
             }

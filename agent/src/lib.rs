@@ -14,6 +14,7 @@
 //! - [`admin`] serves `/livez`, `/readyz` and `/metrics`.
 
 pub mod admin;
+pub mod api;
 pub mod args;
 pub mod claims;
 pub mod controller;
@@ -46,11 +47,12 @@ pub struct Agent {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// How to start one: the command line, and optionally a client and a source
-/// of extra events (tests inject uevents there).
+/// How to start one: the command line, and optionally where the API is
+/// (else the pod's service account or KUBECONFIG) and a source of extra
+/// events (tests inject uevents there).
 pub struct Options {
     pub args: Args,
-    pub client: Option<kube::Client>,
+    pub api: Option<kube::Config>,
     pub injected: Option<mpsc::Receiver<events::Trigger>>,
 }
 
@@ -58,7 +60,7 @@ impl Agent {
     pub async fn start(opts: Options) -> anyhow::Result<Agent> {
         let args = opts.args;
         if args.mode == Mode::Controller {
-            return Agent::start_controller(args, opts.client).await;
+            return Agent::start_controller(args, opts.api).await;
         }
         let node = args
             .node_name
@@ -72,17 +74,15 @@ impl Agent {
             .await
             .with_context(|| format!("binding the admin address {}", args.admin_address))?;
         let admin_addr = listener.local_addr()?;
-        let client = match opts.client {
-            Some(c) => c,
-            None => kube::Client::try_default()
-                .await
-                .context("no Kubernetes API: run in a pod, or set KUBECONFIG")?,
+        let clients = match opts.api {
+            Some(c) => api::Clients::new(c, args.api_timeout)?,
+            None => api::Clients::infer(args.api_timeout).await?,
         };
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(
             args,
             node,
-            client,
+            clients,
             listener,
             health.clone(),
             opts.injected,
@@ -96,7 +96,7 @@ impl Agent {
         })
     }
 
-    async fn start_controller(args: Args, client: Option<kube::Client>) -> anyhow::Result<Agent> {
+    async fn start_controller(args: Args, api: Option<kube::Config>) -> anyhow::Result<Agent> {
         let timing = args.leader_timing().map_err(anyhow::Error::msg)?;
         let handle = metrics::install();
         ::metrics::gauge!(metrics::INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => args.driver_name.clone(), "node" => "", "mode" => "controller").set(1.0);
@@ -105,11 +105,9 @@ impl Agent {
             .await
             .with_context(|| format!("binding the admin address {}", args.admin_address))?;
         let admin_addr = listener.local_addr()?;
-        let client = match client {
-            Some(c) => c,
-            None => kube::Client::try_default()
-                .await
-                .context("no Kubernetes API: run in a pod, or set KUBECONFIG")?,
+        let clients = match api {
+            Some(c) => api::Clients::new(c, args.api_timeout)?,
+            None => api::Clients::infer(args.api_timeout).await?,
         };
         let cfg = controller::Config {
             driver: args.driver_name.clone(),
@@ -124,7 +122,7 @@ impl Agent {
         let task = tokio::spawn(async move {
             let mut tasks = JoinSet::new();
             tasks.spawn(admin::serve(listener, h.clone(), c.clone()).instrument(info_span!("admin")));
-            tasks.spawn(controller::run(client, cfg, h.clone(), c.clone()).instrument(info_span!("controller")));
+            tasks.spawn(controller::run(clients, cfg, h.clone(), c.clone()).instrument(info_span!("controller")));
             supervise(tasks, &h, &c).await
         });
         Ok(Agent {
@@ -154,7 +152,7 @@ impl Agent {
 async fn run(
     args: Args,
     node: String,
-    client: kube::Client,
+    clients: api::Clients,
     listener: tokio::net::TcpListener,
     health: Arc<admin::Health>,
     injected: Option<mpsc::Receiver<events::Trigger>>,
@@ -240,7 +238,7 @@ async fn run(
                 boot_id_path: args.boot_id_path.clone(),
                 cross_pod_lock: args.pod_uid.as_deref().is_some_and(|u| !u.is_empty()),
             },
-            client.clone(),
+            clients.requests.clone(),
             inventory_rx,
         ));
         health.plugin.store(true, Ordering::SeqCst);
@@ -268,10 +266,10 @@ async fn run(
         )
         .instrument(info_span!("inventory")),
     );
-    let client_for_heartbeat = client.clone();
+    let client_for_heartbeat = clients.requests.clone();
     tasks.spawn(
         publisher::run(
-            client,
+            clients,
             publisher::Config {
                 driver: args.driver_name.clone(),
                 node: node.clone(),

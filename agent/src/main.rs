@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(&args);
     let mut agent = Agent::start(Options {
         args,
-        client: None,
+        api: None,
         injected: None,
     })
     .await?;

@@ -257,7 +257,23 @@ pub fn api_error_kind(e: &kube::Error) -> &'static str {
             500..=599 => "server",
             _ => "other",
         },
+        kube::Error::HyperError(_) | kube::Error::Service(_) if timed_out(e) => "timeout",
         kube::Error::HyperError(_) | kube::Error::Service(_) => "network",
         _ => "other",
     }
+}
+
+/// Whether a request failed by its timeout (`--api-timeout`).
+fn timed_out(e: &kube::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || c.to_string().contains("elapsed")
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }

@@ -13,15 +13,16 @@ use backon::BackoffBuilder;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::ResourceSlice;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
 use metrics::{counter, gauge, histogram};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::admin::Health;
+use crate::api::Clients;
 use crate::events::Snapshot;
 use crate::inventory::Inventory;
 use crate::metrics as m;
@@ -165,14 +166,14 @@ pub struct Config {
 
 /// Runs until cancelled.
 pub async fn run(
-    client: Client,
+    clients: Clients,
     cfg: Config,
     mut snapshots: mpsc::UnboundedReceiver<Snapshot>,
     health: Arc<Health>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let api: Api<ResourceSlice> = Api::all(client);
+    let nodes: Api<Node> = Api::all(clients.watches.clone());
+    let api: Api<ResourceSlice> = Api::all(clients.requests);
     let mut publisher = Publisher {
         driver: cfg.driver.clone(),
         node: cfg.node.clone(),
@@ -189,7 +190,7 @@ pub async fn run(
     let mut node_uid = NodeUid::default();
 
     let mut watch = watcher(
-        api.clone(),
+        Api::<ResourceSlice>::all(clients.watches),
         watcher::Config::default().fields(&publisher.field_selector()),
     )
     .default_backoff()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::ResourceSlice;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use mock_accel_agent::events::{self, Trigger};
@@ -84,7 +84,7 @@ impl Rig {
         let args = Args::try_parse_from(argv).unwrap();
         let agent = Agent::start(Options {
             args,
-            client: Some(self.client.clone()),
+            api: Some(kube::Config::new(self.server.url().parse().unwrap())),
             injected: Some(rx),
         })
         .await
@@ -343,7 +343,7 @@ async fn waits_out_an_api_that_is_down_at_start() {
     .unwrap();
     let agent = Agent::start(Options {
         args,
-        client: Some(client.clone()),
+        api: Some(kube::Config::new(format!("http://127.0.0.1:{port}").parse().unwrap())),
         injected: None,
     })
     .await
@@ -544,5 +544,19 @@ async fn the_heartbeat_lease_is_renewed() {
     .await;
     let (_, metrics) = get(agent.admin_addr, "/metrics").await;
     assert!(metrics.contains("mock_accel_heartbeat_failures_total"), "{metrics}");
+    // Issue 18 #4: a renewal that hangs (a dead connection) stopped every
+    // later one: the controller then took the live agent for gone. Now a
+    // beat gives up after an interval and the next one renews.
+    let hung = Timestamp::now();
+    rig.server.inject(Fault::hang(1).only(Some("update"), Some("leases")));
+    wait("renewed after a hung request", || async {
+        renewed().await.renew_time.unwrap().0 > hung + SignedDuration::from_millis(300)
+    })
+    .await;
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("mock_accel_api_errors_total{kind=\"timeout\"}"),
+        "{metrics}"
+    );
     agent.stop().await.unwrap();
 }

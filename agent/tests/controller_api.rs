@@ -684,6 +684,58 @@ async fn two_controllers_one_acts() {
     println!("handover after SIGTERM: {handover:?}; takeover after SIGKILL: {takeover:?}");
 }
 
+/// Issue 18 #4: a leader whose renewal hangs (a dead pooled connection,
+/// no timeout) went on leading while a standby took the expired Lease: two
+/// leaders. It now steps down at its renew deadline, whatever the request
+/// is doing, before the Lease can expire.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_renewal_hangs_steps_down_at_its_renew_deadline() {
+    let rig = Rig::new().await;
+    let a = rig.controller("ctl-a", &[]);
+    wait_until("a leads", &a, || async {
+        a.metric("mock_accel_controller_leader").await == Some(1.0)
+    })
+    .await;
+    let b = rig.controller("ctl-b", &[]);
+    wait_until("b stands by", &b, || async {
+        b.metric("mock_accel_controller_leader").await == Some(0.0)
+    })
+    .await;
+    // The next Lease update hangs: a's renewal (b only reads a held Lease).
+    // Its Lease expires 2 s after its last renewal; b may take it then.
+    rig.server.inject(Fault::hang(1).only(Some("update"), Some("leases")));
+    let t = Instant::now();
+    let mut a_down = None;
+    while t.elapsed() < Duration::from_secs(4) {
+        let (la, lb) = tokio::join!(
+            a.metric("mock_accel_controller_leader"),
+            b.metric("mock_accel_controller_leader")
+        );
+        // The dip may be too short to sample (a takes its own, still
+        // valid, Lease back at once): its log says when.
+        if a_down.is_none() && (la == Some(0.0) || a.logs().contains("renew deadline")) {
+            a_down = Some(t.elapsed());
+        }
+        assert!(
+            !(la == Some(1.0) && lb == Some(1.0)),
+            "two leaders at {:?}\n--- a ---\n{}",
+            t.elapsed(),
+            a.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Down at its renew deadline (1.5 s), not when the request ends (never).
+    let a_down = a_down.unwrap_or_else(|| panic!("a never stepped down\n{}", a.logs()));
+    assert!(a_down < Duration::from_millis(2500), "{a_down:?}");
+    println!("a stepped down {a_down:?} after its renewal hung");
+    // Someone leads again (a, whose Lease it still is, or b).
+    wait_until("a leader again", &a, || async {
+        a.metric("mock_accel_controller_leader").await == Some(1.0)
+            || b.metric("mock_accel_controller_leader").await == Some(1.0)
+    })
+    .await;
+}
+
 #[test]
 fn bad_leader_timings_are_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"))

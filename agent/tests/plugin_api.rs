@@ -20,7 +20,7 @@ use mock_accel_agent::inventory::write_fake_tree;
 use mock_accel_agent::plugin::cdi;
 use mock_accel_agent::plugin::checkpoint::{Checkpoint, ClaimState};
 use mock_accel_agent::{Agent, Args, Options};
-use mock_device_testkit::apiserver::{ApiServer, Config};
+use mock_device_testkit::apiserver::{ApiServer, Config, Fault};
 use mock_device_testkit::http_get as get;
 use mock_device_testkit::kubelet::{self, Api as DraApi, Claim, Kubelet};
 use mock_device_testkit::promtool_check;
@@ -98,7 +98,7 @@ impl Rig {
         let args = Args::try_parse_from(self.argv(extra)).unwrap();
         let agent = Agent::start(Options {
             args,
-            client: Some(self.client.clone()),
+            api: Some(kube::Config::new(self.server.url().parse().unwrap())),
             injected: Some(rx),
         })
         .await
@@ -823,6 +823,55 @@ async fn a_dra_socket_that_cannot_be_bound_stops_the_agent_with_the_reason() {
             "{arg}: registered a plugin it cannot serve"
         );
     }
+}
+
+/// Issue 18 #4: prepare read its claims from the API while holding the
+/// node's batch lock, with no timeout: one claim GET hung on a dead
+/// connection held up every other call on the node, for good. The reads
+/// now come before the lock, and every request gives up (`--api-timeout`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_api_read_holds_up_no_other_call() {
+    let rig = Rig::new(2, 0).await;
+    let (agent, _events) = rig.agent(&["--api-timeout=2s"]).await;
+    let kubelet = rig.kubelet().await;
+    let b = rig.claim("b", &[(DRIVER, NODE, "mock1")]).await;
+    assert!(kubelet.prepare(DraApi::V1, std::slice::from_ref(&b)).await.unwrap()[&b.uid].is_ok());
+    let a = rig.claim("a", &[(DRIVER, NODE, "mock0")]).await;
+    rig.server
+        .inject(Fault::hang(1).only(Some("get"), Some("resourceclaims")));
+    let started = Instant::now();
+    let hung = {
+        let (kubelet, a) = (kubelet.clone(), a.clone());
+        tokio::spawn(async move { kubelet.prepare(DraApi::V1, std::slice::from_ref(&a)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        kubelet.unprepare(DraApi::V1, std::slice::from_ref(&b)),
+    )
+    .await
+    .expect("the unprepare waited for the hung read")
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out[&b.uid], Ok(()));
+    assert!(
+        took < Duration::from_millis(1500),
+        "the unprepare waited for a hung read: {took:?}"
+    );
+    assert_eq!(rig.status("mock1"), "0");
+    // The hung read gives up at the timeout; the claim fails, cleanly.
+    let out = hung.await.unwrap().unwrap();
+    let msg = out[&a.uid].clone().unwrap_err();
+    assert!(msg.contains("reading ResourceClaim default/a"), "{msg}");
+    assert_eq!(rig.status("mock0"), "0");
+    // And the kubelet's retry prepares it.
+    assert!(kubelet.prepare(DraApi::V1, std::slice::from_ref(&a)).await.unwrap()[&a.uid].is_ok());
+    let (_, metrics) = get(agent.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("mock_accel_prepares_total{result=\"error\",reason=\"api\"}"),
+        "{metrics}"
+    );
+    agent.stop().await.unwrap();
 }
 
 /// Device name → (health, message), from one health stream message.

@@ -125,7 +125,7 @@ async fn prometheus_scrapes_and_every_dashboard_query_returns_data() {
     .unwrap();
     let agent = Agent::start(Options {
         args,
-        client: Some(client.clone()),
+        api: Some(kube::Config::new(server.url().parse().unwrap())),
         injected: Some(rx),
     })
     .await

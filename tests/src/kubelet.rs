@@ -68,6 +68,7 @@ pub fn registration_sockets(registry: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// A registered plugin.
+#[derive(Clone)]
 pub struct Kubelet {
     pub info: reg::PluginInfo,
     registration: reg::registration_client::RegistrationClient<Channel>,

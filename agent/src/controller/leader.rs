@@ -74,7 +74,29 @@ impl Elector {
         gauge!(m::CONTROLLER_LEADER).set(0.0);
         loop {
             let is_leader = *leading.borrow();
-            match self.attempt(&mut observed).await {
+            // As client-go: a leader's renewal gives up at the renew
+            // deadline whatever its request is doing (it may hang on a dead
+            // connection); it must not lead on while a standby takes over.
+            let budget = if is_leader {
+                self.timing.renew_deadline.saturating_sub(last_renew.elapsed())
+            } else {
+                self.timing.renew_deadline
+            };
+            let attempt = tokio::select! {
+                _ = cancel.cancelled() => break,
+                a = tokio::time::timeout(budget, self.attempt(&mut observed)) => a,
+            };
+            let Ok(attempt) = attempt else {
+                counter!(m::CONTROLLER_API_ERRORS, "op" => "lease", "kind" => "timeout").increment(1);
+                if is_leader {
+                    warn!(lease = %self.name, deadline = ?self.timing.renew_deadline, "renewing the lease did not finish within the renew deadline; stepping down");
+                    self.step_down(&leading);
+                } else {
+                    debug!(lease = %self.name, "lease request timed out; retrying");
+                }
+                continue;
+            };
+            match attempt {
                 Ok(Attempt::Leader) => {
                     last_renew = Instant::now();
                     if !is_leader {

@@ -35,7 +35,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use metrics::{counter, histogram};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::admin::Health;
+use crate::api::Clients;
 use crate::heartbeat;
 use crate::metrics as m;
 use fleet::{Cleanup, Cluster, Policy, Reason};
@@ -71,7 +72,7 @@ impl Config {
 
 /// Runs until cancelled: stands by, leads when elected, stands by again
 /// when the lead is lost.
-pub async fn run(client: Client, cfg: Config, health: Arc<Health>, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(clients: Clients, cfg: Config, health: Arc<Health>, cancel: CancellationToken) -> anyhow::Result<()> {
     // Every series there from the start: rates and increases need a zero
     // before the first event, and dashboards show 0, not "no data".
     for reason in [Reason::NodeGone, Reason::AgentGone, Reason::StaleGeneration] {
@@ -85,7 +86,7 @@ pub async fn run(client: Client, cfg: Config, health: Arc<Health>, cancel: Cance
     }
     let (leading_tx, mut leading) = watch::channel(false);
     let elector = leader::Elector {
-        api: Api::namespaced(client.clone(), &cfg.namespace),
+        api: Api::namespaced(clients.requests.clone(), &cfg.namespace),
         name: cfg.lease_name(),
         identity: cfg.identity.clone(),
         timing: cfg.timing.clone(),
@@ -102,7 +103,7 @@ pub async fn run(client: Client, cfg: Config, health: Arc<Health>, cancel: Cance
         }
         let term = cancel.child_token();
         let mut work = tokio::spawn(
-            lead(client.clone(), cfg.clone(), health.clone(), term.clone()).instrument(info_span!("lead")),
+            lead(clients.clone(), cfg.clone(), health.clone(), term.clone()).instrument(info_span!("lead")),
         );
         // Stop acting the moment the lead is lost (or on shutdown). Should
         // the work end while we still lead, start it again a second later.
@@ -270,7 +271,9 @@ struct Ctx {
     term: CancellationToken,
 }
 
-async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: CancellationToken) -> anyhow::Result<()> {
+async fn lead(clients: Clients, cfg: Config, health: Arc<Health>, term: CancellationToken) -> anyhow::Result<()> {
+    let client = clients.requests;
+    let watches = clients.watches;
     let notify = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
     let by_driver = watcher::Config::default().fields(&format!("spec.driver={}", cfg.driver));
@@ -280,7 +283,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
     let stores = Arc::new(Stores {
         slices: reflect(
             &mut tasks,
-            Api::all(client.clone()),
+            Api::all(watches.clone()),
             by_driver,
             "resourceslices",
             notify.clone(),
@@ -289,7 +292,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
         ),
         claims: reflect(
             &mut tasks,
-            Api::all(client.clone()),
+            Api::all(watches.clone()),
             watcher::Config::default(),
             "resourceclaims",
             notify.clone(),
@@ -301,7 +304,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
         ),
         classes: reflect(
             &mut tasks,
-            Api::all(client.clone()),
+            Api::all(watches.clone()),
             watcher::Config::default(),
             "deviceclasses",
             notify.clone(),
@@ -310,7 +313,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
         ),
         nodes: reflect(
             &mut tasks,
-            Api::all(client.clone()),
+            Api::all(watches.clone()),
             watcher::Config::default(),
             "nodes",
             notify.clone(),
@@ -319,7 +322,7 @@ async fn lead(client: Client, cfg: Config, health: Arc<Health>, term: Cancellati
         ),
         agents: reflect(
             &mut tasks,
-            Api::namespaced(client.clone(), &cfg.namespace),
+            Api::namespaced(watches.clone(), &cfg.namespace),
             watcher::Config::default().labels(&agent_selector),
             "leases",
             notify.clone(),

@@ -5,7 +5,7 @@
 //! on its own, and every step is recorded before it is taken so that a
 //! crash at any point is completed or undone by the next call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -209,17 +209,25 @@ impl Driver {
         if claims.is_empty() {
             return out;
         }
-        let (_guard, mut state, batch_err) = self.begin().await;
-        let boot = self.boot_id();
-        // The API reads, at once, for the claims we do not hold yet.
+        // The API reads first, at once, for the claims we do not hold yet,
+        // and before the lock: a slow API must not hold up every other call
+        // on the node. The checkpoint is replaced by rename: reading it
+        // without the lock sees one whole version.
+        let known: HashSet<String> = self
+            .checkpoint
+            .load()
+            .map(|c| c.0.into_keys().collect())
+            .unwrap_or_default();
         let api_claims = futures::future::join_all(claims.iter().map(|c| async {
-            if batch_err.is_some() || check_ref(c).is_err() || state.0.contains_key(&c.uid) {
+            if check_ref(c).is_err() || known.contains(&c.uid) {
                 return None;
             }
             let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), &c.namespace);
             Some(api.get_opt(&c.name).await)
         }))
         .await;
+        let (_guard, mut state, batch_err) = self.begin().await;
+        let boot = self.boot_id();
         for (claim, fetched) in claims.iter().zip(api_claims) {
             let started = Instant::now();
             let result = match &batch_err {
@@ -301,7 +309,13 @@ impl Driver {
                     format!("reading ResourceClaim {}/{}: {e}", claim.namespace, claim.name),
                 ));
             }
-            None => unreachable!("fetched for every valid claim not in the checkpoint"),
+            // Held when we looked, released by a call that ran meanwhile.
+            None => {
+                return Err(ClaimError::new(
+                    "retry",
+                    format!("claim {claim} was unprepared while this call waited for the lock; try again"),
+                ));
+            }
         };
         let rec = self.resolve(claim, &api_claim, &inv, state, boot)?;
         // Record first: a crash from here on is completed or undone later.

@@ -83,7 +83,8 @@ impl Default for Config {
 pub struct Fault {
     /// How many requests fail.
     pub count: usize,
-    /// HTTP code: 500, 503, 429 (with Retry-After), 409, 504...
+    /// HTTP code: 500, 503, 429 (with Retry-After), 409, 504...; 0: the
+    /// request is never answered (a hung connection: the client must time out).
     pub code: u16,
     /// Retry-After for 429 (default 1).
     #[serde(default)]
@@ -112,6 +113,14 @@ impl Fault {
         Fault {
             code: 429,
             retry_after_seconds: Some(retry_after_seconds),
+            ..Fault::server_errors(count)
+        }
+    }
+
+    /// Requests that hang: never answered.
+    pub fn hang(count: usize) -> Fault {
+        Fault {
+            code: 0,
             ..Fault::server_errors(count)
         }
     }
@@ -369,6 +378,10 @@ async fn entry(AxumState(state): AxumState<Arc<State>>, req: Request) -> Respons
         tokio::time::sleep(latency).await;
     }
     if let Some(err) = state.take_fault(&verb, &resource) {
+        if err.code == 0 {
+            // Hung: held until the client gives up (or the server stops).
+            std::future::pending::<()>().await;
+        }
         return err.into_response();
     }
     api::handle(state, parts.method, path, query, parts.headers, body).await
