@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod publisher;
 pub mod slices;
+pub mod turn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -274,6 +275,7 @@ async fn run(
                 driver: args.driver_name.clone(),
                 node: node.clone(),
                 max_devices: args.max_devices_per_slice as usize,
+                turn: turn::Turn::new(&args.plugin_paths().0, turn::identity(args.pod_uid.as_deref())),
             },
             snap_rx,
             health.clone(),

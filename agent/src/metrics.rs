@@ -44,6 +44,7 @@ pub const HEALTH_STREAMS: &str = "mock_accel_health_streams";
 pub const DEVICE_HEALTH: &str = "mock_accel_device_health";
 pub const CLAIM_STATUS_UPDATES: &str = "mock_accel_claim_status_updates_total";
 pub const HEARTBEAT_FAILURES: &str = "mock_accel_heartbeat_failures_total";
+pub const PUBLISHER: &str = "mock_accel_publisher";
 pub const CONTROLLER_LEADER: &str = "mock_accel_controller_leader";
 pub const CONTROLLER_LEADER_TRANSITIONS: &str = "mock_accel_controller_leader_transitions_total";
 pub const CONTROLLER_API_ERRORS: &str = "mock_accel_controller_api_errors_total";
@@ -205,6 +206,10 @@ fn describe() {
     describe_counter!(
         HEARTBEAT_FAILURES,
         "Heartbeat Lease renewals that failed (retried at the next beat)."
+    );
+    describe_gauge!(
+        PUBLISHER,
+        "1 while this agent publishes the node's ResourceSlices; 0 while it waits for its turn or after it stepped aside for a newer agent pod on the node."
     );
     describe_gauge!(
         CONTROLLER_LEADER,

@@ -27,6 +27,7 @@ use crate::events::Snapshot;
 use crate::inventory::Inventory;
 use crate::metrics as m;
 use crate::slices::{self, Publisher, Write};
+use crate::turn::Turn;
 
 fn backoff() -> impl Iterator<Item = Duration> {
     backon::ExponentialBuilder::default()
@@ -162,6 +163,9 @@ pub struct Config {
     pub driver: String,
     pub node: String,
     pub max_devices: usize,
+    /// One publisher per node (see `turn`): taken before the first write,
+    /// given up for good to a newer agent pod.
+    pub turn: Turn,
 }
 
 /// Runs until cancelled.
@@ -172,6 +176,13 @@ pub async fn run(
     health: Arc<Health>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    gauge!(m::PUBLISHER).set(0.0);
+    let Some(held) = cfg.turn.take(&cancel).await? else {
+        return Ok(());
+    };
+    gauge!(m::PUBLISHER).set(1.0);
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let nodes: Api<Node> = Api::all(clients.watches.clone());
     let api: Api<ResourceSlice> = Api::all(clients.requests);
     let mut publisher = Publisher {
@@ -257,6 +268,19 @@ pub async fn run(
             _ = async { tokio::time::sleep_until(retry_at.unwrap()).await }, if retry_at.is_some() => {
                 retry_at = None;
             }
+            _ = check.tick() => {
+                // Only the turn to check: nothing else changed.
+                if held.superseded().is_none() {
+                    continue;
+                }
+            }
+        }
+        if let Some(newer) = held.superseded() {
+            info!(%newer, "a newer agent pod on this node asked to publish: stepping aside for good (this one goes on serving the kubelet)");
+            gauge!(m::PUBLISHER).set(0.0);
+            drop(held);
+            cancel.cancelled().await;
+            return Ok(());
         }
         let (Some(inv), true, Some(uid)) = (inventory.as_ref(), synced, node_uid.uid.as_ref()) else {
             continue;

@@ -37,7 +37,7 @@ where
 struct Rig {
     server: ApiServer,
     client: Client,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     root: PathBuf,
     devices: PathBuf,
 }
@@ -61,7 +61,7 @@ impl Rig {
         Rig {
             server,
             client,
-            _dir: dir,
+            dir,
             root,
             devices,
         }
@@ -78,6 +78,8 @@ impl Rig {
             "--admin-address=127.0.0.1:0".into(),
             // The kubelet plugin has its own tests (plugin_api.rs).
             "--kubelet-plugin=false".into(),
+            // The node's agents share it (the publisher's turn).
+            format!("--plugin-socket={}", self.dir.path().join("plugin").display()),
             "--namespace=default".into(),
         ];
         argv.extend(extra.iter().map(|s| s.to_string()));
@@ -259,6 +261,41 @@ async fn a_node_created_again_owns_the_slices() {
     agent.stop().await.unwrap();
 }
 
+/// Issue 18 #2: during a rolling update (maxSurge 1) two agent pods run on
+/// a node. Both published: when their output differed, each rewrote the
+/// other's slices at API speed until the old one ended. Now the newest
+/// publishes and the old one steps aside (and goes on serving the kubelet),
+/// without the new one waiting for it to exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_on_a_node_the_newest_publishes_alone() {
+    let rig = Rig::new(4, 0).await;
+    let (old, _old_events) = rig.agent(&["--max-devices-per-slice=4"]).await;
+    assert_eq!(rig.wait_for(4).await.len(), 1);
+    // The new version publishes another layout: one device per slice.
+    let started = Instant::now();
+    let (new, _new_events) = rig.agent(&["--max-devices-per-slice=1"]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rig.wait_for(4).await.len() != 4 {
+        assert!(Instant::now() < deadline, "the new agent's layout never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    // And it stays: nobody rewrites it.
+    rig.server.reset_counts();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes: u64 = ["create", "update", "delete"]
+        .iter()
+        .map(|v| rig.server.requests(v, "resourceslices"))
+        .sum();
+    assert_eq!(writes, 0, "the agents fight: {:?}", rig.server.request_counts());
+    assert_eq!(rig.wait_for(4).await.len(), 4);
+    println!("the newer agent's layout published {took:?} after it started");
+    // The old one is still running (it serves the kubelet until it ends).
+    assert_eq!(get(old.admin_addr, "/livez").await.0, 200);
+    old.stop().await.unwrap();
+    new.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn survives_api_faults_and_converges() {
     let rig = Rig::new(2, 1).await;
@@ -339,6 +376,7 @@ async fn waits_out_an_api_that_is_down_at_start() {
         "--rescan-interval=0",
         "--admin-address=127.0.0.1:0",
         "--kubelet-plugin=false",
+        &format!("--plugin-socket={}", dir.path().join("plugin").display()),
     ])
     .unwrap();
     let agent = Agent::start(Options {

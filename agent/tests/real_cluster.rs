@@ -133,6 +133,7 @@ fn the_agent_and_the_controller_under_the_real_api_server() {
         "--heartbeat-interval=1s".into(),
         format!("--admin-address={admin}"),
         "--kubelet-plugin=false".into(),
+        format!("--plugin-socket={}", dir.path().join("plugin").display()),
     ];
     let agent = spawn_agent(&cp.admin_kubeconfig, &agent_log, &agent_args);
     let logs = || {
