@@ -243,6 +243,15 @@ pub async fn inventory_task(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut scanner = Scanner::default();
+    // Test-only fault (see `fail`): a first scan that takes a while.
+    let slow = (|| {
+        fail::fail_point!(&format!("first-scan/{}", root.display()), |ms: Option<String>| ms
+            .and_then(|m| m.parse().ok()));
+        None::<u64>
+    })();
+    if let Some(ms) = slow {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let first = scanner.scan(&root, "startup").await?;
     let startup = Snapshot {
         inventory: first,

@@ -94,6 +94,8 @@ pub struct Skipped {
 pub struct Inventory {
     pub functions: BTreeMap<String, Function>,
     pub skipped: Vec<Skipped>,
+    /// Made by a scan (the default, before the first one, is not).
+    pub scanned: bool,
 }
 
 impl Inventory {
@@ -242,7 +244,10 @@ fn read_devnum(dir: &Path) -> Option<(u32, u32)> {
 /// (the module is not loaded); a function with a missing or broken attribute
 /// is skipped, with the reason, and the rest are kept.
 pub fn scan(root: &Path) -> io::Result<Inventory> {
-    let mut inv = Inventory::default();
+    let mut inv = Inventory {
+        scanned: true,
+        ..Default::default()
+    };
     let entries = match fs::read_dir(root) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(inv),
@@ -402,7 +407,11 @@ mod tests {
     #[test]
     fn a_missing_root_is_empty_and_a_huge_tree_scans() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(scan(&dir.path().join("nope")).unwrap(), Inventory::default());
+        let none = scan(&dir.path().join("nope")).unwrap();
+        assert!(
+            none.scanned && none.functions.is_empty() && none.skipped.is_empty(),
+            "{none:?}"
+        );
         let root = dir.path().join("sys/class/mock-accel");
         write_fake_tree(&root, 64, 64).unwrap();
         let inv = scan(&root).unwrap();

@@ -874,6 +874,23 @@ async fn a_hung_api_read_holds_up_no_other_call() {
     agent.stop().await.unwrap();
 }
 
+/// Issue 18 #9: a prepare that came before the first scan of the devices
+/// (the kubelet calls a remembered socket as soon as it is back) failed
+/// with "device mock0 is not on this node". It now waits for the scan.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prepare_before_the_first_scan_waits_for_it() {
+    let rig = Rig::new(1, 0).await;
+    fail::cfg(format!("first-scan/{}", rig.root.display()), "return(1500)").unwrap();
+    let (agent, _events) = rig.agent(&[]).await;
+    let kubelet = rig.kubelet().await;
+    let c = rig.claim("early", &[(DRIVER, NODE, "mock0")]).await;
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    fail::remove(format!("first-scan/{}", rig.root.display()));
+    assert!(out[&c.uid].is_ok(), "{:?}", out[&c.uid]);
+    assert_eq!(rig.status("mock0"), "1");
+    agent.stop().await.unwrap();
+}
+
 /// Device name → (health, message), from one health stream message.
 type HealthMap = BTreeMap<String, (i32, String)>;
 

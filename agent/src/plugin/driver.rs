@@ -25,6 +25,9 @@ use crate::inventory::{Function, Inventory};
 use crate::metrics as m;
 use crate::slices::device_name;
 
+/// How long a prepare waits for the first scan of the devices.
+const FIRST_SCAN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// What the kubelet names: a claim by namespace, name and UID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRef {
@@ -209,6 +212,15 @@ impl Driver {
         if claims.is_empty() {
             return out;
         }
+        // Not before the node's devices are known: a call right after start
+        // (the kubelet remembers the socket) must not find "no such device".
+        if let Err(e) = self.first_scan().await {
+            for claim in claims {
+                counter!(m::PREPARES, "result" => "error", "reason" => e.reason).increment(1);
+                out.insert(claim.uid.clone(), Err(e.clone()));
+            }
+            return out;
+        }
         // The API reads first, at once, for the claims we do not hold yet,
         // and before the lock: a slow API must not hold up every other call
         // on the node. The checkpoint is replaced by rename: reading it
@@ -253,6 +265,18 @@ impl Driver {
             self.publish(&state);
         }
         out
+    }
+
+    /// Waits (a bounded time) for the first scan of the node's devices.
+    async fn first_scan(&self) -> Result<(), ClaimError> {
+        let mut rx = self.inventory.clone();
+        match tokio::time::timeout(FIRST_SCAN_WAIT, rx.wait_for(|inv| inv.scanned)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ClaimError::new(
+                "not_scanned",
+                format!("the node's devices have not been scanned yet (waited {FIRST_SCAN_WAIT:?}); try again"),
+            )),
+        }
     }
 
     fn prepare_one(
