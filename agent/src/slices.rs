@@ -8,7 +8,7 @@
 //! the pool generation is bumped and every slice is written, so consumers
 //! never mix devices of two layouts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::resource::v1::{
     Device, DeviceAttribute, DeviceCapacity, ResourcePool, ResourceSlice, ResourceSliceSpec,
@@ -290,6 +290,21 @@ pub fn plan(
         .max()
         .unwrap_or(0)
         .max(min_generation);
+    // A slice being deleted (held by someone's finalizer) is neither
+    // rewritten nor deleted again: rewriting it changes nothing (it stays
+    // deleted) and was a hot loop; its name is taken until it goes, which
+    // the watch tells.
+    let terminating: BTreeSet<String> = existing
+        .iter()
+        .filter(|(_, s)| s.metadata.deletion_timestamp.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let live: BTreeMap<String, ResourceSlice> = existing
+        .iter()
+        .filter(|(n, _)| !terminating.contains(*n))
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect();
+    let existing = &live;
     let count = desired.len();
     let target = |generation: i64| -> Vec<ResourceSlice> {
         desired
@@ -308,9 +323,8 @@ pub fn plan(
         .iter()
         .enumerate()
         .filter(|(i, want)| {
-            existing
-                .get(&p.slice_name(*i))
-                .is_none_or(|have| !p.matches(have, want))
+            let name = p.slice_name(*i);
+            !terminating.contains(&name) && existing.get(&name).is_none_or(|have| !p.matches(have, want))
         })
         .map(|(i, _)| i)
         .collect();
@@ -356,6 +370,7 @@ pub fn plan(
     let mut writes: Vec<Write> = target(generation)
         .into_iter()
         .enumerate()
+        .filter(|(i, _)| !terminating.contains(&p.slice_name(*i)))
         .map(|(i, want)| update(want, existing.get(&p.slice_name(i))))
         .collect();
     writes.extend(stale.into_iter().map(|name| Write::Delete {
@@ -537,6 +552,46 @@ mod tests {
         // No devices at all: an empty pool is still published (one slice).
         let empty = plan(&p, &pack(&Inventory::default(), 20), &BTreeMap::new(), 0);
         assert!(empty.writes.is_empty(), "no slices are wanted for no devices");
+    }
+
+    /// Issue 18 #9: a slice someone deleted while their finalizer holds it
+    /// differs from what we want forever (it carries a deletionTimestamp):
+    /// it was rewritten at every pass, a hot loop. It is left alone, and
+    /// the rest of the pool converges.
+    #[test]
+    fn a_slice_held_by_a_finalizer_is_left_alone() {
+        let p = publisher(20);
+        let mut existing = BTreeMap::new();
+        let first = plan(&p, &pack(&inventory(4, 8), 20), &existing, 0);
+        applied(&mut existing, &first);
+        let name = p.slice_name(1);
+        let held = existing.get_mut(&name).unwrap();
+        held.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-11-30T12:00:00Z".parse().unwrap(),
+        ));
+        held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+        // Same devices: nothing to write.
+        assert_eq!(plan(&p, &pack(&inventory(4, 8), 20), &existing, 1).writes, vec![]);
+        // The layout changes: the held slice is not touched, and one round
+        // of writes is enough (no generation bump at every pass).
+        let mut generation = 1;
+        for round in 0..3 {
+            let next = plan(&p, &pack(&inventory(6, 8), 20), &existing, generation);
+            assert!(
+                next.writes.iter().all(|w| w.name() != name),
+                "round {round}: {:?}",
+                next.writes
+            );
+            if round > 0 {
+                assert_eq!(next.writes, vec![], "round {round}");
+            }
+            applied(&mut existing, &next);
+            generation = next.generation;
+        }
+        // Once it is gone, its slice is created again.
+        existing.remove(&name);
+        let back = plan(&p, &pack(&inventory(6, 8), 20), &existing, generation);
+        assert!(back.writes.iter().any(|w| w.name() == name && w.verb() == "create"));
     }
 
     #[test]
