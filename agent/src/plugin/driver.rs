@@ -112,7 +112,12 @@ impl Driver {
         let checkpoint = Checkpoint::new(&cfg.plugin_dir, &cfg.driver, &cfg.node);
         // Filled by `check_checkpoint` at start, then after every batch.
         let (prepared, _) = watch::channel(Arc::new(Claims::default()));
-        let status = super::status::spawn(client.clone(), cfg.driver.clone(), cfg.node.clone());
+        let status = super::status::spawn(
+            client.clone(),
+            cfg.driver.clone(),
+            cfg.node.clone(),
+            Checkpoint::new(&cfg.plugin_dir, &cfg.driver, &cfg.node),
+        );
         Driver {
             status,
             cfg,
@@ -249,7 +254,7 @@ impl Driver {
             let seconds = started.elapsed().as_secs_f64();
             match &result {
                 Ok(devices) => {
-                    let _ = self.status.send(super::status::Update::prepared(claim, devices));
+                    let _ = self.status.send(super::status::Update { claim: claim.clone() });
                     counter!(m::PREPARES, "result" => "success", "reason" => "none").increment(1);
                     info!(claim = %claim, devices = devices.len(), "claim prepared");
                 }
@@ -674,7 +679,7 @@ impl Driver {
                             state.0.insert(claim.uid.clone(), rec.clone());
                         })
                         .inspect(|()| {
-                            let _ = self.status.send(super::status::Update::released(claim));
+                            let _ = self.status.send(super::status::Update { claim: claim.clone() });
                         })
                 }),
             });

@@ -3,10 +3,13 @@
 //! of ours with a `Ready` condition, removed again at unprepare. The
 //! controller counts prepared claims from it.
 //!
-//! Best effort and out of the kubelet's path: updates queue to one task
-//! that applies them in order (prepare, then unprepare, never the reverse),
-//! with the claim's resourceVersion (409 → read again). A failure is
-//! logged and counted; the preparation itself stands.
+//! Best effort and out of the kubelet's path: a change queues the claim to
+//! one task, which writes what the node's checkpoint says *when it writes*
+//! (read after the claim, and written with the claim's resourceVersion:
+//! 409 → read both again). Not what was queued: during a rolling update two
+//! agent pods report, and a late "prepared" from one must not overwrite the
+//! other's "released" (the checkpoint is the node's, shared by both). A
+//! failure is logged and counted; the preparation itself stands.
 
 use k8s_openapi::api::resource::v1::{AllocatedDeviceStatus, ResourceClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -17,38 +20,21 @@ use metrics::counter;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::checkpoint::PreparedDevice;
+use super::checkpoint::{Checkpoint, ClaimState};
 use super::driver::ClaimRef;
 use crate::metrics as m;
 
+/// A claim whose preparation on this node changed.
 pub struct Update {
     pub claim: ClaimRef,
-    /// `(pool, device)` prepared; empty: released.
-    pub devices: Vec<(String, String)>,
-}
-
-impl Update {
-    pub fn prepared(claim: &ClaimRef, devices: &[PreparedDevice]) -> Update {
-        Update {
-            claim: claim.clone(),
-            devices: devices.iter().map(|d| (d.pool.clone(), d.device.clone())).collect(),
-        }
-    }
-
-    pub fn released(claim: &ClaimRef) -> Update {
-        Update {
-            claim: claim.clone(),
-            devices: Vec::new(),
-        }
-    }
 }
 
 /// Starts the reporter; it ends when the sender is dropped.
-pub fn spawn(client: Client, driver: String, node: String) -> mpsc::UnboundedSender<Update> {
+pub fn spawn(client: Client, driver: String, node: String, checkpoint: Checkpoint) -> mpsc::UnboundedSender<Update> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
     tokio::spawn(async move {
         while let Some(u) = rx.recv().await {
-            let result = apply(&client, &driver, &node, &u).await;
+            let result = apply(&client, &driver, &node, &checkpoint, &u).await;
             let outcome = match &result {
                 Ok(true) => "written",
                 Ok(false) => "unchanged",
@@ -62,6 +48,19 @@ pub fn spawn(client: Client, driver: String, node: String) -> mpsc::UnboundedSen
         }
     });
     tx
+}
+
+/// The claim's devices prepared on this node, as the checkpoint says now.
+fn prepared_now(checkpoint: &Checkpoint, uid: &str) -> Result<Vec<(String, String)>, kube::Error> {
+    let claims = checkpoint.load().map_err(|e| {
+        kube::Error::Service(format!("reading the checkpoint {}: {e}", checkpoint.path.display()).into())
+    })?;
+    Ok(claims
+        .0
+        .get(uid)
+        .filter(|c| c.state == ClaimState::PrepareCompleted)
+        .map(|c| c.devices.iter().map(|d| (d.pool.clone(), d.device.clone())).collect())
+        .unwrap_or_default())
 }
 
 /// `status.devices` with ours replaced by `devices` (others' kept).
@@ -109,7 +108,13 @@ pub fn merged(
     out
 }
 
-async fn apply(client: &Client, driver: &str, node: &str, u: &Update) -> Result<bool, kube::Error> {
+async fn apply(
+    client: &Client,
+    driver: &str,
+    node: &str,
+    checkpoint: &Checkpoint,
+    u: &Update,
+) -> Result<bool, kube::Error> {
     let api: Api<ResourceClaim> = Api::namespaced(client.clone(), &u.claim.namespace);
     for _ in 0..5 {
         let Some(mut claim) = api.get_opt(&u.claim.name).await? else {
@@ -118,11 +123,14 @@ async fn apply(client: &Client, driver: &str, node: &str, u: &Update) -> Result<
         if claim.uid().as_deref() != Some(u.claim.uid.as_str()) {
             return Ok(false); // Another claim of that name now.
         }
+        // After the claim: a change saved after this read writes the claim
+        // after it too, and our write, with this resourceVersion, fails.
+        let devices = prepared_now(checkpoint, &u.claim.uid)?;
         // Only devices the allocation still holds can carry a status.
         let allocated: Vec<(String, String)> = crate::claims::allocated_devices(&claim, driver)
             .map(|(p, d)| (p.to_string(), d.to_string()))
             .collect();
-        let wanted: Vec<(String, String)> = u.devices.iter().filter(|d| allocated.contains(d)).cloned().collect();
+        let wanted: Vec<(String, String)> = devices.into_iter().filter(|d| allocated.contains(d)).collect();
         let next = merged(&claim, driver, node, &wanted);
         let current = claim
             .status
@@ -145,4 +153,100 @@ async fn apply(client: &Client, driver: &str, node: &str, u: &Update) -> Result<
             .with_code(409)
             .boxed(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::checkpoint::{Claims, PreparedClaim, PreparedDevice};
+    use super::*;
+    use kube::api::{Patch, PatchParams};
+    use mock_device_testkit::apiserver::{ApiServer, Config};
+    use serde_json::json;
+
+    const D: &str = "mock-accel.example.com";
+
+    fn ours(claim: &ResourceClaim) -> Vec<String> {
+        claim
+            .status
+            .as_ref()
+            .and_then(|s| s.devices.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d.driver == D)
+            .map(|d| d.device)
+            .collect()
+    }
+
+    /// Issue 18 #9: two agent pods report one claim (a rolling update):
+    /// pod A prepared it, pod B released it, and A's report, queued behind
+    /// other work, lands last. The report carried "prepared" and wrote it,
+    /// over B's "released", for good. A report now writes what the node's
+    /// checkpoint holds when it writes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_late_report_writes_what_the_node_holds_now() {
+        let server = ApiServer::start(Config::default()).unwrap();
+        let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+        let api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
+        let created = api
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "c", "namespace": "default"},
+                    "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "mock-accel-pf"}}]}}
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        api.patch_status(
+            "c",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"allocation": {"devices": {"results": [
+                {"request": "r", "driver": D, "pool": "node-a", "device": "mock0"}]}}}})),
+        )
+        .await
+        .unwrap();
+        let claim = ClaimRef {
+            namespace: "default".into(),
+            name: "c".into(),
+            uid: created.uid().unwrap(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = Checkpoint::new(dir.path(), D, "node-a");
+        let prepared = Claims(BTreeMap::from([(
+            claim.uid.clone(),
+            PreparedClaim {
+                namespace: "default".into(),
+                name: "c".into(),
+                state: ClaimState::PrepareCompleted,
+                boot_id: "b".into(),
+                cdi_spec: dir.path().join("spec.json"),
+                devices: vec![PreparedDevice {
+                    requests: vec!["r".into()],
+                    pool: "node-a".into(),
+                    device: "mock0".into(),
+                    function: "mock0".into(),
+                    physfn: None,
+                    admin_access: false,
+                    share_id: None,
+                    cdi_device_id: "x".into(),
+                }],
+            },
+        )]));
+        let update = Update { claim: claim.clone() };
+        let report = || apply(&client, D, "node-a", &checkpoint, &update);
+        // Pod A prepares and reports.
+        checkpoint.save(&prepared).unwrap();
+        assert!(report().await.unwrap());
+        assert_eq!(ours(&api.get("c").await.unwrap()), ["mock0"]);
+        // Pod B releases and reports.
+        checkpoint.save(&Claims::default()).unwrap();
+        assert!(report().await.unwrap());
+        assert!(ours(&api.get("c").await.unwrap()).is_empty());
+        // A's report of its preparation, late: the node holds nothing now.
+        assert!(!report().await.unwrap());
+        assert!(ours(&api.get("c").await.unwrap()).is_empty());
+    }
 }
