@@ -237,7 +237,9 @@ async fn run(
                 cdi_root: args.cdi_root.clone(),
                 plugin_dir,
                 boot_id_path: args.boot_id_path.clone(),
-                cross_pod_lock: args.pod_uid.as_deref().is_some_and(|u| !u.is_empty()),
+                // Always: two pods of a node may run side by side (a rolling
+                // update), with or without POD_UID.
+                cross_pod_lock: true,
             },
             clients.requests.clone(),
             inventory_rx,

@@ -891,6 +891,47 @@ async fn a_prepare_before_the_first_scan_waits_for_it() {
     agent.stop().await.unwrap();
 }
 
+/// Issue 18 #9: without POD_UID two agent pods of a node (a rolling update)
+/// use the same socket paths: the new one's bind unlinks the old one's live
+/// sockets, the old one noticed its socket "deleted" and bound it again, and
+/// so on: a fight over the kubelet's sockets. The newer now keeps them; calls
+/// of both are serialised by the node's flock.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_on_one_socket_path_do_not_fight_over_it() {
+    use std::os::unix::fs::MetadataExt;
+    let rig = Rig::new(1, 0).await;
+    let (old, _old_events) = rig.agent(&[]).await;
+    rig.kubelet().await;
+    let dra = rig.plugin_dir().join("dra.sock");
+    let reg = rig.path("registry").join(format!("{DRIVER}-reg.sock"));
+    let inode = |p: &Path| fs::symlink_metadata(p).map(|m| m.ino()).ok();
+    let (old_dra, old_reg) = (inode(&dra), inode(&reg));
+    let (new, _new_events) = rig.agent(&[]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while inode(&dra) == old_dra || inode(&reg) == old_reg {
+        assert!(Instant::now() < deadline, "the new agent never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (new_dra, new_reg) = (inode(&dra), inode(&reg));
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            (inode(&dra), inode(&reg)),
+            (new_dra, new_reg),
+            "the sockets changed hands again"
+        );
+    }
+    // The kubelet registers the new one and prepares through it.
+    let kubelet = rig.kubelet().await;
+    let c = rig.claim("c", &[(DRIVER, NODE, "mock0")]).await;
+    assert!(kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap()[&c.uid].is_ok());
+    assert!(rig.plugin_dir().join("serialize.lock").exists());
+    // The old one ends without taking the new one's sockets along.
+    old.stop().await.unwrap();
+    assert_eq!((inode(&dra), inode(&reg)), (new_dra, new_reg));
+    new.stop().await.unwrap();
+}
+
 /// Device name → (health, message), from one health stream message.
 type HealthMap = BTreeMap<String, (i32, String)>;
 

@@ -87,6 +87,10 @@ fn bind(path: &Path) -> anyhow::Result<(UnixListener, Ident)> {
     Ok((listener, id))
 }
 
+fn is_socket(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
 fn remove_if_ours(path: &Path, id: Ident) {
     if ident(path) == Some(id) {
         match fs::remove_file(path) {
@@ -133,8 +137,19 @@ async fn serve_socket(
                     return Ok(());
                 }
                 _ = recheck.notified() => {
-                    if ident(&path) == Some(id) {
+                    let now = ident(&path);
+                    if now == Some(id) {
                         continue;
+                    }
+                    if now.is_some() && is_socket(&path) {
+                        // Another agent pod of this node (same socket path:
+                        // no POD_UID) listens there now: the newer one
+                        // serves, and binding it back would start a fight.
+                        warn!(socket = %path.display(), "our {what} socket was replaced by another agent's (a newer pod on this node with the same socket path): leaving it to that one");
+                        stop.cancel();
+                        let _ = (&mut server).await;
+                        cancel.cancelled().await;
+                        return Ok(());
                     }
                     counter!(m::SOCKET_RECREATIONS, "socket" => what).increment(1);
                     warn!(socket = %path.display(), "our {what} socket was removed or replaced: listening again");
