@@ -136,7 +136,7 @@ static void mock_accel_virtfn_name(const struct mock_accel_fn *vf, char *buf,
 struct mock_accel_chr *mock_accel_chr_create(struct mock_accel_fn *fn)
 {
 	struct mock_accel_chr *chr, *pf_chr = NULL;
-	char link[16];
+	char link[sizeof("virtfn") + 10];	/* "virtfn" and a u32 */
 	int minor, err;
 
 	chr = kzalloc(sizeof(*chr), GFP_KERNEL);
@@ -205,7 +205,7 @@ void mock_accel_chr_announce(struct mock_accel_chr *chr)
 void mock_accel_chr_destroy(struct mock_accel_chr *chr)
 {
 	struct mock_accel_fn *fn = chr->fn;
-	char link[16];
+	char link[sizeof("virtfn") + 10];	/* "virtfn" and a u32 */
 
 	if (mock_accel_is_vf(fn)) {
 		mock_accel_virtfn_name(fn, link, sizeof(link));

@@ -14,7 +14,12 @@
 #include <linux/siphash.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
+#include <linux/version.h>
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
+#include <linux/unaligned.h>	/* moved from asm/ in 6.12 */
+#else
 #include <asm/unaligned.h>
+#endif
 
 #include "mock_accel.h"
 
@@ -193,12 +198,16 @@ noinline int mock_accel_probe_device(u32 pf_index, u32 vf_index,
 	if (IS_ERR(chr))
 		return PTR_ERR(chr);
 
+	/*
+	 * Published and announced under the lock: a status or health write
+	 * that sees fn->chr sends its change uevent after the add, never
+	 * while uevents are still held back.
+	 */
 	mutex_lock(&fn->lock);
 	fn->status = 0;
 	fn->chr = chr;
-	mutex_unlock(&fn->lock);
-
 	mock_accel_chr_announce(chr);
+	mutex_unlock(&fn->lock);
 	return 0;
 }
 

@@ -37,7 +37,13 @@ module_param_named(uuid_seed, mock_accel_uuid_seed, ullong, 0444);
 MODULE_PARM_DESC(uuid_seed, "Seed of the device UUIDs (default 0: derived from the host name)");
 
 static struct mock_accel_fn *mock_accel_pfs[MOCK_ACCEL_MAX_PFS];
-static DEFINE_MUTEX(mock_accel_pfs_lock);	/* guards mock_accel_pfs[] */
+static DEFINE_MUTEX(mock_accel_pfs_lock);	/* guards mock_accel_pfs[], _live */
+/*
+ * Whether new_device/del_device may act: from the end of init to the start
+ * of exit. The bus attributes exist from bus_register() to bus_unregister(),
+ * longer than the root device the PFs hang from.
+ */
+static bool mock_accel_live;
 static atomic_t mock_accel_fail_probes = ATOMIC_INIT(0);
 struct device *mock_accel_root;
 
@@ -124,7 +130,7 @@ static ssize_t new_device_store(MOCK_ACCEL_BUS_TYPE *bus, const char *buf,
 		return -ERANGE;
 
 	mutex_lock(&mock_accel_pfs_lock);
-	err = mock_accel_pf_add(vals[0], vals[1]);
+	err = mock_accel_live ? mock_accel_pf_add(vals[0], vals[1]) : -ENODEV;
 	mutex_unlock(&mock_accel_pfs_lock);
 
 	return err ? err : count;
@@ -145,7 +151,7 @@ static ssize_t del_device_store(MOCK_ACCEL_BUS_TYPE *bus, const char *buf,
 		return -ERANGE;
 
 	mutex_lock(&mock_accel_pfs_lock);
-	err = mock_accel_pf_del(id);
+	err = mock_accel_live ? mock_accel_pf_del(id) : -ENODEV;
 	mutex_unlock(&mock_accel_pfs_lock);
 
 	return err ? err : count;
@@ -197,6 +203,12 @@ static struct device_driver mock_accel_driver = {
 	.name = MOCK_ACCEL_NAME,
 	.bus = &mock_accel_bus,
 	.owner = THIS_MODULE,
+	/*
+	 * new_device and sriov_numvfs promise the devices exist when they
+	 * return (ABI.md): never probe asynchronously, whatever async_probe
+	 * or driver_async_probe= say.
+	 */
+	.probe_type = PROBE_FORCE_SYNCHRONOUS,
 };
 
 static int mock_accel_check_params(void)
@@ -228,6 +240,7 @@ static void mock_accel_del_all(void)
 	u32 id;
 
 	mutex_lock(&mock_accel_pfs_lock);
+	mock_accel_live = false;
 	for (id = 0; id < MOCK_ACCEL_MAX_PFS; id++)
 		mock_accel_pf_del(id);
 	mutex_unlock(&mock_accel_pfs_lock);
@@ -271,6 +284,7 @@ static int __init mock_accel_init(void)
 	mutex_lock(&mock_accel_pfs_lock);
 	for (id = 0; id < num_pfs && !err; id++)
 		err = mock_accel_pf_add(id, id % numa_nodes);
+	mock_accel_live = !err;
 	mutex_unlock(&mock_accel_pfs_lock);
 	if (err)
 		goto err_devices;

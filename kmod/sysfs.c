@@ -209,20 +209,46 @@ static ssize_t sriov_numvfs_store(struct device *dev,
 }
 static DEVICE_ATTR_RW(sriov_numvfs);
 
-static struct attribute *mock_accel_common_attrs[] = {
-	&dev_attr_uuid.attr,
-	&dev_attr_type.attr,
-	&dev_attr_memory_size.attr,
-	&dev_attr_capabilities.attr,
-	&dev_attr_numa_node.attr,
-	&dev_attr_fw_version.attr,
+/*
+ * A VF's status and health are attributes of their own, not the PF's:
+ * kernfs gives each struct attribute its own lockdep class, and a PF drains
+ * its VFs' attributes under its lock (sriov_numvfs=0) while a PF's own
+ * status write takes that lock: one class for both read as a circular
+ * dependency and switched lockdep off.
+ */
+static struct device_attribute dev_attr_vf_status =
+	__ATTR(status, 0644, status_show, status_store);
+static struct device_attribute dev_attr_vf_health =
+	__ATTR(health, 0644, health_show, health_store);
+
+#define MOCK_ACCEL_IDENTITY_ATTRS			\
+	&dev_attr_uuid.attr,				\
+	&dev_attr_type.attr,				\
+	&dev_attr_memory_size.attr,			\
+	&dev_attr_capabilities.attr,			\
+	&dev_attr_numa_node.attr,			\
+	&dev_attr_fw_version.attr
+
+static struct attribute *mock_accel_pf_common_attrs[] = {
+	MOCK_ACCEL_IDENTITY_ATTRS,
 	&dev_attr_status.attr,
 	&dev_attr_health.attr,
 	NULL,
 };
 
-static const struct attribute_group mock_accel_common_group = {
-	.attrs = mock_accel_common_attrs,
+static const struct attribute_group mock_accel_pf_common_group = {
+	.attrs = mock_accel_pf_common_attrs,
+};
+
+static struct attribute *mock_accel_vf_common_attrs[] = {
+	MOCK_ACCEL_IDENTITY_ATTRS,
+	&dev_attr_vf_status.attr,
+	&dev_attr_vf_health.attr,
+	NULL,
+};
+
+static const struct attribute_group mock_accel_vf_common_group = {
+	.attrs = mock_accel_vf_common_attrs,
 };
 
 static struct attribute *mock_accel_sriov_attrs[] = {
@@ -236,12 +262,12 @@ static const struct attribute_group mock_accel_sriov_group = {
 };
 
 const struct attribute_group *mock_accel_pf_groups[] = {
-	&mock_accel_common_group,
+	&mock_accel_pf_common_group,
 	&mock_accel_sriov_group,
 	NULL,
 };
 
 const struct attribute_group *mock_accel_vf_groups[] = {
-	&mock_accel_common_group,
+	&mock_accel_vf_common_group,
 	NULL,
 };

@@ -7,8 +7,11 @@ set -euo pipefail
 
 packages=(
     qemu-system-x86       # boots the guest kernel (software emulation)
-    linux-image-amd64     # the guest kernel
+    linux-image-amd64     # the guest kernel (Debian 12's 6.1)
     linux-headers-amd64   # builds the module against it
+    # The newer guest kernel the module is tested on too (Debian 13's series).
+    linux-image-6.12.107+deb12-amd64-unsigned
+    linux-headers-6.12.107+deb12-amd64
     busybox-static        # the guest's userland
     runc                  # the OCI runtime under containerd on the guest node
     kmod                  # depmod, for the guest's module tree

@@ -182,8 +182,12 @@ impl Guest {
     /// kernel, `mock-accel` built against it and installed, and the given
     /// host binaries under `/usr/local/bin/<name>`.
     pub fn with_module(binaries: &[(&str, &Path)]) -> Result<Guest> {
+        Guest::with_module_on(Kernel::find()?, binaries)
+    }
+
+    /// [`Guest::with_module`] on a given kernel.
+    pub fn with_module_on(kernel: Kernel, binaries: &[(&str, &Path)]) -> Result<Guest> {
         require_tool("qemu-system-x86_64", QEMU_HINT)?;
-        let kernel = Kernel::find()?;
         let build = tempfile::tempdir().map_err(RigError::io("creating a build directory"))?;
         let ko = kernel.build_module(&workspace_root().join("kmod"), build.path())?;
         let mut payload = Initramfs::new();

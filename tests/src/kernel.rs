@@ -28,6 +28,26 @@ impl Kernel {
     /// [`Kernel::find`] over other directories (for tests of the search).
     pub fn find_in(boot: &Path, modules: &Path) -> Result<Kernel> {
         let wanted = std::env::var("MOCK_GUEST_KERNEL").ok().filter(|s| !s.is_empty());
+        let mut found: Vec<Kernel> = Self::all_in(boot, modules)?
+            .into_iter()
+            .filter(|k| wanted.as_deref().is_none_or(|w| w == k.release))
+            .collect();
+        found.pop().ok_or_else(|| RigError::NoKernel {
+            detail: match wanted {
+                Some(w) => format!(" (MOCK_GUEST_KERNEL={w} has no image or no headers)"),
+                None => String::new(),
+            },
+        })
+    }
+
+    /// Every installed kernel that has headers, oldest first: the module's
+    /// guest tests run on each (`./dev setup` installs Debian's 6.1 and
+    /// 6.12).
+    pub fn all() -> Result<Vec<Kernel>> {
+        Self::all_in(Path::new("/boot"), Path::new("/lib/modules"))
+    }
+
+    fn all_in(boot: &Path, modules: &Path) -> Result<Vec<Kernel>> {
         let entries = fs::read_dir(boot).map_err(|e| RigError::NoKernel {
             detail: format!(" ({}: {e})", boot.display()),
         })?;
@@ -42,15 +62,9 @@ impl Kernel {
                     build_dir,
                 })
             })
-            .filter(|k| wanted.as_deref().is_none_or(|w| w == k.release))
             .collect();
         found.sort_by_key(|k| version_key(&k.release));
-        found.pop().ok_or_else(|| RigError::NoKernel {
-            detail: match wanted {
-                Some(w) => format!(" (MOCK_GUEST_KERNEL={w} has no image or no headers)"),
-                None => String::new(),
-            },
-        })
+        Ok(found)
     }
 
     /// Builds `kmod/` against this kernel in a fresh copy under `out_dir`

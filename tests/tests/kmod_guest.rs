@@ -9,53 +9,87 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use mock_device_testkit::guest::{Guest, GuestRun};
+use mock_device_testkit::kernel::Kernel;
 use mock_device_testkit::{RigError, workspace_root};
 
+/// The guest on the default kernel (the newest installed).
 fn guest() -> &'static Guest {
-    static GUEST: OnceLock<Guest> = OnceLock::new();
-    GUEST.get_or_init(|| {
+    guests().last().expect("a guest kernel")
+}
+
+/// One guest per installed kernel with headers, oldest first: every
+/// scenario of the module runs on each (Debian's 6.1 and 6.12).
+fn guests() -> &'static [Guest] {
+    static GUESTS: OnceLock<Vec<Guest>> = OnceLock::new();
+    GUESTS.get_or_init(|| {
         let tool = Path::new(env!("CARGO_BIN_EXE_guest-tool"));
-        Guest::with_module(&[("guest-tool", tool)]).unwrap_or_else(|e| panic!("cannot set up the guest: {e}"))
+        let kernels = Kernel::all().unwrap_or_else(|e| panic!("cannot list the guest kernels: {e}"));
+        assert!(!kernels.is_empty(), "no guest kernel with headers: run ./dev setup");
+        kernels
+            .into_iter()
+            .map(|k| {
+                let release = k.release.clone();
+                Guest::with_module_on(k, &[("guest-tool", tool)])
+                    .unwrap_or_else(|e| panic!("cannot set up the guest on {release}: {e}"))
+            })
+            .collect()
     })
 }
 
-fn scenario(name: &str) -> GuestRun {
-    scenario_on(guest(), name)
+/// Runs a scenario on every kernel, each checked with `check`.
+fn on_every_kernel(name: &str, cpus: u32, check: impl Fn(&GuestRun)) {
+    for g in guests() {
+        let mut g = g.clone();
+        g.cpus = cpus;
+        eprintln!("{name} on {}", g.kernel().release);
+        check(&scenario_on(&g, name));
+    }
 }
 
 fn scenario_on(guest: &Guest, name: &str) -> GuestRun {
     let path = workspace_root().join("tests/scenarios").join(name);
     let script = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let run = guest.run(&script).unwrap_or_else(|e| panic!("{name}: {e}"));
-    eprintln!("{name}: guest run took {:.1} s", run.elapsed.as_secs_f64());
+    let run = guest
+        .run(&script)
+        .unwrap_or_else(|e| panic!("{name} on {}: {e}", guest.kernel().release));
+    eprintln!(
+        "{name} on {}: guest run took {:.1} s",
+        guest.kernel().release,
+        run.elapsed.as_secs_f64()
+    );
     run
 }
 
 #[test]
 fn modprobe_with_default_parameters() {
-    scenario("load_defaults.sh").assert_clean(90);
+    on_every_kernel("load_defaults.sh", 1, |r| r.assert_clean(90));
 }
 
 #[test]
 fn modprobe_with_custom_and_invalid_parameters() {
-    scenario("load_params.sh").assert_clean(45);
+    on_every_kernel("load_params.sh", 1, |r| r.assert_clean(45));
 }
 
 #[test]
 fn bad_input_gets_the_right_errno_and_no_kernel_problem() {
-    scenario("bad_input.sh").assert_clean(55);
+    on_every_kernel("bad_input.sh", 1, |r| r.assert_clean(55));
 }
 
 #[test]
 fn unload_with_vfs_enabled_and_devices_allocated_is_clean() {
-    scenario("unload_busy.sh").assert_clean(19);
+    on_every_kernel("unload_busy.sh", 1, |r| r.assert_clean(19));
 }
 
 #[test]
 fn concurrent_hotplug_sriov_and_allocation_stay_consistent() {
-    let mut smp = guest().clone();
-    smp.cpus = 2;
-    scenario_on(&smp, "stress.sh").assert_clean(11);
+    on_every_kernel("stress.sh", 2, |r| r.assert_clean(11));
+}
+
+/// Issue 17 #2, #4, #5: async_probe, a status write racing probe, unload
+/// racing new_device. Two vCPUs, so the races are real.
+#[test]
+fn races_with_probe_and_unload_keep_the_promises() {
+    on_every_kernel("kmod_races.sh", 2, |r| r.assert_clean(11));
 }
 
 /// Every uevent of hotplug.sh, in order: `ACTION DEVPATH`, plus the change
@@ -163,7 +197,10 @@ impl Event<'_> {
 
 #[test]
 fn hotplug_sriov_status_and_health_send_uevents_in_order() {
-    let run = scenario("hotplug.sh");
+    on_every_kernel("hotplug.sh", 1, check_hotplug_events);
+}
+
+fn check_hotplug_events(run: &GuestRun) {
     run.assert_clean(50);
 
     let events: Vec<Event> = run
@@ -253,25 +290,35 @@ fn module_builds_without_warnings_at_w1_and_sparse() {
         Path::new("/usr/bin/sparse").is_file(),
         "sparse not found: install it with `apt-get install -y sparse` (or run ./dev setup)"
     );
-    let kernel = mock_device_testkit::kernel::Kernel::find().expect("a guest kernel");
+    for kernel in Kernel::all().expect("the guest kernels") {
+        w1_and_sparse_clean(&kernel);
+    }
+}
+
+fn w1_and_sparse_clean(kernel: &Kernel) {
     let dir = tempfile::tempdir().unwrap();
     let (_ko, text) = kernel
         .build_module_with(&workspace_root().join("kmod"), dir.path(), &["W=1", "C=2"])
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{}: {e}", kernel.release));
     let sources = std::fs::read_dir(workspace_root().join("kmod"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|name| name.ends_with(".c") && !name.ends_with(".mod.c"))
         .count();
     let checked = text.lines().filter(|l| l.trim_start().starts_with("CHECK")).count();
-    assert_eq!(checked, sources, "sparse must check every C file:\n{text}");
+    assert_eq!(
+        checked, sources,
+        "{}: sparse must check every C file:\n{text}",
+        kernel.release
+    );
     let complaints: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("warning:") || l.contains("error:") || l.contains(": note:"))
         .collect();
     assert!(
         complaints.is_empty(),
-        "W=1 / sparse complaints:\n{}",
+        "{}: W=1 / sparse complaints:\n{}",
+        kernel.release,
         complaints.join("\n")
     );
 }
