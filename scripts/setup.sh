@@ -16,6 +16,7 @@ packages=(
     runc                  # the OCI runtime under containerd on the guest node
     kmod                  # depmod, for the guest's module tree
     cpio                  # handy to inspect initramfs archives
+    xz-utils              # unpacks the kernel's own modules (6.12 ships .ko.xz)
     sparse                # the kernel's static checker (make C=2)
     protobuf-compiler     # protoc, for the kubelet gRPC APIs (tonic)
     libudev-dev           # the agent's udev event source (udev crate)

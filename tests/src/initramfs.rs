@@ -139,21 +139,47 @@ impl Initramfs {
             installed.push((format!("extra/{name}"), ko.to_path_buf()));
         }
         let host_tree = Path::new("/lib/modules").join(release).join("kernel");
+        // Debian's 6.12 ships its modules xz-compressed (`.ko.xz`); the
+        // guest's busybox loads plain ones: unpacked here.
+        let mut packed = Vec::new();
         for rel in in_tree {
             let src = host_tree.join(rel);
-            if !src.is_file() {
+            let xz = host_tree.join(format!("{rel}.xz"));
+            if src.is_file() {
+                installed.push((format!("kernel/{rel}"), src));
+            } else if xz.is_file() {
+                packed.push((format!("kernel/{rel}"), xz));
+            } else {
                 return Err(RigError::Command {
                     what: "installing the guest's kernel modules".into(),
                     detail: format!("{} is missing (package linux-image-{release})", src.display()),
                 });
             }
-            installed.push((format!("kernel/{rel}"), src));
         }
         for (dest, src) in &installed {
             let to = moddir.join(dest);
             fs::create_dir_all(to.parent().expect("has a parent"))
                 .map_err(RigError::io("creating the staging tree"))?;
             fs::copy(src, &to).map_err(RigError::io(format!("copying {}", src.display())))?;
+        }
+        for (dest, src) in packed {
+            let to = moddir.join(&dest);
+            fs::create_dir_all(to.parent().expect("has a parent"))
+                .map_err(RigError::io("creating the staging tree"))?;
+            let xz = require_tool("xz", "install it with `apt-get install -y xz-utils`")?;
+            let out = Command::new(xz)
+                .arg("-dc")
+                .arg(&src)
+                .output()
+                .map_err(RigError::io("running xz"))?;
+            if !out.status.success() {
+                return Err(RigError::Command {
+                    what: format!("unpacking {}", src.display()),
+                    detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+            fs::write(&to, &out.stdout).map_err(RigError::io(format!("writing {}", to.display())))?;
+            installed.push((dest, to));
         }
         let out = Command::new(depmod)
             .arg("-b")

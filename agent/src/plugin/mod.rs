@@ -63,7 +63,10 @@ fn ident(path: &Path) -> Option<Ident> {
 /// `sun_path`: a unix socket's path, its terminating NUL included.
 const SUN_PATH_LEN: usize = 108;
 
-fn bind(path: &Path) -> anyhow::Result<(UnixListener, Ident)> {
+/// Binds `path`. `take_over`: a socket there is replaced (at start: an
+/// earlier run's, or an older agent pod's); else (listening again after
+/// ours was deleted) one there means another agent took the path: `None`.
+fn bind(path: &Path, take_over: bool) -> anyhow::Result<Option<(UnixListener, Ident)>> {
     let len = path.as_os_str().len();
     if len >= SUN_PATH_LEN {
         anyhow::bail!(
@@ -74,17 +77,34 @@ fn bind(path: &Path) -> anyhow::Result<(UnixListener, Ident)> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    match fs::symlink_metadata(path) {
-        // A socket left by an earlier run of ours (same name): replace it.
-        Ok(m) if m.file_type().is_socket() => {
-            fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?
+    // A socket there is an earlier run's, or an older agent pod's of this
+    // node (same name: no POD_UID): the newest takes it. The older may bind
+    // again in the moment between our unlink and our bind (it took the
+    // unlink for a deletion); then we take it once more, and it sees a
+    // socket not its own and leaves it to us.
+    let mut tries = 0;
+    loop {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() && !take_over => return Ok(None),
+            Ok(m) if m.file_type().is_socket() => {
+                fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?
+            }
+            Ok(_) => anyhow::bail!("{} exists and is not a socket: refusing to replace it", path.display()),
+            Err(_) => {}
         }
-        Ok(_) => anyhow::bail!("{} exists and is not a socket: refusing to replace it", path.display()),
-        Err(_) => {}
+        match UnixListener::bind(path) {
+            Ok(listener) => {
+                let id = ident(path).with_context(|| format!("{} vanished right after bind", path.display()))?;
+                return Ok(Some((listener, id)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !take_over => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e).with_context(|| format!("listening on {}", path.display())),
+        }
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
-    let id = ident(path).with_context(|| format!("{} vanished right after bind", path.display()))?;
-    Ok((listener, id))
 }
 
 fn is_socket(path: &Path) -> bool {
@@ -113,8 +133,14 @@ async fn serve_socket(
     mut bound: Option<oneshot::Sender<()>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut first = true;
     loop {
-        let (listener, id) = bind(&path).with_context(|| format!("the {what} socket"))?;
+        let Some((listener, id)) = bind(&path, first).with_context(|| format!("the {what} socket"))? else {
+            warn!(socket = %path.display(), "our {what} socket was deleted and another agent's is there now: leaving it to that one");
+            cancel.cancelled().await;
+            return Ok(());
+        };
+        first = false;
         info!(socket = %path.display(), "{what} socket listening");
         if let Some(tx) = bound.take() {
             let _ = tx.send(());
