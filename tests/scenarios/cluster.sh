@@ -42,44 +42,10 @@ all="mock0 mock1 mock1-vf0 mock1-vf1 mock2 mock3"
 WAIT_INTERVAL=0.5 wait_until 60 has_devices "$all"
 check "kubectl get resourceslices -l driver=$drv: the module's devices" "$all" "$(devices)"
 
-# --- The seed's "Testing Device Allocation", v1 form (`exactly:`); the image
-# is the node's own busybox (no registry here: issue 14 brings one).
-kubectl apply -f - >/dev/null <<EOF
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaim
-metadata:
-  name: test-claim
-  namespace: default
-spec:
-  devices:
-    requests:
-    - name: accel
-      exactly:
-        deviceClassName: mock-accel-pf
-        count: 1
-EOF
+# --- The seed's "Testing Device Allocation" (node.sh: seed_claim, seed_pod).
+seed_claim test-claim >/dev/null
 check_true "test-claim created" kubectl get resourceclaim test-claim -n default
-pod() { # pod NAME CLAIMS-YAML (resourceClaims entries) REFS-YAML (container claims)
-    kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: $1
-  namespace: default
-spec:
-  terminationGracePeriodSeconds: 1
-  resourceClaims:
-$2
-  containers:
-  - name: test
-    image: $BUSYBOX_IMAGE
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "env | grep MOCK_ACCEL && sleep 3600"]
-    resources:
-      claims:
-$3
-EOF
-}
+pod() { seed_pod "$@" >/dev/null; } # pod NAME CLAIMS-YAML REFS-YAML
 pod test-pod "  - name: accel
     resourceClaimName: test-claim" "      - name: accel"
 WAIT_INTERVAL=1 wait_until 300 running test-pod

@@ -28,42 +28,10 @@ WAIT_INTERVAL=0.5 wait_until 120 has_devices mock0 || fail "no slice for mock0"
 run "kubectl get resourceslices -l driver=$drv"
 
 step "The seed's test: a ResourceClaim for one PF, and a pod using it"
-claim() {
-    kubectl apply -f - <<EOF
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaim
-metadata:
-  name: $1
-  namespace: default
-spec:
-  devices:
-    requests:
-    - name: accel
-      exactly:
-        deviceClassName: mock-accel-pf
-        count: 1
-EOF
-}
-pod() {
-    kubectl apply -f - <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: $1
-  namespace: default
-spec:
-  terminationGracePeriodSeconds: 1
-  resourceClaims:
-  - name: accel
-    resourceClaimName: $2
-  containers:
-  - name: test
-    image: $BUSYBOX_IMAGE
-    command: ["sh", "-c", "env | grep MOCK_ACCEL && sleep 3600"]
-    resources:
-      claims:
-      - name: accel
-EOF
+claim() { seed_claim "$1"; }
+pod() { # pod NAME CLAIM: the seed's test pod with that claim
+    seed_pod "$1" "  - name: accel
+    resourceClaimName: $2" "      - name: accel"
 }
 claim test-claim | sed 's/^/  /'
 pod test-pod test-claim | sed 's/^/  /'

@@ -94,3 +94,48 @@ node_logs() {
         tail -n 8 "$_f"
     done
 }
+
+# The seed README's "Testing Device Allocation", shared by the node's
+# scenarios (v1 form, `exactly:`; the image is the node's own busybox: no
+# registry here).
+# seed_claim NAME: the seed's ResourceClaim for one PF
+seed_claim() {
+    kubectl apply -f - <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata:
+  name: $1
+  namespace: default
+spec:
+  devices:
+    requests:
+    - name: accel
+      exactly:
+        deviceClassName: mock-accel-pf
+        count: 1
+EOF
+}
+
+# seed_pod NAME CLAIMS-YAML REFS-YAML: the seed's test pod, with these
+# spec.resourceClaims entries and container claim references
+seed_pod() {
+    kubectl apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  namespace: default
+spec:
+  terminationGracePeriodSeconds: 1
+  resourceClaims:
+$2
+  containers:
+  - name: test
+    image: $BUSYBOX_IMAGE
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "env | grep MOCK_ACCEL && sleep 3600"]
+    resources:
+      claims:
+$3
+EOF
+}
