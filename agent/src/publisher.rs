@@ -214,6 +214,7 @@ pub async fn run(
     let mut delays = backoff();
     let mut retry_at: Option<tokio::time::Instant> = None;
 
+    let mut ticked = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -268,12 +269,7 @@ pub async fn run(
             _ = async { tokio::time::sleep_until(retry_at.unwrap()).await }, if retry_at.is_some() => {
                 retry_at = None;
             }
-            _ = check.tick() => {
-                // Only the turn to check: nothing else changed.
-                if held.superseded().is_none() {
-                    continue;
-                }
-            }
+            _ = check.tick() => ticked = true,
         }
         if let Some(newer) = held.superseded() {
             info!(%newer, "a newer agent pod on this node asked to publish: stepping aside for good (this one goes on serving the kubelet)");
@@ -281,6 +277,10 @@ pub async fn run(
             drop(held);
             cancel.cancelled().await;
             return Ok(());
+        }
+        // Only the turn to check: nothing else changed.
+        if std::mem::take(&mut ticked) {
+            continue;
         }
         let (Some(inv), true, Some(uid)) = (inventory.as_ref(), synced, node_uid.uid.as_ref()) else {
             continue;
