@@ -11,13 +11,21 @@ default:
     @just --list --unsorted
 
 # Run every test: host unit tests, the real control plane's tests and the guest-kernel tests (boots VMs)
-test: kube
+test: kube debug-kernel
     cargo build --workspace --bins
     cargo test --workspace --no-fail-fast
 
 # Build the real Kubernetes v1.37.2 components, etcd, containerd and CNI plugins from their Go modules (tests/kube; cold: long, progress shown; nothing when up to date)
 kube:
     bash tests/kube/build.sh
+
+# Build the sanitizing guest kernel (KASAN, lockdep, kmemleak, UBSAN, debugobjects, list debugging) from Debian's 6.12 source (tests/debug-kernel; cold: ~6 min on 2 cores, progress shown; cached, nothing when up to date)
+debug-kernel:
+    bash tests/debug-kernel/build.sh
+
+# The long random-operations stress of the module on the sanitizing kernel, two vCPUs (default 900 s); 0 reports expected
+kmod-sanitize seconds="900": debug-kernel build
+    MOCK_GUEST_KERNEL=sanitizing MOCK_GUEST_TIMEOUT=$(({{seconds}} + 300)) ./target/debug/guest --cpus 2 run --set STRESS_SECONDS={{seconds}} tests/scenarios/kmod_sanitize.sh
 
 # Build the Rust workspace (agent, test API server, rig and in-guest tools)
 build:

@@ -12,6 +12,10 @@ packages=(
     # The newer guest kernel the module is tested on too (Debian 13's series).
     linux-image-6.12.107+deb12-amd64-unsigned
     linux-headers-6.12.107+deb12-amd64
+    # The sanitizing guest kernel (tests/debug-kernel) is built from this
+    # source, pinned to the 6.12 image's version, with the kernel's build tools.
+    linux-source-6.12=6.12.107-1~deb12u1
+    flex bison bc libelf-dev libssl-dev
     busybox-static        # the guest's userland
     runc                  # the OCI runtime under containerd on the guest node
     kmod                  # depmod, for the guest's module tree
@@ -27,8 +31,16 @@ packages=(
 
 missing=()
 for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    # NAME=VERSION: that exact version (apt-get install takes the same form).
+    name=${p%%=*}
+    want=${p#"$name"}
+    state=$(dpkg-query -W -f='${Status}|${Version}' "$name" 2>/dev/null || true)
+    case $state in
+        "install ok installed|"*) [ -z "$want" ] || [ "=${state#*|}" = "$want" ] || missing+=("$p") ;;
+        *) missing+=("$p") ;;
+    esac
 done
+
 if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}" >&2
     sudo=()

@@ -1,11 +1,15 @@
-//! The guest kernel: find Debian's installed kernel and build the module
-//! against its headers.
+//! The guest kernel: find Debian's installed kernels (or the sanitizing
+//! kernel `tests/debug-kernel/build.sh` builds) and build the module against
+//! their headers.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{Result, RigError, require_tool};
+use crate::{Result, RigError, require_tool, workspace_root};
+
+/// The name (`MOCK_GUEST_KERNEL=sanitizing`) of the sanitizing kernel.
+pub const SANITIZING: &str = "sanitizing";
 
 /// An installed kernel that can boot as a guest and build modules.
 #[derive(Debug, Clone)]
@@ -14,15 +18,46 @@ pub struct Kernel {
     pub release: String,
     /// `/boot/vmlinuz-<release>`.
     pub image: PathBuf,
-    /// `/lib/modules/<release>/build`: the headers' build directory.
+    /// `/lib/modules/<release>/build`: the headers' build directory (the
+    /// sanitizing kernel's own build tree).
     pub build_dir: PathBuf,
+    /// Built with KASAN, lockdep, kmemleak, UBSAN, debugobjects and list
+    /// debugging (`tests/debug-kernel/`).
+    pub sanitizing: bool,
 }
 
 impl Kernel {
     /// The newest kernel in `/boot` that has headers, or the one named by
-    /// `MOCK_GUEST_KERNEL` (a release string). Never hard-coded.
+    /// `MOCK_GUEST_KERNEL` (a release string, or `sanitizing`). Never
+    /// hard-coded.
     pub fn find() -> Result<Kernel> {
+        if std::env::var("MOCK_GUEST_KERNEL").is_ok_and(|name| name == SANITIZING) {
+            return Self::sanitizing();
+        }
         Self::find_in(Path::new("/boot"), Path::new("/lib/modules"))
+    }
+
+    /// The sanitizing kernel built by `just debug-kernel`
+    /// (`tests/debug-kernel/build.sh`, linked as `target/debug-kernel`).
+    pub fn sanitizing() -> Result<Kernel> {
+        Self::sanitizing_in(&workspace_root().join("target/debug-kernel"))
+    }
+
+    fn sanitizing_in(dir: &Path) -> Result<Kernel> {
+        let missing = || RigError::NoSanitizingKernel {
+            dir: dir.display().to_string(),
+        };
+        let release = fs::read_to_string(dir.join("release")).map_err(|_| missing())?;
+        let kernel = Kernel {
+            release: release.trim().to_string(),
+            image: dir.join("bzImage"),
+            build_dir: dir.join("build"),
+            sanitizing: true,
+        };
+        if kernel.release.is_empty() || !kernel.image.is_file() || !kernel.build_dir.join("Makefile").is_file() {
+            return Err(missing());
+        }
+        Ok(kernel)
     }
 
     /// [`Kernel::find`] over other directories (for tests of the search).
@@ -60,6 +95,7 @@ impl Kernel {
                     image: boot.join(&name),
                     release,
                     build_dir,
+                    sanitizing: false,
                 })
             })
             .collect();
@@ -153,6 +189,22 @@ mod tests {
         let k = Kernel::find_in(&root.path().join("boot"), &root.path().join("modules")).unwrap();
         assert_eq!(k.release, "6.1.0-56-amd64");
         assert!(k.image.ends_with("vmlinuz-6.1.0-56-amd64"));
+    }
+
+    #[test]
+    fn the_sanitizing_kernel_is_found_only_when_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let err = Kernel::sanitizing_in(dir).unwrap_err().to_string();
+        assert!(err.contains("just debug-kernel"), "{err}");
+        fs::write(dir.join("release"), "6.12.107-mock-debug\n").unwrap();
+        fs::write(dir.join("bzImage"), b"").unwrap();
+        assert!(Kernel::sanitizing_in(dir).is_err(), "no build tree yet");
+        fs::create_dir_all(dir.join("build")).unwrap();
+        fs::write(dir.join("build/Makefile"), b"").unwrap();
+        let k = Kernel::sanitizing_in(dir).unwrap();
+        assert_eq!(k.release, "6.12.107-mock-debug");
+        assert!(k.sanitizing);
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub enum RigError {
          Install them with `apt-get install -y linux-image-amd64 linux-headers-amd64` (or run ./dev setup)"
     )]
     NoKernel { detail: String },
+    #[error("no sanitizing guest kernel in {dir}: build it with `just debug-kernel` (tests/debug-kernel/build.sh)")]
+    NoSanitizingKernel { dir: String },
     #[error("building the module failed (exit {status}):\n{output}")]
     ModuleBuild { status: String, output: String },
     #[error("{what} failed: {detail}")]

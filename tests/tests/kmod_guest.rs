@@ -14,17 +14,24 @@ use mock_device_testkit::{RigError, workspace_root};
 
 /// The guest on the default kernel (the newest installed).
 fn guest() -> &'static Guest {
-    guests().last().expect("a guest kernel")
+    guests()
+        .iter()
+        .rfind(|g| !g.kernel().sanitizing)
+        .expect("a guest kernel")
 }
 
-/// One guest per installed kernel with headers, oldest first: every
-/// scenario of the module runs on each (Debian's 6.1 and 6.12).
+/// One guest per installed kernel with headers, oldest first, then the
+/// sanitizing kernel (`just debug-kernel`, which `just test` builds first):
+/// every scenario of the module runs on each (Debian's 6.1 and 6.12, and
+/// 6.12 with KASAN, lockdep, kmemleak, UBSAN, debugobjects and list
+/// debugging, whose reports fail the run like any kernel problem).
 fn guests() -> &'static [Guest] {
     static GUESTS: OnceLock<Vec<Guest>> = OnceLock::new();
     GUESTS.get_or_init(|| {
         let tool = Path::new(env!("CARGO_BIN_EXE_guest-tool"));
-        let kernels = Kernel::all().unwrap_or_else(|e| panic!("cannot list the guest kernels: {e}"));
+        let mut kernels = Kernel::all().unwrap_or_else(|e| panic!("cannot list the guest kernels: {e}"));
         assert!(!kernels.is_empty(), "no guest kernel with headers: run ./dev setup");
+        kernels.push(Kernel::sanitizing().unwrap_or_else(|e| panic!("{e}")));
         kernels
             .into_iter()
             .map(|k| {
@@ -90,6 +97,22 @@ fn concurrent_hotplug_sriov_and_allocation_stay_consistent() {
 #[test]
 fn races_with_probe_and_unload_keep_the_promises() {
     on_every_kernel("kmod_races.sh", 2, |r| r.assert_clean(11));
+}
+
+/// Random hot-plug, SR-IOV, status/health, bind/unbind, character-device
+/// reads while devices go, and unloads racing it all, in rounds (the short
+/// run; `just kmod-sanitize` runs it for long on the sanitizing kernel).
+#[test]
+fn random_operations_from_every_side_leave_no_kernel_problem() {
+    on_every_kernel("kmod_sanitize.sh", 2, |r| {
+        r.assert_clean(8);
+        let summary = r
+            .output
+            .lines()
+            .find(|l| l.starts_with("stress: "))
+            .unwrap_or("no summary");
+        eprintln!("{summary}");
+    });
 }
 
 /// Every uevent of hotplug.sh, in order: `ACTION DEVPATH`, plus the change

@@ -5,8 +5,8 @@
 //!   waiting pod is placed after a hot-plug (the README's main command).
 //! - `guest demo-lite`: the module, the agent and the test API server;
 //!   devices hot-plugged, the slices shown changing (no Kubernetes build).
-//! - `guest run SCRIPT`: runs a scenario script, prints its output, exits
-//!   with its status.
+//! - `guest run [--set NAME=VALUE]... SCRIPT`: runs a scenario script,
+//!   prints its output, exits with its status.
 //! - `guest shell`: an interactive shell in the guest, module installed.
 
 use std::path::PathBuf;
@@ -24,6 +24,12 @@ struct Args {
     /// starts it): the components built by `just kube`, containerd, runc.
     #[arg(long, global = true)]
     node: bool,
+    /// Guest vCPUs (default: 1, or the node's own setting with --node).
+    #[arg(long, global = true)]
+    cpus: Option<u32>,
+    /// Guest memory in MiB (default: 1024, or the node's own setting with --node).
+    #[arg(long, global = true, value_name = "MIB")]
+    memory: Option<u32>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -35,9 +41,28 @@ enum Cmd {
     /// The module, the agent and the test API server: hot-plug, slices, uevents.
     DemoLite,
     /// Run a scenario script in the guest and exit with its status.
-    Run { script: PathBuf },
+    Run {
+        script: PathBuf,
+        /// A variable exported to the script (e.g. STRESS_SECONDS=900); repeatable.
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+    },
     /// Interactive shell in the guest (Ctrl-A X quits QEMU).
     Shell,
+}
+
+/// `NAME=VALUE`, NAME a shell variable name, VALUE without a single quote.
+fn parse_var(arg: &str) -> Result<(String, String), String> {
+    let (name, value) = arg.split_once('=').ok_or("expected NAME=VALUE")?;
+    let valid_name = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid_name {
+        return Err(format!("{name:?} is not a shell variable name"));
+    }
+    if value.contains('\'') {
+        return Err("the value cannot contain a single quote".into());
+    }
+    Ok((name.to_string(), value.to_string()))
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -60,7 +85,7 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     let refs: Vec<(&str, &std::path::Path)> = binaries.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let node = args.node || matches!(args.command, Cmd::Demo);
-    let guest = if node {
+    let mut guest = if node {
         let mut g = mock_device_testkit::node::guest(&refs)?;
         // A whole node under software emulation: minutes, not seconds.
         g.timeout = g.timeout.max(std::time::Duration::from_secs(1200));
@@ -68,12 +93,19 @@ fn main() -> anyhow::Result<ExitCode> {
     } else {
         Guest::with_module(&refs)?
     };
+    if let Some(cpus) = args.cpus {
+        guest.cpus = cpus;
+    }
+    if let Some(memory) = args.memory {
+        guest.memory_mib = memory;
+    }
     eprintln!(
         "guest kernel {} ({})",
         guest.kernel().release,
         guest.kernel().image.display()
     );
 
+    let mut vars = Vec::new();
     let script = match args.command {
         Cmd::Shell => {
             let status = guest.shell()?;
@@ -85,9 +117,16 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Cmd::Demo => workspace_root().join("tests/scenarios/cluster_demo.sh"),
         Cmd::DemoLite => workspace_root().join("tests/scenarios/demo.sh"),
-        Cmd::Run { script } => script,
+        Cmd::Run { script, vars: v } => {
+            vars = v;
+            script
+        }
     };
-    let text = std::fs::read_to_string(&script).with_context(|| format!("reading {}", script.display()))?;
+    let mut text = String::new();
+    for (name, value) in &vars {
+        text.push_str(&format!("export {name}='{value}'\n"));
+    }
+    text += &std::fs::read_to_string(&script).with_context(|| format!("reading {}", script.display()))?;
     let run = guest.run_streaming(&text, &mut |line| println!("{line}"))?;
     let problems = run.kernel_problems();
     if !problems.is_empty() {
@@ -103,4 +142,22 @@ fn main() -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_var;
+
+    #[test]
+    fn variables_are_checked_before_they_reach_the_shell() {
+        assert_eq!(
+            parse_var("STRESS_SECONDS=900"),
+            Ok(("STRESS_SECONDS".into(), "900".into()))
+        );
+        assert_eq!(parse_var("A="), Ok(("A".into(), String::new())));
+        assert!(parse_var("900").is_err());
+        assert!(parse_var("1A=2").is_err());
+        assert!(parse_var("A B=2").is_err());
+        assert!(parse_var("A=it's").is_err());
+    }
 }
