@@ -31,8 +31,9 @@ kmod-sanitize seconds="900": debug-kernel build
 build:
     cargo build --workspace --bins
 
-# The test node's container images as OCI archives, without an engine (pause, busybox): target/images/*.tar
+# Container images as OCI archives, without an engine: the test node's (pause, busybox) and the driver's (the agent, the KMM module per installed kernel): target/images/*.tar
 images:
+    cargo build --release -q -p mock-accel-agent --bin mock-accel-agent
     cargo run -q -p mock-device-testkit --bin images
 
 # Build the module against the installed guest kernel (kmod/mock-accel.ko)

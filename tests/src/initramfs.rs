@@ -122,88 +122,8 @@ impl Initramfs {
     /// `/lib/modules/<release>/kernel/`, copied from the host's tree) and one
     /// set of `modules.*` files from the host's `depmod` for all of them.
     pub fn modules(&mut self, ours: &[&Path], release: &str, in_tree: &[&str]) -> Result<&mut Self> {
-        // depmod lives in /usr/sbin, which a non-root PATH may lack.
-        let depmod = ["/usr/sbin/depmod", "/sbin/depmod"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .map_or_else(
-                || require_tool("depmod", "install it with `apt-get install -y kmod`"),
-                Ok,
-            )?;
-        let staging = tempfile::tempdir().map_err(RigError::io("creating a depmod staging root"))?;
-        let moddir = staging.path().join("lib/modules").join(release);
-        let mut installed = Vec::new();
-        for ko in ours {
-            let name = ko.file_name().expect("a .ko path has a file name").to_string_lossy();
-            installed.push((format!("extra/{name}"), ko.to_path_buf()));
-        }
-        let host_tree = Path::new("/lib/modules").join(release).join("kernel");
-        // Debian's 6.12 ships its modules xz-compressed (`.ko.xz`); the
-        // guest's busybox loads plain ones: unpacked here.
-        let mut packed = Vec::new();
-        for rel in in_tree {
-            let src = host_tree.join(rel);
-            let xz = host_tree.join(format!("{rel}.xz"));
-            if src.is_file() {
-                installed.push((format!("kernel/{rel}"), src));
-            } else if xz.is_file() {
-                packed.push((format!("kernel/{rel}"), xz));
-            } else {
-                return Err(RigError::Command {
-                    what: "installing the guest's kernel modules".into(),
-                    detail: format!("{} is missing (package linux-image-{release})", src.display()),
-                });
-            }
-        }
-        for (dest, src) in &installed {
-            let to = moddir.join(dest);
-            fs::create_dir_all(to.parent().expect("has a parent"))
-                .map_err(RigError::io("creating the staging tree"))?;
-            fs::copy(src, &to).map_err(RigError::io(format!("copying {}", src.display())))?;
-        }
-        for (dest, src) in packed {
-            let to = moddir.join(&dest);
-            fs::create_dir_all(to.parent().expect("has a parent"))
-                .map_err(RigError::io("creating the staging tree"))?;
-            let xz = require_tool("xz", "install it with `apt-get install -y xz-utils`")?;
-            let out = Command::new(xz)
-                .arg("-dc")
-                .arg(&src)
-                .output()
-                .map_err(RigError::io("running xz"))?;
-            if !out.status.success() {
-                return Err(RigError::Command {
-                    what: format!("unpacking {}", src.display()),
-                    detail: String::from_utf8_lossy(&out.stderr).into_owned(),
-                });
-            }
-            fs::write(&to, &out.stdout).map_err(RigError::io(format!("writing {}", to.display())))?;
-            installed.push((dest, to));
-        }
-        let out = Command::new(depmod)
-            .arg("-b")
-            .arg(staging.path())
-            .arg(release)
-            .output()
-            .map_err(RigError::io("running depmod"))?;
-        if !out.status.success() {
-            return Err(RigError::Command {
-                what: "depmod".into(),
-                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        for entry in fs::read_dir(&moddir).map_err(RigError::io("reading the staging tree"))? {
-            let entry = entry.map_err(RigError::io("reading the staging tree"))?;
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if file.starts_with("modules.") {
-                let data = fs::read(entry.path()).map_err(RigError::io(format!("reading {file}")))?;
-                self.data(&format!("lib/modules/{release}/{file}"), FILE, data);
-            }
-        }
-        for (dest, src) in installed {
-            let data = fs::read(&src).map_err(RigError::io(format!("reading {}", src.display())))?;
-            self.data(&format!("lib/modules/{release}/{dest}"), FILE, data);
+        for (path, data) in module_tree(ours, release, in_tree)? {
+            self.data(&format!("lib/modules/{release}/{path}"), FILE, data);
         }
         Ok(self)
     }
@@ -237,6 +157,98 @@ impl Initramfs {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         self.write_to(Vec::new())
     }
+}
+
+/// A module tree for `release` as `depmod` makes it: our modules under
+/// `extra/`, the kernel's own modules named in `in_tree` (paths under
+/// `kernel/`) and the `modules.*` index files, as (path relative to
+/// `lib/modules/<release>/`, contents). The guest's initramfs installs it
+/// under `/lib/modules`, the KMM module image under `/opt/lib/modules`.
+pub fn module_tree(ours: &[&Path], release: &str, in_tree: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
+    // depmod lives in /usr/sbin, which a non-root PATH may lack.
+    let depmod = ["/usr/sbin/depmod", "/sbin/depmod"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .map_or_else(
+            || require_tool("depmod", "install it with `apt-get install -y kmod`"),
+            Ok,
+        )?;
+    let staging = tempfile::tempdir().map_err(RigError::io("creating a depmod staging root"))?;
+    let moddir = staging.path().join("lib/modules").join(release);
+    let mut installed = Vec::new();
+    for ko in ours {
+        let name = ko.file_name().expect("a .ko path has a file name").to_string_lossy();
+        installed.push((format!("extra/{name}"), ko.to_path_buf()));
+    }
+    let host_tree = Path::new("/lib/modules").join(release).join("kernel");
+    // Debian's 6.12 ships its modules xz-compressed (`.ko.xz`); the
+    // guest's busybox loads plain ones: unpacked here.
+    let mut packed = Vec::new();
+    for rel in in_tree {
+        let src = host_tree.join(rel);
+        let xz = host_tree.join(format!("{rel}.xz"));
+        if src.is_file() {
+            installed.push((format!("kernel/{rel}"), src));
+        } else if xz.is_file() {
+            packed.push((format!("kernel/{rel}"), xz));
+        } else {
+            return Err(RigError::Command {
+                what: "installing the guest's kernel modules".into(),
+                detail: format!("{} is missing (package linux-image-{release})", src.display()),
+            });
+        }
+    }
+    for (dest, src) in &installed {
+        let to = moddir.join(dest);
+        fs::create_dir_all(to.parent().expect("has a parent")).map_err(RigError::io("creating the staging tree"))?;
+        fs::copy(src, &to).map_err(RigError::io(format!("copying {}", src.display())))?;
+    }
+    for (dest, src) in packed {
+        let to = moddir.join(&dest);
+        fs::create_dir_all(to.parent().expect("has a parent")).map_err(RigError::io("creating the staging tree"))?;
+        let xz = require_tool("xz", "install it with `apt-get install -y xz-utils`")?;
+        let out = Command::new(xz)
+            .arg("-dc")
+            .arg(&src)
+            .output()
+            .map_err(RigError::io("running xz"))?;
+        if !out.status.success() {
+            return Err(RigError::Command {
+                what: format!("unpacking {}", src.display()),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        fs::write(&to, &out.stdout).map_err(RigError::io(format!("writing {}", to.display())))?;
+        installed.push((dest, to));
+    }
+    let out = Command::new(depmod)
+        .arg("-b")
+        .arg(staging.path())
+        .arg(release)
+        .output()
+        .map_err(RigError::io("running depmod"))?;
+    if !out.status.success() {
+        return Err(RigError::Command {
+            what: "depmod".into(),
+            detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let mut tree = Vec::new();
+    for entry in fs::read_dir(&moddir).map_err(RigError::io("reading the staging tree"))? {
+        let entry = entry.map_err(RigError::io("reading the staging tree"))?;
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with("modules.") {
+            let data = fs::read(entry.path()).map_err(RigError::io(format!("reading {file}")))?;
+            tree.push((file, data));
+        }
+    }
+    for (dest, src) in installed {
+        let data = fs::read(&src).map_err(RigError::io(format!("reading {}", src.display())))?;
+        tree.push((dest, data));
+    }
+    tree.sort();
+    Ok(tree)
 }
 
 /// Absolute paths of the shared libraries (and loader) `ldd` lists for a

@@ -9,8 +9,9 @@
 //!
 //! Deterministic: the same inputs give the same bytes, so the same digests
 //! (entries sorted, times 0, owner 0:0, JSON keys sorted, no creation date).
-//! The images the test node needs are described in [`test_images`]; the
-//! driver's own image can be added the same way.
+//! The images the test node needs are described in [`test_images`], the
+//! driver's own (the chart's: the agent, the KMM module per kernel) in
+//! [`driver_images`].
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -118,6 +119,8 @@ pub struct Image {
     pub cmd: Vec<String>,
     pub env: Vec<String>,
     pub user: Option<String>,
+    /// e.g. `8080/tcp`
+    pub exposed_ports: Vec<String>,
     pub layers: Vec<Layer>,
 }
 
@@ -186,6 +189,9 @@ impl Image {
         }
         if let Some(u) = &self.user {
             process = process.user(u.clone());
+        }
+        if !self.exposed_ports.is_empty() {
+            process = process.exposed_ports(self.exposed_ports.clone());
         }
         let config = ImageConfigurationBuilder::default()
             .architecture(Arch::Amd64)
@@ -361,6 +367,107 @@ pub fn test_images(out_dir: &Path) -> Result<Vec<Image>> {
             ..Default::default()
         },
     ])
+}
+
+/// The driver's version, the chart's `appVersion` (chart/Chart.yaml): the
+/// tag of its images.
+pub fn driver_version() -> Result<String> {
+    let path = crate::workspace_root().join("chart/Chart.yaml");
+    let text = fs::read_to_string(&path).map_err(RigError::io(format!("reading {}", path.display())))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .ok_or_else(|| RigError::Command {
+            what: "reading the chart's appVersion".into(),
+            detail: format!("no appVersion in {}", path.display()),
+        })
+}
+
+/// Where the driver's images live (the chart's defaults, chart/values.yaml).
+pub const DRIVER_REPOSITORY: &str = "ghcr.io/fabiendupont/mock-accel-dra-driver";
+pub const MODULE_REPOSITORY: &str = "ghcr.io/fabiendupont/mock-accel-module";
+
+/// The chart's images, what `images/*.Containerfile` build with an engine
+/// (a test checks that both describe the same files, user, entrypoint and
+/// ports):
+/// - `<DRIVER_REPOSITORY>:<appVersion>`: the agent (node agent and
+///   controller; the eBPF object is inside the binary), the shared libraries
+///   it links (glibc, libgcc_s, libudev, at their Debian paths), `nonroot`
+///   (65532) as user, port 8080;
+/// - `<MODULE_REPOSITORY>:v<appVersion>-<kernel release>` per built module:
+///   the layout of KMM's ModuleLoader images (`/opt/lib/modules/<release>/
+///   extra/mock-accel.ko` with depmod's index), busybox for `modprobe`,
+///   `sleep` and `sh`.
+pub fn driver_images(agent: &Path, modules: &[(String, std::path::PathBuf)]) -> Result<Vec<Image>> {
+    let version = driver_version()?;
+    let mut root = Layer::default();
+    root.file("usr/bin/mock-accel-agent", 0o755, stripped(agent)?);
+    for lib in crate::initramfs::shared_libraries(agent)? {
+        let data = fs::read(&lib).map_err(RigError::io(format!("reading {}", lib.display())))?;
+        root.file(lib.to_string_lossy().trim_start_matches('/'), 0o755, data);
+    }
+    root.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n".to_vec(),
+    );
+    root.file("etc/group", 0o644, b"root:x:0:\nnonroot:x:65532:\n".to_vec());
+    root.dir("home/nonroot", 0o700);
+    root.dir("tmp", 0o1777);
+    let mut images = vec![Image {
+        name: format!("{DRIVER_REPOSITORY}:{version}"),
+        entrypoint: vec!["/usr/bin/mock-accel-agent".into()],
+        user: Some("65532:65532".into()),
+        exposed_ports: vec!["8080/tcp".into()],
+        layers: vec![root],
+        ..Default::default()
+    }];
+    let (bb, _, _) = busybox()?;
+    for (release, ko) in modules {
+        let mut tools = Layer::default();
+        tools.file("bin/busybox", 0o755, bb.clone());
+        for applet in ["modprobe", "sleep", "sh"] {
+            tools.symlink(&format!("bin/{applet}"), "busybox");
+        }
+        // Debug information out (as Debian installs its modules): smaller,
+        // and the same bytes whatever directory the module was built in.
+        let scratch = tempfile::tempdir().map_err(RigError::io("creating a scratch directory"))?;
+        let plain = scratch.path().join(ko.file_name().unwrap_or_default());
+        fs::write(&plain, stripped(ko)?).map_err(RigError::io("writing the stripped module"))?;
+        let mut tree = Layer::default();
+        for (path, data) in crate::initramfs::module_tree(&[plain.as_path()], release, &[])? {
+            tree.file(&format!("opt/lib/modules/{release}/{path}"), 0o644, data);
+        }
+        images.push(Image {
+            name: format!("{MODULE_REPOSITORY}:v{version}-{release}"),
+            cmd: vec!["sleep".into(), "infinity".into()],
+            env: vec!["PATH=/bin".into()],
+            layers: vec![tools, tree],
+            ..Default::default()
+        });
+    }
+    Ok(images)
+}
+
+/// A copy of a binary without its debug information (a debug build of the
+/// agent is 150 MB with it).
+fn stripped(binary: &Path) -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir().map_err(RigError::io("creating a scratch directory"))?;
+    let out = dir.path().join("stripped");
+    let status = std::process::Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&out)
+        .arg(binary)
+        .status()
+        .map_err(RigError::io("running strip (package binutils)"))?;
+    if !status.success() {
+        return Err(RigError::Command {
+            what: format!("strip {}", binary.display()),
+            detail: status.to_string(),
+        });
+    }
+    fs::read(&out).map_err(RigError::io("reading the stripped binary"))
 }
 
 #[cfg(test)]
