@@ -15,7 +15,7 @@ test: kube debug-kernel
     cargo build --workspace --bins
     cargo test --workspace --no-fail-fast
 
-# Build the real Kubernetes v1.37.2 components, etcd, containerd and CNI plugins from their Go modules (tests/kube; cold: long, progress shown; nothing when up to date)
+# Build the real Kubernetes v1.37.2 components, etcd, containerd, CNI plugins and the Helm v4.3.1 CLI from their Go modules (tests/kube; cold: long, progress shown; nothing when up to date)
 kube:
     bash tests/kube/build.sh
 

@@ -8,6 +8,8 @@
 #   containerd, containerd-shim-runc-v2, ctr, and the CNI plugins bridge,
 #               host-local, loopback (containerd/go.mod: its own module, so
 #               containerd's newer dependencies never change Kubernetes')
+#   helm        the Helm CLI v4.3.1 (helm/go.mod, its own module too), which
+#               installs the chart into the guest's node
 # into target/kube/bin (or $1). Static (CGO_ENABLED=0), stripped, -trimpath.
 #
 # Nothing is rebuilt when the inputs (go.mod, go.sum, sources, this script, the
@@ -24,7 +26,7 @@ k8s_version=v1.37.2
 containerd_version=v2.4.2
 
 stamp=$( (go version; cat "$0" "$here/go.mod" "$here/go.sum" "$here/cmd/kube/main.go" \
-    "$here/containerd/go.mod" "$here/containerd/go.sum") | sha256sum | cut -c1-16)
+    "$here/containerd/go.mod" "$here/containerd/go.sum" "$here/helm/go.mod" "$here/helm/go.sum") | sha256sum | cut -c1-16)
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
     echo "kube: up to date ($out)"
     exit 0
@@ -76,6 +78,10 @@ for p in main/bridge main/loopback ipam/host-local; do
     build "cni ${p#*/}" "$here/containerd" -trimpath -o "$out/cni/${p#*/}" -ldflags "-s -w" \
         "github.com/containernetworking/plugins/plugins/$p"
 done
+
+helm_version=v4.3.1
+build helm "$here/helm" -trimpath -o "$out/helm" \
+    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" helm.sh/helm/v4/cmd/helm
 
 echo "$stamp" > "$out/.stamp"
 echo "kube: everything built in $((SECONDS - t0)) s into $out"
