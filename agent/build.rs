@@ -25,6 +25,12 @@ fn main() -> anyhow::Result<()> {
     // build-std on the stable toolchain (environment.md): -Z build-std=core.
     // SAFETY: as above.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
+    // aya-build relays every line the inner cargo prints on stderr as a
+    // `cargo:warning`: dozens of "Compiling ..." lines that read like
+    // problems on a first build. Quiet, it prints only what is one (a
+    // compiler warning or error).
+    // SAFETY: as above.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../agent-ebpf");
     let root = root.to_str().expect("a UTF-8 path");
     aya_build::build_ebpf(
