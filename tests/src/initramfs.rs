@@ -100,14 +100,7 @@ impl Initramfs {
             self.entries.len(),
             src.file_name().unwrap_or_default().to_string_lossy()
         ));
-        let status = Command::new("strip")
-            .arg("--strip-debug")
-            .arg("-o")
-            .arg(&out)
-            .arg(src)
-            .status()
-            .map_err(RigError::io("running strip"))?;
-        Ok(status.success().then_some(out))
+        Ok(strip_debug(src, &out)?.then_some(out))
     }
 
     /// Installs a module as `/lib/modules/<release>/extra/<name>.ko` and the
@@ -157,6 +150,19 @@ impl Initramfs {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         self.write_to(Vec::new())
     }
+}
+
+/// Writes `src` without its debug information to `out` (`strip
+/// --strip-debug`); whether strip succeeded.
+pub fn strip_debug(src: &Path, out: &Path) -> Result<bool> {
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .status()
+        .map_err(RigError::io("running strip (package binutils)"))?;
+    Ok(status.success())
 }
 
 /// A module tree for `release` as `depmod` makes it: our modules under

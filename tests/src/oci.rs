@@ -454,17 +454,10 @@ pub fn driver_images(agent: &Path, modules: &[(String, std::path::PathBuf)]) -> 
 fn stripped(binary: &Path) -> Result<Vec<u8>> {
     let dir = tempfile::tempdir().map_err(RigError::io("creating a scratch directory"))?;
     let out = dir.path().join("stripped");
-    let status = std::process::Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(&out)
-        .arg(binary)
-        .status()
-        .map_err(RigError::io("running strip (package binutils)"))?;
-    if !status.success() {
+    if !crate::initramfs::strip_debug(binary, &out)? {
         return Err(RigError::Command {
             what: format!("strip {}", binary.display()),
-            detail: status.to_string(),
+            detail: "strip --strip-debug failed".into(),
         });
     }
     fs::read(&out).map_err(RigError::io("reading the stripped binary"))
