@@ -41,7 +41,7 @@ build() {
     local total
     total=$(cd "$dir" && go list -deps "${pkgs[@]}" 2>/dev/null | wc -l)
     local start=$SECONDS n=0 last=$SECONDS
-    echo "$label: building ($total packages when nothing is cached; a cold Kubernetes build takes about 15 minutes on 2 cores)"
+    echo "$label: building ($total packages when nothing is cached${cold:+; cold, it takes about $cold on 2 cores})"
     (cd "$dir" && go build -v "$@" 2>&1) | while IFS= read -r line; do
         case $line in
             *" "* | *":"*) echo "$line" ;;  # a compiler message, not a package name
@@ -60,7 +60,7 @@ build() {
 
 t0=$SECONDS
 cv=k8s.io/component-base/version
-build kube "$here" -trimpath -o "$out/kube" -ldflags "-s -w \
+cold="15 minutes" build kube "$here" -trimpath -o "$out/kube" -ldflags "-s -w \
     -X $cv.gitVersion=$k8s_version -X $cv.gitMajor=1 -X $cv.gitMinor=37 \
     -X $cv.gitTreeState=clean -X $cv.buildDate=2026-10-27T12:01:04Z" ./cmd/kube
 for c in kube-apiserver kube-controller-manager kube-scheduler kubelet etcd; do
@@ -80,7 +80,7 @@ for p in main/bridge main/loopback ipam/host-local; do
 done
 
 helm_version=v4.3.1
-build helm "$here/helm" -trimpath -o "$out/helm" \
+cold="6 minutes" build helm "$here/helm" -trimpath -o "$out/helm" \
     -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" helm.sh/helm/v4/cmd/helm
 
 echo "$stamp" > "$out/.stamp"
