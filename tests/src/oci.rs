@@ -422,7 +422,10 @@ pub fn driver_images(agent: &Path, modules: &[(String, std::path::PathBuf)]) -> 
         layers: vec![root],
         ..Default::default()
     }];
-    let (bb, _, _) = busybox()?;
+    let bb = match modules {
+        [] => Vec::new(),
+        _ => busybox()?.0,
+    };
     for (release, ko) in modules {
         let mut tools = Layer::default();
         tools.file("bin/busybox", 0o755, bb.clone());
@@ -447,6 +450,18 @@ pub fn driver_images(agent: &Path, modules: &[(String, std::path::PathBuf)]) -> 
         });
     }
     Ok(images)
+}
+
+/// [`driver_images`] with the module built for every installed guest kernel
+/// (in `out_dir/kmod-<release>`).
+pub fn driver_images_for_installed_kernels(agent: &Path, out_dir: &Path) -> Result<Vec<Image>> {
+    let mut modules = Vec::new();
+    for kernel in crate::kernel::Kernel::all()? {
+        let dir = out_dir.join(format!("kmod-{}", kernel.release));
+        let ko = kernel.build_module(&crate::workspace_root().join("kmod"), &dir)?;
+        modules.push((kernel.release, ko));
+    }
+    driver_images(agent, &modules)
 }
 
 /// A copy of a binary without its debug information (a debug build of the

@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mock_device_testkit::cluster::{Process, bin_dir};
-use mock_device_testkit::kernel::Kernel;
 use mock_device_testkit::oci::{self, Image};
 use mock_device_testkit::workspace_root;
 
@@ -23,18 +22,9 @@ fn driver_images(dir: &Path) -> Vec<Image> {
         "{} is missing: run cargo build --workspace --bins",
         agent.display()
     );
-    let modules: Vec<_> = Kernel::all()
-        .unwrap()
-        .into_iter()
-        .map(|k| {
-            let ko = k
-                .build_module(&workspace_root().join("kmod"), &dir.join(&k.release))
-                .unwrap();
-            (k.release, ko)
-        })
-        .collect();
-    assert!(!modules.is_empty(), "no guest kernel: run ./dev setup");
-    oci::driver_images(&agent, &modules).unwrap()
+    let images = oci::driver_images_for_installed_kernels(&agent, dir).unwrap();
+    assert!(images.len() > 1, "no guest kernel: run ./dev setup");
+    images
 }
 
 /// The last stage of a Containerfile: `(instruction, arguments)`, with

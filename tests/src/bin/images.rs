@@ -12,7 +12,6 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use mock_device_testkit::kernel::Kernel;
 use mock_device_testkit::{oci, workspace_root};
 
 #[derive(Parser)]
@@ -35,14 +34,8 @@ fn main() -> anyhow::Result<()> {
         "{} is missing: build it with `cargo build --release -p mock-accel-agent` (just images does)",
         args.agent.display()
     );
-    let mut modules = Vec::new();
-    for kernel in Kernel::all()? {
-        let dir = out.join(format!("kmod-{}", kernel.release));
-        let ko = kernel.build_module(&workspace_root().join("kmod"), &dir)?;
-        modules.push((kernel.release, ko));
-    }
     let mut images = oci::test_images(&out)?;
-    images.extend(oci::driver_images(&args.agent, &modules)?);
+    images.extend(oci::driver_images_for_installed_kernels(&args.agent, &out)?);
     for image in images {
         let file = match image.name.rsplit_once(":v") {
             Some((_, kernel_tag)) if image.name.starts_with(oci::MODULE_REPOSITORY) => {
