@@ -18,6 +18,7 @@ packages=(
     flex bison bc libelf-dev libssl-dev
     busybox-static        # the guest's userland
     runc                  # the OCI runtime under containerd on the guest node
+    nftables=1.0.6-2+deb12u2   # nft, which kube-proxy (nftables mode) drives on the guest node
     kmod                  # depmod, for the guest's module tree
     cpio                  # handy to inspect initramfs archives
     xz-utils              # unpacks the kernel's own modules (6.12 ships .ko.xz)

@@ -2,7 +2,7 @@
 # Builds the real Kubernetes node's components from their Go modules, pinned
 # by the go.mod/go.sum beside this script:
 #   kube        one binary: kube-apiserver, kube-controller-manager,
-#               kube-scheduler, kubelet, etcd (k8s.io/kubernetes v1.37.2 with
+#               kube-scheduler, kubelet, kube-proxy, etcd (k8s.io/kubernetes v1.37.2 with
 #               exactly its own dependency pins; etcd server v3.7.0, the one
 #               it requires), with a symlink per component
 #   containerd, containerd-shim-runc-v2, ctr, and the CNI plugins bridge,
@@ -10,6 +10,9 @@
 #               containerd's newer dependencies never change Kubernetes')
 #   helm        the Helm CLI v4.3.1 (helm/go.mod, its own module too), which
 #               installs the chart into the guest's node
+#   registry    distribution's OCI registry v3.1.2 (registry/: its own module,
+#               filesystem storage only), which serves the chart and the
+#               driver's images to Helm and containerd in the guest
 # into target/kube/bin (or $1). Static (CGO_ENABLED=0), stripped, -trimpath.
 #
 # Nothing is rebuilt when the inputs (go.mod, go.sum, sources, this script, the
@@ -26,7 +29,8 @@ k8s_version=v1.37.2
 containerd_version=v2.4.2
 
 stamp=$( (go version; cat "$0" "$here/go.mod" "$here/go.sum" "$here/cmd/kube/main.go" \
-    "$here/containerd/go.mod" "$here/containerd/go.sum" "$here/helm/go.mod" "$here/helm/go.sum") | sha256sum | cut -c1-16)
+    "$here/containerd/go.mod" "$here/containerd/go.sum" "$here/helm/go.mod" "$here/helm/go.sum" \
+    "$here/registry/go.mod" "$here/registry/go.sum" "$here/registry/main.go") | sha256sum | cut -c1-16)
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
     echo "kube: up to date ($out)"
     exit 0
@@ -63,7 +67,7 @@ cv=k8s.io/component-base/version
 cold="15 minutes" build kube "$here" -trimpath -o "$out/kube" -ldflags "-s -w \
     -X $cv.gitVersion=$k8s_version -X $cv.gitMajor=1 -X $cv.gitMinor=37 \
     -X $cv.gitTreeState=clean -X $cv.buildDate=2026-10-27T12:01:04Z" ./cmd/kube
-for c in kube-apiserver kube-controller-manager kube-scheduler kubelet etcd; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy etcd; do
     ln -sf kube "$out/$c"
 done
 
@@ -82,6 +86,10 @@ done
 helm_version=v4.3.1
 cold="6 minutes" build helm "$here/helm" -trimpath -o "$out/helm" \
     -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" helm.sh/helm/v4/cmd/helm
+
+registry_version=v3.1.2
+cold="3 minutes" build registry "$here/registry" -trimpath -o "$out/registry" \
+    -ldflags "-s -w -X github.com/distribution/distribution/v3/version.version=$registry_version" .
 
 echo "$stamp" > "$out/.stamp"
 echo "kube: everything built in $((SECONDS - t0)) s into $out"

@@ -1,5 +1,6 @@
 // Command kube is one binary for the real Kubernetes components the tests run:
-// kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and etcd,
+// kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+// and etcd,
 // each built from its upstream module at the version go.mod pins.
 //
 // The component is the name the binary is called by (a symlink), or its first
@@ -27,6 +28,7 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/version"  // version metric
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
@@ -36,6 +38,7 @@ var components = map[string]func() *cobra.Command{
 	"kube-controller-manager": controllermanager.NewControllerManagerCommand,
 	"kube-scheduler":          func() *cobra.Command { return scheduler.NewSchedulerCommand() },
 	"kubelet":                 func() *cobra.Command { return kubelet.NewKubeletCommand(context.Background()) },
+	"kube-proxy":              func() *cobra.Command { return proxy.NewProxyCommand() },
 }
 
 func main() {
