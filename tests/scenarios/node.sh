@@ -4,6 +4,8 @@
 #               kubelet; waits until the Node is Ready; prints the timings
 #   node_logs   each component's error lines and last lines (for failures)
 #   node_ready  the Node's Ready condition is True
+#   registry_up (guest_with_chart) starts the OCI registry, pushes the chart
+#               and the driver's image to it
 # The host wrote the certificates, kubeconfigs, configuration files and
 # command lines (/guest/node.env) for this run: tests/src/node.rs.
 . /guest/node.env
@@ -43,9 +45,34 @@ node_cgroups() {
 
 # The node's address on a dummy interface, the default route through it
 # (nothing leaves the guest: it has no network device), the modules
-# containerd's overlayfs and the CNI bridge need.
+# containerd's overlayfs, the CNI bridge and kube-proxy need; bridged
+# packets through netfilter (a pod reaching a Service whose endpoint is on
+# the same bridge) and forwarding, as kubeadm's preflight wants them.
 node_net() {
-    modprobe overlay && modprobe bridge && modprobe veth && modprobe dummy || return 1
+    for _m in overlay bridge br_netfilter veth dummy crc32c_generic nf_tables nft_ct nft_nat nft_chain_nat \
+        nft_masq nft_numgen nft_limit nft_fib_inet nft_reject_inet; do
+        modprobe "$_m" || return 1
+    done
+    echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables &&
+        echo 1 >/proc/sys/net/bridge/bridge-nf-call-ip6tables &&
+        echo 1 >/proc/sys/net/ipv4/ip_forward || return 1
+    # Every IPv4/IPv6 netfilter hook in use before any packet flows (an
+    # empty accepting chain on each, for the node's life). The first hook
+    # registered on one flips a static key, which patches kernel text (the
+    # branch in ip_rcv and the like); once, kube-proxy's first rules did
+    # that while the other vCPU was receiving, and the guest died in
+    # ip_rcv with RIP in the middle of an instruction (cross-modifying code
+    # under QEMU's software emulation). Flipped now, kube-proxy's rules and
+    # conntrack patch nothing.
+    nft -f - <<EOF || return 1
+table inet mock-node-hooks {
+    chain prerouting { type filter hook prerouting priority 0; }
+    chain input { type filter hook input priority 0; }
+    chain forward { type filter hook forward priority 0; }
+    chain output { type filter hook output priority 0; }
+    chain postrouting { type filter hook postrouting priority 0; }
+}
+EOF
     # (loading dummy makes dummy0 already)
     { ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy; } &&
         ip addr add "$NODE_IP/24" dev dummy0 &&
@@ -65,7 +92,7 @@ node_up() {
     mount -t tmpfs -o size=2g,mode=755 tmpfs /var/lib
     mount --make-rshared /
     node_cgroups || { not_ok "cgroup v2 with its controllers"; return 1; }
-    node_net || { not_ok "the node's network (modules overlay bridge veth dummy)"; return 1; }
+    node_net || { not_ok "the node's network (kernel modules, netfilter sysctls)"; return 1; }
 
     start etcd etcd $ETCD_ARGS
     start kube-apiserver kube-apiserver $APISERVER_ARGS
@@ -74,6 +101,7 @@ node_up() {
     echo "# kube-apiserver ready after $(since "$_t0") s"
     start kube-controller-manager kube-controller-manager $CONTROLLER_MANAGER_ARGS
     start kube-scheduler kube-scheduler $SCHEDULER_ARGS
+    start kube-proxy kube-proxy $KUBE_PROXY_ARGS
 
     WAIT_INTERVAL=0.5 wait_until 120 ctr version >/dev/null 2>&1 || { not_ok "containerd up"; node_logs; return 1; }
     for _i in /guest/images/*.tar; do
@@ -84,6 +112,16 @@ node_up() {
     start kubelet kubelet $KUBELET_ARGS
     WAIT_INTERVAL=1 wait_until 600 node_ready || { not_ok "node $NODE_NAME Ready"; node_logs; return 1; }
     echo "# node $NODE_NAME Ready after $(since "$_t0") s (from the first component's start)"
+    # kube-proxy has programmed the API server's Service (pods reach the
+    # API through it: in-cluster configuration).
+    WAIT_INTERVAL=1 wait_until 120 service_rules || { not_ok "kube-proxy: the kubernetes Service in nftables"; node_logs; return 1; }
+}
+
+# kube-proxy's nftables table sends the kubernetes Service's address to the
+# API server's endpoint.
+service_rules() {
+    _ip=$(kubectl get service kubernetes -n default -o jsonpath='{.spec.clusterIP}' 2>/dev/null) &&
+        [ -n "$_ip" ] && nft list table ip kube-proxy 2>/dev/null | grep -q "$_ip"
 }
 
 node_logs() {
@@ -138,4 +176,34 @@ $2
       claims:
 $3
 EOF
+}
+
+# The chart as Helm packaged it, and its version (guest_with_chart).
+CHART=$(ls /guest/mock-device-*.tgz 2>/dev/null)
+VERSION=${CHART##*/mock-device-}
+VERSION=${VERSION%.tgz}
+
+# registry_up: the OCI registry (distribution's, TLS with the run's CA,
+# which the guest trusts) at $REGISTRY; the chart pushed by Helm as an OCI
+# artifact (oci://$REGISTRY/charts/mock-device), the driver's image by ctr
+# from a containerd namespace of its own, then deleted there: the node has
+# to pull it from the registry.
+registry_up() {
+    mkdir -p /var/lib/registry
+    start registry registry serve /etc/registry/config.yml
+    _pushed_chart() { helm push "$CHART" oci://$REGISTRY/charts >/tmp/push.log 2>&1; }
+    WAIT_INTERVAL=0.5 wait_until 60 _pushed_chart ||
+        { not_ok "helm push to the registry: $(cat /tmp/push.log)"; tail -n 20 $LOGS/registry.log; return 1; }
+    ok "helm push $(basename $CHART) oci://$REGISTRY/charts ($(grep -o 'Pushed: .*' /tmp/push.log))"
+    for _t in /guest/driver-images/*.tar; do ctr -n push images import "$_t" >/dev/null || return 1; done
+    _img=$(ctr -n push images ls -q | grep mock-accel-dra-driver)
+    ctr -n push images tag "$_img" "$REGISTRY/mock-accel-dra-driver:$VERSION" >/dev/null
+    if ctr -n push images push "$REGISTRY/mock-accel-dra-driver:$VERSION" >/tmp/ctr-push.log 2>&1; then
+        ok "ctr push $REGISTRY/mock-accel-dra-driver:$VERSION"
+    else
+        not_ok "ctr push $REGISTRY/mock-accel-dra-driver:$VERSION: $(tail -n 5 /tmp/ctr-push.log)"
+        return 1
+    fi
+    ctr -n push images rm --sync $(ctr -n push images ls -q) >/dev/null
+    check "containerd holds no driver image before the first install" "" "$(ctr -n k8s.io images ls -q | grep mock-accel)"
 }

@@ -32,6 +32,9 @@ use crate::{Result, RigError, require_tool, workspace_root};
 pub const NODE_NAME: &str = "mock-guest";
 /// The node's address, on a dummy interface inside the guest.
 pub const NODE_IP: &str = "10.99.0.2";
+/// The OCI registry of [`guest_with_chart`], at the node's address.
+pub const REGISTRY_HOST: &str = "registry.mock.test";
+pub const REGISTRY: &str = "registry.mock.test:5000";
 /// The API server's port inside the guest.
 pub const API_PORT: u16 = 6443;
 /// Where the configuration lives in the guest.
@@ -40,14 +43,45 @@ const PKI: &str = "/etc/kubernetes/pki";
 
 /// The kernel's own modules the node needs: overlayfs for containerd's
 /// snapshotter, bridge and veth for the CNI bridge plugin, dummy for the
-/// node's address.
-const KERNEL_MODULES: [&str; 6] = [
+/// node's address; nf_tables with what kube-proxy's nftables mode uses
+/// (conntrack, NAT, masquerade, fib, numgen, reject, limit) and
+/// br_netfilter, so that a pod reaching a Service whose endpoint is on the
+/// same bridge gets its replies un-NATed (each with the modules it needs,
+/// as modules.dep lists them for Debian's 6.1 and 6.12, and crc32c, which
+/// libcrc32c asks the crypto API for: a soft dependency busybox's modprobe
+/// does not follow).
+const KERNEL_MODULES: [&str; 31] = [
     "fs/overlayfs/overlay.ko",
     "net/llc/llc.ko",
     "net/802/stp.ko",
     "net/bridge/bridge.ko",
+    "net/bridge/br_netfilter.ko",
     "drivers/net/veth.ko",
     "drivers/net/dummy.ko",
+    "crypto/crc32c_generic.ko",
+    "lib/libcrc32c.ko",
+    "net/netfilter/nfnetlink.ko",
+    "net/netfilter/nf_tables.ko",
+    "net/ipv4/netfilter/nf_defrag_ipv4.ko",
+    "net/ipv6/netfilter/nf_defrag_ipv6.ko",
+    "net/netfilter/nf_conntrack.ko",
+    "net/netfilter/nf_nat.ko",
+    "net/netfilter/nft_ct.ko",
+    "net/netfilter/nft_nat.ko",
+    "net/netfilter/nft_chain_nat.ko",
+    "net/netfilter/nft_masq.ko",
+    "net/netfilter/nft_numgen.ko",
+    "net/netfilter/nft_limit.ko",
+    "net/netfilter/nft_fib.ko",
+    "net/ipv4/netfilter/nft_fib_ipv4.ko",
+    "net/ipv6/netfilter/nft_fib_ipv6.ko",
+    "net/netfilter/nft_fib_inet.ko",
+    "net/ipv4/netfilter/nf_reject_ipv4.ko",
+    "net/ipv6/netfilter/nf_reject_ipv6.ko",
+    "net/netfilter/nft_reject.ko",
+    "net/netfilter/nft_reject_inet.ko",
+    "net/ipv4/netfilter/nft_reject_ipv4.ko",
+    "net/ipv6/netfilter/nft_reject_ipv6.ko",
 ];
 
 /// The guest-side script that starts the node (`node_up`) and reads its
@@ -58,6 +92,23 @@ pub const NODE_SH: &str = include_str!("../scenarios/node.sh");
 /// `node_up`; `binaries` go to `/usr/local/bin/<name>` (the agent, our
 /// tools, kubectl).
 pub fn guest(binaries: &[(&str, &Path)]) -> Result<Guest> {
+    build(binaries, None)
+}
+
+/// [`guest`], and the driver as its users install it: the driver's image
+/// made from `agent` ([`crate::oci::driver_images`], in
+/// `/guest/driver-images/`, for the scenario to push to the registry), the
+/// OCI registry (`/usr/local/bin/registry`, distribution's, serving
+/// [`REGISTRY`] over TLS with a certificate of this run's CA, which the
+/// guest trusts), the Helm CLI (`/usr/local/bin/helm`) and the chart
+/// packaged by it (`/guest/mock-device-<version>.tgz`); a stand-in for a
+/// release of the seed chart too (`/guest/seed/mock-device-0.2.0.tgz`, from
+/// `tests/chart/seed-0.2.0`) for the upgrade.
+pub fn guest_with_chart(binaries: &[(&str, &Path)], agent: &Path) -> Result<Guest> {
+    build(binaries, Some(agent))
+}
+
+fn build(binaries: &[(&str, &Path)], driver: Option<&Path>) -> Result<Guest> {
     let kube = bin_dir()?;
     let runc = require_tool("runc", "install it with `apt-get install -y runc` (or run ./dev setup)")?;
     let kernel = Kernel::find()?;
@@ -77,6 +128,7 @@ pub fn guest(binaries: &[(&str, &Path)]) -> Result<Guest> {
         "kube-controller-manager",
         "kube-scheduler",
         "kubelet",
+        "kube-proxy",
     ] {
         p.symlink(&format!("/usr/local/bin/{name}"), "kube");
     }
@@ -84,6 +136,11 @@ pub fn guest(binaries: &[(&str, &Path)]) -> Result<Guest> {
         p.host_file(&format!("/usr/local/bin/{name}"), EXEC, &kube.join(name));
     }
     p.binary("/usr/sbin/runc", &runc)?;
+    let nft = require_tool(
+        "nft",
+        "install it with `apt-get install -y nftables` (or run ./dev setup)",
+    )?;
+    p.binary("/usr/sbin/nft", &nft)?;
     for plugin in ["bridge", "host-local", "loopback"] {
         p.host_file(&format!("/opt/cni/bin/{plugin}"), EXEC, &kube.join("cni").join(plugin));
     }
@@ -91,6 +148,28 @@ pub fn guest(binaries: &[(&str, &Path)]) -> Result<Guest> {
     // The images, as `ctr images import` takes them.
     // (Written to the build directory, read when the payload is packed.)
     let mut images = Vec::new();
+    let ca = Ca::new();
+    if let Some(agent) = driver {
+        for image in crate::oci::driver_images(agent, &[])? {
+            let short = image.short_name().to_string();
+            let path = build.path().join(format!("driver-{short}.tar"));
+            image.write(&path)?;
+            p.host_file(&format!("/guest/driver-images/{short}.tar"), FILE, &path);
+        }
+        p.host_file("/usr/local/bin/registry", EXEC, &kube.join("registry"));
+        let serving = ca.server(&[REGISTRY_HOST, NODE_IP]);
+        p.data(&format!("{PKI}/registry.crt"), FILE, serving.cert);
+        p.data(&format!("{PKI}/registry.key"), FILE, serving.key);
+        p.data("/etc/registry/config.yml", FILE, REGISTRY_CONFIG.replace("@PKI@", PKI));
+        p.host_file("/usr/local/bin/helm", EXEC, &kube.join("helm"));
+        let helm = kube.join("helm");
+        let root = workspace_root();
+        for (chart, dir) in [("chart", "/guest"), ("tests/chart/seed-0.2.0", "/guest/seed")] {
+            let tgz = helm_package(&helm, &root.join(chart), build.path())?;
+            let name = tgz.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            p.host_file(&format!("{dir}/{name}"), FILE, &tgz);
+        }
+    }
     for image in crate::oci::test_images(build.path())? {
         let short = image.short_name().to_string();
         let path = build.path().join(format!("{short}.tar"));
@@ -99,7 +178,7 @@ pub fn guest(binaries: &[(&str, &Path)]) -> Result<Guest> {
         images.push((short, image.name));
     }
 
-    for (path, text) in files(&Ca::new(), &images) {
+    for (path, text) in files(&ca, &images) {
         p.data(&path, FILE, text);
     }
     // The chart's DeviceClasses, rendered by Helm with its defaults.
@@ -114,6 +193,36 @@ pub fn guest(binaries: &[(&str, &Path)]) -> Result<Guest> {
     guest.memory_mib = 4096;
     guest.cpus = 2;
     Ok(guest)
+}
+
+/// `helm package CHART` into `out`: the archive's path.
+fn helm_package(helm: &Path, chart: &Path, out: &Path) -> Result<PathBuf> {
+    let run = std::process::Command::new(helm)
+        .arg("package")
+        .arg(chart)
+        .arg("-d")
+        .arg(out)
+        .env("HELM_CACHE_HOME", out.join("helm-cache"))
+        .env("HELM_CONFIG_HOME", out.join("helm-config"))
+        .output()
+        .map_err(RigError::io(format!("running {}", helm.display())))?;
+    // "Successfully packaged chart and saved it to: <path>"
+    let said = String::from_utf8_lossy(&run.stdout);
+    let tgz = said
+        .rsplit_once(": ")
+        .map(|(_, path)| PathBuf::from(path.trim()))
+        .filter(|p| p.is_file());
+    let Some(tgz) = tgz.filter(|_| run.status.success()) else {
+        return Err(RigError::Command {
+            what: format!("helm package {}", chart.display()),
+            detail: format!(
+                "{}{}",
+                String::from_utf8_lossy(&run.stdout),
+                String::from_utf8_lossy(&run.stderr)
+            ),
+        });
+    };
+    Ok(tgz)
 }
 
 /// This run's certificates, kubeconfigs and configuration files, by path in
@@ -134,6 +243,7 @@ fn files(ca: &Ca, images: &[(String, String)]) -> Vec<(String, String)> {
         ("kubelet.conf", node_user.as_str(), &["system:nodes"][..]),
         ("controller-manager.conf", "system:kube-controller-manager", &[][..]),
         ("scheduler.conf", "system:kube-scheduler", &[][..]),
+        ("kube-proxy.conf", "system:kube-proxy", &[][..]),
     ] {
         out.push((
             format!("{ETC}/{file}"),
@@ -143,12 +253,20 @@ fn files(ca: &Ca, images: &[(String, String)]) -> Vec<(String, String)> {
 
     out.push((format!("{ETC}/scheduler.yaml"), SCHEDULER_CONFIG.replace("@ETC@", ETC)));
     out.push((format!("{ETC}/kubelet.yaml"), KUBELET_CONFIG.replace("@PKI@", PKI)));
+    out.push((format!("{ETC}/admission.yaml"), ADMISSION_CONFIG.into()));
+    out.push((
+        format!("{ETC}/kube-proxy.yaml"),
+        KUBE_PROXY_CONFIG.replace("@ETC@", ETC).replace("@NODE@", NODE_NAME),
+    ));
     out.push(("/etc/containerd/config.toml".into(), CONTAINERD_CONFIG.into()));
     out.push(("/etc/cni/net.d/10-mock.conflist".into(), CNI_CONFIG.into()));
     out.push((
         "/etc/hosts".into(),
-        format!("127.0.0.1 localhost\n{NODE_IP} {NODE_NAME}\n"),
+        format!("127.0.0.1 localhost\n{NODE_IP} {NODE_NAME} {REGISTRY_HOST}\n"),
     ));
+    // The run's CA is the only one the guest trusts (Go's clients, Helm's
+    // and containerd's among them, read this file): the registry's TLS.
+    out.push(("/etc/ssl/certs/ca-certificates.crt".into(), ca.pem.cert.clone()));
     // A machine ID of this run (cAdvisor reads it): from the CA, unique per run.
     let id = Sha256::digest(ca.pem.cert.as_bytes());
     out.push(("/etc/machine-id".into(), format!("{}\n", &hex(&id)[..32])));
@@ -167,9 +285,10 @@ fn files(ca: &Ca, images: &[(String, String)]) -> Vec<(String, String)> {
             .unwrap_or_default()
     };
     let env = format!(
-        "PAUSE_IMAGE={}\nBUSYBOX_IMAGE={}\nNODE_NAME={NODE_NAME}\nNODE_IP={NODE_IP}\nKUBECONFIG={ETC}/admin.conf\nexport KUBECONFIG\n\
+        "PAUSE_IMAGE={}\nBUSYBOX_IMAGE={}\nNODE_NAME={NODE_NAME}\nNODE_IP={NODE_IP}\nREGISTRY={REGISTRY}\nKUBECONFIG={ETC}/admin.conf\nexport KUBECONFIG\n\
          ETCD_ARGS=\"{}\"\nAPISERVER_ARGS=\"{}\"\n\
          CONTROLLER_MANAGER_ARGS=\"{}\"\nSCHEDULER_ARGS=\"--config={ETC}/scheduler.yaml --v=1\"\n\
+         KUBE_PROXY_ARGS=\"--config={ETC}/kube-proxy.yaml --v=1\"\n\
          KUBELET_ARGS=\"--config={ETC}/kubelet.yaml --kubeconfig={ETC}/kubelet.conf \
          --hostname-override={NODE_NAME} --node-ip={NODE_IP} --v=1\"\n",
         image("pause"),
@@ -179,11 +298,31 @@ fn files(ca: &Ca, images: &[(String, String)]) -> Vec<(String, String)> {
             "http://127.0.0.1:2379",
             "http://127.0.0.1:2380"
         )),
-        quote(apiserver_args(PKI, "http://127.0.0.1:2379", API_PORT)),
+        quote(node_apiserver_args()),
         quote(controller_manager_args()),
     );
     out.push(("/guest/node.env".into(), env));
     out
+}
+
+/// kube-apiserver's flags as on the host's control plane, but serving on
+/// every address and advertising the node's: its endpoint reconciler then
+/// makes the `kubernetes` Service's endpoints, which kube-proxy routes pods
+/// to (the in-cluster configuration of the chart's pods). Pod Security is
+/// enforced as hardened clusters do ([`ADMISSION_CONFIG`]).
+fn node_apiserver_args() -> Vec<String> {
+    let mut args: Vec<String> = apiserver_args(PKI, "http://127.0.0.1:2379", API_PORT)
+        .into_iter()
+        .filter(|a| {
+            !a.starts_with("--bind-address=")
+                && !a.starts_with("--advertise-address=")
+                && !a.starts_with("--endpoint-reconciler-type=")
+        })
+        .collect();
+    args.push("--bind-address=0.0.0.0".into());
+    args.push(format!("--advertise-address={NODE_IP}"));
+    args.push(format!("--admission-control-config-file={ETC}/admission.yaml"));
+    args
 }
 
 /// kube-controller-manager's flags: every default controller (the
@@ -246,6 +385,76 @@ evictionHard:
   imagefs.available: 1%
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+";
+
+/// Admission as hardened and managed clusters configure it: Pod Security
+/// enforcing `baseline` in every namespace that does not say otherwise
+/// (kube-system aside): a pod with hostPath volumes or privileged
+/// containers is refused where its namespace has no
+/// `pod-security.kubernetes.io/enforce` label allowing it; and, as GKE does,
+/// the critical priority classes limited to namespaces with a ResourceQuota
+/// covering them.
+const ADMISSION_CONFIG: &str = "apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: ResourceQuota
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: ResourceQuotaConfiguration
+    limitedResources:
+    - resource: pods
+      matchScopes:
+      - scopeName: PriorityClass
+        operator: In
+        values: [system-node-critical, system-cluster-critical]
+- name: PodSecurity
+  configuration:
+    apiVersion: pod-security.admission.config.k8s.io/v1
+    kind: PodSecurityConfiguration
+    defaults:
+      enforce: baseline
+      enforce-version: latest
+      warn: baseline
+      warn-version: latest
+    exemptions:
+      namespaces: [kube-system]
+";
+
+/// distribution's registry: TLS with a certificate of the run's CA, images
+/// kept on the guest's tmpfs, deletes allowed (a test may replace a tag).
+const REGISTRY_CONFIG: &str = "version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: true
+http:
+  addr: :5000
+  tls:
+    certificate: @PKI@/registry.crt
+    key: @PKI@/registry.key
+";
+
+/// kube-proxy in nftables mode (the pods' Services: the API server's
+/// `kubernetes` Service first); conntrack's sysctls left as the kernel has
+/// them; its metrics and health on loopback.
+const KUBE_PROXY_CONFIG: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+clientConnection:
+  kubeconfig: @ETC@/kube-proxy.conf
+hostnameOverride: @NODE@
+clusterCIDR: 10.88.0.0/16
+conntrack:
+  maxPerCore: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
 ";
 
 /// containerd 2.4: CRI with CDI on (the default, stated), the pinned pause

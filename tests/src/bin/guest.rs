@@ -86,7 +86,10 @@ fn main() -> anyhow::Result<ExitCode> {
     let refs: Vec<(&str, &std::path::Path)> = binaries.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let node = args.node || matches!(args.command, Cmd::Demo);
     let mut guest = if node {
-        let mut g = mock_device_testkit::node::guest(&refs)?;
+        // The node with the registry, Helm and the chart: the demo installs
+        // the driver as its users do.
+        let agent = std::env::current_exe()?.with_file_name("mock-accel-agent");
+        let mut g = mock_device_testkit::node::guest_with_chart(&refs, &agent)?;
         // A whole node under software emulation: minutes, not seconds.
         g.timeout = g.timeout.max(std::time::Duration::from_secs(1200));
         g
