@@ -6,7 +6,11 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
+use kube::api::{Api, PostParams};
+use tracing::{debug, info};
 
 /// The two clients: same server and credentials, two connection pools.
 #[derive(Clone)]
@@ -44,5 +48,67 @@ impl Clients {
             .await
             .context("no Kubernetes API: run in a pod, or set KUBECONFIG")?;
         Clients::new(config, timeout)
+    }
+}
+
+/// The ServiceAccount these credentials are, as the owner of what the agent
+/// creates in `namespace` (its Leases): the garbage collector deletes them
+/// with it, so `helm uninstall` leaves none behind. From a SelfSubjectReview
+/// (every authenticated client may ask who it is; a service account's user
+/// uid is the ServiceAccount's uid). None for credentials that are not a
+/// service account of that namespace (a kubeconfig), or when the server
+/// cannot say (the Leases are then left for whoever deletes the namespace).
+pub async fn service_account_owner(client: &Client, namespace: &str) -> Option<OwnerReference> {
+    let review = match Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "no SelfSubjectReview: the Leases get no owner");
+            return None;
+        }
+    };
+    let user = review.status?.user_info?;
+    let owner = service_account_of(user.username.as_deref()?, namespace, user.uid?)?;
+    info!(service_account = %owner.name, "the Leases are owned by this ServiceAccount (deleted with it)");
+    Some(owner)
+}
+
+/// `system:serviceaccount:<namespace>:<name>` of `namespace` → its owner reference.
+fn service_account_of(username: &str, namespace: &str, uid: String) -> Option<OwnerReference> {
+    let (ns, name) = username.strip_prefix("system:serviceaccount:")?.split_once(':')?;
+    (ns == namespace && !name.is_empty() && !uid.is_empty()).then(|| OwnerReference {
+        api_version: "v1".into(),
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        uid,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_service_account_of_the_namespace_owns_the_leases() {
+        let o = service_account_of(
+            "system:serviceaccount:mock-device:mock-accel-node-agent",
+            "mock-device",
+            "u1".into(),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.kind.as_str(), o.name.as_str(), o.uid.as_str()),
+            ("ServiceAccount", "mock-accel-node-agent", "u1")
+        );
+        assert_eq!(
+            o.controller, None,
+            "no controller: the agent is not the Lease's controller"
+        );
+        assert!(service_account_of("system:serviceaccount:other:sa", "mock-device", "u1".into()).is_none());
+        assert!(service_account_of("kubernetes-admin", "mock-device", "u1".into()).is_none());
+        assert!(service_account_of("system:serviceaccount:mock-device:sa", "mock-device", String::new()).is_none());
     }
 }

@@ -11,6 +11,9 @@ use clap::{Parser, ValueEnum};
 pub enum Mode {
     NodeAgent,
     Controller,
+    /// List this driver's ResourceSlices and fail when none has a device
+    /// (the chart's `helm test`).
+    Check,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

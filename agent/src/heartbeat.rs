@@ -6,22 +6,31 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
 use metrics::counter;
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::metrics as m;
 use crate::slices::labels;
 
-/// The Lease of `node`'s agent: `<driver>-<node>`, cut to 253 characters.
+/// The Lease of `node`'s agent: `<driver>-<node>`; when that is longer than
+/// a name may be (253), `<driver>-<20 hex digits of the node name's
+/// SHA-256>`: unique per node (a cut name was not: two long node names with
+/// the same beginning shared a Lease), and what the chart's admission policy
+/// accepts (the node comes from the Lease's holder, never its name).
 pub fn lease_name(driver: &str, node: &str) -> String {
     let name = format!("{driver}-{node}");
-    let cut: String = name.chars().take(253).collect();
-    cut.trim_end_matches(['-', '.']).to_string()
+    if name.len() <= 253 {
+        return name;
+    }
+    let digest = Sha256::digest(node.as_bytes());
+    let hex: String = digest.iter().take(10).map(|b| format!("{b:02x}")).collect();
+    format!("{driver}-{hex}")
 }
 
 /// The label selector of a driver's agent Leases.
@@ -39,6 +48,10 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let name = lease_name(&driver, &node);
+    let owner = match api.namespace() {
+        Some(ns) => crate::api::service_account_owner(&api.clone().into_client(), ns).await,
+        None => None,
+    };
     let duration = (interval.as_secs_f64() * 4.0).ceil().max(1.0) as i32;
     let mut tick = tokio::time::interval(interval);
     let mut first = true;
@@ -52,7 +65,10 @@ pub async fn run(
         }
         // One beat at most an interval long (as the kubelet's node Lease):
         // one hung on a dead connection must not stop the next ones.
-        let beating = tokio::time::timeout(interval, beat(&api, &name, &driver, &node, duration, last.take()));
+        let beating = tokio::time::timeout(
+            interval,
+            beat(&api, &name, &driver, &node, duration, owner.as_ref(), last.take()),
+        );
         let result = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             r = beating => match r {
@@ -83,6 +99,7 @@ async fn beat(
     driver: &str,
     node: &str,
     duration: i32,
+    owner: Option<&OwnerReference>,
     last: Option<Lease>,
 ) -> Result<Lease, kube::Error> {
     let now = MicroTime(Timestamp::now());
@@ -96,6 +113,7 @@ async fn beat(
                 metadata: ObjectMeta {
                     name: Some(name.into()),
                     labels: Some(labels(driver, node)),
+                    owner_references: owner.map(|o| vec![o.clone()]),
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {
@@ -117,7 +135,45 @@ async fn beat(
             spec.lease_duration_seconds = Some(duration);
             spec.renew_time = Some(now);
             lease.metadata.labels = Some(labels(driver, node));
+            if let Some(o) = owner
+                && !lease.metadata.owner_references.iter().flatten().any(|r| r.uid == o.uid)
+            {
+                lease
+                    .metadata
+                    .owner_references
+                    .get_or_insert_with(Vec::new)
+                    .push(o.clone());
+            }
             api.replace(name, &PostParams::default(), &lease).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_names_are_the_node_names_or_unique_hashes_when_too_long() {
+        assert_eq!(
+            lease_name("mock-accel.example.com", "node-a"),
+            "mock-accel.example.com-node-a"
+        );
+        let long = |tail: &str| format!("{}{tail}", "n".repeat(240));
+        let (a, b) = (
+            lease_name("mock-accel.example.com", &long("a")),
+            lease_name("mock-accel.example.com", &long("b")),
+        );
+        assert_ne!(a, b, "two long node names with the same beginning share no Lease");
+        for n in [&a, &b] {
+            assert!(n.len() <= 253, "{n}");
+            let hex = n.strip_prefix("mock-accel.example.com-").unwrap();
+            assert!(
+                hex.len() == 20 && hex.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{n}"
+            );
+        }
+        let exact = "n".repeat(253 - "mock-accel.example.com-".len());
+        assert_eq!(lease_name("mock-accel.example.com", &exact).len(), 253);
     }
 }

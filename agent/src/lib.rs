@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod api;
 pub mod args;
+pub mod check;
 pub mod claims;
 pub mod controller;
 pub mod ebpf;
@@ -60,6 +61,10 @@ pub struct Options {
 impl Agent {
     pub async fn start(opts: Options) -> anyhow::Result<Agent> {
         let args = opts.args;
+        anyhow::ensure!(
+            args.mode != Mode::Check,
+            "--mode=check runs once (check::run), it is not a service"
+        );
         if args.mode == Mode::Controller {
             return Agent::start_controller(args, opts.api).await;
         }

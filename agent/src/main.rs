@@ -1,13 +1,16 @@
 //! `mock-accel-agent`: see the library.
 
 use clap::Parser;
-use mock_accel_agent::{Agent, Args, Options, init_tracing};
+use mock_accel_agent::{Agent, Args, Mode, Options, check, init_tracing};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args);
+    if args.mode == Mode::Check {
+        return check::run(&args).await;
+    }
     let mut agent = Agent::start(Options {
         args,
         api: None,

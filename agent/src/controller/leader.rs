@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
@@ -72,6 +72,11 @@ impl Elector {
         let mut observed: Option<Observed> = None;
         let mut last_renew = Instant::now();
         gauge!(m::CONTROLLER_LEADER).set(0.0);
+        // The Lease goes with the controller's ServiceAccount (helm uninstall).
+        let owner = match self.api.namespace() {
+            Some(ns) => crate::api::service_account_owner(&self.api.clone().into_client(), ns).await,
+            None => None,
+        };
         loop {
             let is_leader = *leading.borrow();
             // As client-go: a leader's renewal gives up at the renew
@@ -84,7 +89,7 @@ impl Elector {
             };
             let attempt = tokio::select! {
                 _ = cancel.cancelled() => break,
-                a = tokio::time::timeout(budget, self.attempt(&mut observed)) => a,
+                a = tokio::time::timeout(budget, self.attempt(&mut observed, owner.as_ref())) => a,
             };
             let Ok(attempt) = attempt else {
                 counter!(m::CONTROLLER_API_ERRORS, "op" => "lease", "kind" => "timeout").increment(1);
@@ -159,12 +164,17 @@ impl Elector {
         }
     }
 
-    async fn attempt(&self, observed: &mut Option<Observed>) -> Result<Attempt, kube::Error> {
+    async fn attempt(
+        &self,
+        observed: &mut Option<Observed>,
+        owner: Option<&OwnerReference>,
+    ) -> Result<Attempt, kube::Error> {
         let now = Timestamp::now();
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
+                    owner_references: owner.map(|o| vec![o.clone()]),
                     ..Default::default()
                 },
                 spec: Some(self.spec(now, None, 0)),
@@ -202,6 +212,15 @@ impl Elector {
             .saturating_add(if ours { 0 } else { 1 });
         let acquire = if ours { spec.acquire_time.clone() } else { None };
         lease.spec = Some(self.spec(now, acquire, transitions));
+        if let Some(o) = owner
+            && !lease.metadata.owner_references.iter().flatten().any(|r| r.uid == o.uid)
+        {
+            lease
+                .metadata
+                .owner_references
+                .get_or_insert_with(Vec::new)
+                .push(o.clone());
+        }
         // Our resourceVersion rides along: a concurrent writer makes this 409.
         match self.api.replace(&self.name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(Attempt::Leader),
