@@ -42,7 +42,9 @@ SEED_DEFAULTS = {
     "kernelModule.enabled": False,
     "kernelModule.moduleName": "mock-accel",
     "kernelModule.image.repository": "ghcr.io/fabiendupont/mock-accel-module",
-    "kernelModule.image.tag": "v1.0.0-fc43",
+    # The seed's v1.0.0-fc43 fitted one kernel only (issue 14 §3.6): empty
+    # maps each kernel to its own image (KMM's ${KERNEL_FULL_VERSION}).
+    "kernelModule.image.tag": "",
     "deviceClasses[0].name": "mock-accel-pf",
     "deviceClasses[0].enabled": True,
     "deviceClasses[1].name": "mock-accel-vf",
@@ -73,6 +75,15 @@ SEED_COMMANDS = [
                                       "metrics.serviceMonitor.additionalLabels.release=kube-prometheus-stack",
                                       "draDriver.controller.replicas=2", "global.imagePullSecrets={regcred}",
                                       "kernelModule.enabled=true"], []),
+    # A values file written for the seed chart (its values.yaml's keys).
+    ("seed values file", "mock-device", ["nameOverride=accel", "fullnameOverride=accel-full",
+                                         "kernelModule.enabled=true", "kernelModule.nodeSelector.kubernetes\\.io/os=linux"],
+     ['global.imagePullSecrets=[{"name":"regcred"}]',
+      'draDriver.nodeAgent.securityContext={"privileged":true,"runAsUser":0}',
+      "deviceClasses=" + json.dumps([
+          {"name": n, "enabled": True, "selector": {"cel": f'device.attributes["{DRIVER}"].deviceType == "{t}"'}}
+          for n, t in [("mock-accel-pf", "pf"), ("mock-accel-vf", "vf"), ("mock-accel-vf-2gb", "vf")]])]),
+    ("least privilege", "mock-device", ["draDriver.nodeAgent.securityContext=null"], []),
 ]
 
 # Fields of the two CRDs we render, as their CRDs define them (KMM
@@ -239,6 +250,9 @@ def main():
         if has_ns:
             check(objs[("Namespace", target_ns)]["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep",
                   f"{what}: the namespace is kept on uninstall")
+            labels = objs[("Namespace", target_ns)]["metadata"]["labels"]
+            check(labels.get("pod-security.kubernetes.io/enforce") == "privileged",
+                  f"{what}: the namespace's Pod Security level is privileged: {labels}")
         for (kind, name), d in objs.items():
             if d["metadata"].get("namespace") is not None and kind != "Namespace":
                 check(d["metadata"]["namespace"] in (target_ns, "default"), f"{what}: {kind} {name} namespace")
@@ -269,13 +283,25 @@ def main():
         check(pod["priorityClassName"] == "system-node-critical", f"{what}: priority class")
         env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in agent["env"]}
         check(env.get("POD_UID") == "metadata.uid" and env.get("NODE_NAME") == "spec.nodeName", f"{what}: env {env}")
+        # Privileged by default (sysfs writes under AppArmor/SELinux, bpf()
+        # under old seccomp profiles); {} is least privilege.
         sc = agent["securityContext"]
-        check(not sc.get("privileged") and sc["capabilities"]["drop"] == ["ALL"]
-              and set(sc["capabilities"].get("add", [])) <= {"BPF", "PERFMON"}, f"{what}: agent capabilities {sc}")
-        # DeviceClasses check the driver and the device type.
+        if merged["draDriver"]["nodeAgent"].get("securityContext"):
+            check(sc == merged["draDriver"]["nodeAgent"]["securityContext"], f"{what}: agent securityContext {sc}")
+        else:
+            check(not sc.get("privileged") and sc["capabilities"]["drop"] == ["ALL"]
+                  and set(sc["capabilities"].get("add", [])) <= {"BPF", "PERFMON"}, f"{what}: agent capabilities {sc}")
+        check(objs[("Deployment", "mock-accel-controller")]["metadata"]["labels"]["app.kubernetes.io/name"]
+              == (merged.get("nameOverride") or "mock-device"), f"{what}: nameOverride")
+        # DeviceClasses check the driver and the device type (or the seed's CEL).
         for name, t in [("mock-accel-pf", "pf"), ("mock-accel-vf", "vf")]:
             expr = objs[("DeviceClass", name)]["spec"]["selectors"][0]["cel"]["expression"]
             check(f'device.driver == "{DRIVER}"' in expr and f'deviceType == "{t}"' in expr, f"{what}: {name}: {expr}")
+        # Claim status from 1.36 needs resourceclaims/driver (associated-node).
+        agent_rules = objs[("ClusterRole", "mock-accel-node-agent")]["rules"]
+        check(any(r["resources"] == ["resourceclaims/driver"] and r.get("resourceNames") == [DRIVER]
+                  and set(r["verbs"]) == {"associated-node:update", "associated-node:patch"} for r in agent_rules),
+              f"{what}: resourceclaims/driver associated-node rule")
         # RBAC: no wildcard, the controller may not write slices.
         for (kind, name), d in objs.items():
             if kind in ("ClusterRole", "Role"):
@@ -298,15 +324,16 @@ def main():
             walk(m, KMM_FIELDS, f"{what}: Module")
             check(isinstance(m["spec"]["selector"], dict) and m["spec"]["selector"], f"{what}: Module selector")
             maps = m["spec"]["moduleLoader"]["container"]["kernelMappings"]
-            if jsons:
+            if vals.get("kernelModule", {}).get("kernelMappings"):
                 check([(k["regexp"], k["containerImage"]) for k in maps] == [
                     ("^.*\\.fc43\\.x86_64$", "ghcr.io/fabiendupont/mock-accel-module:v1.0.0-fc43"),
                     ("^.*\\.fc44\\.x86_64$", "ghcr.io/fabiendupont/mock-accel-module:v1.0.0-fc44")],
                     f"{what}: kernelMappings {maps}")
             else:
-                tag = merged["kernelModule"]["image"]["tag"]
+                tag = merged["kernelModule"]["image"]["tag"] or "v1.0.0-${KERNEL_FULL_VERSION}"
                 check(maps == [{"regexp": "^.+$", "containerImage": f"ghcr.io/fabiendupont/mock-accel-module:{tag}"}],
                       f"{what}: default kernelMappings {maps}")
+            check(m["spec"]["selector"] == merged["kernelModule"]["nodeSelector"], f"{what}: Module selector")
         for _, d in docs:
             if d["kind"] == "ServiceMonitor":
                 walk(d, SM_FIELDS, f"{what}: ServiceMonitor")
@@ -320,10 +347,15 @@ def main():
                     check(text == (ROOT / "dashboards" / key).read_text().rstrip("\n"), f"{what}: dashboard {key} shipped as is")
         if merged["global"]["imagePullSecrets"]:
             check(pod["imagePullSecrets"] == [{"name": "regcred"}], f"{what}: pull secrets")
-        # helm test: a hook pod that lists the driver's slices.
+        # helm test: a hook pod that lists the driver's slices, with the driver's image.
         tests = [d for _, d in docs if d["kind"] == "Pod"]
         check(len(tests) == 1 and tests[0]["metadata"]["annotations"]["helm.sh/hook"] == "test"
-              and "driver%3D$DRIVER" in tests[0]["spec"]["containers"][0]["command"][2], f"{what}: helm test pod")
+              and "--mode=check" in tests[0]["spec"]["containers"][0]["args"]
+              and tests[0]["spec"]["containers"][0]["image"] == agent["image"], f"{what}: helm test pod")
+        if what == "seed values file":
+            expr = objs[("DeviceClass", "mock-accel-vf-2gb")]["spec"]["selectors"][0]["cel"]["expression"]
+            check(expr == f'device.driver == "{DRIVER}" && (device.attributes["{DRIVER}"].deviceType == "vf")',
+                  f"{what}: a custom class keeps the seed's CEL: {expr}")
         notes = raw.get("mock-device/templates/NOTES.txt", "")
         check(f"kubectl get resourceslices -l driver={DRIVER}" in notes, f"{what}: NOTES has the seed's verification")
         print(f"ok: {what}: {len(docs)} objects valid for {', '.join(K8S_VERSIONS)}")
@@ -336,6 +368,7 @@ def main():
         (["draDriver.nodeAgent.enabled=false"], {"DaemonSet", "ValidatingAdmissionPolicy", "Pod"}),
         (["deviceClasses[0].enabled=false", "deviceClasses[1].enabled=false"], {"DeviceClass"}),
         (["metrics.service.enabled=false"], {"Service"}),
+        (["resourceQuota.enabled=false"], {"ResourceQuota"}),
     ]
     for sets, gone in toggles:
         # --set on a list replaces it: keep the classes' other fields.
