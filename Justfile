@@ -48,7 +48,7 @@ kmod-check:
 kmod-clean:
     make -C kmod KDIR=/lib/modules/{{kver}}/build clean
 
-# The demo: a real Kubernetes v1.37.2 node in a VM (first run builds Kubernetes: ~10 min), the seed's test pod, a waiting pod placed after a hot-plug
+# The demo: a real Kubernetes v1.37.2 node in a VM (first run builds Kubernetes: ~10 min), the driver installed with Helm from a registry in the VM, the seed's test pod, a waiting pod placed after a hot-plug
 vm-demo: kube build
     cargo run -q -p mock-device-testkit --bin guest -- demo
 

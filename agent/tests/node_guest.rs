@@ -15,6 +15,15 @@ use mock_device_testkit::node;
 static ONE_NODE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run_on_node(scenario: &str) -> GuestRun {
+    run(scenario, false)
+}
+
+/// The node with the driver's image, the Helm CLI and the packaged chart.
+fn run_on_node_with_chart(scenario: &str) -> GuestRun {
+    run(scenario, true)
+}
+
+fn run(scenario: &str, chart: bool) -> GuestRun {
     let _turn = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let agent = PathBuf::from(env!("CARGO_BIN_EXE_mock-accel-agent"));
     let guest_tool = agent.with_file_name("guest-tool");
@@ -29,7 +38,11 @@ fn run_on_node(scenario: &str) -> GuestRun {
         ("guest-tool", &guest_tool),
         ("kubectl", &kubectl),
     ];
-    let mut guest = node::guest(&bins).unwrap_or_else(|e| panic!("cannot set up the node guest: {e}"));
+    let guest = match chart {
+        true => node::guest_with_chart(&bins, &agent),
+        false => node::guest(&bins),
+    };
+    let mut guest = guest.unwrap_or_else(|e| panic!("cannot set up the node guest: {e}"));
     guest.timeout = guest.timeout.max(std::time::Duration::from_secs(1500));
     let script = std::fs::read_to_string(node::scenario(scenario)).unwrap();
     let run = guest.run(&script).unwrap_or_else(|e| panic!("{scenario}: {e}"));
@@ -38,6 +51,14 @@ fn run_on_node(scenario: &str) -> GuestRun {
     }
     eprintln!("{scenario}: guest run took {:.1} s", run.elapsed.as_secs_f64());
     run
+}
+
+/// `helm install` for real: the seed's install commands, its verification
+/// and allocation commands, `helm test`, `helm uninstall`
+/// (`tests/scenarios/helm.sh`).
+#[test]
+fn the_chart_installs_and_works_on_a_real_node() {
+    run_on_node_with_chart("helm.sh").assert_clean(10);
 }
 
 #[test]
@@ -49,19 +70,22 @@ fn the_seed_allocation_works_on_a_real_node() {
 /// keep working, and show what it says it shows.
 #[test]
 fn the_demo_runs_to_the_end_on_a_real_node() {
-    let run = run_on_node("cluster_demo.sh");
+    let run = run_on_node_with_chart("cluster_demo.sh");
     assert_eq!(run.exit_code, 0, "{}", run.output);
     assert!(run.kernel_problems().is_empty(), "{}", run.dmesg);
     for milestone in [
         "mock-guest   Ready    <none>",
         "v1.37.2",
-        "deviceclass.resource.k8s.io/mock-accel-pf created",
+        "STATUS: deployed",
+        "helm install to the first ResourceSlice",
+        "mock-accel-pf",
         "MOCK_ACCEL_DEVICE=mock0",
         "mock0 status in sysfs: 1",
         "cannot allocate all claims",
         "-> waiting-pod Running",
         "MOCK_ACCEL_DEVICE=mock1",
         "status in sysfs: mock0 0, mock1 0, CDI specs left: 0",
+        "release \"mock-device\" uninstalled",
         "demo finished",
     ] {
         assert!(

@@ -1,6 +1,8 @@
 # The demo (./dev vm-demo): a real Kubernetes v1.37.2 node in this guest
 # (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# containerd 2.4, the kubelet), the mock-accel module and the node agent.
+# kube-proxy, containerd 2.4, the kubelet), the mock-accel module, and the
+# driver installed with Helm from an OCI registry in the guest, as the seed
+# README says.
 # The seed README's test pod gets a device; a second pod waits for one
 # until a PF is hot-plugged, and the real scheduler places it.
 . /guest/lib.sh
@@ -19,13 +21,29 @@ step "Start the node: etcd, kube-apiserver, kube-controller-manager, kube-schedu
 node_up || fail "the node did not come up"
 run kubectl get nodes -o wide
 
-step "Load the module with one PF; apply the chart's DeviceClasses; start the node agent"
+step "Load the module with one PF"
 run modprobe mock-accel num_pfs=1
 run "ls /sys/class/mock-accel"
-run kubectl apply -f /guest/deviceclasses.json
-NODE_NAME=$NODE_NAME POD_NAMESPACE=kube-system start agent mock-accel-agent --admin-address=127.0.0.1:8080
-WAIT_INTERVAL=0.5 wait_until 120 has_devices mock0 || fail "no slice for mock0"
+
+step "An OCI registry at $REGISTRY: push the chart (helm push) and the driver's image (ctr push)"
+registry_up >/dev/null || fail "the registry"
+run "helm show chart oci://$REGISTRY/charts/mock-device --version $VERSION | grep -E '^(name|version|appVersion):'"
+
+step "Install the driver as the seed README says (its custom-registry command, this registry's host)"
+kubectl create namespace mock-device >/dev/null
+# Pod Security enforces baseline on this node: the privileged node agent needs this (NOTES says so).
+run kubectl label namespace mock-device pod-security.kubernetes.io/enforce=privileged
+t0=$(uptime_s)
+run "helm install mock-device oci://$REGISTRY/charts/mock-device --version $VERSION --namespace mock-device \\
+  --set draDriver.controller.image.repository=$REGISTRY/mock-accel-dra-driver \\
+  --set draDriver.nodeAgent.image.repository=$REGISTRY/mock-accel-dra-driver | head -n 6"
+WAIT_INTERVAL=0.5 wait_until 300 has_devices mock0 || fail "no slice for mock0"
+echo "  -> helm install to the first ResourceSlice: $(since "$t0") s"
+run "kubectl get events -n mock-device --field-selector reason=Pulled -o custom-columns=PULLED:.message | cut -c1-150"
+run kubectl get daemonset,deployment -n mock-device
+run kubectl get pods -n mock-device -o wide
 run "kubectl get resourceslices -l driver=$drv"
+run "kubectl get deviceclass | grep mock-accel"
 
 step "The seed's test: a ResourceClaim for one PF, and a pod using it"
 claim() { seed_claim "$1"; }
@@ -62,6 +80,10 @@ run kubectl delete pod test-pod waiting-pod
 both_free() { [ "$(cat /sys/class/mock-accel/mock0/status /sys/class/mock-accel/mock1/status | tr -d '\n')" = 00 ]; }
 WAIT_INTERVAL=0.5 wait_until 60 both_free || fail "the devices stayed allocated"
 run "echo status in sysfs: mock0 \$(cat /sys/class/mock-accel/mock0/status), mock1 \$(cat /sys/class/mock-accel/mock1/status), CDI specs left: \$(ls /var/run/cdi | wc -l)"
-stop agent
+step "Uninstall: the driver's pods, slices and everything the chart made go"
+run helm uninstall mock-device -n mock-device --wait
+no_slices() { [ -z "$(devices)" ]; }
+WAIT_INTERVAL=1 wait_until 120 no_slices || fail "slices left after helm uninstall"
+run "kubectl get resourceslices -l driver=$drv"
 echo
 echo "demo finished"
