@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use tracing::{debug, info};
@@ -75,6 +75,17 @@ pub async fn service_account_owner(client: &Client, namespace: &str) -> Option<O
     Some(owner)
 }
 
+/// Adds `owner` to an object's owner references unless it is there already
+/// (an object written before the agent knew its owner gets it at its next
+/// write).
+pub fn add_owner(meta: &mut ObjectMeta, owner: Option<&OwnerReference>) {
+    if let Some(o) = owner
+        && !meta.owner_references.iter().flatten().any(|r| r.uid == o.uid)
+    {
+        meta.owner_references.get_or_insert_with(Vec::new).push(o.clone());
+    }
+}
+
 /// `system:serviceaccount:<namespace>:<name>` of `namespace` → its owner reference.
 fn service_account_of(username: &str, namespace: &str, uid: String) -> Option<OwnerReference> {
     let (ns, name) = username.strip_prefix("system:serviceaccount:")?.split_once(':')?;
@@ -110,5 +121,15 @@ mod tests {
         assert!(service_account_of("system:serviceaccount:other:sa", "mock-device", "u1".into()).is_none());
         assert!(service_account_of("kubernetes-admin", "mock-device", "u1".into()).is_none());
         assert!(service_account_of("system:serviceaccount:mock-device:sa", "mock-device", String::new()).is_none());
+    }
+
+    #[test]
+    fn an_owner_is_added_once() {
+        let o = service_account_of("system:serviceaccount:ns:sa", "ns", "u1".into());
+        let mut meta = ObjectMeta::default();
+        add_owner(&mut meta, o.as_ref());
+        add_owner(&mut meta, o.as_ref());
+        add_owner(&mut meta, None);
+        assert_eq!(meta.owner_references.as_ref().map(Vec::len), Some(1));
     }
 }

@@ -135,15 +135,7 @@ async fn beat(
             spec.lease_duration_seconds = Some(duration);
             spec.renew_time = Some(now);
             lease.metadata.labels = Some(labels(driver, node));
-            if let Some(o) = owner
-                && !lease.metadata.owner_references.iter().flatten().any(|r| r.uid == o.uid)
-            {
-                lease
-                    .metadata
-                    .owner_references
-                    .get_or_insert_with(Vec::new)
-                    .push(o.clone());
-            }
+            crate::api::add_owner(&mut lease.metadata, owner);
             api.replace(name, &PostParams::default(), &lease).await
         }
     }

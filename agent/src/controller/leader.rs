@@ -212,15 +212,7 @@ impl Elector {
             .saturating_add(if ours { 0 } else { 1 });
         let acquire = if ours { spec.acquire_time.clone() } else { None };
         lease.spec = Some(self.spec(now, acquire, transitions));
-        if let Some(o) = owner
-            && !lease.metadata.owner_references.iter().flatten().any(|r| r.uid == o.uid)
-        {
-            lease
-                .metadata
-                .owner_references
-                .get_or_insert_with(Vec::new)
-                .push(o.clone());
-        }
+        crate::api::add_owner(&mut lease.metadata, owner);
         // Our resourceVersion rides along: a concurrent writer makes this 409.
         match self.api.replace(&self.name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(Attempt::Leader),
