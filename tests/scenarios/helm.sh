@@ -110,6 +110,10 @@ allocation() {
     # admission policy and, since 1.36, resourceclaims/driver).
     check "$1: the agent reported the prepared device in the claim's status" "$drv" \
         "$(jp resourceclaim test-claim default '{.status.devices[0].driver}')"
+}
+
+# free WHAT: the seed's test pod and claim deleted
+free() {
     kubectl delete pod test-pod --wait=false >/dev/null
     WAIT_INTERVAL=0.5 wait_until 120 gone_pod test-pod || not_ok "$1: test-pod deleted"
     kubectl delete resourceclaim test-claim >/dev/null
@@ -173,6 +177,27 @@ EOF
     echo "$_lease"
     check_true "$2: another Lease is denied with the policy's message" \
         has "$_lease" "may write only its heartbeat Lease $drv-$NODE_NAME"
+    # The claim's device status, written with the agent's token (an update,
+    # as the agent does): admitted; then without the chart's
+    # resourceclaims/driver rule, refused by the API server itself (1.36+
+    # granular status authorization): every status write of an agent
+    # lacking it is 403.
+    _status() { # _status TEXT: the claim's device status condition message + TEXT, replaced as the agent
+        kubectl get resourceclaim test-claim -n default -o json |
+            sed "s/\"message\": \"prepared on node \([^\"]*\)\"/\"message\": \"prepared on node \1 $1\"/" |
+            as_agent replace --subresource=status -f - 2>&1
+    }
+    _w=$(_status '(checked)')
+    check_true "$2: the agent's token writes its device's status in a claim ($_w)" has "$_w" "replaced"
+    _rule=$(kubectl get clusterrole $agent -o jsonpath='{.rules[3].resources[0]}')
+    check "$2: the ClusterRole's fourth rule is the resourceclaims/driver one" "resourceclaims/driver" "$_rule"
+    kubectl patch clusterrole $agent --type=json -p '[{"op":"remove","path":"/rules/3"}]' >/dev/null
+    _denied() { _w=$(_status '(checked again)'); has "$_w" 'changing status.devices requires resource="resourceclaims/driver"'; }
+    WAIT_INTERVAL=0.5 wait_until 20 _denied
+    echo "$_w"
+    check_true "$2: without resourceclaims/driver (associated-node), the API server refuses the status write" has "$_w" \
+        'changing status.devices requires resource="resourceclaims/driver"'
+    kubectl patch clusterrole $agent --type=json -p "[{\"op\":\"add\",\"path\":\"/rules/3\",\"value\":{\"apiGroups\":[\"resource.k8s.io\"],\"resources\":[\"resourceclaims/driver\"],\"resourceNames\":[\"$drv\"],\"verbs\":[\"associated-node:update\",\"associated-node:patch\"]}}]" >/dev/null
     check "$2: the agent is not cluster-admin (create deployments)" no "$(as_agent auth can-i create deployments -A 2>/dev/null)"
     check "$2: the agent may not delete Nodes" no "$(as_agent auth can-i delete nodes 2>/dev/null)"
 }
@@ -204,6 +229,7 @@ if installed $ns standard; then
         has "$_pulled" "Successfully pulled image \"$REGISTRY/mock-accel-dra-driver:$VERSION\""
     allocation standard
     rbac $ns standard
+    free standard
     _test=$(helm test mock-device -n $ns --logs 2>&1)
     echo "$_test"
     check_true "standard: helm test" has "$_test" "Phase: *Succeeded"
@@ -244,7 +270,7 @@ _install_s=$(since "$_t0")
 check_true "upgrade: helm upgrade to $VERSION" has "$_out" "STATUS: deployed"
 check_true "upgrade: the namespace is still there" kubectl get namespace $ns
 check "upgrade: what was in it is still there" me "$(jp configmap users-data $ns '{.data.keep}')"
-installed $ns upgrade && allocation upgrade
+installed $ns upgrade && allocation upgrade && free upgrade
 check "upgrade: the namespace is now kept on uninstall" keep \
     "$(jp namespace $ns '' '{.metadata.annotations.helm\.sh/resource-policy}')"
 helm uninstall mock-device --wait --timeout 120s >/dev/null 2>&1
