@@ -112,8 +112,8 @@ allocation() {
         "$(jp resourceclaim test-claim default '{.status.devices[0].driver}')"
 }
 
-# free WHAT: the seed's test pod and claim deleted
-free() {
+# delete_test_pod WHAT: the seed's test pod and claim deleted
+delete_test_pod() {
     kubectl delete pod test-pod --wait=false >/dev/null
     WAIT_INTERVAL=0.5 wait_until 120 gone_pod test-pod || not_ok "$1: test-pod deleted"
     kubectl delete resourceclaim test-claim >/dev/null
@@ -229,7 +229,7 @@ if installed $ns standard; then
         has "$_pulled" "Successfully pulled image \"$REGISTRY/mock-accel-dra-driver:$VERSION\""
     allocation standard
     rbac $ns standard
-    free standard
+    delete_test_pod standard
     _test=$(helm test mock-device -n $ns --logs 2>&1)
     echo "$_test"
     check_true "standard: helm test" has "$_test" "Phase: *Succeeded"
@@ -270,7 +270,7 @@ _install_s=$(since "$_t0")
 check_true "upgrade: helm upgrade to $VERSION" has "$_out" "STATUS: deployed"
 check_true "upgrade: the namespace is still there" kubectl get namespace $ns
 check "upgrade: what was in it is still there" me "$(jp configmap users-data $ns '{.data.keep}')"
-installed $ns upgrade && allocation upgrade && free upgrade
+installed $ns upgrade && allocation upgrade && delete_test_pod upgrade
 check "upgrade: the namespace is now kept on uninstall" keep \
     "$(jp namespace $ns '' '{.metadata.annotations.helm\.sh/resource-policy}')"
 helm uninstall mock-device --wait --timeout 120s >/dev/null 2>&1

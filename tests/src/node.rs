@@ -151,18 +151,15 @@ fn build(binaries: &[(&str, &Path)], driver: Option<&Path>) -> Result<Guest> {
     let ca = Ca::new();
     if let Some(agent) = driver {
         for image in crate::oci::driver_images(agent, &[])? {
-            let short = image.short_name().to_string();
-            let path = build.path().join(format!("driver-{short}.tar"));
-            image.write(&path)?;
-            p.host_file(&format!("/guest/driver-images/{short}.tar"), FILE, &path);
+            add_image(&mut p, build.path(), &image, "/guest/driver-images")?;
         }
         p.host_file("/usr/local/bin/registry", EXEC, &kube.join("registry"));
         let serving = ca.server(&[REGISTRY_HOST, NODE_IP]);
         p.data(&format!("{PKI}/registry.crt"), FILE, serving.cert);
         p.data(&format!("{PKI}/registry.key"), FILE, serving.key);
         p.data("/etc/registry/config.yml", FILE, REGISTRY_CONFIG.replace("@PKI@", PKI));
-        p.host_file("/usr/local/bin/helm", EXEC, &kube.join("helm"));
         let helm = kube.join("helm");
+        p.host_file("/usr/local/bin/helm", EXEC, &helm);
         let root = workspace_root();
         for (chart, dir) in [("chart", "/guest"), ("tests/chart/seed-0.2.0", "/guest/seed")] {
             let tgz = helm_package(&helm, &root.join(chart), build.path())?;
@@ -171,10 +168,7 @@ fn build(binaries: &[(&str, &Path)], driver: Option<&Path>) -> Result<Guest> {
         }
     }
     for image in crate::oci::test_images(build.path())? {
-        let short = image.short_name().to_string();
-        let path = build.path().join(format!("{short}.tar"));
-        image.write(&path)?;
-        p.host_file(&format!("/guest/images/{short}.tar"), FILE, &path);
+        let short = add_image(&mut p, build.path(), &image, "/guest/images")?;
         images.push((short, image.name));
     }
 
@@ -193,6 +187,17 @@ fn build(binaries: &[(&str, &Path)], driver: Option<&Path>) -> Result<Guest> {
     guest.memory_mib = 4096;
     guest.cpus = 2;
     Ok(guest)
+}
+
+/// `image` as `ctr images import` takes it, at `<guest_dir>/<short name>.tar`
+/// (written to `build`, read when the payload is packed): its short name.
+fn add_image(p: &mut Initramfs, build: &Path, image: &crate::oci::Image, guest_dir: &str) -> Result<String> {
+    let short = image.short_name().to_string();
+    let name = format!("{}-{short}.tar", guest_dir.trim_start_matches('/').replace('/', "-"));
+    let path = build.join(name);
+    image.write(&path)?;
+    p.host_file(&format!("{guest_dir}/{short}.tar"), FILE, &path);
+    Ok(short)
 }
 
 /// `helm package CHART` into `out`: the archive's path.
