@@ -52,27 +52,60 @@ impl Clients {
 }
 
 /// The ServiceAccount these credentials are, as the owner of what the agent
-/// creates in `namespace` (its Leases): the garbage collector deletes them
+/// creates in its namespace (its Leases): the garbage collector deletes them
 /// with it, so `helm uninstall` leaves none behind. From a SelfSubjectReview
 /// (every authenticated client may ask who it is; a service account's user
 /// uid is the ServiceAccount's uid). None for credentials that are not a
-/// service account of that namespace (a kubeconfig), or when the server
-/// cannot say (the Leases are then left for whoever deletes the namespace).
-pub async fn service_account_owner(client: &Client, namespace: &str) -> Option<OwnerReference> {
-    let review = match Api::<SelfSubjectReview>::all(client.clone())
-        .create(&PostParams::default(), &SelfSubjectReview::default())
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            debug!(error = %e, "no SelfSubjectReview: the Leases get no owner");
-            return None;
+/// service account of that namespace (a kubeconfig), or a server that says
+/// no; asked again at the next write while the server cannot be reached (a
+/// pod may start before its network works: once, a Lease made then went
+/// without an owner and outlived `helm uninstall`).
+pub struct LeaseOwner {
+    client: Client,
+    namespace: Option<String>,
+    known: Option<Option<OwnerReference>>,
+}
+
+impl LeaseOwner {
+    pub fn new(client: Client, namespace: Option<&str>) -> LeaseOwner {
+        LeaseOwner {
+            client,
+            namespace: namespace.map(str::to_string),
+            known: None,
         }
-    };
-    let user = review.status?.user_info?;
-    let owner = service_account_of(user.username.as_deref()?, namespace, user.uid?)?;
-    info!(service_account = %owner.name, "the Leases are owned by this ServiceAccount (deleted with it)");
-    Some(owner)
+    }
+
+    /// The owner, asking the server until it has answered once.
+    pub async fn get(&mut self) -> Option<OwnerReference> {
+        if let Some(known) = &self.known {
+            return known.clone();
+        }
+        let namespace = self.namespace.as_deref()?;
+        let review = Api::<SelfSubjectReview>::all(self.client.clone())
+            .create(&PostParams::default(), &SelfSubjectReview::default())
+            .await;
+        let owner = match review {
+            Ok(r) => r
+                .status
+                .and_then(|s| s.user_info)
+                .and_then(|u| service_account_of(u.username.as_deref()?, namespace, u.uid?)),
+            // The server answered no (an old server, an authorizer that
+            // refuses it): for good.
+            Err(kube::Error::Api(s)) if s.code < 500 => {
+                debug!(code = s.code, "no SelfSubjectReview: the Leases get no owner");
+                None
+            }
+            Err(e) => {
+                debug!(error = %e, "no SelfSubjectReview yet: asking again at the next write");
+                return None;
+            }
+        };
+        if let Some(o) = &owner {
+            info!(service_account = %o.name, "the Leases are owned by this ServiceAccount (deleted with it)");
+        }
+        self.known = Some(owner.clone());
+        owner
+    }
 }
 
 /// Adds `owner` to an object's owner references unless it is there already
@@ -131,5 +164,30 @@ mod tests {
         add_owner(&mut meta, o.as_ref());
         add_owner(&mut meta, None);
         assert_eq!(meta.owner_references.as_ref().map(Vec::len), Some(1));
+    }
+
+    /// A server that cannot be reached is asked again at the next write;
+    /// one that answers (here: no such API) is not.
+    #[tokio::test]
+    async fn the_owner_is_asked_again_until_the_server_answers() {
+        use mock_device_testkit::apiserver::{ApiServer, Config};
+        let client = |url: &str| Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        // Nothing listens there (a port just freed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut unreachable = LeaseOwner::new(client(&format!("http://127.0.0.1:{port}")), Some("mock-device"));
+        for _ in 0..2 {
+            assert_eq!(unreachable.get().await, None);
+            assert!(unreachable.known.is_none(), "asked again at the next write");
+        }
+        let server = ApiServer::start(Config::default()).unwrap();
+        let mut answered = LeaseOwner::new(client(&server.url()), Some("mock-device"));
+        assert_eq!(answered.get().await, None);
+        assert_eq!(answered.known, Some(None), "an answer is kept");
+        let mut no_namespace = LeaseOwner::new(client(&server.url()), None);
+        assert_eq!(no_namespace.get().await, None);
     }
 }

@@ -48,10 +48,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let name = lease_name(&driver, &node);
-    let owner = match api.namespace() {
-        Some(ns) => crate::api::service_account_owner(&api.clone().into_client(), ns).await,
-        None => None,
-    };
+    let mut owner = crate::api::LeaseOwner::new(api.clone().into_client(), api.namespace());
     let duration = (interval.as_secs_f64() * 4.0).ceil().max(1.0) as i32;
     let mut tick = tokio::time::interval(interval);
     let mut first = true;
@@ -65,10 +62,11 @@ pub async fn run(
         }
         // One beat at most an interval long (as the kubelet's node Lease):
         // one hung on a dead connection must not stop the next ones.
-        let beating = tokio::time::timeout(
-            interval,
-            beat(&api, &name, &driver, &node, duration, owner.as_ref(), last.take()),
-        );
+        let previous = last.take();
+        let beating = tokio::time::timeout(interval, async {
+            let owner = owner.get().await;
+            beat(&api, &name, &driver, &node, duration, owner.as_ref(), previous).await
+        });
         let result = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             r = beating => match r {

@@ -73,10 +73,7 @@ impl Elector {
         let mut last_renew = Instant::now();
         gauge!(m::CONTROLLER_LEADER).set(0.0);
         // The Lease goes with the controller's ServiceAccount (helm uninstall).
-        let owner = match self.api.namespace() {
-            Some(ns) => crate::api::service_account_owner(&self.api.clone().into_client(), ns).await,
-            None => None,
-        };
+        let mut owner = crate::api::LeaseOwner::new(self.api.clone().into_client(), self.api.namespace());
         loop {
             let is_leader = *leading.borrow();
             // As client-go: a leader's renewal gives up at the renew
@@ -89,7 +86,10 @@ impl Elector {
             };
             let attempt = tokio::select! {
                 _ = cancel.cancelled() => break,
-                a = tokio::time::timeout(budget, self.attempt(&mut observed, owner.as_ref())) => a,
+                a = tokio::time::timeout(budget, async {
+                    let owner = owner.get().await;
+                    self.attempt(&mut observed, owner.as_ref()).await
+                }) => a,
             };
             let Ok(attempt) = attempt else {
                 counter!(m::CONTROLLER_API_ERRORS, "op" => "lease", "kind" => "timeout").increment(1);
