@@ -5,7 +5,6 @@
 # waiting pod, kubelet and agent restarts, the controller mode.
 . /guest/lib.sh
 . /guest/node.sh
-drv=mock-accel.example.com
 cdi=/var/run/cdi
 
 node_up || { finish; exit 1; }
@@ -18,22 +17,6 @@ applied=$(kubectl apply -f /guest/deviceclasses.json 2>&1)
 check_true "the chart's DeviceClasses accepted by the real API server ($(echo $applied | tr '\n' ' '))" \
     sh -c "echo '$applied' | grep -q 'deviceclass.resource.k8s.io/mock-accel-pf created'"
 
-jp() { kubectl get "$1" "$2" ${3:+-n "$3"} -o jsonpath="$4" 2>/dev/null; }
-devices() { kubectl get resourceslices -l driver=$drv -o jsonpath='{.items[*].spec.devices[*].name}' 2>/dev/null | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//'; }
-# metric NAME: the sum of its series on the agent's /metrics
-metric() {
-    guest-tool http GET http://127.0.0.1:8080/metrics 2>/dev/null |
-        awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2; n++ } END { if (n) print s }'
-}
-phase() { jp pod "$1" default '{.status.phase}'; }
-running() { [ "$(phase "$1")" = Running ]; }
-has_devices() { [ "$(devices)" = "$1" ]; }
-registered() { [ "$(metric mock_accel_plugin_registered)" = 1 ]; }
-
-start_agent() {
-    NODE_NAME=$NODE_NAME POD_NAMESPACE=kube-system start agent \
-        mock-accel-agent --admin-address=127.0.0.1:8080 --v=2
-}
 start_agent
 WAIT_INTERVAL=0.5 wait_until 120 registered
 check_true "the real kubelet registered the plugin (NotifyRegistrationStatus: registered)" registered

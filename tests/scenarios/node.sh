@@ -6,6 +6,9 @@
 #   node_ready  the Node's Ready condition is True
 #   registry_up (guest_with_chart) starts the OCI registry, pushes the chart
 #               and the driver's image to it
+#   and the scenarios' helpers on the node's objects (jp, devices, phase,
+#   running, ...) and on the agent run as a node process (start_agent,
+#   metric, registered)
 # The host wrote the certificates, kubeconfigs, configuration files and
 # command lines (/guest/node.env) for this run: tests/src/node.rs.
 . /guest/node.env
@@ -63,16 +66,25 @@ node_net() {
     # that while the other vCPU was receiving, and the guest died in
     # ip_rcv with RIP in the middle of an instruction (cross-modifying code
     # under QEMU's software emulation). Flipped now, kube-proxy's rules and
-    # conntrack patch nothing.
+    # conntrack patch nothing. So do conntrack's and NAT's hash seeds: each
+    # is a get_random_once(), whose static key is flipped by a work item
+    # after the first use; once, that happened under kube-proxy's traffic
+    # and the guest died in hash_conntrack_raw (on a patched NOP). A ct
+    # rule and NAT chains here, one packet through them, and a pause while
+    # nothing else runs: the keys are flipped now.
     nft -f - <<EOF || return 1
 table inet mock-node-hooks {
     chain prerouting { type filter hook prerouting priority 0; }
     chain input { type filter hook input priority 0; }
     chain forward { type filter hook forward priority 0; }
-    chain output { type filter hook output priority 0; }
+    chain output { type filter hook output priority 0; ct state new,established,related accept; }
     chain postrouting { type filter hook postrouting priority 0; }
+    chain nat-output { type nat hook output priority 0; }
+    chain nat-postrouting { type nat hook postrouting priority 100; }
 }
 EOF
+    guest-tool http GET http://127.0.0.1:1/ >/dev/null 2>&1
+    sleep 2
     # (loading dummy makes dummy0 already)
     { ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy; } &&
         ip addr add "$NODE_IP/24" dev dummy0 &&
@@ -136,6 +148,47 @@ node_logs() {
 # The seed README's "Testing Device Allocation", shared by the node's
 # scenarios (v1 form, `exactly:`; the image is the node's own busybox: no
 # registry here).
+# --- The scenarios' helpers.
+drv=mock-accel.example.com
+# jp KIND NAME NS JSONPATH: one field of one object
+jp() { kubectl get "$1" "$2" ${3:+-n "$3"} -o jsonpath="$4" 2>/dev/null; }
+# devices: the driver's published devices, sorted, on one line
+devices() { kubectl get resourceslices -l driver=$drv -o jsonpath='{.items[*].spec.devices[*].name}' 2>/dev/null | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//'; }
+has_devices() { [ "$(devices)" = "$1" ]; }
+phase() { jp pod "$1" default '{.status.phase}'; }
+running() { [ "$(phase "$1")" = Running ]; }
+gone_pod() { ! kubectl get pod "$1" -n "${2:-default}" >/dev/null 2>&1; }
+# The agent as a node process (its admin port on 127.0.0.1:8080).
+start_agent() {
+    NODE_NAME=$NODE_NAME POD_NAMESPACE=kube-system start agent \
+        mock-accel-agent --admin-address=127.0.0.1:8080 --v=2 "$@"
+}
+# metric NAME: the sum of its series on the agent's /metrics
+metric() {
+    guest-tool http GET http://127.0.0.1:8080/metrics 2>/dev/null |
+        awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2; n++ } END { if (n) print s }'
+}
+registered() { [ "$(metric mock_accel_plugin_registered)" = 1 ]; }
+
+# claim NAME CLASS [CEL [CLASS2 CEL2]]: a claim of one device per request,
+# of that class, chosen by the CEL selector if any
+claim() {
+    _request() { # _request NAME CLASS CEL
+        printf '    - name: %s\n      exactly:\n        deviceClassName: %s\n' "$1" "$2"
+        [ -z "$3" ] || printf '        selectors: [{cel: {expression: %s}}]\n' "'$3'"
+    }
+    {
+        printf 'apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: %s, namespace: default}\n' "$1"
+        printf 'spec:\n  devices:\n    requests:\n'
+        _request a "$2" "$3"
+        [ -z "$4" ] || _request b "$4" "$5"
+    } | kubectl apply -f - >/dev/null
+}
+# claim_pod NAME CLAIM: a pod using the claim's every request
+claim_pod() {
+    seed_pod "$1" "  - name: c
+    resourceClaimName: $2" "      - name: c" >/dev/null
+}
 # seed_claim NAME: the seed's ResourceClaim for one PF
 seed_claim() {
     kubectl apply -f - <<EOF
