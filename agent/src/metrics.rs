@@ -21,6 +21,7 @@ pub const API_ERRORS: &str = "mock_accel_api_errors_total";
 pub const EVENT_TO_SLICE: &str = "mock_accel_event_to_slice_seconds";
 pub const SLICES: &str = "mock_accel_resource_slices";
 pub const POOL_GENERATION: &str = "mock_accel_pool_generation";
+pub const SHARED_COUNTERS: &str = "mock_accel_shared_counters";
 pub const EBPF_AVAILABLE: &str = "mock_accel_ebpf_available";
 pub const EBPF_ATTACHED: &str = "mock_accel_ebpf_attached";
 pub const EBPF_ATTACHES: &str = "mock_accel_ebpf_attaches_total";
@@ -122,7 +123,7 @@ fn describe() {
     );
     describe_counter!(
         API_ERRORS,
-        "Kubernetes API errors, by kind (conflict, not_found, invalid, throttled, server, network, other)."
+        "Kubernetes API errors, by kind (conflict, not_found, invalid, denied, throttled, server, network, other)."
     );
     describe_histogram!(
         EVENT_TO_SLICE,
@@ -131,6 +132,10 @@ fn describe() {
     );
     describe_gauge!(SLICES, "ResourceSlices this agent publishes.");
     describe_gauge!(POOL_GENERATION, "Generation of this node's pool.");
+    describe_gauge!(
+        SHARED_COUNTERS,
+        "1 while PF/VF exclusion is published as shared counters, 0 when off or dropped by the cluster."
+    );
     describe_gauge!(
         EBPF_AVAILABLE,
         "1 if the eBPF probes could be loaded here, 0 if the agent runs on uevents alone."
@@ -257,6 +262,8 @@ pub fn api_error_kind(e: &kube::Error) -> &'static str {
         kube::Error::Api(s) => match s.code {
             409 => "conflict",
             404 => "not_found",
+            // RBAC or an admission policy said no (or the token is bad).
+            401 | 403 => "denied",
             422 | 400 => "invalid",
             429 => "throttled",
             500..=599 => "server",

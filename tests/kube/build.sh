@@ -13,6 +13,10 @@
 #   registry    distribution's OCI registry v3.1.2 (registry/: its own module,
 #               filesystem storage only), which serves the chart and the
 #               driver's images to Helm and containerd in the guest
+#   prometheus  Prometheus 3.16.0 (prometheus/: its own module; service
+#               discovery: Kubernetes, file and HTTP only), which finds the
+#               chart's metrics Services in the guest through the API
+#               (Debian's Prometheus 2.42 is built without Kubernetes SD)
 # into target/kube/bin (or $1). Static (CGO_ENABLED=0), stripped, -trimpath.
 #
 # Nothing is rebuilt when the inputs (go.mod, go.sum, sources, this script, the
@@ -30,7 +34,8 @@ containerd_version=v2.4.2
 
 stamp=$( (go version; cat "$0" "$here/go.mod" "$here/go.sum" "$here/cmd/kube/main.go" \
     "$here/containerd/go.mod" "$here/containerd/go.sum" "$here/helm/go.mod" "$here/helm/go.sum" \
-    "$here/registry/go.mod" "$here/registry/go.sum" "$here/registry/main.go") | sha256sum | cut -c1-16)
+    "$here/registry/go.mod" "$here/registry/go.sum" "$here/registry/main.go" \
+    "$here/prometheus/go.mod" "$here/prometheus/go.sum") | sha256sum | cut -c1-16)
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
     echo "kube: up to date ($out)"
     exit 0
@@ -41,9 +46,13 @@ fi
 build() {
     local label=$1 dir=$2
     shift 2
-    local pkgs=("${@: -1}")
+    local pkgs=("${@: -1}") tags=() prev=
+    for a in "$@"; do
+        [ "$prev" = -tags ] && tags=(-tags "$a")
+        prev=$a
+    done
     local total
-    total=$(cd "$dir" && go list -deps "${pkgs[@]}" 2>/dev/null | wc -l)
+    total=$(cd "$dir" && go list -deps "${tags[@]}" "${pkgs[@]}" 2>/dev/null | wc -l)
     local start=$SECONDS n=0 last=$SECONDS
     echo "$label: building ($total packages when nothing is cached${cold:+; cold, it takes about $cold on 2 cores})"
     (cd "$dir" && go build -v "$@" 2>&1) | while IFS= read -r line; do
@@ -90,6 +99,14 @@ cold="6 minutes" build helm "$here/helm" -trimpath -o "$out/helm" \
 registry_version=v3.1.2
 cold="3 minutes" build registry "$here/registry" -trimpath -o "$out/registry" \
     -ldflags "-s -w -X github.com/distribution/distribution/v3/version.version=$registry_version" .
+
+# Tags: every service discovery left out but Kubernetes' (file and HTTP
+# stay); the web UI's assets are not embedded (the API is all a test uses).
+prometheus_version=3.16.0
+pv=github.com/prometheus/common/version
+cold="8 minutes" build prometheus "$here/prometheus" -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+    -o "$out/prometheus" -ldflags "-s -w -X $pv.Version=$prometheus_version -X $pv.Branch=HEAD" \
+    github.com/prometheus/prometheus/cmd/prometheus
 
 echo "$stamp" > "$out/.stamp"
 echo "kube: everything built in $((SECONDS - t0)) s into $out"

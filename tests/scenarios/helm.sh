@@ -8,7 +8,7 @@
 # a seed release.
 . /guest/lib.sh
 . /guest/node.sh
-drv=mock-accel.example.com
+. /guest/monitoring.sh
 ns=mock-device
 agent=mock-accel-node-agent
 
@@ -25,14 +25,8 @@ CHART_REF=oci://$REGISTRY/charts/mock-device
 # The seed's "Custom Image Registry" flags, with this registry's host.
 REG_SETS="--set draDriver.controller.image.repository=$REGISTRY/mock-accel-dra-driver --set draDriver.nodeAgent.image.repository=$REGISTRY/mock-accel-dra-driver"
 
-jp() { kubectl get "$1" "$2" ${3:+-n "$3"} -o jsonpath="$4" 2>/dev/null; }
-devices() { kubectl get resourceslices -l driver=$drv -o jsonpath='{.items[*].spec.devices[*].name}' 2>/dev/null | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//'; }
 slices() { kubectl get resourceslices -l driver=$drv -o name 2>/dev/null; }
 no_slices() { [ -z "$(slices)" ]; }
-has_devices() { [ "$(devices)" = "$1" ]; }
-phase() { jp pod "$1" default '{.status.phase}'; }
-running() { [ "$(phase "$1")" = Running ]; }
-gone_pod() { ! kubectl get pod "$1" -n "${2:-default}" >/dev/null 2>&1; }
 no_namespace() { ! kubectl get namespace "$1" >/dev/null 2>&1; }
 # What the module made, as the agent names the devices (mock1_vf0 → mock1-vf0).
 all_devices=$(ls $cls | tr _ - | sort | tr '\n' ' ' | sed 's/ $//')
@@ -228,6 +222,8 @@ if installed $ns standard; then
     check_true "standard: containerd pulled the driver's image from the registry ($_pulled)" \
         has "$_pulled" "Successfully pulled image \"$REGISTRY/mock-accel-dra-driver:$VERSION\""
     allocation standard
+    monitoring $ns standard
+    section "standard: install, allocation, monitoring"
     rbac $ns standard
     delete_test_pod standard
     _test=$(helm test mock-device -n $ns --logs 2>&1)

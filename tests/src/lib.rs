@@ -15,10 +15,12 @@
 //! - [`kubelet`] plays the kubelet towards the agent's plugin sockets;
 //! - [`cluster`] runs the real control plane (etcd, kube-apiserver v1.37.2,
 //!   built by `just kube`) on loopback: the referee for the test API server;
-//! - [`oci`] writes container images as OCI archives without an engine.
+//! - [`oci`] writes container images as OCI archives without an engine;
+//! - [`dashboards`] the Grafana dashboards' queries and what counts as data.
 
 pub mod apiserver;
 pub mod cluster;
+pub mod dashboards;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;

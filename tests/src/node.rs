@@ -87,6 +87,8 @@ const KERNEL_MODULES: [&str; 31] = [
 /// The guest-side script that starts the node (`node_up`) and reads its
 /// logs (`node_logs`).
 pub const NODE_SH: &str = include_str!("../scenarios/node.sh");
+/// Prometheus against the chart's Services (sourced by helm.sh).
+pub const MONITORING_SH: &str = include_str!("../scenarios/monitoring.sh");
 
 /// A guest that becomes a one-node cluster when its scenario calls
 /// `node_up`; `binaries` go to `/usr/local/bin/<name>` (the agent, our
@@ -166,6 +168,18 @@ fn build(binaries: &[(&str, &Path)], driver: Option<&Path>) -> Result<Guest> {
             let name = tgz.file_name().unwrap_or_default().to_string_lossy().into_owned();
             p.host_file(&format!("{dir}/{name}"), FILE, &tgz);
         }
+        // Prometheus with Kubernetes service discovery (built by `just
+        // kube`: Debian's has none), to scrape the chart's metrics Services
+        // it finds through the API, and the dashboards whose queries it must
+        // answer.
+        p.host_file("/usr/local/bin/prometheus", EXEC, &kube.join("prometheus"));
+        for file in crate::dashboards::FILES {
+            p.host_file(
+                &format!("/guest/dashboards/{file}"),
+                FILE,
+                &root.join("dashboards").join(file),
+            );
+        }
     }
     for image in crate::oci::test_images(build.path())? {
         let short = add_image(&mut p, build.path(), &image, "/guest/images")?;
@@ -182,6 +196,7 @@ fn build(binaries: &[(&str, &Path)], driver: Option<&Path>) -> Result<Guest> {
     });
     p.data("/guest/deviceclasses.json", FILE, classes.to_string());
     p.data("/guest/node.sh", FILE, NODE_SH);
+    p.data("/guest/monitoring.sh", FILE, MONITORING_SH);
 
     let mut guest = Guest::new(kernel, p)?;
     guest.memory_mib = 4096;

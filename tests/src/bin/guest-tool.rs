@@ -16,6 +16,11 @@
 //!   p50 and p99 milliseconds each took: the bare cost of one API write.
 //! - `guest-tool kubelet register|prepare|unprepare|health` plays the
 //!   kubelet towards the agent's plugin sockets (see `kubelet` below).
+//! - `guest-tool dashboards --node N` runs every query of the Grafana
+//!   dashboards against Prometheus, as Grafana would with node N selected,
+//!   and prints each with its series count or why it has no data;
+//!   `guest-tool promql QUERY` prints an instant query's series, one per
+//!   line: `{label="value",...} VALUE`.
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -90,6 +95,25 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         count: usize,
     },
+    /// Every dashboard query against Prometheus; exit 1 unless each
+    /// returns data and the `node` variable offers exactly NODE.
+    Dashboards {
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        prometheus: String,
+        #[arg(long, default_value = "/guest/dashboards")]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        node: String,
+        /// What Grafana's `$__rate_interval` becomes.
+        #[arg(long, default_value = "1m")]
+        rate_interval: String,
+    },
+    /// One instant query; print its series, `{labels} VALUE` per line.
+    Promql {
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        prometheus: String,
+        query: String,
+    },
     /// Write VALUE to FILE in one write(2); print "ok" or the errno name.
     Write {
         file: String,
@@ -157,6 +181,29 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (p50, p99) = rt.block_on(api_writes(count))?;
             println!("{p50:.2} {p99:.2}");
+            Ok(())
+        }
+        Cmd::Dashboards {
+            prometheus,
+            dir,
+            node,
+            rate_interval,
+        } => {
+            let ok = dashboards(&prometheus, &dir, &node, &rate_interval)?;
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        Cmd::Promql { prometheus, query } => {
+            let v = prometheus_get(&prometheus, "/api/v1/query", &[("query", &query)])?;
+            anyhow::ensure!(v["status"] == "success", "{query}: {v}");
+            for r in v["data"]["result"].as_array().into_iter().flatten() {
+                let labels: Vec<String> = r["metric"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!("{{{}}} {}", labels.join(","), r["value"][1].as_str().unwrap_or("?"));
+            }
             Ok(())
         }
         Cmd::Write { file, value } => {
@@ -403,6 +450,49 @@ fn http(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
         r.read_to_end(&mut text)?;
     }
     Ok((code, String::from_utf8_lossy(&text).into_owned()))
+}
+
+/// One instant query or API GET against Prometheus, as JSON.
+fn prometheus_get(prometheus: &str, path: &str, params: &[(&str, &str)]) -> anyhow::Result<serde_json::Value> {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let (code, text) = http("GET", &format!("{prometheus}{path}?{query}"), "")?;
+    serde_json::from_str(&text).with_context(|| format!("{code} {text}"))
+}
+
+/// Runs every dashboard query as Grafana would with NODE selected; prints a
+/// line per query; true if each returned data.
+fn dashboards(prometheus: &str, dir: &std::path::Path, node: &str, rate_interval: &str) -> anyhow::Result<bool> {
+    use mock_device_testkit::dashboards;
+    let mut ok = true;
+    // The node variable: `label_values(mock_accel_agent_info, node)`.
+    let values = prometheus_get(
+        prometheus,
+        "/api/v1/label/node/values",
+        &[("match[]", "mock_accel_agent_info")],
+    )?;
+    if values["data"] != serde_json::json!([node]) {
+        println!("FAILED the node variable offers {} (want [{node:?}])", values["data"]);
+        ok = false;
+    }
+    let queries = dashboards::queries(dir).map_err(anyhow::Error::msg)?;
+    let mut with_data = 0;
+    for q in &queries {
+        let promql = q.promql(rate_interval, node);
+        match dashboards::judge(&prometheus_get(prometheus, "/api/v1/query", &[("query", &promql)])?) {
+            Ok(n) => {
+                with_data += 1;
+                println!("ok {n} series: {} / {}: {promql}", q.file, q.title);
+            }
+            Err(why) => {
+                ok = false;
+                println!("FAILED {} / {}: {why}: {promql}", q.file, q.title);
+            }
+        }
+    }
+    println!("{with_data} of {} dashboard queries returned data", queries.len());
+    Ok(ok)
 }
 
 /// The ResourceSliceList of NODE's slices.
