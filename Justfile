@@ -64,12 +64,16 @@ vm-shell: build
 vm-run script: build
     cargo run -q -p mock-device-testkit --bin guest -- run {{script}}
 
-# Every benchmark: the kubelet plugin's prepare/unprepare latency, the controller at scale, then the VM benchmarks
-bench: bench-plugin bench-controller bench-vm bench-cluster
+# Every benchmark: the kubelet plugin's prepare/unprepare latency, the controller at scale, the shared counters' write cost, then the VM benchmarks
+bench: bench-plugin bench-controller bench-counters bench-vm bench-cluster
 
 # NodePrepareResources/NodeUnprepareResources p50/p99 (1- and 8-device claims), release build
 bench-plugin:
     cargo run --release -q -p mock-accel-agent --example bench_plugin
+
+# ResourceSlice writes per sriov_numvfs change and per PF hot-plug, shared counters off (baseline) and on, counted by the real kube-apiserver (release)
+bench-counters: kube
+    cargo run --release -q -p mock-accel-agent --example bench_counters
 
 # The controller at fleet scale (BENCH_NODES, default 500): start to full view, /metrics cost, Node deleted -> slice deleted, idle API load
 bench-controller:

@@ -123,6 +123,12 @@ pub struct Args {
     /// Most devices per ResourceSlice (1-128).
     #[arg(long, env = "MAX_DEVICES_PER_SLICE", default_value_t = 128, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub max_devices_per_slice: u16,
+    /// Publish PF/VF exclusion as shared counters (partitionable devices,
+    /// KEP-4815; beta and on in Kubernetes 1.36+), so the scheduler never
+    /// gives a PF and one of its VFs at once. A cluster that drops the
+    /// fields is noticed and the slices go out without them.
+    #[arg(long, env = "SHARED_COUNTERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub shared_counters: bool,
 }
 
 /// "30s", "1m30s", "250ms", or "0" (off).

@@ -19,7 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use metrics::{counter, gauge, histogram};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admin::Health;
 use crate::api::Clients;
@@ -163,6 +163,8 @@ pub struct Config {
     pub driver: String,
     pub node: String,
     pub max_devices: usize,
+    /// Shared counters for PF/VF exclusion, unless the cluster drops them.
+    pub counters: bool,
     /// One publisher per node (see `turn`): taken before the first write,
     /// given up for good to a newer agent pod.
     pub turn: Turn,
@@ -190,7 +192,9 @@ pub async fn run(
         node: cfg.node.clone(),
         node_uid: String::new(),
         max_devices: cfg.max_devices,
+        counters: cfg.counters,
     };
+    gauge!(m::SHARED_COUNTERS).set(if cfg.counters { 1.0 } else { 0.0 });
     info!(node = %cfg.node, driver = %cfg.driver, "publishing this node's pool");
     let mut node_watch = watcher(
         nodes,
@@ -290,7 +294,7 @@ pub async fn run(
             continue; // backing off: the timer fires the next attempt
         }
 
-        let desired = slices::pack(inv, publisher.max_devices);
+        let desired = slices::pack(inv, publisher.max_devices, publisher.counters);
         let existing = view.current();
         let plan = slices::plan(&publisher, &desired, &existing, generation);
         if plan.writes.is_empty() {
@@ -317,7 +321,7 @@ pub async fn run(
                     latency_ms = latency.map(|(ms, _)| (ms * 10.0).round() / 10.0),
                     clock = latency.map(|(_, c)| c),
                     slices = desired.len(),
-                    devices = desired.iter().map(Vec::len).sum::<usize>(),
+                    devices = desired.iter().map(slices::Content::devices).sum::<usize>(),
                     generation,
                     writes = plan.writes.len(),
                     "ResourceSlices published"
@@ -325,6 +329,21 @@ pub async fn run(
                 health.ready.store(true, Ordering::SeqCst);
             }
             Err(Retry::Now) => retry_at = Some(tokio::time::Instant::now()),
+            Err(Retry::WithoutCounters(why)) => {
+                // The API server does not keep what partitionable devices
+                // need (DRAPartitionableDevices off: 1.34/1.35, or turned
+                // off): publish without, once; prepare still refuses a PF
+                // and its VF together.
+                error!(
+                    %why,
+                    "this cluster does not keep shared counters (DRAPartitionableDevices off?): publishing \
+                     without them; the scheduler may now pick a PF and one of its VFs for different \
+                     claims, and the second claim's prepare is refused"
+                );
+                publisher.counters = false;
+                gauge!(m::SHARED_COUNTERS).set(0.0);
+                retry_at = Some(tokio::time::Instant::now());
+            }
             Err(Retry::Later) => {
                 counter!(m::PUBLISHES, "result" => "failed").increment(1);
                 health.ready.store(false, Ordering::SeqCst);
@@ -337,6 +356,9 @@ pub async fn run(
 }
 
 enum Retry {
+    /// The API server dropped or refused the shared counters: plan again
+    /// without them.
+    WithoutCounters(String),
     /// Our view was stale (a conflict, an object gone): plan again at once.
     Now,
     /// The API failed: back off.
@@ -364,6 +386,13 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
         match result {
             Ok(obj) => {
                 counter!(m::SLICE_WRITES, "verb" => w.verb(), "result" => "success").increment(1);
+                if let (Write::Create(sent) | Write::Update(sent), Some(stored)) = (w, &obj)
+                    && let Some(why) = counters_dropped(sent, stored)
+                {
+                    view.deleted.remove(&name);
+                    view.written.insert(name, stored.clone());
+                    return Err(Retry::WithoutCounters(why));
+                }
                 match obj {
                     Some(s) if !matches!(w, Write::Delete { .. }) => {
                         view.deleted.remove(&name);
@@ -405,6 +434,9 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
                         view.written.remove(&name);
                         view.deleted.insert(name, 0);
                     }
+                    ("invalid", Write::Create(sent) | Write::Update(sent)) if has_counters(sent) => {
+                        return Err(Retry::WithoutCounters(format!("the API server refused {name}: {e}")));
+                    }
                     ("invalid", _) => {
                         warn!(slice = %name, error = %e, "the API server rejected our ResourceSlice: this is a bug");
                         return Err(Retry::Later);
@@ -418,6 +450,29 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
         }
     }
     Ok(())
+}
+
+/// Whether a slice we write carries shared counters or consumes them.
+fn has_counters(s: &ResourceSlice) -> bool {
+    s.spec.shared_counters.is_some() || s.spec.devices.iter().flatten().any(|d| d.consumes_counters.is_some())
+}
+
+/// Why the stored slice lacks the counters we sent (the API server drops
+/// fields of a disabled feature on write), if it does.
+fn counters_dropped(sent: &ResourceSlice, stored: &ResourceSlice) -> Option<String> {
+    let name = sent.metadata.name.as_deref().unwrap_or_default();
+    if sent.spec.shared_counters.is_some() && stored.spec.shared_counters.is_none() {
+        return Some(format!("{name}: spec.sharedCounters was dropped"));
+    }
+    let consuming = |s: &ResourceSlice| {
+        s.spec
+            .devices
+            .iter()
+            .flatten()
+            .filter(|d| d.consumes_counters.is_some())
+            .count()
+    };
+    (consuming(sent) > consuming(stored)).then(|| format!("{name}: devices[].consumesCounters was dropped"))
 }
 
 #[cfg(test)]
@@ -467,5 +522,46 @@ mod tests {
         v.apply(watcher::Event::InitDone);
         let names: Vec<String> = v.current().into_keys().collect();
         assert_eq!(names, ["back"], "deleted while the watch was down must not linger");
+    }
+
+    #[test]
+    fn dropped_counters_are_noticed() {
+        use k8s_openapi::api::resource::v1::{CounterSet, Device, DeviceCounterConsumption};
+        let mut sent = ResourceSlice::default();
+        sent.metadata.name = Some("s-0".into());
+        sent.spec.shared_counters = Some(vec![CounterSet {
+            name: "mock0".into(),
+            ..Default::default()
+        }]);
+        let mut stored = sent.clone();
+        assert_eq!(counters_dropped(&sent, &stored), None);
+        assert!(has_counters(&sent));
+        stored.spec.shared_counters = None;
+        assert_eq!(
+            counters_dropped(&sent, &stored).as_deref(),
+            Some("s-0: spec.sharedCounters was dropped")
+        );
+        let consuming = Device {
+            name: "mock0".into(),
+            consumes_counters: Some(vec![DeviceCounterConsumption {
+                counter_set: "mock0".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        sent.spec.shared_counters = None;
+        sent.spec.devices = Some(vec![consuming.clone()]);
+        let mut stored = sent.clone();
+        assert_eq!(counters_dropped(&sent, &stored), None);
+        stored.spec.devices = Some(vec![Device {
+            consumes_counters: None,
+            ..consuming
+        }]);
+        assert!(
+            counters_dropped(&sent, &stored)
+                .unwrap()
+                .contains("consumesCounters was dropped")
+        );
+        assert!(!has_counters(&stored));
     }
 }

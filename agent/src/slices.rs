@@ -7,11 +7,20 @@
 //! slice count stays the same, that slice is updated in place; otherwise
 //! the pool generation is bumped and every slice is written, so consumers
 //! never mix devices of two layouts.
+//!
+//! PF/VF exclusion (partitionable devices, KEP-4815): each PF has a counter
+//! set named after it holding its memory; the PF consumes all of it, each
+//! VF its share, so no allocation can hold a PF and any of its VFs, inside
+//! one claim or across claims, and VFs share the PF's memory. Since 1.35 a
+//! slice holds devices or counters, never both: the counter sets go first,
+//! in slices of their own (8 sets per slice), and device slices hold at
+//! most 64 devices when they consume counters.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::resource::v1::{
-    Device, DeviceAttribute, DeviceCapacity, ResourcePool, ResourceSlice, ResourceSliceSpec,
+    Counter, CounterSet, Device, DeviceAttribute, DeviceCapacity, DeviceCounterConsumption, ResourcePool,
+    ResourceSlice, ResourceSliceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -20,14 +29,39 @@ use crate::inventory::{Function, Inventory, Kind};
 
 /// The most devices a slice may hold (resource.k8s.io/v1).
 pub const MAX_DEVICES_PER_SLICE: usize = 128;
+/// The most devices a slice may hold when they consume counters.
+pub const MAX_DEVICES_WITH_COUNTERS: usize = 64;
+/// The most counter sets a slice may hold.
+pub const MAX_COUNTER_SETS_PER_SLICE: usize = 8;
+/// The counter every PF's set holds: its memory, shared by its VFs.
+pub const MEMORY_COUNTER: &str = "memory";
 
-/// Who publishes: the driver, the node and its uid (for the owner reference).
+/// Who publishes: the driver, the node and its uid (for the owner
+/// reference), and whether PF/VF exclusion goes out as shared counters.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     pub driver: String,
     pub node: String,
     pub node_uid: String,
     pub max_devices: usize,
+    pub counters: bool,
+}
+
+/// What one slice holds: devices, or counter sets (never both, 1.35+).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    Devices(Vec<Device>),
+    Counters(Vec<CounterSet>),
+}
+
+impl Content {
+    /// How many devices it holds.
+    pub fn devices(&self) -> usize {
+        match self {
+            Content::Devices(d) => d.len(),
+            Content::Counters(_) => 0,
+        }
+    }
 }
 
 /// The labels of what a node agent writes (slices, heartbeat Lease): the
@@ -134,27 +168,89 @@ pub fn device(f: &Function) -> Device {
     }
 }
 
-/// The devices of the inventory in slices: PF groups (a PF and its VFs)
-/// kept whole and packed in order; a group larger than a slice is split.
-pub fn pack(inv: &Inventory, max_devices: usize) -> Vec<Vec<Device>> {
-    let max = max_devices.clamp(1, MAX_DEVICES_PER_SLICE);
+/// The counter set of a PF: named after its device, holding its memory.
+pub fn counter_set(pf: &Function) -> CounterSet {
+    CounterSet {
+        name: device_name(&pf.name),
+        counters: memory_counter(pf.memory_bytes),
+    }
+}
+
+fn memory_counter(bytes: u64) -> BTreeMap<String, Counter> {
+    BTreeMap::from([(
+        MEMORY_COUNTER.to_string(),
+        Counter {
+            value: Quantity(bytes_quantity(bytes)),
+        },
+    )])
+}
+
+/// What a function takes from its PF's counter set: a PF all of its
+/// memory, a VF its share. None for a VF whose PF is not in the inventory
+/// (no set to take from; nothing to exclude it from either).
+pub fn consumption(f: &Function, inv: &Inventory) -> Option<DeviceCounterConsumption> {
+    let pf = match f.kind {
+        Kind::Pf => &f.name,
+        Kind::Vf => f.physfn.as_ref().filter(|pf| inv.functions.contains_key(*pf))?,
+    };
+    Some(DeviceCounterConsumption {
+        counter_set: device_name(pf),
+        counters: memory_counter(f.memory_bytes),
+    })
+}
+
+/// The inventory in slices. With counters: the PFs' counter sets first, 8
+/// to a slice, then the devices, each consuming its share, at most 64 to a
+/// slice. Devices are packed as PF groups (a PF and its VFs) kept whole and
+/// in order; a group larger than a slice is split.
+pub fn pack(inv: &Inventory, max_devices: usize, counters: bool) -> Vec<Content> {
+    let limit = if counters {
+        MAX_DEVICES_WITH_COUNTERS
+    } else {
+        MAX_DEVICES_PER_SLICE
+    };
+    let max = max_devices.clamp(1, limit);
     let mut groups: Vec<Vec<Device>> = Vec::new();
+    let mut sets = Vec::new();
     for f in inv.ordered() {
         let new_group = f.kind == Kind::Pf || groups.last().is_none_or(|g: &Vec<Device>| g.is_empty());
         if new_group {
             groups.push(Vec::new());
         }
-        groups.last_mut().expect("a group").push(device(f));
+        let mut d = device(f);
+        if counters {
+            if f.kind == Kind::Pf {
+                sets.push(counter_set(f));
+            }
+            d.consumes_counters = consumption(f, inv).map(|c| vec![c]);
+        }
+        groups.last_mut().expect("a group").push(d);
     }
-    let mut slices: Vec<Vec<Device>> = Vec::new();
+    let mut slices: Vec<Content> = sets
+        .chunks(MAX_COUNTER_SETS_PER_SLICE)
+        .map(|c| Content::Counters(c.to_vec()))
+        .collect();
+    // A group larger than a slice: full slices of it, and what is left
+    // packed with the other groups (64 PFs of 65 devices take 65 slices
+    // of 64, not 128 alternating 64 and 1).
+    let mut devices: Vec<Vec<Device>> = Vec::new();
+    let mut open: Option<usize> = None;
     for group in groups {
         for chunk in group.chunks(max) {
-            match slices.last_mut() {
-                Some(last) if last.len() + chunk.len() <= max => last.extend_from_slice(chunk),
-                _ => slices.push(chunk.to_vec()),
+            if chunk.len() == max {
+                devices.push(chunk.to_vec());
+                continue;
+            }
+            match open {
+                Some(i) if devices[i].len() + chunk.len() <= max => devices[i].extend_from_slice(chunk),
+                _ => {
+                    open = Some(devices.len());
+                    devices.push(chunk.to_vec());
+                }
             }
         }
     }
+    slices.extend(devices.into_iter().map(Content::Devices));
     slices
 }
 
@@ -187,7 +283,11 @@ impl Publisher {
         }
     }
 
-    pub fn slice(&self, index: usize, count: usize, generation: i64, devices: Vec<Device>) -> ResourceSlice {
+    pub fn slice(&self, index: usize, count: usize, generation: i64, content: Content) -> ResourceSlice {
+        let (devices, shared_counters) = match content {
+            Content::Devices(d) => (Some(d), None),
+            Content::Counters(c) => (None, Some(c)),
+        };
         ResourceSlice {
             metadata: ObjectMeta {
                 name: Some(self.slice_name(index)),
@@ -203,7 +303,8 @@ impl Publisher {
                     generation,
                     resource_slice_count: count as i64,
                 },
-                devices: Some(devices),
+                devices,
+                shared_counters,
                 ..Default::default()
             },
         }
@@ -232,6 +333,8 @@ impl Publisher {
             && have.spec.node_name == want.spec.node_name
             && have.spec.pool == want.spec.pool
             && have_devices == want_devices
+            && have.spec.shared_counters.as_deref().unwrap_or_default()
+                == want.spec.shared_counters.as_deref().unwrap_or_default()
             && have.spec.all_nodes.is_none()
             && have.spec.node_selector.is_none()
             && have.metadata.deletion_timestamp.is_none()
@@ -280,7 +383,7 @@ pub struct Plan {
 /// this process wrote: it never goes back.
 pub fn plan(
     p: &Publisher,
-    desired: &[Vec<Device>],
+    desired: &[Content],
     existing: &BTreeMap<String, ResourceSlice>,
     min_generation: i64,
 ) -> Plan {
@@ -351,17 +454,27 @@ pub fn plan(
             None => Write::Create(want),
         }
     };
-    // One slice changed in place, the layout unchanged: no new generation.
-    if differing.len() == 1 && stale.is_empty() && current > 0 {
-        let i = differing[0];
-        let name = p.slice_name(i);
-        if let Some(have) = existing.get(&name)
-            && have.spec.pool.generation == current
-            && have.spec.pool.resource_slice_count == count as i64
-        {
-            let want = same_generation.into_iter().nth(i).expect("index in range");
+    // Changed in place, the layout unchanged: no new generation. That is
+    // at most one device slice (no device moves between slices) and at
+    // most one counters slice (a PF's set added or removed; no set moves
+    // between slices). Counters are written first: a device never consumes from a
+    // set the pool lacks for longer than it takes to remove it.
+    let device_slices = differing
+        .iter()
+        .filter(|i| matches!(desired[**i], Content::Devices(_)))
+        .count();
+    if device_slices <= 1 && differing.len() - device_slices <= 1 && stale.is_empty() && current > 0 {
+        let in_place: Option<Vec<Write>> = differing
+            .iter()
+            .map(|i| {
+                let have = existing.get(&p.slice_name(*i))?;
+                (have.spec.pool.generation == current && have.spec.pool.resource_slice_count == count as i64)
+                    .then(|| update(same_generation[*i].clone(), Some(have)))
+            })
+            .collect();
+        if let Some(writes) = in_place {
             return Plan {
-                writes: vec![update(want, Some(have))],
+                writes,
                 generation: current,
             };
         }
@@ -383,7 +496,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{scan, write_fake_tree};
+    use crate::inventory::{scan, write_fake_function, write_fake_tree};
 
     fn publisher(max: usize) -> Publisher {
         Publisher {
@@ -391,6 +504,7 @@ mod tests {
             node: "node-a".into(),
             node_uid: "uid-a".into(),
             max_devices: max,
+            counters: false,
         }
     }
 
@@ -481,15 +595,17 @@ mod tests {
     #[test]
     fn packing_keeps_pf_groups_whole_and_splits_at_the_limit() {
         let inv = inventory(4, 8); // 4 groups of 9
-        let sizes = |max| pack(&inv, max).iter().map(Vec::len).collect::<Vec<_>>();
+        let sizes = |max| pack(&inv, max, false).iter().map(Content::devices).collect::<Vec<_>>();
         assert_eq!(sizes(128), [36]);
         assert_eq!(sizes(20), [18, 18]);
         assert_eq!(sizes(9), [9, 9, 9, 9]);
-        assert_eq!(sizes(4), [4, 4, 1, 4, 4, 1, 4, 4, 1, 4, 4, 1]);
+        // Groups of 9 in slices of 4: two full slices each, the four
+        // leftovers (one device each) together in one.
+        assert_eq!(sizes(4), [4, 4, 4, 4, 4, 4, 4, 4, 4]);
         let big = inventory(64, 64);
-        let slices = pack(&big, 128);
-        assert!(slices.iter().all(|s| s.len() <= 128));
-        assert_eq!(slices.iter().map(Vec::len).sum::<usize>(), 64 * 65);
+        let slices = pack(&big, 128, false);
+        assert!(slices.iter().all(|s| s.devices() <= 128));
+        assert_eq!(slices.iter().map(Content::devices).sum::<usize>(), 64 * 65);
     }
 
     #[test]
@@ -498,7 +614,7 @@ mod tests {
         let mut existing = BTreeMap::new();
 
         // First publish: every slice, generation 1.
-        let first = plan(&p, &pack(&inventory(4, 8), 20), &existing, 0);
+        let first = plan(&p, &pack(&inventory(4, 8), 20, false), &existing, 0);
         assert_eq!(first.generation, 1);
         assert_eq!(
             first.writes.iter().map(Write::verb).collect::<Vec<_>>(),
@@ -510,19 +626,22 @@ mod tests {
         assert_eq!(s0.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-a");
 
         // Nothing changed: nothing to write.
-        assert_eq!(plan(&p, &pack(&inventory(4, 8), 20), &existing, 1).writes, vec![]);
+        assert_eq!(
+            plan(&p, &pack(&inventory(4, 8), 20, false), &existing, 1).writes,
+            vec![]
+        );
 
         // One device changed in one slice: that slice only, same generation.
         let mut inv = inventory(4, 8);
         inv.functions.get_mut("mock3_vf1").unwrap().numa_node = 7;
-        let one = plan(&p, &pack(&inv, 20), &existing, 1);
+        let one = plan(&p, &pack(&inv, 20, false), &existing, 1);
         assert_eq!(one.generation, 1);
         assert_eq!(one.writes.len(), 1);
         assert!(matches!(&one.writes[0], Write::Update(s) if s.metadata.resource_version.is_some()));
         applied(&mut existing, &one);
 
         // The layout changes (a third slice): a new generation, every slice.
-        let grown = plan(&p, &pack(&inventory(6, 8), 20), &existing, 1);
+        let grown = plan(&p, &pack(&inventory(6, 8), 20, false), &existing, 1);
         assert_eq!(grown.generation, 2);
         assert_eq!(
             grown.writes.iter().map(Write::verb).collect::<Vec<_>>(),
@@ -536,7 +655,7 @@ mod tests {
         );
 
         // Shrinking deletes what is no longer needed, last.
-        let shrunk = plan(&p, &pack(&inventory(1, 0), 20), &existing, 2);
+        let shrunk = plan(&p, &pack(&inventory(1, 0), 20, false), &existing, 2);
         assert_eq!(
             shrunk.writes.iter().map(Write::verb).collect::<Vec<_>>(),
             ["update", "delete", "delete"]
@@ -545,12 +664,12 @@ mod tests {
 
         // Something deleted our slice behind our back: recreated, new generation.
         existing.clear();
-        let restored = plan(&p, &pack(&inventory(1, 0), 20), &existing, 3);
+        let restored = plan(&p, &pack(&inventory(1, 0), 20, false), &existing, 3);
         assert_eq!(restored.generation, 4);
         assert_eq!(restored.writes.iter().map(Write::verb).collect::<Vec<_>>(), ["create"]);
 
         // No devices at all: an empty pool is still published (one slice).
-        let empty = plan(&p, &pack(&Inventory::default(), 20), &BTreeMap::new(), 0);
+        let empty = plan(&p, &pack(&Inventory::default(), 20, false), &BTreeMap::new(), 0);
         assert!(empty.writes.is_empty(), "no slices are wanted for no devices");
     }
 
@@ -562,7 +681,7 @@ mod tests {
     fn a_slice_held_by_a_finalizer_is_left_alone() {
         let p = publisher(20);
         let mut existing = BTreeMap::new();
-        let first = plan(&p, &pack(&inventory(4, 8), 20), &existing, 0);
+        let first = plan(&p, &pack(&inventory(4, 8), 20, false), &existing, 0);
         applied(&mut existing, &first);
         let name = p.slice_name(1);
         let held = existing.get_mut(&name).unwrap();
@@ -571,12 +690,15 @@ mod tests {
         ));
         held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
         // Same devices: nothing to write.
-        assert_eq!(plan(&p, &pack(&inventory(4, 8), 20), &existing, 1).writes, vec![]);
+        assert_eq!(
+            plan(&p, &pack(&inventory(4, 8), 20, false), &existing, 1).writes,
+            vec![]
+        );
         // The layout changes: the held slice is not touched, and one round
         // of writes is enough (no generation bump at every pass).
         let mut generation = 1;
         for round in 0..3 {
-            let next = plan(&p, &pack(&inventory(6, 8), 20), &existing, generation);
+            let next = plan(&p, &pack(&inventory(6, 8), 20, false), &existing, generation);
             assert!(
                 next.writes.iter().all(|w| w.name() != name),
                 "round {round}: {:?}",
@@ -590,8 +712,153 @@ mod tests {
         }
         // Once it is gone, its slice is created again.
         existing.remove(&name);
-        let back = plan(&p, &pack(&inventory(6, 8), 20), &existing, generation);
+        let back = plan(&p, &pack(&inventory(6, 8), 20, false), &existing, generation);
         assert!(back.writes.iter().any(|w| w.name() == name && w.verb() == "create"));
+    }
+
+    fn bytes(q: &Quantity) -> u64 {
+        let units = [("Ki", 10), ("Mi", 20), ("Gi", 30), ("Ti", 40)];
+        units
+            .iter()
+            .find_map(|(u, shift)| q.0.strip_suffix(u).map(|n| n.parse::<u64>().unwrap() << shift))
+            .unwrap_or_else(|| q.0.parse().unwrap())
+    }
+
+    /// Issue 15 #1: what the scheduler adds up, per counter set, for a set
+    /// of devices: it may allocate them together only if no set goes over.
+    fn fits(slices: &[Content], chosen: &[&str]) -> bool {
+        let mut sets = BTreeMap::new();
+        let mut used: BTreeMap<String, u64> = BTreeMap::new();
+        for c in slices {
+            match c {
+                Content::Counters(cs) => {
+                    for set in cs {
+                        assert!(
+                            sets.insert(set.name.clone(), bytes(&set.counters[MEMORY_COUNTER].value))
+                                .is_none()
+                        );
+                    }
+                }
+                Content::Devices(ds) => {
+                    for d in ds.iter().filter(|d| chosen.contains(&d.name.as_str())) {
+                        for c in d.consumes_counters.iter().flatten() {
+                            *used.entry(c.counter_set.clone()).or_default() += bytes(&c.counters[MEMORY_COUNTER].value);
+                        }
+                    }
+                }
+            }
+        }
+        used.iter()
+            .all(|(set, n)| sets.get(set).is_some_and(|total| n <= total))
+    }
+
+    #[test]
+    fn counters_exclude_a_pf_and_its_vfs_and_share_the_memory() {
+        let inv = inventory(2, 4);
+        let slices = pack(&inv, 128, true);
+        // The counter sets in a slice of their own, first; the devices after.
+        assert!(matches!(&slices[0], Content::Counters(c) if c.len() == 2 && c[0].name == "mock0"));
+        assert_eq!(slices[1..].iter().map(Content::devices).sum::<usize>(), 10);
+        assert!(slices[1..].iter().all(|c| matches!(c, Content::Devices(_))));
+        // A PF and any of its VFs never fit; its VFs all fit together; two
+        // PFs, or a PF and another PF's VFs, do.
+        assert!(fits(&slices, &["mock0"]));
+        for vf in ["mock0-vf0", "mock0-vf3"] {
+            assert!(!fits(&slices, &["mock0", vf]), "{vf}");
+        }
+        assert!(fits(&slices, &["mock0-vf0", "mock0-vf1", "mock0-vf2", "mock0-vf3"]));
+        assert!(fits(&slices, &["mock0", "mock1"]));
+        assert!(fits(&slices, &["mock0", "mock1-vf0", "mock1-vf3"]));
+        // Without counters, nothing is consumed and no set is published.
+        let plain = pack(&inv, 128, false);
+        assert!(
+            plain
+                .iter()
+                .all(|c| matches!(c, Content::Devices(ds) if ds.iter().all(|d| d.consumes_counters.is_none())))
+        );
+    }
+
+    #[test]
+    fn counters_keep_the_api_limits() {
+        // 9 PFs: 8 sets in a slice, then 1; 9 × 9 devices, 64 at most per
+        // slice even when more are asked for.
+        let slices = pack(&inventory(9, 8), 128, true);
+        let sets: Vec<usize> = slices
+            .iter()
+            .filter_map(|c| match c {
+                Content::Counters(c) => Some(c.len()),
+                Content::Devices(_) => None,
+            })
+            .collect();
+        assert_eq!(sets, [8, 1]);
+        assert!(slices.iter().all(|c| c.devices() <= MAX_DEVICES_WITH_COUNTERS));
+        assert_eq!(slices.iter().map(Content::devices).sum::<usize>(), 81);
+        // One consumption entry per device (the API allows 2).
+        for c in &slices {
+            if let Content::Devices(ds) = c {
+                assert!(
+                    ds.iter()
+                        .all(|d| d.consumes_counters.as_ref().is_some_and(|c| c.len() == 1))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_vf_whose_pf_is_not_published_consumes_nothing() {
+        let mut inv = inventory(1, 2);
+        inv.functions.remove("mock0");
+        let vf = &inv.functions["mock0_vf0"];
+        assert_eq!(consumption(vf, &inv), None);
+        let slices = pack(&inv, 128, true);
+        assert_eq!(slices.len(), 1, "no counter set without a PF: {slices:?}");
+    }
+
+    /// Hot-plug with counters costs no more writes than without: a VF added
+    /// (sriov_numvfs) writes its device slice; a PF added or removed writes
+    /// the counters slice and one device slice, in place (same generation).
+    #[test]
+    fn counters_follow_hot_plug_in_place() {
+        let mut p = publisher(128);
+        p.counters = true;
+        let mut existing = BTreeMap::new();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/class/mock-accel");
+        let devices = dir.path().join("sys/devices/mock-accel");
+        write_fake_tree(&root, 2, 2).unwrap();
+        let first = plan(&p, &pack(&scan(&root).unwrap(), 128, true), &existing, 0);
+        assert_eq!(
+            first.writes.iter().map(Write::verb).collect::<Vec<_>>(),
+            ["create", "create"]
+        );
+        applied(&mut existing, &first);
+        // A third VF on mock1: its device slice only.
+        write_fake_function(&root, &devices, 1, Some(2), 3).unwrap();
+        let vf = plan(&p, &pack(&scan(&root).unwrap(), 128, true), &existing, 1);
+        assert_eq!((vf.writes.len(), vf.generation), (1, 1), "{:?}", vf.writes);
+        assert_eq!(vf.writes[0].name(), p.slice_name(1));
+        applied(&mut existing, &vf);
+        // A new PF: its counter set first, then its device.
+        write_fake_function(&root, &devices, 2, None, 0).unwrap();
+        let pf = plan(&p, &pack(&scan(&root).unwrap(), 128, true), &existing, 1);
+        assert_eq!(
+            pf.writes
+                .iter()
+                .map(|w| (w.verb(), w.name().to_string()))
+                .collect::<Vec<_>>(),
+            [("update", p.slice_name(0)), ("update", p.slice_name(1))]
+        );
+        assert_eq!(pf.generation, 1);
+        applied(&mut existing, &pf);
+        // Counters turned off (a cluster that drops them): a new layout, a
+        // new generation, the counters slice deleted.
+        p.counters = false;
+        let off = plan(&p, &pack(&scan(&root).unwrap(), 128, false), &existing, 1);
+        assert_eq!(off.generation, 2);
+        assert_eq!(
+            off.writes.iter().map(Write::verb).collect::<Vec<_>>(),
+            ["update", "delete"]
+        );
     }
 
     #[test]

@@ -60,21 +60,90 @@ fn published(cp: &ControlPlane) -> (Vec<String>, Vec<Value>) {
     (names, items)
 }
 
-/// The real server's count of ResourceSlice writes (create, update, patch,
-/// delete) since it started, from its own /metrics.
+/// The real server's count of ResourceSlice writes since it started.
 fn slice_writes(cp: &ControlPlane) -> u64 {
-    let out = cp.kubectl(&["get", "--raw", "/metrics"]).unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"resourceslices\""))
-        .filter(|l| {
-            ["POST", "PUT", "PATCH", "DELETE"]
-                .iter()
-                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+    cp.writes("resourceslices").unwrap()
+}
+
+/// The counter sets of the slices, and which set each device consumes from.
+fn counters(items: &[Value]) -> (Vec<String>, std::collections::BTreeMap<String, String>) {
+    let sets = items
+        .iter()
+        .flat_map(|s| s["spec"]["sharedCounters"].as_array().cloned().unwrap_or_default())
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    let consumed = items
+        .iter()
+        .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+        .filter_map(|d| {
+            let set = d["consumesCounters"][0]["counterSet"].as_str()?.to_string();
+            Some((d["name"].as_str().unwrap().to_string(), set))
         })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
-        .sum()
+        .collect();
+    (sets, consumed)
+}
+
+/// The text of an admin endpoint, blocking ("" if it does not answer).
+fn admin_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return String::new();
+    };
+    let _ = write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// A node agent process for node-a, cluster-admin, on a fake sysfs tree of
+/// 2 PFs with 2 VFs each found by rescans every 200 ms (no kubelet plugin).
+struct FakeNode {
+    dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    log: std::path::PathBuf,
+    admin: std::net::SocketAddr,
+    agent: common::Killed,
+}
+
+impl FakeNode {
+    fn start(cp: &ControlPlane, extra: &[&str]) -> FakeNode {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/class/mock-accel");
+        write_fake_tree(&root, 2, 2).unwrap();
+        let log = dir.path().join("agent.log");
+        let admin = common::free_port();
+        let mut args: Vec<String> = vec![
+            "--node-name=node-a".into(),
+            format!("--sysfs-root={}", root.display()),
+            "--uevents=false".into(),
+            "--ebpf=false".into(),
+            "--rescan-interval=200ms".into(),
+            "--heartbeat-interval=1s".into(),
+            format!("--admin-address={admin}"),
+            "--kubelet-plugin=false".into(),
+            format!("--plugin-socket={}", dir.path().join("plugin").display()),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let agent = spawn_agent(&cp.admin_kubeconfig, &log, &args);
+        FakeNode {
+            dir,
+            root,
+            log,
+            admin,
+            agent,
+        }
+    }
+}
+
+/// The agent's log and the API server's last lines (for failures).
+fn agent_logs(cp: &ControlPlane, log: &Path) -> String {
+    format!(
+        "--- agent ---\n{}\n--- kube-apiserver ---\n{}",
+        fs::read_to_string(log).unwrap_or_default(),
+        cp.apiserver.tail(30)
+    )
 }
 
 fn spawn_agent(kubeconfig: &Path, log: &Path, args: &[String]) -> common::Killed {
@@ -119,30 +188,10 @@ fn the_agent_and_the_controller_under_the_real_api_server() {
         .to_string();
 
     // The agent: 2 PFs with 2 VFs each, found by rescans every 200 ms.
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("sys/class/mock-accel");
-    write_fake_tree(&root, 2, 2).unwrap();
-    let agent_log = dir.path().join("agent.log");
-    let admin = common::free_port();
-    let agent_args: Vec<String> = vec![
-        "--node-name=node-a".into(),
-        format!("--sysfs-root={}", root.display()),
-        "--uevents=false".into(),
-        "--ebpf=false".into(),
-        "--rescan-interval=200ms".into(),
-        "--heartbeat-interval=1s".into(),
-        format!("--admin-address={admin}"),
-        "--kubelet-plugin=false".into(),
-        format!("--plugin-socket={}", dir.path().join("plugin").display()),
-    ];
-    let agent = spawn_agent(&cp.admin_kubeconfig, &agent_log, &agent_args);
-    let logs = || {
-        format!(
-            "--- agent ---\n{}\n--- kube-apiserver ---\n{}",
-            fs::read_to_string(&agent_log).unwrap_or_default(),
-            cp.apiserver.tail(30)
-        )
-    };
+    let FakeNode {
+        dir, root, log, agent, ..
+    } = FakeNode::start(&cp, &[]);
+    let logs = || agent_logs(&cp, &log);
     let (names, items) = wait_for("the devices in the real API server", &logs, || {
         let (names, items) = published(&cp);
         (names.len() == 6).then_some((names, items))
@@ -157,6 +206,13 @@ fn the_agent_and_the_controller_under_the_real_api_server() {
         assert_eq!(s["spec"]["pool"]["name"], "node-a");
         assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], node_uid.as_str(), "{s}");
     }
+    // PF/VF exclusion as shared counters, kept by the real server (1.37:
+    // DRAPartitionableDevices beta, on): the sets in a slice of their own.
+    let (sets, consumed) = counters(&items);
+    assert_eq!(sets, ["mock0", "mock1"], "{items:?}");
+    assert_eq!(consumed["mock0"], "mock0");
+    assert_eq!(consumed["mock1-vf1"], "mock1");
+    assert_eq!(items.len(), 2, "a counters slice and a devices slice: {items:?}");
 
     // Idle: rescans every 200 ms find nothing new, so nothing is written.
     // The count is the real server's own.
@@ -289,4 +345,37 @@ fn the_agent_and_the_controller_under_the_real_api_server() {
         "an Event was refused by the real server:\n{}",
         ctl_logs()
     );
+}
+
+/// Issue 15 #1: a cluster whose API server has DRAPartitionableDevices off
+/// (1.34/1.35 by default) drops the shared counters on write. The agent
+/// notices on its first write, says so (log, metric), publishes without
+/// them (one slice, nothing consumed) and then writes nothing more: no
+/// loop rewriting what the server keeps dropping.
+#[test]
+fn with_the_gate_off_the_agent_publishes_without_counters() {
+    let cp = ControlPlane::start_with(&["--feature-gates=DRAPartitionableDevices=false"])
+        .unwrap_or_else(|e| panic!("the real control plane: {e}"));
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}"#)
+        .unwrap();
+    let node = FakeNode::start(&cp, &[]);
+    let logs = || agent_logs(&cp, &node.log);
+    let items = wait_for("the devices, without counters", &logs, || {
+        let (names, items) = published(&cp);
+        (names.len() == 6 && items.len() == 1).then_some(items)
+    });
+    let (sets, consumed) = counters(&items);
+    assert!(sets.is_empty() && consumed.is_empty(), "{items:?}");
+    wait_for("the metric saying so", &logs, || {
+        admin_get(node.admin, "/metrics")
+            .lines()
+            .any(|l| l == "mock_accel_shared_counters 0")
+            .then_some(())
+    });
+    let log = fs::read_to_string(&node.log).unwrap();
+    let said = log.lines().find(|l| l.contains("does not keep shared counters"));
+    println!("the agent: {}", said.unwrap_or_else(|| panic!("{log}")));
+    let settled = slice_writes(&cp);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(slice_writes(&cp), settled, "writes after it settled\n{}", logs());
 }

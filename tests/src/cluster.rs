@@ -304,6 +304,30 @@ impl ControlPlane {
     }
 
     /// Runs the real kubectl (1.37, from PyPI) as the administrator.
+    /// The server's own count of writes (create, update, patch, delete) of
+    /// a resource since it started (`apiserver_request_total`, /metrics).
+    pub fn writes(&self, resource: &str) -> Result<u64> {
+        let out = self.kubectl(&["get", "--raw", "/metrics"])?;
+        if !out.status.success() {
+            return Err(RigError::Command {
+                what: "kubectl get --raw /metrics".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let resource = format!("resource=\"{resource}\"");
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("apiserver_request_total{") && l.contains(&resource))
+            .filter(|l| {
+                ["POST", "PUT", "PATCH", "DELETE"]
+                    .iter()
+                    .any(|v| l.contains(&format!("verb=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|n| n as u64)
+            .sum())
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
         self.kubectl_as(&self.admin_kubeconfig, args, None)
     }
