@@ -75,7 +75,8 @@ fn the_demo_runs_to_the_end() {
         "state=\"prepared\"} 1",
         "the node's slices deleted",
         "mock_accel_fleet_agent_up{node=\"mock-guest\"} 0",
-        "mock_accel_controller_cleanups_total{reason=\"AgentGone\"} 1",
+        // Both of its slices: the counter sets' and the devices'.
+        "mock_accel_controller_cleanups_total{reason=\"AgentGone\"} 2",
     ] {
         assert!(
             run.output.contains(milestone),

@@ -582,6 +582,21 @@ fn print_slices(api: &str, node: &str) -> anyhow::Result<()> {
             pool["resourceSliceCount"],
             s["spec"]["driver"].as_str().unwrap_or("")
         )?;
+        // A slice of counter sets (PF/VF exclusion) holds no devices.
+        if let Some(sets) = s["spec"]["sharedCounters"].as_array() {
+            let sets: Vec<String> = sets
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} (memory {})",
+                        c["name"].as_str().unwrap_or(""),
+                        c["counters"]["memory"]["value"].as_str().unwrap_or("-")
+                    )
+                })
+                .collect();
+            writeln!(out, "    counter sets: {}", sets.join(", "))?;
+            continue;
+        }
         writeln!(
             out,
             "    {:<11} {:<4} {:<13} {:<4} {:<7} {:<6} {:<10} UUID",
