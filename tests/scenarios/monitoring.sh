@@ -131,7 +131,23 @@ monitoring() {
     prepared_cycle "$2"
     put $cls/mock2/sriov_numvfs 0
     _unplugged() { ! devices | grep -q mock2-vf0; }
+    _plugged() { devices | grep -q mock2-vf0; }
     WAIT_INTERVAL=0.5 wait_until 60 _unplugged || not_ok "$2: mock2-vf0 unpublished"
+    # A rate needs an observation after a series' first sample (which
+    # holds the first one): the event -> slice latency's series (one per
+    # clock, kernel or uevent, whichever came first) may be that young.
+    # Hot-plug a VF in and out until Prometheus has a rate, 5 rounds at most.
+    _latency() { promql 'sum(rate(mock_accel_event_to_slice_seconds_count[2m]))' | awk '{ exit !($2 > 0) }'; }
+    _round=0
+    while [ $_round -lt 5 ] && ! _latency; do
+        put $cls/mock2/sriov_numvfs 1
+        WAIT_INTERVAL=0.5 wait_until 60 _plugged
+        put $cls/mock2/sriov_numvfs 0
+        WAIT_INTERVAL=0.5 wait_until 60 _unplugged
+        sleep 5
+        _round=$((_round + 1))
+    done
+    echo "# $2: $_round more hot-plug rounds for the latency's rate"
     # Grafana's $__rate_interval over a dashboard of the last hours is
     # minutes; 2m covers what happened above, under emulation. Scrapes lag
     # under emulation (once, 6 s after the last hot-plug Prometheus had not
