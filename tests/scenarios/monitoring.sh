@@ -137,7 +137,7 @@ monitoring() {
     # holds the first one): the event -> slice latency's series (one per
     # clock, kernel or uevent, whichever came first) may be that young.
     # Hot-plug a VF in and out until Prometheus has a rate, 5 rounds at most.
-    _latency() { promql 'sum(rate(mock_accel_event_to_slice_seconds_count[2m]))' | awk '{ exit !($2 > 0) }'; }
+    _latency() { promql 'sum(rate(mock_accel_event_to_slice_seconds_count[2m]))' | awk '{ ok = $2 > 0 } END { exit !ok }'; }
     _round=0
     while [ $_round -lt 5 ] && ! _latency; do
         put $cls/mock2/sriov_numvfs 1
