@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::slices::TaintEffect;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
     NodeAgent,
@@ -129,6 +131,14 @@ pub struct Args {
     /// fields is noticed and the slices go out without them.
     #[arg(long, env = "SHARED_COUNTERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub shared_counters: bool,
+    /// Publish device health as device taints (KEP-5055; GA in 1.37): a
+    /// failed device carries `<driver>/health=failed` with this effect
+    /// (NoSchedule: not allocated to claims that do not tolerate it;
+    /// NoExecute: pods using it are evicted too), a degraded one an
+    /// informational taint (effect None); off: none. A cluster that drops
+    /// taints is noticed and the slices go out without them.
+    #[arg(long, env = "HEALTH_TAINTS", default_value = "NoSchedule", value_enum)]
+    pub health_taints: TaintEffect,
 }
 
 /// "30s", "1m30s", "250ms", or "0" (off).

@@ -22,6 +22,8 @@ pub const EVENT_TO_SLICE: &str = "mock_accel_event_to_slice_seconds";
 pub const SLICES: &str = "mock_accel_resource_slices";
 pub const POOL_GENERATION: &str = "mock_accel_pool_generation";
 pub const SHARED_COUNTERS: &str = "mock_accel_shared_counters";
+pub const HEALTH_TAINTS: &str = "mock_accel_health_taints";
+pub const TAINTED_DEVICES: &str = "mock_accel_tainted_devices";
 pub const EBPF_AVAILABLE: &str = "mock_accel_ebpf_available";
 pub const EBPF_ATTACHED: &str = "mock_accel_ebpf_attached";
 pub const EBPF_ATTACHES: &str = "mock_accel_ebpf_attaches_total";
@@ -135,6 +137,14 @@ fn describe() {
     describe_gauge!(
         SHARED_COUNTERS,
         "1 while PF/VF exclusion is published as shared counters, 0 when off or dropped by the cluster."
+    );
+    describe_gauge!(
+        HEALTH_TAINTS,
+        "1 while device health is published as device taints, 0 when off or dropped by the cluster."
+    );
+    describe_gauge!(
+        TAINTED_DEVICES,
+        "Devices published with a health taint, by effect (NoSchedule/NoExecute for failed, None for degraded)."
     );
     describe_gauge!(
         EBPF_AVAILABLE,

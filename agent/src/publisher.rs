@@ -26,7 +26,7 @@ use crate::api::Clients;
 use crate::events::Snapshot;
 use crate::inventory::Inventory;
 use crate::metrics as m;
-use crate::slices::{self, Publisher, Write};
+use crate::slices::{self, Content, Publisher, TaintEffect, Write};
 use crate::turn::Turn;
 
 fn backoff() -> impl Iterator<Item = Duration> {
@@ -165,6 +165,8 @@ pub struct Config {
     pub max_devices: usize,
     /// Shared counters for PF/VF exclusion, unless the cluster drops them.
     pub counters: bool,
+    /// The effect of a failed device's taint (off: no health taints).
+    pub taints: TaintEffect,
     /// One publisher per node (see `turn`): taken before the first write,
     /// given up for good to a newer agent pod.
     pub turn: Turn,
@@ -193,8 +195,10 @@ pub async fn run(
         node_uid: String::new(),
         max_devices: cfg.max_devices,
         counters: cfg.counters,
+        taints: cfg.taints,
     };
     gauge!(m::SHARED_COUNTERS).set(if cfg.counters { 1.0 } else { 0.0 });
+    gauge!(m::HEALTH_TAINTS).set(if cfg.taints == TaintEffect::Off { 0.0 } else { 1.0 });
     info!(node = %cfg.node, driver = %cfg.driver, "publishing this node's pool");
     let mut node_watch = watcher(
         nodes,
@@ -294,10 +298,11 @@ pub async fn run(
             continue; // backing off: the timer fires the next attempt
         }
 
-        let desired = slices::pack(inv, publisher.max_devices, publisher.counters);
+        let desired = publisher.pack(inv);
         let existing = view.current();
         let plan = slices::plan(&publisher, &desired, &existing, generation);
         if plan.writes.is_empty() {
+            set_tainted(&desired);
             counter!(m::PUBLISHES, "result" => "unchanged").increment(1);
             pending_since = None;
             generation = plan.generation;
@@ -312,6 +317,7 @@ pub async fn run(
                 counter!(m::PUBLISHES, "result" => "changed").increment(1);
                 gauge!(m::SLICES).set(desired.len() as f64);
                 gauge!(m::POOL_GENERATION).set(generation as f64);
+                set_tainted(&desired);
                 let latency = pending_since.take().map(|(t, kernel)| {
                     let clock = if kernel { "kernel" } else { "uevent" };
                     histogram!(m::EVENT_TO_SLICE, "clock" => clock).record(t.elapsed().as_secs_f64());
@@ -329,7 +335,19 @@ pub async fn run(
                 health.ready.store(true, Ordering::SeqCst);
             }
             Err(Retry::Now) => retry_at = Some(tokio::time::Instant::now()),
-            Err(Retry::WithoutCounters(why)) => {
+            Err(Retry::Without(Dropped::Taints, why)) => {
+                // DRADeviceTaints off (alpha in 1.34/1.35): health reaches
+                // the kubelet only; prepare still refuses a failed device.
+                error!(
+                    %why,
+                    "this cluster does not keep device taints (DRADeviceTaints off?): publishing without \
+                     them; the scheduler may now allocate a failed device, whose prepare is then refused"
+                );
+                publisher.taints = TaintEffect::Off;
+                gauge!(m::HEALTH_TAINTS).set(0.0);
+                retry_at = Some(tokio::time::Instant::now());
+            }
+            Err(Retry::Without(Dropped::Counters, why)) => {
                 // The API server does not keep what partitionable devices
                 // need (DRAPartitionableDevices off: 1.34/1.35, or turned
                 // off): publish without, once; prepare still refuses a PF
@@ -355,10 +373,17 @@ pub async fn run(
     }
 }
 
+/// What the API server may drop (its feature gate off) or refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    Counters,
+    Taints,
+}
+
 enum Retry {
-    /// The API server dropped or refused the shared counters: plan again
-    /// without them.
-    WithoutCounters(String),
+    /// The API server dropped or refused the shared counters or the device
+    /// taints: plan again without them.
+    Without(Dropped, String),
     /// Our view was stale (a conflict, an object gone): plan again at once.
     Now,
     /// The API failed: back off.
@@ -387,11 +412,11 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
             Ok(obj) => {
                 counter!(m::SLICE_WRITES, "verb" => w.verb(), "result" => "success").increment(1);
                 if let (Write::Create(sent) | Write::Update(sent), Some(stored)) = (w, &obj)
-                    && let Some(why) = counters_dropped(sent, stored)
+                    && let Some((what, why)) = dropped(sent, stored)
                 {
                     view.deleted.remove(&name);
                     view.written.insert(name, stored.clone());
-                    return Err(Retry::WithoutCounters(why));
+                    return Err(Retry::Without(what, why));
                 }
                 match obj {
                     Some(s) if !matches!(w, Write::Delete { .. }) => {
@@ -434,8 +459,17 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
                         view.written.remove(&name);
                         view.deleted.insert(name, 0);
                     }
-                    ("invalid", Write::Create(sent) | Write::Update(sent)) if has_counters(sent) => {
-                        return Err(Retry::WithoutCounters(format!("the API server refused {name}: {e}")));
+                    ("invalid", Write::Create(sent) | Write::Update(sent))
+                        if has_counters(sent) || has_taints(sent) =>
+                    {
+                        // Which one it refused: the one its message names, else counters first.
+                        let message = e.to_string();
+                        let what = if has_taints(sent) && (message.contains("taints") || !has_counters(sent)) {
+                            Dropped::Taints
+                        } else {
+                            Dropped::Counters
+                        };
+                        return Err(Retry::Without(what, format!("the API server refused {name}: {e}")));
                     }
                     ("invalid", _) => {
                         warn!(slice = %name, error = %e, "the API server rejected our ResourceSlice: this is a bug");
@@ -450,6 +484,39 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
         }
     }
     Ok(())
+}
+
+/// The published devices with a taint, by effect (every effect, 0
+/// included, so that a gauge goes back to 0).
+fn set_tainted(slices: &[Content]) {
+    for effect in slices::TAINT_EFFECTS {
+        let n = slices
+            .iter()
+            .flat_map(|c| match c {
+                Content::Devices(d) => d.as_slice(),
+                Content::Counters(_) => &[],
+            })
+            .filter(|d| d.taints.iter().flatten().any(|t| t.effect == effect))
+            .count();
+        gauge!(m::TAINTED_DEVICES, "effect" => effect).set(n as f64);
+    }
+}
+
+/// Whether a slice we write carries device taints.
+fn has_taints(s: &ResourceSlice) -> bool {
+    s.spec.devices.iter().flatten().any(|d| d.taints.is_some())
+}
+
+/// What the stored slice lacks of what we sent, and why we think so.
+fn dropped(sent: &ResourceSlice, stored: &ResourceSlice) -> Option<(Dropped, String)> {
+    if let Some(why) = counters_dropped(sent, stored) {
+        return Some((Dropped::Counters, why));
+    }
+    let tainted = |s: &ResourceSlice| s.spec.devices.iter().flatten().filter(|d| d.taints.is_some()).count();
+    (tainted(sent) > tainted(stored)).then(|| {
+        let name = sent.metadata.name.as_deref().unwrap_or("");
+        (Dropped::Taints, format!("{name}: devices[].taints was dropped"))
+    })
 }
 
 /// Whether a slice we write carries shared counters or consumes them.
@@ -563,5 +630,36 @@ mod tests {
                 .contains("consumesCounters was dropped")
         );
         assert!(!has_counters(&stored));
+    }
+
+    /// A server with DRADeviceTaints off keeps the device and drops its
+    /// taints: noticed as taints, not counters.
+    #[test]
+    fn dropped_taints_are_noticed() {
+        use k8s_openapi::api::resource::v1::Device;
+        let tainted = Device {
+            name: "mock1".into(),
+            taints: Some(vec![k8s_openapi::api::resource::v1::DeviceTaint {
+                key: "mock-accel.example.com/health".into(),
+                value: Some("failed".into()),
+                effect: "NoSchedule".into(),
+                time_added: None,
+            }]),
+            ..Default::default()
+        };
+        let mut sent = ResourceSlice::default();
+        sent.metadata.name = Some("s-1".into());
+        sent.spec.devices = Some(vec![tainted.clone()]);
+        assert!(has_taints(&sent) && !has_counters(&sent));
+        assert_eq!(dropped(&sent, &sent.clone()), None);
+        let mut stored = sent.clone();
+        stored.spec.devices = Some(vec![Device {
+            taints: None,
+            ..tainted
+        }]);
+        assert_eq!(
+            dropped(&sent, &stored),
+            Some((Dropped::Taints, "s-1: devices[].taints was dropped".into()))
+        );
     }
 }

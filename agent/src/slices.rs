@@ -15,26 +15,83 @@
 //! slice holds devices or counters, never both: the counter sets go first,
 //! in slices of their own (8 sets per slice), and device slices hold at
 //! most 64 devices when they consume counters.
+//!
+//! Device taints from health (KEP-5055): a function whose module says
+//! `health=failed` carries the taint `<driver>/health=failed` with the
+//! chosen effect (NoSchedule: the scheduler no longer picks it for claims
+//! that do not tolerate it; NoExecute: running pods that use it are evicted
+//! too), `degraded` an informational one (effect None); the taint goes with
+//! recovery. The time the API server gave a taint is kept while it stays.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::resource::v1::{
-    Counter, CounterSet, Device, DeviceAttribute, DeviceCapacity, DeviceCounterConsumption, ResourcePool,
+    Counter, CounterSet, Device, DeviceAttribute, DeviceCapacity, DeviceCounterConsumption, DeviceTaint, ResourcePool,
     ResourceSlice, ResourceSliceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use crate::inventory::{Function, Inventory, Kind};
+use crate::inventory::{Function, Health, Inventory, Kind};
 
 /// The most devices a slice may hold (resource.k8s.io/v1).
 pub const MAX_DEVICES_PER_SLICE: usize = 128;
-/// The most devices a slice may hold when they consume counters.
+/// The most devices a slice may hold when they consume counters or carry
+/// taints.
 pub const MAX_DEVICES_WITH_COUNTERS: usize = 64;
 /// The most counter sets a slice may hold.
 pub const MAX_COUNTER_SETS_PER_SLICE: usize = 8;
 /// The counter every PF's set holds: its memory, shared by its VFs.
 pub const MEMORY_COUNTER: &str = "memory";
+
+/// The effects a device taint can have (resource.k8s.io/v1).
+pub const TAINT_EFFECTS: [&str; 3] = ["NoSchedule", "NoExecute", "None"];
+
+/// What a failed device's taint does to claims that do not tolerate it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaintEffect {
+    /// No taints in the slices (health reaches only the kubelet).
+    #[value(name = "off")]
+    Off,
+    /// The scheduler no longer allocates it; running pods stay.
+    #[value(name = "NoSchedule")]
+    NoSchedule,
+    /// And pods already using it are evicted (by kube-controller-manager).
+    #[value(name = "NoExecute")]
+    NoExecute,
+}
+
+impl TaintEffect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintEffect::Off => "off",
+            TaintEffect::NoSchedule => "NoSchedule",
+            TaintEffect::NoExecute => "NoExecute",
+        }
+    }
+}
+
+/// The key of the health taints: `<driver>/health`.
+pub fn health_taint_key(driver: &str) -> String {
+    format!("{driver}/health")
+}
+
+/// The taint a function's health calls for: `failed` with `effect`,
+/// `degraded` informational (effect None: seen by people and tools, no
+/// effect on scheduling), none when healthy or taints are off.
+pub fn health_taint(f: &Function, driver: &str, effect: TaintEffect) -> Option<DeviceTaint> {
+    let (value, effect) = match (f.health, effect) {
+        (_, TaintEffect::Off) | (Health::Ok, _) => return None,
+        (Health::Degraded, _) => ("degraded", "None"),
+        (Health::Failed, e) => ("failed", e.as_str()),
+    };
+    Some(DeviceTaint {
+        key: health_taint_key(driver),
+        value: Some(value.to_string()),
+        effect: effect.to_string(),
+        time_added: None,
+    })
+}
 
 /// Who publishes: the driver, the node and its uid (for the owner
 /// reference), and whether PF/VF exclusion goes out as shared counters.
@@ -45,6 +102,8 @@ pub struct Publisher {
     pub node_uid: String,
     pub max_devices: usize,
     pub counters: bool,
+    /// The effect of a failed device's taint (off: no taints).
+    pub taints: TaintEffect,
 }
 
 /// What one slice holds: devices, or counter sets (never both, 1.35+).
@@ -202,9 +261,12 @@ pub fn consumption(f: &Function, inv: &Inventory) -> Option<DeviceCounterConsump
 /// The inventory in slices. With counters: the PFs' counter sets first, 8
 /// to a slice, then the devices, each consuming its share, at most 64 to a
 /// slice. Devices are packed as PF groups (a PF and its VFs) kept whole and
-/// in order; a group larger than a slice is split.
-pub fn pack(inv: &Inventory, max_devices: usize, counters: bool) -> Vec<Content> {
-    let limit = if counters {
+/// in order; a group larger than a slice is split. With taints (`driver`'s
+/// health taints), devices are 64 to a slice too: any of them may be
+/// tainted at the next change, and the limit must not move the layout.
+pub fn pack(inv: &Inventory, max_devices: usize, counters: bool, taints: Option<(&str, TaintEffect)>) -> Vec<Content> {
+    let taints = taints.filter(|(_, e)| *e != TaintEffect::Off);
+    let limit = if counters || taints.is_some() {
         MAX_DEVICES_WITH_COUNTERS
     } else {
         MAX_DEVICES_PER_SLICE
@@ -223,6 +285,9 @@ pub fn pack(inv: &Inventory, max_devices: usize, counters: bool) -> Vec<Content>
                 sets.push(counter_set(f));
             }
             d.consumes_counters = consumption(f, inv).map(|c| vec![c]);
+        }
+        if let Some((driver, effect)) = taints {
+            d.taints = health_taint(f, driver, effect).map(|t| vec![t]);
         }
         groups.last_mut().expect("a group").push(d);
     }
@@ -255,6 +320,11 @@ pub fn pack(inv: &Inventory, max_devices: usize, counters: bool) -> Vec<Content>
 }
 
 impl Publisher {
+    /// The inventory as this publisher lays it out.
+    pub fn pack(&self, inv: &Inventory) -> Vec<Content> {
+        pack(inv, self.max_devices, self.counters, Some((&self.driver, self.taints)))
+    }
+
     /// `<node>-<driver>-<index>`, shortened to stay a valid name.
     pub fn slice_name(&self, index: usize) -> String {
         let suffix = format!("-{}-{index}", self.driver);
@@ -408,6 +478,7 @@ pub fn plan(
         .map(|(n, s)| (n.clone(), s.clone()))
         .collect();
     let existing = &live;
+    let desired = &keep_taint_times(desired, existing);
     let count = desired.len();
     let target = |generation: i64| -> Vec<ResourceSlice> {
         desired
@@ -493,10 +564,44 @@ pub fn plan(
     Plan { writes, generation }
 }
 
+/// `desired` with each taint the API already holds on the same device (same
+/// key, value and effect) given the time the API server set for it: a
+/// taint sent without a time gets a new one, and would differ forever.
+fn keep_taint_times(desired: &[Content], existing: &BTreeMap<String, ResourceSlice>) -> Vec<Content> {
+    let held: BTreeMap<(&str, &str, Option<&str>, &str), &DeviceTaint> = existing
+        .values()
+        .flat_map(|s| s.spec.devices.iter().flatten())
+        .flat_map(|d| d.taints.iter().flatten().map(move |t| (d.name.as_str(), t)))
+        .filter(|(_, t)| t.time_added.is_some())
+        .map(|(name, t)| ((name, t.key.as_str(), t.value.as_deref(), t.effect.as_str()), t))
+        .collect();
+    desired
+        .iter()
+        .map(|c| match c {
+            Content::Devices(devices) => Content::Devices(
+                devices
+                    .iter()
+                    .map(|d| {
+                        let mut d = d.clone();
+                        for t in d.taints.iter_mut().flatten().filter(|t| t.time_added.is_none()) {
+                            let id = (d.name.as_str(), t.key.as_str(), t.value.as_deref(), t.effect.as_str());
+                            t.time_added = held.get(&id).and_then(|h| h.time_added.clone());
+                        }
+                        d
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::inventory::{scan, write_fake_function, write_fake_tree};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use std::fs;
 
     fn publisher(max: usize) -> Publisher {
         Publisher {
@@ -505,6 +610,7 @@ mod tests {
             node_uid: "uid-a".into(),
             max_devices: max,
             counters: false,
+            taints: TaintEffect::Off,
         }
     }
 
@@ -595,7 +701,12 @@ mod tests {
     #[test]
     fn packing_keeps_pf_groups_whole_and_splits_at_the_limit() {
         let inv = inventory(4, 8); // 4 groups of 9
-        let sizes = |max| pack(&inv, max, false).iter().map(Content::devices).collect::<Vec<_>>();
+        let sizes = |max| {
+            pack(&inv, max, false, None)
+                .iter()
+                .map(Content::devices)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(sizes(128), [36]);
         assert_eq!(sizes(20), [18, 18]);
         assert_eq!(sizes(9), [9, 9, 9, 9]);
@@ -603,7 +714,7 @@ mod tests {
         // leftovers (one device each) together in one.
         assert_eq!(sizes(4), [4, 4, 4, 4, 4, 4, 4, 4, 4]);
         let big = inventory(64, 64);
-        let slices = pack(&big, 128, false);
+        let slices = pack(&big, 128, false, None);
         assert!(slices.iter().all(|s| s.devices() <= 128));
         assert_eq!(slices.iter().map(Content::devices).sum::<usize>(), 64 * 65);
     }
@@ -614,7 +725,7 @@ mod tests {
         let mut existing = BTreeMap::new();
 
         // First publish: every slice, generation 1.
-        let first = plan(&p, &pack(&inventory(4, 8), 20, false), &existing, 0);
+        let first = plan(&p, &pack(&inventory(4, 8), 20, false, None), &existing, 0);
         assert_eq!(first.generation, 1);
         assert_eq!(
             first.writes.iter().map(Write::verb).collect::<Vec<_>>(),
@@ -627,21 +738,21 @@ mod tests {
 
         // Nothing changed: nothing to write.
         assert_eq!(
-            plan(&p, &pack(&inventory(4, 8), 20, false), &existing, 1).writes,
+            plan(&p, &pack(&inventory(4, 8), 20, false, None), &existing, 1).writes,
             vec![]
         );
 
         // One device changed in one slice: that slice only, same generation.
         let mut inv = inventory(4, 8);
         inv.functions.get_mut("mock3_vf1").unwrap().numa_node = 7;
-        let one = plan(&p, &pack(&inv, 20, false), &existing, 1);
+        let one = plan(&p, &pack(&inv, 20, false, None), &existing, 1);
         assert_eq!(one.generation, 1);
         assert_eq!(one.writes.len(), 1);
         assert!(matches!(&one.writes[0], Write::Update(s) if s.metadata.resource_version.is_some()));
         applied(&mut existing, &one);
 
         // The layout changes (a third slice): a new generation, every slice.
-        let grown = plan(&p, &pack(&inventory(6, 8), 20, false), &existing, 1);
+        let grown = plan(&p, &pack(&inventory(6, 8), 20, false, None), &existing, 1);
         assert_eq!(grown.generation, 2);
         assert_eq!(
             grown.writes.iter().map(Write::verb).collect::<Vec<_>>(),
@@ -655,7 +766,7 @@ mod tests {
         );
 
         // Shrinking deletes what is no longer needed, last.
-        let shrunk = plan(&p, &pack(&inventory(1, 0), 20, false), &existing, 2);
+        let shrunk = plan(&p, &pack(&inventory(1, 0), 20, false, None), &existing, 2);
         assert_eq!(
             shrunk.writes.iter().map(Write::verb).collect::<Vec<_>>(),
             ["update", "delete", "delete"]
@@ -664,12 +775,12 @@ mod tests {
 
         // Something deleted our slice behind our back: recreated, new generation.
         existing.clear();
-        let restored = plan(&p, &pack(&inventory(1, 0), 20, false), &existing, 3);
+        let restored = plan(&p, &pack(&inventory(1, 0), 20, false, None), &existing, 3);
         assert_eq!(restored.generation, 4);
         assert_eq!(restored.writes.iter().map(Write::verb).collect::<Vec<_>>(), ["create"]);
 
         // No devices at all: an empty pool is still published (one slice).
-        let empty = plan(&p, &pack(&Inventory::default(), 20, false), &BTreeMap::new(), 0);
+        let empty = plan(&p, &pack(&Inventory::default(), 20, false, None), &BTreeMap::new(), 0);
         assert!(empty.writes.is_empty(), "no slices are wanted for no devices");
     }
 
@@ -681,7 +792,7 @@ mod tests {
     fn a_slice_held_by_a_finalizer_is_left_alone() {
         let p = publisher(20);
         let mut existing = BTreeMap::new();
-        let first = plan(&p, &pack(&inventory(4, 8), 20, false), &existing, 0);
+        let first = plan(&p, &pack(&inventory(4, 8), 20, false, None), &existing, 0);
         applied(&mut existing, &first);
         let name = p.slice_name(1);
         let held = existing.get_mut(&name).unwrap();
@@ -691,14 +802,14 @@ mod tests {
         held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
         // Same devices: nothing to write.
         assert_eq!(
-            plan(&p, &pack(&inventory(4, 8), 20, false), &existing, 1).writes,
+            plan(&p, &pack(&inventory(4, 8), 20, false, None), &existing, 1).writes,
             vec![]
         );
         // The layout changes: the held slice is not touched, and one round
         // of writes is enough (no generation bump at every pass).
         let mut generation = 1;
         for round in 0..3 {
-            let next = plan(&p, &pack(&inventory(6, 8), 20, false), &existing, generation);
+            let next = plan(&p, &pack(&inventory(6, 8), 20, false, None), &existing, generation);
             assert!(
                 next.writes.iter().all(|w| w.name() != name),
                 "round {round}: {:?}",
@@ -712,7 +823,7 @@ mod tests {
         }
         // Once it is gone, its slice is created again.
         existing.remove(&name);
-        let back = plan(&p, &pack(&inventory(6, 8), 20, false), &existing, generation);
+        let back = plan(&p, &pack(&inventory(6, 8), 20, false, None), &existing, generation);
         assert!(back.writes.iter().any(|w| w.name() == name && w.verb() == "create"));
     }
 
@@ -755,7 +866,7 @@ mod tests {
     #[test]
     fn counters_exclude_a_pf_and_its_vfs_and_share_the_memory() {
         let inv = inventory(2, 4);
-        let slices = pack(&inv, 128, true);
+        let slices = pack(&inv, 128, true, None);
         // The counter sets in a slice of their own, first; the devices after.
         assert!(matches!(&slices[0], Content::Counters(c) if c.len() == 2 && c[0].name == "mock0"));
         assert_eq!(slices[1..].iter().map(Content::devices).sum::<usize>(), 10);
@@ -770,7 +881,7 @@ mod tests {
         assert!(fits(&slices, &["mock0", "mock1"]));
         assert!(fits(&slices, &["mock0", "mock1-vf0", "mock1-vf3"]));
         // Without counters, nothing is consumed and no set is published.
-        let plain = pack(&inv, 128, false);
+        let plain = pack(&inv, 128, false, None);
         assert!(
             plain
                 .iter()
@@ -782,7 +893,7 @@ mod tests {
     fn counters_keep_the_api_limits() {
         // 9 PFs: 8 sets in a slice, then 1; 9 × 9 devices, 64 at most per
         // slice even when more are asked for.
-        let slices = pack(&inventory(9, 8), 128, true);
+        let slices = pack(&inventory(9, 8), 128, true, None);
         let sets: Vec<usize> = slices
             .iter()
             .filter_map(|c| match c {
@@ -810,7 +921,7 @@ mod tests {
         inv.functions.remove("mock0");
         let vf = &inv.functions["mock0_vf0"];
         assert_eq!(consumption(vf, &inv), None);
-        let slices = pack(&inv, 128, true);
+        let slices = pack(&inv, 128, true, None);
         assert_eq!(slices.len(), 1, "no counter set without a PF: {slices:?}");
     }
 
@@ -826,7 +937,7 @@ mod tests {
         let root = dir.path().join("sys/class/mock-accel");
         let devices = dir.path().join("sys/devices/mock-accel");
         write_fake_tree(&root, 2, 2).unwrap();
-        let first = plan(&p, &pack(&scan(&root).unwrap(), 128, true), &existing, 0);
+        let first = plan(&p, &pack(&scan(&root).unwrap(), 128, true, None), &existing, 0);
         assert_eq!(
             first.writes.iter().map(Write::verb).collect::<Vec<_>>(),
             ["create", "create"]
@@ -834,13 +945,13 @@ mod tests {
         applied(&mut existing, &first);
         // A third VF on mock1: its device slice only.
         write_fake_function(&root, &devices, 1, Some(2), 3).unwrap();
-        let vf = plan(&p, &pack(&scan(&root).unwrap(), 128, true), &existing, 1);
+        let vf = plan(&p, &pack(&scan(&root).unwrap(), 128, true, None), &existing, 1);
         assert_eq!((vf.writes.len(), vf.generation), (1, 1), "{:?}", vf.writes);
         assert_eq!(vf.writes[0].name(), p.slice_name(1));
         applied(&mut existing, &vf);
         // A new PF: its counter set first, then its device.
         write_fake_function(&root, &devices, 2, None, 0).unwrap();
-        let pf = plan(&p, &pack(&scan(&root).unwrap(), 128, true), &existing, 1);
+        let pf = plan(&p, &pack(&scan(&root).unwrap(), 128, true, None), &existing, 1);
         assert_eq!(
             pf.writes
                 .iter()
@@ -853,12 +964,104 @@ mod tests {
         // Counters turned off (a cluster that drops them): a new layout, a
         // new generation, the counters slice deleted.
         p.counters = false;
-        let off = plan(&p, &pack(&scan(&root).unwrap(), 128, false), &existing, 1);
+        let off = plan(&p, &pack(&scan(&root).unwrap(), 128, false, None), &existing, 1);
         assert_eq!(off.generation, 2);
         assert_eq!(
             off.writes.iter().map(Write::verb).collect::<Vec<_>>(),
             ["update", "delete"]
         );
+    }
+
+    /// Health taints: failed with the chosen effect, degraded informational,
+    /// gone on recovery; each a write of the device's slice in place, and
+    /// the time the API server gives a taint is kept, not fought over.
+    #[test]
+    fn health_taints_follow_the_module() {
+        let mut p = publisher(128);
+        p.taints = TaintEffect::NoExecute;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/class/mock-accel");
+        write_fake_tree(&root, 2, 2).unwrap();
+        let taints = |slices: &[Content]| -> Vec<(String, String, String)> {
+            slices
+                .iter()
+                .flat_map(|c| match c {
+                    Content::Devices(d) => d.clone(),
+                    Content::Counters(_) => vec![],
+                })
+                .flat_map(|d| {
+                    d.taints
+                        .into_iter()
+                        .flatten()
+                        .map(move |t| (d.name.clone(), t.value.unwrap_or_default(), t.effect))
+                })
+                .collect()
+        };
+        let mut existing = BTreeMap::new();
+        let first = plan(&p, &p.pack(&scan(&root).unwrap()), &existing, 0);
+        applied(&mut existing, &first);
+        fs::write(root.join("mock1_vf0/health"), "failed\n").unwrap();
+        fs::write(root.join("mock0/health"), "degraded\n").unwrap();
+        let inv = scan(&root).unwrap();
+        assert_eq!(
+            taints(&p.pack(&inv)),
+            [
+                ("mock0".into(), "degraded".into(), "None".into()),
+                ("mock1-vf0".into(), "failed".into(), "NoExecute".into())
+            ]
+        );
+        let key = &p.pack(&inv)[0];
+        let Content::Devices(d) = key else { panic!("{key:?}") };
+        assert_eq!(d[0].taints.as_ref().unwrap()[0].key, "mock-accel.example.com/health");
+        let tainted = plan(&p, &p.pack(&inv), &existing, 1);
+        assert_eq!(
+            (tainted.writes.len(), tainted.generation),
+            (1, 1),
+            "{:?}",
+            tainted.writes
+        );
+        // The server sets the taints' time; planning again writes nothing.
+        applied(&mut existing, &tainted);
+        let at = Time("2026-12-01T10:00:00Z".parse().unwrap());
+        for s in existing.values_mut() {
+            for t in s
+                .spec
+                .devices
+                .iter_mut()
+                .flatten()
+                .flat_map(|d| d.taints.iter_mut().flatten())
+            {
+                t.time_added = Some(at.clone());
+            }
+        }
+        assert_eq!(plan(&p, &p.pack(&inv), &existing, 1).writes, []);
+        // An unrelated change keeps the time of the taints that stay.
+        fs::write(root.join("mock0/health"), "ok\n").unwrap();
+        let recovered = plan(&p, &p.pack(&scan(&root).unwrap()), &existing, 1);
+        let [Write::Update(s)] = &recovered.writes[..] else {
+            panic!("{:?}", recovered.writes)
+        };
+        let kept: Vec<_> = s
+            .spec
+            .devices
+            .iter()
+            .flatten()
+            .filter_map(|d| d.taints.clone())
+            .flatten()
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].time_added, Some(at));
+        // A taint whose effect changes gets a new time (the server's).
+        p.taints = TaintEffect::NoSchedule;
+        let changed = plan(&p, &p.pack(&scan(&root).unwrap()), &existing, 1);
+        let [Write::Update(s)] = &changed.writes[..] else {
+            panic!("{:?}", changed.writes)
+        };
+        let t = s.spec.devices.iter().flatten().find_map(|d| d.taints.clone()).unwrap();
+        assert_eq!((t[0].effect.as_str(), t[0].time_added.is_none()), ("NoSchedule", true));
+        // Off: no taints at all.
+        p.taints = TaintEffect::Off;
+        assert_eq!(taints(&p.pack(&scan(&root).unwrap())), []);
     }
 
     #[test]

@@ -379,3 +379,103 @@ fn with_the_gate_off_the_agent_publishes_without_counters() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(slice_writes(&cp), settled, "writes after it settled\n{}", logs());
 }
+
+/// The health taints as the real server keeps them: (device, value, effect,
+/// timeAdded).
+fn taints(items: &[Value]) -> Vec<(String, String, String, String)> {
+    items
+        .iter()
+        .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+        .flat_map(|d| {
+            let name = d["name"].as_str().unwrap().to_string();
+            d["taints"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |t| {
+                    assert_eq!(t["key"], format!("{DRIVER}/health"), "{t}");
+                    let s = |k: &str| t[k].as_str().unwrap_or_default().to_string();
+                    (name.clone(), s("value"), s("effect"), s("timeAdded"))
+                })
+        })
+        .collect()
+}
+
+/// Device health as taints: the real server takes NoExecute and the
+/// informational None, stamps their time, and the agent keeps that time
+/// (it does not write again and again); recovery takes them away.
+#[test]
+fn health_taints_under_the_real_api_server() {
+    let cp = ControlPlane::start().unwrap_or_else(|e| panic!("the real control plane: {e}"));
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}"#)
+        .unwrap();
+    let node = FakeNode::start(&cp, &["--health-taints=NoExecute"]);
+    let logs = || agent_logs(&cp, &node.log);
+    wait_for("the devices", &logs, || (published(&cp).0.len() == 6).then_some(()));
+    fs::write(node.root.join("mock1/health"), "failed\n").unwrap();
+    fs::write(node.root.join("mock0_vf0/health"), "degraded\n").unwrap();
+    let found = wait_for("the taints", &logs, || {
+        let t = taints(&published(&cp).1);
+        (t.len() == 2).then_some(t)
+    });
+    let what: Vec<_> = found
+        .iter()
+        .map(|(d, v, e, _)| (d.as_str(), v.as_str(), e.as_str()))
+        .collect();
+    assert_eq!(
+        what,
+        [("mock0-vf0", "degraded", "None"), ("mock1", "failed", "NoExecute")]
+    );
+    assert!(found.iter().all(|t| !t.3.is_empty()), "no time stamped: {found:?}");
+    println!("the real server's taints: {found:?}");
+    wait_for("the metric", &logs, || {
+        let m = admin_get(node.admin, "/metrics");
+        (m.contains("mock_accel_tainted_devices{effect=\"NoExecute\"} 1")
+            && m.contains("mock_accel_tainted_devices{effect=\"None\"} 1"))
+        .then_some(())
+    });
+    // Settled: the stamped times are kept, nothing more is written.
+    let settled = slice_writes(&cp);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(slice_writes(&cp), settled, "writes after it settled\n{}", logs());
+    // A change elsewhere keeps mock1's time.
+    fs::write(node.root.join("mock0_vf0/health"), "ok\n").unwrap();
+    let after = wait_for("the degraded taint gone", &logs, || {
+        let t = taints(&published(&cp).1);
+        (t.len() == 1).then_some(t)
+    });
+    assert_eq!(after[0], found[1], "mock1's taint changed");
+    fs::write(node.root.join("mock1/health"), "ok\n").unwrap();
+    wait_for("no taints", &logs, || {
+        taints(&published(&cp).1).is_empty().then_some(())
+    });
+}
+
+/// With DRADeviceTaints off (as 1.34/1.35 have it) the real server drops
+/// the taints: the agent notices at the first one, says so, and publishes
+/// without them from then on, no write storm.
+#[test]
+fn with_the_taints_gate_off_the_agent_publishes_without_taints() {
+    let cp = ControlPlane::start_with(&["--feature-gates=DRADeviceTaints=false"])
+        .unwrap_or_else(|e| panic!("the real control plane: {e}"));
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}"#)
+        .unwrap();
+    let node = FakeNode::start(&cp, &[]);
+    let logs = || agent_logs(&cp, &node.log);
+    wait_for("the devices", &logs, || (published(&cp).0.len() == 6).then_some(()));
+    fs::write(node.root.join("mock1/health"), "failed\n").unwrap();
+    wait_for("the metric saying so", &logs, || {
+        admin_get(node.admin, "/metrics")
+            .lines()
+            .any(|l| l == "mock_accel_health_taints 0")
+            .then_some(())
+    });
+    assert!(taints(&published(&cp).1).is_empty());
+    let log = fs::read_to_string(&node.log).unwrap();
+    let said = log.lines().find(|l| l.contains("does not keep device taints"));
+    println!("the agent: {}", said.unwrap_or_else(|| panic!("{log}")));
+    let settled = slice_writes(&cp);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(slice_writes(&cp), settled, "writes after it settled\n{}", logs());
+}

@@ -185,6 +185,11 @@ pub struct Fleet {
     pub stale_slices: BTreeMap<String, u64>,
     /// node → its agent's heartbeat is fresh.
     pub agent_up: BTreeMap<String, bool>,
+    /// (node, taint effect) → devices carrying a taint of that effect
+    /// (every effect listed for every node that publishes).
+    pub tainted: BTreeMap<(String, &'static str), u64>,
+    /// node → shared counter sets published (PF/VF exclusion).
+    pub counter_sets: BTreeMap<String, u64>,
     /// Nodes whose agent is up and that publish no slice.
     pub nodes_without_slices: u64,
     pub nodes: u64,
@@ -240,7 +245,16 @@ pub fn fleet(c: &Cluster, driver: &str, seen: &Seen, now: Timestamp) -> Fleet {
             continue;
         }
         *f.node_slices.entry(node.clone()).or_insert(0) += 1;
+        *f.counter_sets.entry(node.clone()).or_insert(0) += s.spec.shared_counters.as_ref().map_or(0, Vec::len) as u64;
+        for effect in crate::slices::TAINT_EFFECTS {
+            f.tainted.entry((node.clone(), effect)).or_insert(0);
+        }
         for d in s.spec.devices.iter().flatten() {
+            for effect in crate::slices::TAINT_EFFECTS {
+                if d.taints.iter().flatten().any(|t| t.effect == effect) {
+                    *f.tainted.entry((node.clone(), effect)).or_insert(0) += 1;
+                }
+            }
             let kind = attr_string(d, "deviceType").unwrap_or("unknown").to_string();
             let numa = attr_int(d, "numaNode").map(|n| n.to_string()).unwrap_or_default();
             let state = if allocated.contains(&(s.spec.pool.name.as_str(), d.name.as_str())) {
@@ -329,6 +343,22 @@ impl Fleet {
             "mock_accel_fleet_stale_slices",
             "ResourceSlices of this driver whose pool generation is out of date, per node.",
             self.stale_slices
+                .iter()
+                .map(|(node, n)| (labels(&[("node", node)]), *n as f64)),
+        );
+        family(
+            out,
+            "mock_accel_fleet_tainted_devices",
+            "Devices of this driver in current ResourceSlices carrying a taint, by node and effect (NoSchedule/NoExecute: not allocated to claims that do not tolerate it; None: informational).",
+            self.tainted
+                .iter()
+                .map(|((node, effect), n)| (labels(&[("node", node), ("effect", effect)]), *n as f64)),
+        );
+        family(
+            out,
+            "mock_accel_fleet_counter_sets",
+            "Shared counter sets (one per PF: PF/VF exclusion) in current ResourceSlices, per node.",
+            self.counter_sets
                 .iter()
                 .map(|(node, n)| (labels(&[("node", node)]), *n as f64)),
         );
@@ -736,6 +766,43 @@ mod tests {
                 claim("not-ours", "other", t, json!({})),
             ],
         }
+    }
+
+    /// Taints by node and effect (zeros for every publishing node), and
+    /// counter sets per node.
+    #[test]
+    fn fleet_counts_taints_and_counter_sets() {
+        let mut c = cluster();
+        let n1 = Arc::make_mut(&mut c.slices[0]);
+        n1.spec.devices.as_mut().unwrap()[2].taints = Some(vec![k8s_openapi::api::resource::v1::DeviceTaint {
+            key: format!("{D}/health"),
+            value: Some("failed".into()),
+            effect: "NoExecute".into(),
+            time_added: None,
+        }]);
+        let mut sets = (*c.slices[2]).clone();
+        sets.metadata.name = Some("n2-counters".into());
+        sets.spec.devices = None;
+        sets.spec.shared_counters = Some(vec![k8s_openapi::api::resource::v1::CounterSet {
+            name: "mock0".into(),
+            counters: BTreeMap::new(),
+        }]);
+        c.slices.push(Arc::new(sets));
+        let f = fleet(&c, D, &watched(&c), now());
+        let tainted = |n: &str, e: &'static str| f.tainted.get(&(n.to_string(), e)).copied();
+        assert_eq!(tainted("n1", "NoExecute"), Some(1));
+        assert_eq!(tainted("n1", "NoSchedule"), Some(0));
+        assert_eq!(tainted("n2", "None"), Some(0));
+        assert_eq!(f.tainted.values().sum::<u64>(), 1);
+        assert_eq!(f.counter_sets.get("n2"), Some(&1));
+        assert_eq!(f.counter_sets.get("n1"), Some(&0));
+        let mut out = String::new();
+        f.render(&mut out);
+        assert!(
+            out.contains("mock_accel_fleet_tainted_devices{node=\"n1\",effect=\"NoExecute\"} 1"),
+            "{out}"
+        );
+        assert!(out.contains("mock_accel_fleet_counter_sets{node=\"n2\"} 1"), "{out}");
     }
 
     #[test]

@@ -980,7 +980,8 @@ fn check_type(rt: &ResourceType, t: &Target, obj: &mut Value) -> Result<(), ApiE
     Ok(())
 }
 
-/// Stores quantities in canonical form, as the real server does.
+/// Stores quantities in canonical form and stamps taints' times, as the
+/// real server does.
 fn normalize(rt: &ResourceType, obj: &mut Value) {
     fn fix_all(counters: Option<&mut Value>, key: &str) {
         for v in counters
@@ -1006,6 +1007,28 @@ fn normalize(rt: &ResourceType, obj: &mut Value) {
         .flatten()
     {
         fix_all(dev.get_mut("capacity"), "value");
+        // A taint without a time gets the server's (the real server's
+        // defaulting, at every create and update).
+        for taint in dev
+            .get_mut("taints")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            if taint.get("timeAdded").is_none_or(Value::is_null) {
+                let second = jiff::TimestampRound::new()
+                    .smallest(jiff::Unit::Second)
+                    .mode(jiff::RoundMode::Trunc);
+                let now = jiff::Timestamp::now()
+                    .round(second)
+                    .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+                taint.insert(
+                    "timeAdded".into(),
+                    json!(now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                );
+            }
+        }
         for cc in dev
             .get_mut("consumesCounters")
             .and_then(Value::as_array_mut)

@@ -489,7 +489,7 @@ pub fn validate_resource_slice(obj: &Value, errs: &mut Errors) {
             if !taint["key"].as_str().is_some_and(is_qualified_name) {
                 errs.invalid(&format!("{tf}.key"), &taint["key"], "must be a qualified name");
             }
-            let effects = ["NoSchedule", "NoExecute"];
+            let effects = ["NoExecute", "NoSchedule", "None"];
             if !taint["effect"].as_str().is_some_and(|e| effects.contains(&e)) {
                 errs.not_supported(&format!("{tf}.effect"), &taint["effect"], &effects);
             }
