@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dra_v1.proto",
         "proto/dra_v1beta1.proto",
         "proto/dra_health_v1alpha1.proto",
+        "proto/dra_health_v1.proto",
     ];
     tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
     for p in protos {

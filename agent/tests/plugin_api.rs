@@ -280,7 +280,12 @@ async fn registers_then_prepares_and_unprepares_in_v1_and_v1beta1() {
     assert_eq!(PathBuf::from(&info.endpoint), rig.plugin_dir().join("dra.sock"));
     assert_eq!(
         info.supported_versions,
-        ["v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth"]
+        [
+            "v1.DRAPlugin",
+            "v1beta1.DRAPlugin",
+            "v1.DRAResourceHealth",
+            "v1alpha1.DRAResourceHealth"
+        ]
     );
     assert_eq!(
         kubelet::registration_sockets(&rig.path("registry")).unwrap(),
@@ -937,10 +942,19 @@ type HealthMap = BTreeMap<String, (i32, String)>;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_health_stream_follows_the_devices() {
-    use mock_accel_proto::health::v1alpha1::HealthStatus;
+    use mock_accel_proto::health::v1::HealthStatus;
     let rig = Rig::new(2, 0).await;
     let (agent, events) = rig.agent(&[]).await;
     let kubelet = rig.kubelet().await;
+    // An older kubelet's v1alpha1 stream says the same as v1's.
+    let mut alpha = kubelet.watch_health_v1alpha1().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), alpha.message())
+        .await
+        .expect("a v1alpha1 health message within 10 s")
+        .unwrap()
+        .expect("the v1alpha1 stream stays open");
+    assert_eq!(first.devices.len(), 2, "{first:?}");
+    drop(alpha);
     let mut stream = kubelet.watch_health().await.unwrap();
     let mut next_until = async |pred: &dyn Fn(&HealthMap) -> bool| {
         loop {

@@ -17,8 +17,12 @@ pub mod dra {
     }
 }
 
-/// `v1alpha1.DRAResourceHealth`: the device health stream.
+/// `v1.DRAResourceHealth` and `v1alpha1.DRAResourceHealth`: the device
+/// health stream (the same messages, field for field).
 pub mod health {
+    pub mod v1 {
+        tonic::include_proto!("v1");
+    }
     pub mod v1alpha1 {
         tonic::include_proto!("v1alpha1");
     }
@@ -28,6 +32,7 @@ pub mod health {
 pub mod services {
     pub const DRA_V1: &str = "v1.DRAPlugin";
     pub const DRA_V1BETA1: &str = "v1beta1.DRAPlugin";
+    pub const HEALTH_V1: &str = "v1.DRAResourceHealth";
     pub const HEALTH_V1ALPHA1: &str = "v1alpha1.DRAResourceHealth";
     /// `PluginInfo.type` of a DRA plugin.
     pub const DRA_PLUGIN_TYPE: &str = "DRAPlugin";

@@ -19,7 +19,7 @@ agent=$!
 guest-tool wait-devices --api $api --node $node --count 6 >/dev/null || not_ok "the agent never published"
 wait_until 60 test -S /var/lib/kubelet/plugins_registry/$drv-reg.sock
 check_true "registration socket in the kubelet's registry" test -S /var/lib/kubelet/plugins_registry/$drv-reg.sock
-check "GetInfo" "registered $drv /var/lib/kubelet/plugins/$drv/dra.sock v1.DRAPlugin,v1beta1.DRAPlugin,v1alpha1.DRAResourceHealth" \
+check "GetInfo" "registered $drv /var/lib/kubelet/plugins/$drv/dra.sock v1.DRAPlugin,v1beta1.DRAPlugin,v1.DRAResourceHealth,v1alpha1.DRAResourceHealth" \
     "$(guest-tool kubelet register)"
 
 # claim NAME DEVICE...: create a claim with one request per device and

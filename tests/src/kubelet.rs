@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use mock_accel_proto::dra::{v1, v1beta1};
-use mock_accel_proto::health::v1alpha1 as health;
+use mock_accel_proto::health::{v1 as health, v1alpha1 as health_v1alpha1};
 use mock_accel_proto::pluginregistration as reg;
 use mock_accel_proto::services;
 use tonic::transport::Channel;
@@ -146,11 +146,24 @@ impl Kubelet {
         Ok(out)
     }
 
-    /// The health stream (NodeWatchResources).
+    /// The health stream (NodeWatchResources) as kubelets from 1.37 call
+    /// it: `v1.DRAResourceHealth`.
     pub async fn watch_health(&self) -> anyhow::Result<tonic::Streaming<health::NodeWatchResourcesResponse>> {
         Ok(
             health::dra_resource_health_client::DraResourceHealthClient::new(self.dra.clone())
                 .node_watch_resources(health::NodeWatchResourcesRequest {})
+                .await?
+                .into_inner(),
+        )
+    }
+
+    /// The health stream as older kubelets call it: `v1alpha1.DRAResourceHealth`.
+    pub async fn watch_health_v1alpha1(
+        &self,
+    ) -> anyhow::Result<tonic::Streaming<health_v1alpha1::NodeWatchResourcesResponse>> {
+        Ok(
+            health_v1alpha1::dra_resource_health_client::DraResourceHealthClient::new(self.dra.clone())
+                .node_watch_resources(health_v1alpha1::NodeWatchResourcesRequest {})
                 .await?
                 .into_inner(),
         )

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use futures::Stream;
 use metrics::{counter, gauge};
 use mock_accel_proto::dra::{v1, v1beta1};
-use mock_accel_proto::health::v1alpha1 as health;
+use mock_accel_proto::health::{v1 as health_v1, v1alpha1 as health};
 use mock_accel_proto::pluginregistration as reg;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -140,11 +140,13 @@ dra_service!(DraV1beta1, v1beta1, "v1beta1", |d| v1beta1::Device {
     cdi_device_ids: vec![d.cdi_device_id],
 });
 
-/// `v1alpha1.DRAResourceHealth`: the complete list now, then on every change.
+/// `v1.DRAResourceHealth` and `v1alpha1.DRAResourceHealth` (the kubelet
+/// picks the newest it knows of those advertised): the complete list now,
+/// then on every change.
 #[derive(Clone)]
 pub struct HealthService(pub watch::Receiver<Arc<Vec<health::DeviceHealth>>>);
 
-type HealthStream = Pin<Box<dyn Stream<Item = Result<health::NodeWatchResourcesResponse, Status>> + Send>>;
+type HealthStream<R> = Pin<Box<dyn Stream<Item = Result<R, Status>> + Send>>;
 
 /// Counts open health streams.
 struct StreamGauge;
@@ -162,22 +164,88 @@ impl Drop for StreamGauge {
     }
 }
 
+impl HealthService {
+    /// Each list as `to` makes it a response of API version `api`.
+    fn stream<R: Send + 'static>(&self, api: &'static str, to: fn(&[health::DeviceHealth]) -> R) -> HealthStream<R> {
+        counter!(m::PLUGIN_REQUESTS, "api" => api, "method" => "NodeWatchResources").increment(1);
+        let open = StreamGauge::new();
+        Box::pin(WatchStream::new(self.0.clone()).map(move |list| {
+            let _ = &open;
+            Ok(to(&list))
+        }))
+    }
+}
+
+/// A device's health in v1's messages: the same fields and numbers as
+/// v1alpha1's.
+fn health_v1(d: &health::DeviceHealth) -> health_v1::DeviceHealth {
+    health_v1::DeviceHealth {
+        device: d.device.as_ref().map(|id| health_v1::DeviceIdentifier {
+            pool_name: id.pool_name.clone(),
+            device_name: id.device_name.clone(),
+        }),
+        health: d.health,
+        last_updated_time: d.last_updated_time,
+        health_check_timeout_seconds: d.health_check_timeout_seconds,
+        message: d.message.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl health_v1::dra_resource_health_server::DraResourceHealth for HealthService {
+    type NodeWatchResourcesStream = HealthStream<health_v1::NodeWatchResourcesResponse>;
+
+    async fn node_watch_resources(
+        &self,
+        _: Request<health_v1::NodeWatchResourcesRequest>,
+    ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
+        Ok(Response::new(self.stream("v1", |list| {
+            health_v1::NodeWatchResourcesResponse {
+                devices: list.iter().map(health_v1).collect(),
+            }
+        })))
+    }
+}
+
 #[tonic::async_trait]
 impl health::dra_resource_health_server::DraResourceHealth for HealthService {
-    type NodeWatchResourcesStream = HealthStream;
+    type NodeWatchResourcesStream = HealthStream<health::NodeWatchResourcesResponse>;
 
     async fn node_watch_resources(
         &self,
         _: Request<health::NodeWatchResourcesRequest>,
-    ) -> Result<Response<HealthStream>, Status> {
-        counter!(m::PLUGIN_REQUESTS, "api" => "v1alpha1", "method" => "NodeWatchResources").increment(1);
-        let open = StreamGauge::new();
-        let stream = WatchStream::new(self.0.clone()).map(move |list| {
-            let _ = &open;
-            Ok(health::NodeWatchResourcesResponse {
-                devices: list.as_ref().clone(),
-            })
-        });
-        Ok(Response::new(Box::pin(stream)))
+    ) -> Result<Response<Self::NodeWatchResourcesStream>, Status> {
+        Ok(Response::new(self.stream("v1alpha1", |list| {
+            health::NodeWatchResourcesResponse { devices: list.to_vec() }
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// v1 and v1alpha1 are one message on the wire: what v1 sends is what
+    /// v1alpha1 sent, byte for byte.
+    #[test]
+    fn health_v1_is_v1alpha1_on_the_wire() {
+        let alpha = health::NodeWatchResourcesResponse {
+            devices: vec![health::DeviceHealth {
+                device: Some(health::DeviceIdentifier {
+                    pool_name: "node-a".into(),
+                    device_name: "mock1-vf0".into(),
+                }),
+                health: health::HealthStatus::Unhealthy as i32,
+                last_updated_time: 1_764_000_000,
+                health_check_timeout_seconds: 30,
+                message: "failed (health=failed)".into(),
+            }],
+        };
+        let v1 = health_v1::NodeWatchResourcesResponse {
+            devices: alpha.devices.iter().map(health_v1).collect(),
+        };
+        assert_eq!(v1.encode_to_vec(), alpha.encode_to_vec());
+        assert_eq!(v1.devices[0].health(), health_v1::HealthStatus::Unhealthy);
     }
 }

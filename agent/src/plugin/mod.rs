@@ -278,6 +278,7 @@ impl Plugin {
             supported_versions: vec![
                 services::DRA_V1.into(),
                 services::DRA_V1BETA1.into(),
+                services::HEALTH_V1.into(),
                 services::HEALTH_V1ALPHA1.into(),
             ],
         };
@@ -326,6 +327,11 @@ impl Plugin {
                             .add_service(pb_health::dra_resource_health_server::DraResourceHealthServer::new(
                                 grpc::HealthService(health_rx.clone()),
                             ))
+                            .add_service(
+                                mock_accel_proto::health::v1::dra_resource_health_server::DraResourceHealthServer::new(
+                                    grpc::HealthService(health_rx.clone()),
+                                ),
+                            )
                     },
                     dra_poke.clone(),
                     Some(dra_bound),

@@ -689,7 +689,7 @@ async fn kubelet(registry: &std::path::Path, api: &str, call: KubeletCall) -> an
             Ok(ok)
         }
         KubeletCall::Health { count, ready } => {
-            use mock_accel_proto::health::v1alpha1::HealthStatus;
+            use mock_accel_proto::health::v1::HealthStatus;
             let mut stream = kubelet.watch_health().await?;
             if let Some(r) = ready {
                 std::fs::write(r, "")?;
