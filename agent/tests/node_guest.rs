@@ -61,12 +61,15 @@ fn the_chart_installs_and_works_on_a_real_node() {
     run_on_node_with_chart("helm.sh").assert_clean(10);
 }
 
-/// The DRA features, each with the real scheduler and kubelet
-/// (`tests/scenarios/dra_features.sh`): PF/VF exclusion by shared counters,
-/// and without them on a cluster that drops the fields.
+/// The DRA features, each with the real scheduler, kubelet and
+/// controller-manager (`tests/scenarios/dra_features.sh`): PF/VF exclusion
+/// by shared counters (and without them on a cluster that drops the
+/// fields), device taints from health (NoSchedule, tolerations, recovery,
+/// NoExecute eviction), device health in the pod's status, prioritized
+/// lists, admin access, extended resources backed by DRA.
 #[test]
 fn dra_features_work_with_the_real_scheduler() {
-    run_on_node("dra_features.sh").assert_clean(27);
+    run_on_node("dra_features.sh").assert_clean(59);
 }
 
 #[test]

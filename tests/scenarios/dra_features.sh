@@ -8,6 +8,23 @@
 # With the API server's DRAPartitionableDevices gate off (a 1.34/1.35
 # cluster), the agent notices that the fields are dropped, says so, and the
 # PF/VF exclusion falls back to prepare time.
+#
+# Device taints from health (KEP-5055): the module's health=failed puts the
+# taint <driver>/health=failed on the device (NoSchedule by default), which
+# the real scheduler respects unless a claim tolerates it; recovery takes
+# it away; degraded is informational (effect None). With NoExecute the real
+# kube-controller-manager evicts the pods that use a failed device and do
+# not tolerate it.
+#
+# Device health to the pod: the container's allocatedResourcesStatus
+# follows its device, from the agent's v1 health stream.
+#
+# Extended resources backed by DRA: a pod asking `limits: {<driver>/vf: 1}`
+# and no claim gets a VF through our plugin.
+#
+# Prioritized lists (firstAvailable) and admin access, the scheduler's and
+# the API server's part, with the agent's: an admin claim gets a device
+# already held and its pod runs beside the holder's.
 . /guest/lib.sh
 . /guest/node.sh
 
@@ -99,6 +116,188 @@ put $cls/mock5/sriov_numvfs 0
 put $bus/del_device 5
 WAIT_INTERVAL=0.5 wait_until 60 has_devices "$all"
 check "mock5 removed: its set too" "mock0 mock1 mock2 mock3" "$(sets)"
+
+# --- Device taints from health.
+taint() { kubectl get resourceslices -l driver=$drv -o jsonpath="{.items[*].spec.devices[?(@.name==\"$1\")].taints[0].$2}" 2>/dev/null; }
+tainted() { [ "$(taint "$1" value) $(taint "$1" effect)" = "$2 $3" ]; }
+untainted() { [ -z "$(taint "$1" key)" ]; }
+put $cls/mock2/health failed
+WAIT_INTERVAL=0.5 wait_until 60 tainted mock2 failed NoSchedule
+check "mock2 failed: its device carries the health taint" "$drv/health failed NoSchedule" \
+    "$(taint mock2 key) $(taint mock2 value) $(taint mock2 effect)"
+check_true "the API server stamped the taint's time ($(taint mock2 timeAdded))" [ -n "$(taint mock2 timeAdded)" ]
+check "the agent counts it" 1 "$(metric 'mock_accel_tainted_devices{effect="NoSchedule"}')"
+claim t-claim mock-accel-pf "$PF2"
+claim_pod t-pod t-claim
+WAIT_INTERVAL=1 wait_until 120 unschedulable t-pod
+check_true "a claim for the tainted mock2: the real scheduler does not place it" unschedulable t-pod
+check "and allocates nothing" "" "$(allocated t-claim)"
+TOLERATE=NoSchedule claim tol-claim mock-accel-pf "$PF2"
+claim_pod tol-pod tol-claim
+tol_allocated() { [ -n "$(allocated tol-claim)" ]; }
+WAIT_INTERVAL=1 wait_until 120 tol_allocated
+check "a claim that tolerates the taint: the scheduler gives it mock2" mock2 "$(allocated tol-claim)"
+check "with the toleration in its allocation" "$drv/health" \
+    "$(jp resourceclaim tol-claim default '{.status.allocation.devices.results[0].tolerations[0].key}')"
+# The module itself refuses to allocate a failed device: prepare says so.
+unhealthy_refused() { kubectl get events -n default --field-selector involvedObject.name=tol-pod -o jsonpath='{.items[*].message}' 2>/dev/null | grep -q 'health=failed'; }
+WAIT_INTERVAL=1 wait_until 120 unhealthy_refused
+check_true "and its prepare is refused: the module will not allocate a failed device" unhealthy_refused
+delete_pod tol-pod
+kubectl delete resourceclaim tol-claim >/dev/null
+put $cls/mock2/health ok
+WAIT_INTERVAL=0.5 wait_until 60 untainted mock2
+check "mock2 recovered: the taint is gone" "" "$(taint mock2 key)"
+check "the agent's count too" 0 "$(metric 'mock_accel_tainted_devices{effect="NoSchedule"}')"
+WAIT_INTERVAL=1 wait_until 180 running t-pod
+check "and the waiting pod now runs with mock2" "Running mock2" "$(phase t-pod) $(allocated t-claim)"
+put $cls/mock3/health degraded
+WAIT_INTERVAL=0.5 wait_until 60 tainted mock3 degraded None
+check "mock3 degraded: an informational taint (effect None)" "degraded None" "$(taint mock3 value) $(taint mock3 effect)"
+claim d-claim mock-accel-pf "$(attr 'pfIndex == 3')"
+claim_pod d-pod d-claim
+WAIT_INTERVAL=1 wait_until 180 running d-pod
+check "which does not keep a claim from it" "Running mock3" "$(phase d-pod) $(allocated d-claim)"
+# NoExecute: the agent restarted with it; mock2 and mock3 in use, mock3's
+# claim tolerating NoExecute; both fail: the real kube-controller-manager
+# evicts t-pod, d-pod stays.
+delete_pod d-pod
+kubectl delete resourceclaim d-claim >/dev/null
+put $cls/mock3/health ok
+TOLERATE=NoExecute claim d-claim mock-accel-pf "$(attr 'pfIndex == 3')"
+claim_pod d-pod d-claim
+WAIT_INTERVAL=1 wait_until 180 running d-pod || not_ok "d-pod Running"
+stop agent
+start_agent --health-taints=NoExecute
+WAIT_INTERVAL=0.5 wait_until 120 registered || not_ok "the agent back, NoExecute"
+put $cls/mock2/health failed
+put $cls/mock3/health failed
+WAIT_INTERVAL=0.5 wait_until 60 tainted mock2 failed NoExecute
+check "NoExecute: mock2 and mock3 carry NoExecute taints" "NoExecute NoExecute" "$(taint mock2 effect) $(taint mock3 effect)"
+WAIT_INTERVAL=1 wait_until 120 gone_pod t-pod
+check_true "the real kube-controller-manager evicted t-pod, which uses mock2" gone_pod t-pod
+evicted=$(kubectl get events -n default --field-selector involvedObject.name=t-pod -o jsonpath='{.items[*].reason}' 2>/dev/null)
+echo "# t-pod's events: $evicted"
+sleep 5
+check "d-pod, whose claim tolerates NoExecute, still runs" Running "$(phase d-pod)"
+# Device health to the pod (KEP-4680): the real kubelet reads the agent's
+# health stream (v1, the newest both know) into the container's status.
+res_health() { jp pod d-pod default '{.status.containerStatuses[0].allocatedResourcesStatus[*].resources[*].health}'; }
+res_unhealthy() { [ "$(res_health)" = Unhealthy ]; }
+res_healthy() { [ "$(res_health)" = Healthy ]; }
+WAIT_INTERVAL=1 wait_until 120 res_unhealthy
+check "d-pod's allocatedResourcesStatus: mock3 Unhealthy ($(jp pod d-pod default '{.status.containerStatuses[0].allocatedResourcesStatus}' | cut -c1-200))" \
+    Unhealthy "$(res_health)"
+check_true "the kubelet watches the v1 health stream" [ "$(metric 'mock_accel_plugin_requests_total{api="v1",method="NodeWatchResources"}')" -ge 1 ]
+put $cls/mock2/health ok
+put $cls/mock3/health ok
+both_clear() { untainted mock2 && untainted mock3; }
+WAIT_INTERVAL=0.5 wait_until 60 both_clear
+check "both recovered: no taints left" "" "$(taint mock2 key)$(taint mock3 key)"
+WAIT_INTERVAL=1 wait_until 120 res_healthy
+check "and d-pod's mock3 Healthy again" Healthy "$(res_health)"
+delete_pod d-pod
+kubectl delete resourceclaim t-claim d-claim >/dev/null
+
+# --- Prioritized lists: the first alternative that can be had.
+prio_claim() {
+    kubectl apply -f - >/dev/null <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: $1, namespace: default}
+spec:
+  devices:
+    requests:
+    - name: a
+      firstAvailable:
+      - name: whole
+        deviceClassName: mock-accel-pf
+        selectors: [{cel: {expression: '$PF2'}}]
+      - name: part
+        deviceClassName: mock-accel-vf
+EOF
+}
+request_of() { jp resourceclaim "$1" default '{.status.allocation.devices.results[*].request}'; }
+prio_claim p1
+claim_pod p1-pod p1
+WAIT_INTERVAL=1 wait_until 180 running p1-pod || not_ok "p1-pod Running"
+check "firstAvailable, mock2 free: the first alternative" "a/whole mock2" "$(request_of p1) $(allocated p1)"
+prio_claim p2
+claim_pod p2-pod p2
+WAIT_INTERVAL=1 wait_until 180 running p2-pod || not_ok "p2-pod Running"
+check "firstAvailable, mock2 held: the second, a VF" "a/part mock1-vf" "$(request_of p2) $(kind_of p2)"
+delete_pod p2-pod
+kubectl delete resourceclaim p2 >/dev/null
+
+# --- Admin access: mock2 held by p1-pod; an admin claim gets it too.
+refused_admin=$(kubectl apply -f - 2>&1 >/dev/null <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: admin-claim, namespace: default}
+spec:
+  devices:
+    requests:
+    - name: a
+      exactly: {deviceClassName: mock-accel-pf, adminAccess: true}
+EOF
+)
+check_true "admin access outside an admin namespace: the API server refuses ($(echo "$refused_admin" | cut -c1-160))" \
+    has "$refused_admin" "admin-access"
+kubectl create namespace dra-admin >/dev/null
+kubectl label namespace dra-admin resource.kubernetes.io/admin-access=true >/dev/null
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: admin-claim, namespace: dra-admin}
+spec:
+  devices:
+    requests:
+    - name: a
+      exactly:
+        deviceClassName: mock-accel-pf
+        adminAccess: true
+        selectors: [{cel: {expression: '$PF2'}}]
+EOF
+NS=dra-admin claim_pod admin-pod admin-claim
+WAIT_INTERVAL=1 wait_until 180 running admin-pod dra-admin || not_ok "admin-pod Running"
+check "the admin claim gets mock2, held by p1-pod, with admin access" "mock2 true" \
+    "$(jp resourceclaim admin-claim dra-admin '{.status.allocation.devices.results[0].device} {.status.allocation.devices.results[0].adminAccess}')"
+check "both pods run" "Running Running" "$(phase p1-pod) $(phase admin-pod dra-admin)"
+kubectl delete namespace dra-admin --wait=false >/dev/null
+WAIT_INTERVAL=1 wait_until 120 gone_pod admin-pod dra-admin || not_ok "admin-pod gone"
+check "the admin pod gone: mock2 still allocated to p1-pod in the module" 1 "$(cat $cls/mock2/status)"
+delete_pod p1-pod
+kubectl delete resourceclaim p1 >/dev/null
+
+# --- Extended resources backed by DRA: no claim, a limit of the class's
+# extended resource; the scheduler makes the claim, our plugin prepares it.
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: ext-pod, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: test
+    image: $BUSYBOX_IMAGE
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "env | grep MOCK_ACCEL && sleep 3600"]
+    resources:
+      limits: {$drv/vf: 1}
+EOF
+WAIT_INTERVAL=1 wait_until 180 running ext-pod || not_ok "ext-pod Running"
+ext_claim=$(jp pod ext-pod default '{.status.extendedResourceClaimStatus.resourceClaimName}')
+check_true "the scheduler made a claim for $drv/vf: 1 (${ext_claim:-none})" [ -n "$ext_claim" ]
+check "and allocated a VF in it" mock1-vf "$(kind_of "$ext_claim")"
+ext_dev=$(allocated "$ext_claim")
+check "the container sees that VF (our CDI spec)" "MOCK_ACCEL_DEVICE=$(echo "$ext_dev" | tr - _)" \
+    "$(kubectl exec ext-pod -- env | grep '^MOCK_ACCEL_DEVICE=')"
+check "the module holds it" 1 "$(cat $cls/$(echo "$ext_dev" | tr - _)/status)"
+delete_pod ext-pod
+gone_claim() { ! kubectl get resourceclaim "$1" -n default >/dev/null 2>&1; }
+WAIT_INTERVAL=1 wait_until 120 gone_claim "$ext_claim"
+check_true "the pod gone: its claim too" gone_claim "$ext_claim"
+check "and the VF released" 0 "$(cat $cls/$(echo "$ext_dev" | tr - _)/status)"
 
 # --- The API server with DRAPartitionableDevices off (as 1.34/1.35 have
 # it): it drops the fields on create. The agent, started against it, says

@@ -45,9 +45,6 @@ leftovers() {
     slices
 }
 
-# has TEXT PATTERN: TEXT has a line matching PATTERN (grep's basic regex)
-has() { printf '%s\n' "$1" | grep -q -- "$2"; }
-
 nothing_left() { [ -z "$(leftovers "$1")" ]; }
 
 # agent_logs NS: the chart's pods' logs (for failures)

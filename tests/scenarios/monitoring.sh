@@ -71,13 +71,15 @@ EOF
     check_true "$2: the targets are the pods (namespace $1)" has "$_targets" "namespace=\"$1\",pod=\"$agent-"
 }
 
-# failed_prepare WHAT: a claim for a device whose health is failed: the
-# scheduler allocates it (health is not in the slice), the agent refuses to
+# failed_prepare WHAT: a claim for a device whose health is failed, which
+# tolerates its taint: the scheduler allocates it, the agent refuses to
 # prepare it, the kubelet reports it, then the device is mended
 failed_prepare() {
     _uuid=$(cat $cls/mock1_vf1/uuid)
     put $cls/mock1_vf1/health failed
-    claim broken-claim mock-accel-vf "device.attributes[\"$drv\"].uuid == \"$_uuid\""
+    _taint() { kubectl get resourceslices -l driver=$drv -o jsonpath='{.items[*].spec.devices[*].taints[*].value}' | grep -q failed; }
+    WAIT_INTERVAL=0.5 wait_until 60 _taint || not_ok "$1: the failed VF's taint published"
+    TOLERATE=NoSchedule claim broken-claim mock-accel-vf "device.attributes[\"$drv\"].uuid == \"$_uuid\""
     claim_pod broken-pod broken-claim
     _refused() { promql 'mock_accel_prepares_total{result="error"}' | grep -q 'reason="unhealthy"'; }
     WAIT_INTERVAL=1 wait_until 120 _refused

@@ -151,12 +151,14 @@ node_logs() {
 # --- The scenarios' helpers.
 drv=mock-accel.example.com
 # jp KIND NAME NS JSONPATH: one field of one object
+# has TEXT PATTERN: TEXT has a line matching PATTERN (grep's basic regex)
+has() { printf '%s\n' "$1" | grep -q -- "$2"; }
 jp() { kubectl get "$1" "$2" ${3:+-n "$3"} -o jsonpath="$4" 2>/dev/null; }
 # devices: the driver's published devices, sorted, on one line
 devices() { kubectl get resourceslices -l driver=$drv -o jsonpath='{.items[*].spec.devices[*].name}' 2>/dev/null | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//'; }
 has_devices() { [ "$(devices)" = "$1" ]; }
-phase() { jp pod "$1" default '{.status.phase}'; }
-running() { [ "$(phase "$1")" = Running ]; }
+phase() { jp pod "$1" "${2:-default}" '{.status.phase}'; }
+running() { [ "$(phase "$1" "${2:-}")" = Running ]; }
 gone_pod() { ! kubectl get pod "$1" -n "${2:-default}" >/dev/null 2>&1; }
 # The agent as a node process (its admin port on 127.0.0.1:8080).
 start_agent() {
@@ -171,14 +173,18 @@ metric() {
 registered() { [ "$(metric mock_accel_plugin_registered)" = 1 ]; }
 
 # claim NAME CLASS [CEL [CLASS2 CEL2]]: a claim of one device per request,
-# of that class, chosen by the CEL selector if any
+# of that class, chosen by the CEL selector if any; with TOLERATE=EFFECT
+# set, its requests tolerate the driver's health taints of that effect; in
+# namespace $NS if set
 claim() {
     _request() { # _request NAME CLASS CEL
         printf '    - name: %s\n      exactly:\n        deviceClassName: %s\n' "$1" "$2"
         [ -z "$3" ] || printf '        selectors: [{cel: {expression: %s}}]\n' "'$3'"
+        [ -z "${TOLERATE:-}" ] ||
+            printf '        tolerations: [{key: %s/health, operator: Exists, effect: %s}]\n' "$drv" "$TOLERATE"
     }
     {
-        printf 'apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: %s, namespace: default}\n' "$1"
+        printf 'apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\nmetadata: {name: %s, namespace: %s}\n' "$1" "${NS:-default}"
         printf 'spec:\n  devices:\n    requests:\n'
         _request a "$2" "$3"
         [ -z "$4" ] || _request b "$4" "$5"
@@ -208,14 +214,14 @@ EOF
 }
 
 # seed_pod NAME CLAIMS-YAML REFS-YAML: the seed's test pod, with these
-# spec.resourceClaims entries and container claim references
+# spec.resourceClaims entries and container claim references (in $NS if set)
 seed_pod() {
     kubectl apply -f - <<EOF
 apiVersion: v1
 kind: Pod
 metadata:
   name: $1
-  namespace: default
+  namespace: ${NS:-default}
 spec:
   terminationGracePeriodSeconds: 1
   resourceClaims:
