@@ -69,7 +69,7 @@ fn the_chart_installs_and_works_on_a_real_node() {
 /// lists, admin access, extended resources backed by DRA.
 #[test]
 fn dra_features_work_with_the_real_scheduler() {
-    run_on_node("dra_features.sh").assert_clean(59);
+    run_on_node("dra_features.sh").assert_clean(61);
 }
 
 #[test]

@@ -354,10 +354,7 @@ fn the_agent_and_the_controller_under_the_real_api_server() {
 /// loop rewriting what the server keeps dropping.
 #[test]
 fn with_the_gate_off_the_agent_publishes_without_counters() {
-    let cp = ControlPlane::start_with(&["--feature-gates=DRAPartitionableDevices=false"])
-        .unwrap_or_else(|e| panic!("the real control plane: {e}"));
-    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}"#)
-        .unwrap();
+    let cp = with_node_a(&["--feature-gates=DRAPartitionableDevices=false"]);
     let node = FakeNode::start(&cp, &[]);
     let logs = || agent_logs(&cp, &node.log);
     let items = wait_for("the devices, without counters", &logs, || {
@@ -366,18 +363,39 @@ fn with_the_gate_off_the_agent_publishes_without_counters() {
     });
     let (sets, consumed) = counters(&items);
     assert!(sets.is_empty() && consumed.is_empty(), "{items:?}");
+    noticed_and_settled(
+        &cp,
+        &node,
+        "mock_accel_shared_counters 0",
+        "does not keep shared counters",
+    );
+}
+
+/// The real control plane with these kube-apiserver flags, and a Node
+/// node-a (no kubelet: the agent's slices need an owner).
+fn with_node_a(flags: &[&str]) -> ControlPlane {
+    let cp = ControlPlane::start_with(flags).unwrap_or_else(|e| panic!("the real control plane: {e}"));
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}"#)
+        .unwrap();
+    cp
+}
+
+/// The agent says what the server dropped (a metric line, a log line) and
+/// then writes nothing more.
+fn noticed_and_settled(cp: &ControlPlane, node: &FakeNode, metric: &str, phrase: &str) {
+    let logs = || agent_logs(cp, &node.log);
     wait_for("the metric saying so", &logs, || {
         admin_get(node.admin, "/metrics")
             .lines()
-            .any(|l| l == "mock_accel_shared_counters 0")
+            .any(|l| l == metric)
             .then_some(())
     });
     let log = fs::read_to_string(&node.log).unwrap();
-    let said = log.lines().find(|l| l.contains("does not keep shared counters"));
+    let said = log.lines().find(|l| l.contains(phrase));
     println!("the agent: {}", said.unwrap_or_else(|| panic!("{log}")));
-    let settled = slice_writes(&cp);
+    let settled = slice_writes(cp);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(slice_writes(&cp), settled, "writes after it settled\n{}", logs());
+    assert_eq!(slice_writes(cp), settled, "writes after it settled\n{}", logs());
 }
 
 /// The health taints as the real server keeps them: (device, value, effect,
@@ -407,9 +425,7 @@ fn taints(items: &[Value]) -> Vec<(String, String, String, String)> {
 /// (it does not write again and again); recovery takes them away.
 #[test]
 fn health_taints_under_the_real_api_server() {
-    let cp = ControlPlane::start().unwrap_or_else(|e| panic!("the real control plane: {e}"));
-    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}"#)
-        .unwrap();
+    let cp = with_node_a(&[]);
     let node = FakeNode::start(&cp, &["--health-taints=NoExecute"]);
     let logs = || agent_logs(&cp, &node.log);
     wait_for("the devices", &logs, || (published(&cp).0.len() == 6).then_some(()));
@@ -457,25 +473,11 @@ fn health_taints_under_the_real_api_server() {
 /// without them from then on, no write storm.
 #[test]
 fn with_the_taints_gate_off_the_agent_publishes_without_taints() {
-    let cp = ControlPlane::start_with(&["--feature-gates=DRADeviceTaints=false"])
-        .unwrap_or_else(|e| panic!("the real control plane: {e}"));
-    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}"#)
-        .unwrap();
+    let cp = with_node_a(&["--feature-gates=DRADeviceTaints=false"]);
     let node = FakeNode::start(&cp, &[]);
     let logs = || agent_logs(&cp, &node.log);
     wait_for("the devices", &logs, || (published(&cp).0.len() == 6).then_some(()));
     fs::write(node.root.join("mock1/health"), "failed\n").unwrap();
-    wait_for("the metric saying so", &logs, || {
-        admin_get(node.admin, "/metrics")
-            .lines()
-            .any(|l| l == "mock_accel_health_taints 0")
-            .then_some(())
-    });
+    noticed_and_settled(&cp, &node, "mock_accel_health_taints 0", "does not keep device taints");
     assert!(taints(&published(&cp).1).is_empty());
-    let log = fs::read_to_string(&node.log).unwrap();
-    let said = log.lines().find(|l| l.contains("does not keep device taints"));
-    println!("the agent: {}", said.unwrap_or_else(|| panic!("{log}")));
-    let settled = slice_writes(&cp);
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(slice_writes(&cp), settled, "writes after it settled\n{}", logs());
 }

@@ -23,8 +23,9 @@
 # and no claim gets a VF through our plugin.
 #
 # Prioritized lists (firstAvailable) and admin access, the scheduler's and
-# the API server's part, with the agent's: an admin claim gets a device
-# already held and its pod runs beside the holder's.
+# the API server's part, with the agent's: an admin claim gets a VF already
+# held and its pod runs beside the holder's (a held PF, whose counter set
+# is used up, the real scheduler does not give to an admin claim).
 . /guest/lib.sh
 . /guest/node.sh
 
@@ -226,10 +227,8 @@ prio_claim p2
 claim_pod p2-pod p2
 WAIT_INTERVAL=1 wait_until 180 running p2-pod || not_ok "p2-pod Running"
 check "firstAvailable, mock2 held: the second, a VF" "a/part mock1-vf" "$(request_of p2) $(kind_of p2)"
-delete_pod p2-pod
-kubectl delete resourceclaim p2 >/dev/null
 
-# --- Admin access: mock2 held by p1-pod; an admin claim gets it too.
+# --- Admin access: devices already held, given to an admin claim too.
 refused_admin=$(kubectl apply -f - 2>&1 >/dev/null <<EOF
 apiVersion: resource.k8s.io/v1
 kind: ResourceClaim
@@ -245,46 +244,51 @@ check_true "admin access outside an admin namespace: the API server refuses ($(e
     has "$refused_admin" "admin-access"
 kubectl create namespace dra-admin >/dev/null
 kubectl label namespace dra-admin resource.kubernetes.io/admin-access=true >/dev/null
-kubectl apply -f - >/dev/null <<EOF
+# admin_claim NAME CLASS CEL: a claim with admin access in dra-admin
+admin_claim() {
+    kubectl apply -f - >/dev/null <<EOF
 apiVersion: resource.k8s.io/v1
 kind: ResourceClaim
-metadata: {name: admin-claim, namespace: dra-admin}
+metadata: {name: $1, namespace: dra-admin}
 spec:
   devices:
     requests:
     - name: a
       exactly:
-        deviceClassName: mock-accel-pf
+        deviceClassName: $2
         adminAccess: true
-        selectors: [{cel: {expression: '$PF2'}}]
+        selectors: [{cel: {expression: '$3'}}]
 EOF
-NS=dra-admin claim_pod admin-pod admin-claim
-WAIT_INTERVAL=1 wait_until 180 running admin-pod dra-admin || not_ok "admin-pod Running"
-check "the admin claim gets mock2, held by p1-pod, with admin access" "mock2 true" \
-    "$(jp resourceclaim admin-claim dra-admin '{.status.allocation.devices.results[0].device} {.status.allocation.devices.results[0].adminAccess}')"
-check "both pods run" "Running Running" "$(phase p1-pod) $(phase admin-pod dra-admin)"
+}
+# The VF p2-pod holds takes half its PF's memory: an admin claim for it fits.
+held_vf=$(allocated p2)
+held_fn=$(echo "$held_vf" | tr - _)
+admin_claim admin-vf mock-accel-vf "$(attr "uuid == \"$(cat $cls/$held_fn/uuid)\"")"
+NS=dra-admin claim_pod admin-vf-pod admin-vf
+WAIT_INTERVAL=1 wait_until 180 running admin-vf-pod dra-admin || not_ok "admin-vf-pod Running"
+check "the admin claim gets $held_vf, held by p2-pod, with admin access" "$held_vf true" \
+    "$(jp resourceclaim admin-vf dra-admin '{.status.allocation.devices.results[0].device} {.status.allocation.devices.results[0].adminAccess}')"
+check "both pods run" "Running Running" "$(phase p2-pod) $(phase admin-vf-pod dra-admin)"
+check "the container sees it" "MOCK_ACCEL_DEVICE=$held_fn" "$(kubectl exec -n dra-admin admin-vf-pod -- env | grep '^MOCK_ACCEL_DEVICE=')"
+kubectl delete pod -n dra-admin admin-vf-pod --wait=false >/dev/null
+WAIT_INTERVAL=1 wait_until 120 gone_pod admin-vf-pod dra-admin || not_ok "admin-vf-pod gone"
+check "the admin pod gone: $held_vf still allocated to p2-pod in the module" 1 "$(cat $cls/$held_fn/status)"
+# mock2, held by p1-pod, consumes all of its counter set: the real
+# scheduler counts an admin claim's device against the shared counters as
+# well, so it does not give a held PF to an admin claim.
+admin_claim admin-pf mock-accel-pf "$PF2"
+NS=dra-admin claim_pod admin-pf-pod admin-pf
+admin_unschedulable() { kubectl get events -n dra-admin --field-selector "involvedObject.name=admin-pf-pod,reason=FailedScheduling" -o name 2>/dev/null | grep -q .; }
+WAIT_INTERVAL=1 wait_until 120 admin_unschedulable
+check_true "a PF held, with shared counters: the real scheduler does not give it to an admin claim" admin_unschedulable
 kubectl delete namespace dra-admin --wait=false >/dev/null
-WAIT_INTERVAL=1 wait_until 120 gone_pod admin-pod dra-admin || not_ok "admin-pod gone"
-check "the admin pod gone: mock2 still allocated to p1-pod in the module" 1 "$(cat $cls/mock2/status)"
+delete_pod p2-pod
 delete_pod p1-pod
-kubectl delete resourceclaim p1 >/dev/null
+kubectl delete resourceclaim p1 p2 >/dev/null
 
 # --- Extended resources backed by DRA: no claim, a limit of the class's
 # extended resource; the scheduler makes the claim, our plugin prepares it.
-kubectl apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: ext-pod, namespace: default}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: test
-    image: $BUSYBOX_IMAGE
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "env | grep MOCK_ACCEL && sleep 3600"]
-    resources:
-      limits: {$drv/vf: 1}
-EOF
+seed_pod ext-pod "" "" "$drv/vf: 1" >/dev/null
 WAIT_INTERVAL=1 wait_until 180 running ext-pod || not_ok "ext-pod Running"
 ext_claim=$(jp pod ext-pod default '{.status.extendedResourceClaimStatus.resourceClaimName}')
 check_true "the scheduler made a claim for $drv/vf: 1 (${ext_claim:-none})" [ -n "$ext_claim" ]

@@ -213,10 +213,12 @@ spec:
 EOF
 }
 
-# seed_pod NAME CLAIMS-YAML REFS-YAML: the seed's test pod, with these
-# spec.resourceClaims entries and container claim references (in $NS if set)
+# seed_pod NAME CLAIMS-YAML REFS-YAML [LIMITS]: the seed's test pod, with
+# these spec.resourceClaims entries and container claim references (none
+# if empty), and these resource limits (`name: n, ...`), in $NS if set
 seed_pod() {
-    kubectl apply -f - <<EOF
+    {
+        cat <<EOF
 apiVersion: v1
 kind: Pod
 metadata:
@@ -224,17 +226,19 @@ metadata:
   namespace: ${NS:-default}
 spec:
   terminationGracePeriodSeconds: 1
-  resourceClaims:
-$2
+EOF
+        [ -z "$2" ] || printf '  resourceClaims:\n%s\n' "$2"
+        cat <<EOF
   containers:
   - name: test
     image: $BUSYBOX_IMAGE
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "env | grep MOCK_ACCEL && sleep 3600"]
     resources:
-      claims:
-$3
 EOF
+        [ -z "$3" ] || printf '      claims:\n%s\n' "$3"
+        [ -z "${4:-}" ] || printf '      limits: {%s}\n' "$4"
+    } | kubectl apply -f -
 }
 
 # The chart as Helm packaged it, and its version (guest_with_chart).
