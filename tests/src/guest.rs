@@ -88,28 +88,9 @@ impl GuestRun {
     /// Kernel log lines that show a bug: warnings, oopses, leaks, memory
     /// corruption reports. A clean run has none.
     pub fn kernel_problems(&self) -> Vec<&str> {
-        const SIGNS: [&str; 17] = [
-            "WARNING:",
-            "BUG:",
-            "Oops",
-            "kernel BUG",
-            "general protection fault",
-            "Call Trace",
-            "suspected memory leak",
-            "unreferenced object",
-            "leak detector disabled",
-            "refcount_t:",
-            "list_add corruption",
-            "list_del corruption",
-            "UBSAN",
-            "KASAN",
-            "ODEBUG",
-            "blocked for more than",
-            "mock-guest: sanitizer:",
-        ];
         self.dmesg
             .lines()
-            .filter(|l| SIGNS.iter().any(|s| l.contains(s)))
+            .filter(|l| KERNEL_PROBLEM_SIGNS.iter().any(|s| l.contains(s)))
             .collect()
     }
 
@@ -286,7 +267,7 @@ impl Guest {
                     return Err(RigError::Timeout {
                         seconds: self.timeout.as_secs(),
                         output,
-                        console: tail(&read_lossy(&console), 40),
+                        console: console_excerpt(&read_lossy(&console)),
                     });
                 }
             }
@@ -300,7 +281,7 @@ impl Guest {
         let Some(exit_code) = exit_code else {
             return Err(RigError::NoExitStatus {
                 output,
-                console: format!("{}\nqemu: {status}\n{qemu_errors}", tail(&console_text, 40)),
+                console: format!("{}\nqemu: {status}\n{qemu_errors}", console_excerpt(&console_text)),
             });
         };
         Ok(GuestRun {
@@ -378,7 +359,71 @@ fn read_lossy(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// What a kernel log line that shows a bug contains.
+const KERNEL_PROBLEM_SIGNS: [&str; 17] = [
+    "WARNING:",
+    "BUG:",
+    "Oops",
+    "kernel BUG",
+    "general protection fault",
+    "Call Trace",
+    "suspected memory leak",
+    "unreferenced object",
+    "leak detector disabled",
+    "refcount_t:",
+    "list_add corruption",
+    "list_del corruption",
+    "UBSAN",
+    "KASAN",
+    "ODEBUG",
+    "blocked for more than",
+    "mock-guest: sanitizer:",
+];
+
+/// The console to show when a guest failed: from a little before the first
+/// sign of a kernel problem (an oops is read from its start; its last lines
+/// alone say little), at most 150 lines, else the last 40 lines.
+fn console_excerpt(text: &str) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let last = all.len().saturating_sub(40);
+    match all
+        .iter()
+        .position(|l| KERNEL_PROBLEM_SIGNS.iter().any(|s| l.contains(s)) || l.contains("Kernel panic"))
+    {
+        Some(first) if first < last => {
+            let from = first.saturating_sub(5);
+            let to = all.len().min(from + 150);
+            let mut out = all[from..to].join("\n");
+            if to < all.len() {
+                out.push_str(&format!("\n[... {} lines ...]\n{}", all.len() - to, tail(text, 10)));
+            }
+            out
+        }
+        _ => all[last..].join("\n"),
+    }
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed guest's console is shown from its oops, not from the oops'
+    /// last lines.
+    #[test]
+    fn the_console_excerpt_starts_at_the_oops() {
+        let mut lines: Vec<String> = (0..300).map(|i| format!("[ {i}] boot line")).collect();
+        lines[200] = "[ 200] Oops: general protection fault, probably for non-canonical address".into();
+        let text = lines.join("\n");
+        let shown = console_excerpt(&text);
+        assert!(shown.starts_with("[ 195] boot line"), "{shown}");
+        assert!(shown.contains("Oops: general protection fault"));
+        assert!(shown.ends_with("[ 299] boot line"));
+        let quiet = (0..100).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
+        assert_eq!(console_excerpt(&quiet), tail(&quiet, 40));
+    }
 }
