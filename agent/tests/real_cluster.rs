@@ -473,7 +473,7 @@ fn health_taints_under_the_real_api_server() {
 /// without them from then on, no write storm.
 #[test]
 fn with_the_taints_gate_off_the_agent_publishes_without_taints() {
-    let cp = with_node_a(&["--feature-gates=DRADeviceTaints=false"]);
+    let cp = with_node_a(&["--feature-gates=DRADeviceTaints=false,DRADeviceTaintRules=false"]);
     let node = FakeNode::start(&cp, &[]);
     let logs = || agent_logs(&cp, &node.log);
     wait_for("the devices", &logs, || (published(&cp).0.len() == 6).then_some(()));

@@ -356,8 +356,8 @@ impl Fleet {
         );
         family(
             out,
-            "mock_accel_fleet_counter_sets",
-            "Shared counter sets (one per PF: PF/VF exclusion) in current ResourceSlices, per node.",
+            "mock_accel_fleet_partitionable_pfs",
+            "PFs published as partitionable devices (a shared counter set each, for PF/VF exclusion) in current ResourceSlices, per node (0: published without counters).",
             self.counter_sets
                 .iter()
                 .map(|(node, n)| (labels(&[("node", node)]), *n as f64)),
@@ -802,7 +802,10 @@ mod tests {
             out.contains("mock_accel_fleet_tainted_devices{node=\"n1\",effect=\"NoExecute\"} 1"),
             "{out}"
         );
-        assert!(out.contains("mock_accel_fleet_counter_sets{node=\"n2\"} 1"), "{out}");
+        assert!(
+            out.contains("mock_accel_fleet_partitionable_pfs{node=\"n2\"} 1"),
+            "{out}"
+        );
     }
 
     #[test]
