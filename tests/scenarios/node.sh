@@ -14,6 +14,13 @@
 . /guest/node.env
 LOGS=/var/log/kube
 
+# Every kubectl call bounded (a delete waiting on a finalizer, an exec
+# whose stream never ends): a hang fails a check and the scenario goes on
+# to say what happened, instead of running into the guest's deadline with
+# nothing said. (Once, cluster.sh ran 1500 s into it, where it takes 330.)
+_kubectl=$(command -v kubectl)
+kubectl() { timeout 300 "$_kubectl" "$@"; }
+
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%.1f", b - a }'; }
 

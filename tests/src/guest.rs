@@ -264,10 +264,12 @@ impl Guest {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
                     let _ = child.wait();
+                    let text = read_lossy(&console);
                     return Err(RigError::Timeout {
                         seconds: self.timeout.as_secs(),
                         output,
-                        console: console_excerpt(&read_lossy(&console)),
+                        crash_elsewhere: crash_elsewhere(&text),
+                        console: format!("{}\n{}", console_excerpt(&text), keep_console(&text)),
                     });
                 }
             }
@@ -281,7 +283,12 @@ impl Guest {
         let Some(exit_code) = exit_code else {
             return Err(RigError::NoExitStatus {
                 output,
-                console: format!("{}\nqemu: {status}\n{qemu_errors}", console_excerpt(&console_text)),
+                crash_elsewhere: crash_elsewhere(&console_text),
+                console: format!(
+                    "{}\nqemu: {status}\n{qemu_errors}\n{}",
+                    console_excerpt(&console_text),
+                    keep_console(&console_text)
+                ),
             });
         };
         Ok(GuestRun {
@@ -320,7 +327,7 @@ impl Guest {
         let mut cmd = Command::new(qemu);
         cmd.args([
             "-accel",
-            "tcg",
+            tcg_accel(),
             "-cpu",
             "max",
             "-nodefaults",
@@ -333,9 +340,54 @@ impl Guest {
         .arg(&self.kernel.image)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+        // Warnings reach the console too (loglevel 5: KERN_WARNING and
+        // worse), so a guest that dies shows the WARN that tainted it first.
+        .args(["-append", "console=ttyS0 panic=-1 loglevel=5"]);
         cmd
     }
+}
+
+/// QEMU's `-accel` value: TCG with one host thread per vCPU (`multi`, QEMU's
+/// default) or all vCPUs on one thread (`single`), from
+/// `MOCK_GUEST_TCG_THREAD`.
+fn tcg_accel() -> &'static str {
+    match std::env::var("MOCK_GUEST_TCG_THREAD").as_deref() {
+        Ok("single") => "tcg,thread=single",
+        _ => "tcg,thread=multi",
+    }
+}
+
+/// Keeps a failed guest's whole console where it outlives the run
+/// (`target/guest-consoles/`): its path, for the error message.
+fn keep_console(text: &str) -> String {
+    let dir = workspace_root().join("target").join("guest-consoles");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let path = dir.join(format!("{stamp}-{}.log", std::process::id()));
+    match fs::create_dir_all(&dir).and_then(|()| fs::write(&path, text)) {
+        Ok(()) => format!("whole console: {}", path.display()),
+        Err(e) => format!("whole console not kept ({}: {e})", path.display()),
+    }
+}
+
+/// When a guest's console shows that its kernel panicked in code where
+/// `mock_accel` has no frame (no `[mock_accel]` in any trace; every oops
+/// lists the module among those loaded, which does not count): the
+/// crash's first line. Under QEMU's software emulation the guest kernel has
+/// died a few times far from the module — slab allocation in an interrupt,
+/// a cred allocation in runc — with flags no real CPU produces.
+fn crash_elsewhere(console: &str) -> Option<String> {
+    let lines: Vec<&str> = console.lines().collect();
+    let first = lines.iter().position(|l| {
+        ["Kernel panic", "Oops", "BUG:", "general protection fault", "WARNING:"]
+            .iter()
+            .any(|s| l.contains(s))
+    })?;
+    let crash = &lines[first..];
+    let panicked = crash.iter().any(|l| l.contains("Kernel panic"));
+    let ours = crash.iter().any(|l| l.contains("[mock_accel]"));
+    (panicked && !ours).then(|| lines[first].trim().to_string())
 }
 
 fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Result<ExitStatus> {
@@ -425,5 +477,28 @@ mod tests {
         assert!(shown.ends_with("[ 299] boot line"));
         let quiet = (0..100).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
         assert_eq!(console_excerpt(&quiet), tail(&quiet, 40));
+    }
+
+    /// A panic is "elsewhere" only when no frame is the module's; the
+    /// module's name in the list of loaded modules does not count.
+    #[test]
+    fn a_crash_is_the_modules_when_one_of_its_frames_is_the_modules() {
+        let oops = |frame: &str| {
+            format!(
+                "[ 1.0] boot\n[ 2.0] WARNING: CPU: 1 PID: 9 at mm/slub.c:10 x+0x1/0x2\n\
+                 [ 2.0] Modules linked in: mock_accel(O) overlay\n[ 2.1] Call Trace:\n[ 2.1]  {frame}\n\
+                 [ 3.0] BUG: kernel NULL pointer dereference, address: 0000000000000000\n\
+                 [ 3.1] Kernel panic - not syncing: Fatal exception"
+            )
+        };
+        assert_eq!(
+            crash_elsewhere(&oops("prepare_creds+0x20/0x2e0")).as_deref(),
+            Some("[ 2.0] WARNING: CPU: 1 PID: 9 at mm/slub.c:10 x+0x1/0x2")
+        );
+        assert_eq!(
+            crash_elsewhere(&oops("mock_accel_prepare+0x20/0x90 [mock_accel]")),
+            None
+        );
+        assert_eq!(crash_elsewhere("[ 1.0] boot\n[ 2.0] WARNING: x\n[ 3.0] done"), None);
     }
 }

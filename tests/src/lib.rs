@@ -62,12 +62,19 @@ pub enum RigError {
         seconds: u64,
         output: String,
         console: String,
+        /// The first line of a kernel panic in which the module has no frame.
+        crash_elsewhere: Option<String>,
     },
     #[error(
         "guest ended without reporting the scenario's exit status\n\
          --- scenario output ---\n{output}\n--- console tail ---\n{console}"
     )]
-    NoExitStatus { output: String, console: String },
+    NoExitStatus {
+        output: String,
+        console: String,
+        /// The first line of a kernel panic in which the module has no frame.
+        crash_elsewhere: Option<String>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -77,6 +84,17 @@ pub enum RigError {
 }
 
 impl RigError {
+    /// When the guest's kernel panicked in code where the module has no
+    /// frame: the crash's first line (see `guest::crash_elsewhere`).
+    pub fn guest_crash_elsewhere(&self) -> Option<&str> {
+        match self {
+            RigError::Timeout { crash_elsewhere, .. } | RigError::NoExitStatus { crash_elsewhere, .. } => {
+                crash_elsewhere.as_deref()
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RigError {
         let context = context.into();
         move |source| RigError::Io { context, source }
