@@ -139,6 +139,13 @@ pub struct Args {
     /// taints is noticed and the slices go out without them.
     #[arg(long, env = "HEALTH_TAINTS", default_value = "NoSchedule", value_enum)]
     pub health_taints: TaintEffect,
+    /// Publish PFs shared by memory (consumable capacity, KEP-5075; beta
+    /// and on in 1.36+): several claims may hold a PF at once, each asking
+    /// `capacity.requests.memory` (whole GiB; all of it when unnamed), and
+    /// each container sees its share in `MOCK_ACCEL_MEMORY`. A cluster that
+    /// drops the fields is noticed and PFs go out exclusive again.
+    #[arg(long, env = "CONSUMABLE_CAPACITY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub consumable_capacity: bool,
 }
 
 /// "30s", "1m30s", "250ms", or "0" (off).

@@ -284,6 +284,7 @@ async fn run(
                 max_devices: args.max_devices_per_slice as usize,
                 counters: args.shared_counters,
                 taints: args.health_taints,
+                shared: args.consumable_capacity,
                 turn: turn::Turn::new(&args.plugin_paths().0, &node, turn::identity(args.pod_uid.as_deref())),
             },
             snap_rx,

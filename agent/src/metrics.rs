@@ -23,6 +23,7 @@ pub const SLICES: &str = "mock_accel_resource_slices";
 pub const POOL_GENERATION: &str = "mock_accel_pool_generation";
 pub const SHARED_COUNTERS: &str = "mock_accel_shared_counters";
 pub const HEALTH_TAINTS: &str = "mock_accel_health_taints";
+pub const CONSUMABLE_CAPACITY: &str = "mock_accel_consumable_capacity";
 pub const TAINTED_DEVICES: &str = "mock_accel_tainted_devices";
 pub const EBPF_AVAILABLE: &str = "mock_accel_ebpf_available";
 pub const EBPF_ATTACHED: &str = "mock_accel_ebpf_attached";
@@ -141,6 +142,10 @@ fn describe() {
     describe_gauge!(
         HEALTH_TAINTS,
         "1 while device health is published as device taints, 0 when off or dropped by the cluster."
+    );
+    describe_gauge!(
+        CONSUMABLE_CAPACITY,
+        "1 while PFs are published shared by memory (consumable capacity), 0 when off or dropped by the cluster."
     );
     describe_gauge!(
         TAINTED_DEVICES,

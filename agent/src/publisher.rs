@@ -167,6 +167,9 @@ pub struct Config {
     pub counters: bool,
     /// The effect of a failed device's taint (off: no health taints).
     pub taints: TaintEffect,
+    /// PFs shared by memory (consumable capacity), unless the cluster
+    /// drops the fields.
+    pub shared: bool,
     /// One publisher per node (see `turn`): taken before the first write,
     /// given up for good to a newer agent pod.
     pub turn: Turn,
@@ -196,9 +199,11 @@ pub async fn run(
         max_devices: cfg.max_devices,
         counters: cfg.counters,
         taints: cfg.taints,
+        shared: cfg.shared,
     };
     gauge!(m::SHARED_COUNTERS).set(if cfg.counters { 1.0 } else { 0.0 });
     gauge!(m::HEALTH_TAINTS).set(if cfg.taints == TaintEffect::Off { 0.0 } else { 1.0 });
+    gauge!(m::CONSUMABLE_CAPACITY).set(if cfg.shared { 1.0 } else { 0.0 });
     info!(node = %cfg.node, driver = %cfg.driver, "publishing this node's pool");
     let mut node_watch = watcher(
         nodes,
@@ -347,6 +352,18 @@ pub async fn run(
                 gauge!(m::HEALTH_TAINTS).set(0.0);
                 retry_at = Some(tokio::time::Instant::now());
             }
+            Err(Retry::Without(Dropped::Capacity, why)) => {
+                // DRAConsumableCapacity off (alpha in 1.34/1.35): PFs go
+                // out exclusive; prepare still holds one claim per PF.
+                error!(
+                    %why,
+                    "this cluster does not keep consumable capacity (DRAConsumableCapacity off?): publishing \
+                     PFs exclusive, not shared by memory"
+                );
+                publisher.shared = false;
+                gauge!(m::CONSUMABLE_CAPACITY).set(0.0);
+                retry_at = Some(tokio::time::Instant::now());
+            }
             Err(Retry::Without(Dropped::Counters, why)) => {
                 // The API server does not keep what partitionable devices
                 // need (DRAPartitionableDevices off: 1.34/1.35, or turned
@@ -378,6 +395,7 @@ pub async fn run(
 enum Dropped {
     Counters,
     Taints,
+    Capacity,
 }
 
 enum Retry {
@@ -460,11 +478,16 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
                         view.deleted.insert(name, 0);
                     }
                     ("invalid", Write::Create(sent) | Write::Update(sent))
-                        if has_counters(sent) || has_taints(sent) =>
+                        if has_counters(sent) || has_taints(sent) || has_shares(sent) =>
                     {
                         // Which one it refused: the one its message names, else counters first.
                         let message = e.to_string();
-                        let what = if has_taints(sent) && (message.contains("taints") || !has_counters(sent)) {
+                        let names_capacity =
+                            message.contains("allowMultipleAllocations") || message.contains("requestPolicy");
+                        let what = if has_shares(sent) && (names_capacity || !(has_counters(sent) || has_taints(sent)))
+                        {
+                            Dropped::Capacity
+                        } else if has_taints(sent) && (message.contains("taints") || !has_counters(sent)) {
                             Dropped::Taints
                         } else {
                             Dropped::Counters
@@ -502,6 +525,20 @@ fn set_tainted(slices: &[Content]) {
     }
 }
 
+/// Whether a slice we write has devices shared by memory.
+fn has_shares(s: &ResourceSlice) -> bool {
+    shared(s) > 0
+}
+
+fn shared(s: &ResourceSlice) -> usize {
+    s.spec
+        .devices
+        .iter()
+        .flatten()
+        .filter(|d| d.allow_multiple_allocations == Some(true))
+        .count()
+}
+
 /// Whether a slice we write carries device taints.
 fn has_taints(s: &ResourceSlice) -> bool {
     s.spec.devices.iter().flatten().any(|d| d.taints.is_some())
@@ -511,6 +548,13 @@ fn has_taints(s: &ResourceSlice) -> bool {
 fn dropped(sent: &ResourceSlice, stored: &ResourceSlice) -> Option<(Dropped, String)> {
     if let Some(why) = counters_dropped(sent, stored) {
         return Some((Dropped::Counters, why));
+    }
+    if shared(sent) > shared(stored) {
+        let name = sent.metadata.name.as_deref().unwrap_or("");
+        return Some((
+            Dropped::Capacity,
+            format!("{name}: devices[].allowMultipleAllocations was dropped"),
+        ));
     }
     let tainted = |s: &ResourceSlice| s.spec.devices.iter().flatten().filter(|d| d.taints.is_some()).count();
     (tainted(sent) > tainted(stored)).then(|| {

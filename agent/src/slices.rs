@@ -22,12 +22,19 @@
 //! that do not tolerate it; NoExecute: running pods that use it are evicted
 //! too), `degraded` an informational one (effect None); the taint goes with
 //! recovery. The time the API server gave a taint is kept while it stays.
+//!
+//! Consumable capacity (KEP-5075), when chosen: each PF may be allocated to
+//! several claims at once (`allowMultipleAllocations`), each taking a share
+//! of its memory in whole grains (1Gi, or 1Mi for memory that is not whole
+//! GiB); a claim that names no amount takes all of it. The scheduler never
+//! gives out more than the PF has, and a shared PF takes its counter set
+//! whole at its first share, so its VFs stay excluded.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::resource::v1::{
-    Counter, CounterSet, Device, DeviceAttribute, DeviceCapacity, DeviceCounterConsumption, DeviceTaint, ResourcePool,
-    ResourceSlice, ResourceSliceSpec,
+    CapacityRequestPolicy, CapacityRequestPolicyRange, Counter, CounterSet, Device, DeviceAttribute, DeviceCapacity,
+    DeviceCounterConsumption, DeviceTaint, ResourcePool, ResourceSlice, ResourceSliceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -104,6 +111,9 @@ pub struct Publisher {
     pub counters: bool,
     /// The effect of a failed device's taint (off: no taints).
     pub taints: TaintEffect,
+    /// PFs shared by memory (consumable capacity), unless the cluster
+    /// drops the fields.
+    pub shared: bool,
 }
 
 /// What one slice holds: devices, or counter sets (never both, 1.35+).
@@ -227,6 +237,40 @@ pub fn device(f: &Function) -> Device {
     }
 }
 
+/// The grain in which a shared PF's memory is handed out: 1Gi, or 1Mi
+/// when the memory is not whole GiB (the module gives whole MiB).
+pub fn memory_grain(bytes: u64) -> u64 {
+    const GIB: u64 = 1 << 30;
+    if bytes >= GIB && bytes.is_multiple_of(GIB) {
+        GIB
+    } else {
+        1 << 20
+    }
+}
+
+/// A PF shared by memory: any number of claims may hold it at once, each
+/// taking a share in whole grains, the whole memory when the claim names
+/// no amount; VFs are not shared.
+pub fn share_by_memory(d: &mut Device, f: &Function) {
+    if f.kind != Kind::Pf {
+        return;
+    }
+    let Some(memory) = d.capacity.as_mut().and_then(|c| c.get_mut("memory")) else {
+        return;
+    };
+    let grain = Quantity(bytes_quantity(memory_grain(f.memory_bytes)));
+    memory.request_policy = Some(CapacityRequestPolicy {
+        default: Some(Quantity(bytes_quantity(f.memory_bytes))),
+        valid_range: Some(CapacityRequestPolicyRange {
+            min: grain.clone(),
+            step: Some(grain),
+            max: None,
+        }),
+        valid_values: None,
+    });
+    d.allow_multiple_allocations = Some(true);
+}
+
 /// The counter set of a PF: named after its device, holding its memory.
 pub fn counter_set(pf: &Function) -> CounterSet {
     CounterSet {
@@ -322,7 +366,20 @@ pub fn pack(inv: &Inventory, max_devices: usize, counters: bool, taints: Option<
 impl Publisher {
     /// The inventory as this publisher lays it out.
     pub fn pack(&self, inv: &Inventory) -> Vec<Content> {
-        pack(inv, self.max_devices, self.counters, Some((&self.driver, self.taints)))
+        let mut slices = pack(inv, self.max_devices, self.counters, Some((&self.driver, self.taints)));
+        if self.shared {
+            let functions: BTreeMap<String, &Function> =
+                inv.functions.values().map(|f| (device_name(&f.name), f)).collect();
+            for d in slices.iter_mut().flat_map(|c| match c {
+                Content::Devices(d) => d.as_mut_slice(),
+                Content::Counters(_) => &mut [],
+            }) {
+                if let Some(f) = functions.get(&d.name) {
+                    share_by_memory(d, f);
+                }
+            }
+        }
+        slices
     }
 
     /// `<node>-<driver>-<index>`, shortened to stay a valid name.
@@ -611,7 +668,60 @@ mod tests {
             max_devices: max,
             counters: false,
             taints: TaintEffect::Off,
+            shared: false,
         }
+    }
+
+    /// Shared PFs: several allocations, a memory policy in whole GiB whose
+    /// default is all of it; VFs stay exclusive; nothing without the choice.
+    #[test]
+    fn shared_pfs_carry_a_memory_policy_and_vfs_do_not() {
+        let inv = inventory(2, 2);
+        let mut p = publisher(128);
+        let devices = |p: &Publisher| match p.pack(&inv).remove(0) {
+            Content::Devices(d) => d,
+            other => panic!("{other:?}"),
+        };
+        assert!(devices(&p).iter().all(|d| d.allow_multiple_allocations.is_none()));
+        p.shared = true;
+        p.counters = true;
+        let shared: Vec<Device> = p
+            .pack(&inv)
+            .into_iter()
+            .flat_map(|c| match c {
+                Content::Devices(d) => d,
+                Content::Counters(_) => vec![],
+            })
+            .collect();
+        let pf = shared.iter().find(|d| d.name == "mock0").unwrap();
+        assert_eq!(pf.allow_multiple_allocations, Some(true));
+        let memory = &pf.capacity.as_ref().unwrap()["memory"];
+        let policy = memory.request_policy.as_ref().unwrap();
+        assert_eq!(
+            policy.default.as_ref(),
+            Some(&memory.value),
+            "a claim naming no amount takes it all"
+        );
+        let range = policy.valid_range.as_ref().unwrap();
+        assert_eq!(
+            (range.min.0.as_str(), range.step.as_ref().map(|q| q.0.as_str())),
+            ("1Gi", Some("1Gi"))
+        );
+        assert_eq!(range.max, None);
+        assert!(
+            pf.consumes_counters.is_some(),
+            "a shared PF still takes its counter set"
+        );
+        let vf = shared.iter().find(|d| d.name == "mock0-vf1").unwrap();
+        assert_eq!(vf.allow_multiple_allocations, None);
+        assert!(vf.capacity.as_ref().unwrap()["memory"].request_policy.is_none());
+    }
+
+    #[test]
+    fn memory_is_handed_out_in_gib_when_it_is_whole_gib() {
+        assert_eq!(memory_grain(16 << 30), 1 << 30);
+        assert_eq!(memory_grain(1536 << 20), 1 << 20);
+        assert_eq!(memory_grain(512 << 20), 1 << 20);
     }
 
     fn inventory(pfs: u32, vfs: u32) -> Inventory {

@@ -1071,6 +1071,131 @@ async fn admin_access_shares_a_held_device_without_allocating_it() {
     agent.stop().await.unwrap();
 }
 
+/// A claim allocated a share of `device` (consumable capacity): its share
+/// ID and the memory it took, as the scheduler writes them.
+async fn share_claim(rig: &Rig, name: &str, device: &str, share: &str, memory: &str) -> Claim {
+    let created = rig
+        .claims()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"devices": {"requests": [
+                {"name": "r0", "exactly": {"deviceClassName": "mock-accel-pf",
+                    "capacity": {"requests": {"memory": memory}}}}]}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    rig.claims()
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"allocation": {"devices": {"results": [
+                {"request": "r0", "driver": DRIVER, "pool": NODE, "device": device,
+                 "shareID": share, "consumedCapacity": {"memory": memory}}]}}}})),
+        )
+        .await
+        .unwrap();
+    Claim::new("default", name, &created.uid().unwrap())
+}
+
+/// Consumable capacity: two claims hold shares of one PF; each container
+/// sees its share; the PF is marked allocated from the first share to the
+/// last; a claim for the whole PF meanwhile is refused; the status names
+/// each share.
+#[tokio::test(flavor = "multi_thread")]
+async fn shares_of_one_device_are_prepared_side_by_side_and_freed_by_the_last() {
+    let rig = Rig::new(1, 0).await;
+    let (agent, _events) = rig.agent(&[]).await;
+    let kubelet = rig.kubelet().await;
+    let a = share_claim(&rig, "share-a", "mock0", "0f0e0d0c-0000-4000-8000-00000000000a", "4Gi").await;
+    let b = share_claim(&rig, "share-b", "mock0", "0f0e0d0c-0000-4000-8000-00000000000b", "6Gi").await;
+    let out = kubelet.prepare(DraApi::V1, &[a.clone(), b.clone()]).await.unwrap();
+    for (claim, share, memory) in [(&a, "a", "4Gi"), (&b, "b", "6Gi")] {
+        let devices = out[&claim.uid].as_ref().unwrap();
+        assert_eq!(devices[0].device, "mock0");
+        assert_eq!(
+            devices[0].share_id.as_deref(),
+            Some(format!("0f0e0d0c-0000-4000-8000-00000000000{share}").as_str())
+        );
+        let spec = check_cdi_file(&rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", claim.uid)));
+        let env = env_of(&spec, 0);
+        assert_eq!(env["MOCK_ACCEL_MEMORY"], memory);
+        assert_eq!(
+            env["MOCK_ACCEL_SHARE_ID"],
+            format!("0f0e0d0c-0000-4000-8000-00000000000{share}")
+        );
+    }
+    assert_eq!(rig.status("mock0"), "1");
+    // The status names each share (the API requires it to match).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = device_status(&rig, "share-b").await;
+        if let Some(first) = d.first() {
+            assert_eq!(first["shareID"], "0f0e0d0c-0000-4000-8000-00000000000b", "{d:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no device status for share-b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The whole PF, while shares are held: refused.
+    let whole = rig.claim("whole", &[(DRIVER, NODE, "mock0")]).await;
+    let refused = kubelet.prepare(DraApi::V1, std::slice::from_ref(&whole)).await.unwrap();
+    let e = refused[&whole.uid].as_ref().unwrap_err();
+    assert!(e.contains("already prepared for claim default/share-"), "{e}");
+    // The first share released: the PF stays allocated for the other.
+    assert_eq!(
+        kubelet.unprepare(DraApi::V1, std::slice::from_ref(&a)).await.unwrap()[&a.uid],
+        Ok(())
+    );
+    assert_eq!(rig.status("mock0"), "1");
+    assert_eq!(
+        kubelet.unprepare(DraApi::V1, std::slice::from_ref(&b)).await.unwrap()[&b.uid],
+        Ok(())
+    );
+    assert_eq!(rig.status("mock0"), "0");
+    assert!(rig.cdi_files().is_empty(), "{:?}", rig.cdi_files());
+
+    // One claim, two requests, two shares of one device: two CDI devices.
+    let created = rig
+        .claims()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "two"}, "spec": {"devices": {"requests": [
+                {"name": "r0", "exactly": {"deviceClassName": "mock-accel-pf"}},
+                {"name": "r1", "exactly": {"deviceClassName": "mock-accel-pf"}}]}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    rig.claims()
+        .patch_status(
+            "two",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"allocation": {"devices": {"results": [
+                {"request": "r0", "driver": DRIVER, "pool": NODE, "device": "mock0",
+                 "shareID": "0f0e0d0c-0000-4000-8000-000000000001", "consumedCapacity": {"memory": "1Gi"}},
+                {"request": "r1", "driver": DRIVER, "pool": NODE, "device": "mock0",
+                 "shareID": "0f0e0d0c-0000-4000-8000-000000000002", "consumedCapacity": {"memory": "2Gi"}}]}}}})),
+        )
+        .await
+        .unwrap();
+    let two = Claim::new("default", "two", &created.uid().unwrap());
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&two)).await.unwrap();
+    let devices = out[&two.uid].as_ref().unwrap();
+    assert_eq!(devices.len(), 2, "{devices:?}");
+    assert_ne!(devices[0].cdi_ids, devices[1].cdi_ids);
+    let spec = check_cdi_file(&rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", two.uid)));
+    let memories: Vec<String> = (0..2).map(|i| env_of(&spec, i)["MOCK_ACCEL_MEMORY"].clone()).collect();
+    assert_eq!(memories, ["1Gi", "2Gi"]);
+    assert_eq!(rig.status("mock0"), "1");
+    assert_eq!(
+        kubelet.unprepare(DraApi::V1, std::slice::from_ref(&two)).await.unwrap()[&two.uid],
+        Ok(())
+    );
+    assert_eq!(rig.status("mock0"), "0");
+    agent.stop().await.unwrap();
+}
+
 /// The claim's `status.devices` carries our devices while prepared.
 async fn device_status(rig: &Rig, name: &str) -> Vec<Value> {
     let claims: Api<ResourceClaim> = Api::namespaced(rig.client.clone(), "default");

@@ -481,3 +481,83 @@ fn with_the_taints_gate_off_the_agent_publishes_without_taints() {
     noticed_and_settled(&cp, &node, "mock_accel_health_taints 0", "does not keep device taints");
     assert!(taints(&published(&cp).1).is_empty());
 }
+
+/// The devices as the real server keeps them: (name, allowMultipleAllocations,
+/// memory capacity, its request policy's default, min and step).
+fn sharing(items: &[Value]) -> Vec<(String, bool, String, String, String, String)> {
+    let mut out: Vec<_> = items
+        .iter()
+        .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+        .map(|d| {
+            let memory = &d["capacity"]["memory"];
+            let policy = &memory["requestPolicy"];
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                s(&d["name"]),
+                d["allowMultipleAllocations"] == Value::Bool(true),
+                s(&memory["value"]),
+                s(&policy["default"]),
+                s(&policy["validRange"]["min"]),
+                s(&policy["validRange"]["step"]),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Consumable capacity: the real server keeps each PF's
+/// allowMultipleAllocations and memory request policy (VFs have none), and
+/// the agent then writes nothing more.
+#[test]
+fn consumable_capacity_under_the_real_api_server() {
+    let cp = with_node_a(&[]);
+    let node = FakeNode::start(&cp, &["--consumable-capacity"]);
+    let logs = || agent_logs(&cp, &node.log);
+    let items = wait_for("the devices", &logs, || {
+        let (names, items) = published(&cp);
+        (names.len() == 6).then_some(items)
+    });
+    let kept = sharing(&items);
+    println!("the real server's devices: {kept:?}");
+    for (name, shared, value, default, min, step) in &kept {
+        if name.contains("-vf") {
+            assert!(!shared && default.is_empty(), "{name} shared: {kept:?}");
+        } else {
+            assert!(*shared, "{name} not shared: {kept:?}");
+            assert_eq!(
+                (default, min.as_str(), step.as_str()),
+                (value, "1Gi", "1Gi"),
+                "{kept:?}"
+            );
+        }
+    }
+    wait_for("the metric", &logs, || {
+        admin_get(node.admin, "/metrics")
+            .lines()
+            .any(|l| l == "mock_accel_consumable_capacity 1")
+            .then_some(())
+    });
+    let settled = slice_writes(&cp);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(slice_writes(&cp), settled, "writes after it settled\n{}", logs());
+}
+
+/// With DRAConsumableCapacity off (as 1.34/1.35 have it; DRAFractionalCapacityRange,
+/// which needs it, off too or the server refuses to start) the real server
+/// drops allowMultipleAllocations and the request policies: the agent
+/// notices, says so, and publishes its PFs exclusive, no write storm.
+#[test]
+fn with_the_capacity_gate_off_the_agent_publishes_pfs_exclusive() {
+    let cp = with_node_a(&["--feature-gates=DRAConsumableCapacity=false,DRAFractionalCapacityRange=false"]);
+    let node = FakeNode::start(&cp, &["--consumable-capacity"]);
+    let logs = || agent_logs(&cp, &node.log);
+    wait_for("the devices", &logs, || (published(&cp).0.len() == 6).then_some(()));
+    noticed_and_settled(
+        &cp,
+        &node,
+        "mock_accel_consumable_capacity 0",
+        "does not keep consumable capacity",
+    );
+    assert!(sharing(&published(&cp).1).iter().all(|d| !d.1 && d.3.is_empty()));
+}

@@ -22,6 +22,11 @@
 # Extended resources backed by DRA: a pod asking `limits: {<driver>/vf: 1}`
 # and no claim gets a VF through our plugin.
 #
+# Consumable capacity (KEP-5075): with --consumable-capacity each PF is
+# shared by memory; the real scheduler hands out shares (rounded up to the
+# 1Gi grain), never more than the PF has, and a shared PF still excludes
+# its VFs; each container sees its share.
+#
 # Prioritized lists (firstAvailable) and admin access, the scheduler's and
 # the API server's part, with the agent's: an admin claim gets a VF already
 # held and its pod runs beside the holder's (a held PF, whose counter set
@@ -302,6 +307,100 @@ gone_claim() { ! kubectl get resourceclaim "$1" -n default >/dev/null 2>&1; }
 WAIT_INTERVAL=1 wait_until 120 gone_claim "$ext_claim"
 check_true "the pod gone: its claim too" gone_claim "$ext_claim"
 check "and the VF released" 0 "$(cat $cls/$(echo "$ext_dev" | tr - _)/status)"
+
+# --- Consumable capacity (KEP-5075): the agent restarted with
+# --consumable-capacity publishes each PF shared by memory; claims ask for
+# a share, the real scheduler hands out shares (rounded up to the 1Gi
+# grain) and never more than the PF has; each container sees its share.
+stop agent
+start_agent --consumable-capacity
+WAIT_INTERVAL=0.5 wait_until 120 registered || not_ok "the agent back, consumable capacity"
+mock2_field() { kubectl get resourceslices -l driver=$drv -o jsonpath="{.items[*].spec.devices[?(@.name==\"mock2\")].$1}" 2>/dev/null; }
+shared_pf() { [ "$(mock2_field allowMultipleAllocations)" = true ]; }
+WAIT_INTERVAL=0.5 wait_until 60 shared_pf
+check "mock2 shared by memory: allowMultipleAllocations, a request policy (default all of it, 1Gi grain)" \
+    "true 16Gi 16Gi 1Gi 1Gi" \
+    "$(mock2_field allowMultipleAllocations) $(mock2_field capacity.memory.value) $(mock2_field capacity.memory.requestPolicy.default) $(mock2_field capacity.memory.requestPolicy.validRange.min) $(mock2_field capacity.memory.requestPolicy.validRange.step)"
+check "the agent's metric says so" 1 "$(metric mock_accel_consumable_capacity)"
+# mem_claim NAME AMOUNT [CEL]: a claim for a share of a PF's memory (mock2's
+# unless CEL says which)
+mem_claim() {
+    kubectl apply -f - >/dev/null <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: $1, namespace: default}
+spec:
+  devices:
+    requests:
+    - name: a
+      exactly:
+        deviceClassName: mock-accel-pf
+        selectors: [{cel: {expression: '${3:-$PF2}'}}]
+        capacity: {requests: {memory: $2}}
+EOF
+}
+share_of() { jp resourceclaim "$1" default '{.status.allocation.devices.results[0].shareID}'; }
+consumed() { jp resourceclaim "$1" default '{.status.allocation.devices.results[0].consumedCapacity.memory}'; }
+for _s in s1 s2; do
+    mem_claim $_s 6Gi
+    claim_pod $_s-pod $_s
+done
+WAIT_INTERVAL=1 wait_until 180 running s1-pod || not_ok "s1-pod Running"
+WAIT_INTERVAL=1 wait_until 180 running s2-pod || not_ok "s2-pod Running"
+check "two claims of 6Gi: both get mock2, 6Gi each" "mock2 mock2 6Gi 6Gi" "$(allocated s1) $(allocated s2) $(consumed s1) $(consumed s2)"
+check_true "each its own share ID ($(share_of s1), $(share_of s2))" \
+    [ -n "$(share_of s1)" -a -n "$(share_of s2)" -a "$(share_of s1)" != "$(share_of s2)" ]
+check "each container sees its share" "MOCK_ACCEL_MEMORY=6Gi MOCK_ACCEL_SHARE_ID=$(share_of s2)" \
+    "$(kubectl exec s2-pod -- env | grep -E '^MOCK_ACCEL_(MEMORY|SHARE_ID)=' | sort | tr '\n' ' ' | sed 's/ $//')"
+check "the module holds mock2" 1 "$(cat $cls/mock2/status)"
+# 1500Mi: rounded up to the grain, 2Gi; 14Gi of 16Gi given out.
+mem_claim s3 1500Mi
+claim_pod s3-pod s3
+WAIT_INTERVAL=1 wait_until 180 running s3-pod || not_ok "s3-pod Running"
+check "1500Mi is rounded up to the 1Gi grain" "mock2 2Gi" "$(allocated s3) $(consumed s3)"
+check "the claim's status names its share" "$(share_of s3)" \
+    "$(jp resourceclaim s3 default '{.status.devices[0].shareID}')"
+# A third 6Gi: 2Gi left, it does not fit; nor does a claim for all of it.
+mem_claim s4 6Gi
+claim_pod s4-pod s4
+claim whole mock-accel-pf "$PF2"
+claim_pod whole-pod whole
+WAIT_INTERVAL=1 wait_until 120 unschedulable s4-pod
+WAIT_INTERVAL=1 wait_until 120 unschedulable whole-pod
+check "6Gi more than the 2Gi left: the real scheduler does not over-commit (nothing allocated, Pending)" \
+    "::Pending" ":$(allocated s4):$(phase s4-pod)"
+check "a claim naming no amount takes all of it: it waits too" "::Pending" ":$(allocated whole):$(phase whole-pod)"
+# s1 gone: its 6Gi back, s4 gets it; the module still holds mock2.
+delete_pod s1-pod
+kubectl delete resourceclaim s1 >/dev/null
+WAIT_INTERVAL=1 wait_until 180 running s4-pod || not_ok "s4-pod Running"
+check "s1 released: s4's 6Gi share fits now" "mock2 6Gi Running" "$(allocated s4) $(consumed s4) $(phase s4-pod)"
+check "mock2 still held in the module (s2, s3, s4)" 1 "$(cat $cls/mock2/status)"
+for _s in s2 s3 s4; do delete_pod $_s-pod; done
+kubectl delete resourceclaim s2 s3 s4 >/dev/null
+# The last share gone: whole-pod gets all of mock2.
+WAIT_INTERVAL=1 wait_until 180 running whole-pod || not_ok "whole-pod Running"
+check "every share released: the claim for all of it gets mock2, 16Gi" "mock2 16Gi MOCK_ACCEL_MEMORY=16Gi" \
+    "$(allocated whole) $(consumed whole) $(kubectl exec whole-pod -- env | grep '^MOCK_ACCEL_MEMORY=')"
+delete_pod whole-pod
+kubectl delete resourceclaim whole >/dev/null
+check "and released: mock2 free in the module" 0 "$(cat $cls/mock2/status)"
+# A shared PF takes its whole counter set at its first share: while a 2Gi
+# share of mock1 is held, none of its VFs is given; then one is.
+mem_claim m1 2Gi "$PF1"
+claim_pod m1-pod m1
+WAIT_INTERVAL=1 wait_until 180 running m1-pod || not_ok "m1-pod Running"
+claim vfx mock-accel-vf "$VF_OF_1"
+claim_pod vfx-pod vfx
+WAIT_INTERVAL=1 wait_until 120 unschedulable vfx-pod
+check "a 2Gi share of mock1 held: its VFs are not given (the PF's counter set is taken whole)" \
+    "mock1 2Gi ::Pending" "$(allocated m1) $(consumed m1) :$(allocated vfx):$(phase vfx-pod)"
+delete_pod m1-pod
+kubectl delete resourceclaim m1 >/dev/null
+WAIT_INTERVAL=1 wait_until 180 running vfx-pod || not_ok "vfx-pod Running"
+check "the share released: the VF claim gets one of mock1's VFs" "mock1-vf Running" "$(kind_of vfx) $(phase vfx-pod)"
+delete_pod vfx-pod
+kubectl delete resourceclaim vfx >/dev/null
 
 # --- The API server with DRAPartitionableDevices off (as 1.34/1.35 have
 # it): it drops the fields on create. The agent, started against it, says

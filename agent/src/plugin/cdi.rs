@@ -75,13 +75,17 @@ pub fn spec_path(dir: &Path, driver: &str, claim_uid: &str) -> PathBuf {
 }
 
 /// `<claimUID>-<device>`: unique across claims on the node.
-pub fn device_name(claim_uid: &str, device: &str) -> String {
-    format!("{claim_uid}-{device}")
+pub fn device_name(claim_uid: &str, device: &str, share: Option<&str>) -> String {
+    match share {
+        // One claim may hold two shares of one device (two requests).
+        Some(share) => format!("{claim_uid}-{device}-{share}"),
+        None => format!("{claim_uid}-{device}"),
+    }
 }
 
 /// The fully qualified name the kubelet hands to the runtime.
-pub fn qualified_name(driver: &str, claim_uid: &str, device: &str) -> String {
-    format!("{}={}", kind(driver), device_name(claim_uid, device))
+pub fn qualified_name(driver: &str, claim_uid: &str, device: &str, share: Option<&str>) -> String {
+    format!("{}={}", kind(driver), device_name(claim_uid, device, share))
 }
 
 /// The lowest CDI version whose rules the spec satisfies (the rules of

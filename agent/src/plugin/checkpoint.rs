@@ -44,8 +44,12 @@ pub struct PreparedDevice {
     /// Admin access: no exclusive allocation, no sysfs status change.
     #[serde(default)]
     pub admin_access: bool,
+    /// The share of a device several claims hold (consumable capacity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_id: Option<String>,
+    /// The memory that share takes (`consumedCapacity.memory`, "4Gi").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed_memory: Option<String>,
     pub cdi_device_id: String,
 }
 
@@ -224,6 +228,7 @@ mod tests {
                     physfn: Some("mock0".into()),
                     admin_access: false,
                     share_id: None,
+                    consumed_memory: None,
                     cdi_device_id: "k8s.d/accel=uid-1-mock0-vf1".into(),
                 }],
             },

@@ -363,8 +363,9 @@ impl Driver {
         });
         if let Err(e) = done {
             // Undo what was done; the claim was never prepared.
-            if let Err(undo) = self.release(&rec)
-                && self.holds_anything(&rec)
+            let others = shared_by_others(state, &claim.uid);
+            if let Err(undo) = self.release(&rec, &others)
+                && self.holds_anything(&rec, &others)
             {
                 // What cannot be undone stays recorded, as a preparation
                 // begun: the kubelet's next prepare of the claim completes
@@ -465,8 +466,13 @@ impl Driver {
                 function: f.name.clone(),
                 physfn: f.physfn.clone(),
                 admin_access: admin,
+                consumed_memory: r
+                    .consumed_capacity
+                    .as_ref()
+                    .and_then(|c| c.get("memory"))
+                    .map(|q| q.0.clone()),
                 share_id: share,
-                cdi_device_id: cdi::qualified_name(drv, &claim.uid, &r.device),
+                cdi_device_id: cdi::qualified_name(drv, &claim.uid, &r.device, r.share_id.as_deref()),
             });
         }
         self.check_exclusive(claim, &devices, state)?;
@@ -493,7 +499,10 @@ impl Driver {
         let exclusive: Vec<&PreparedDevice> = devices.iter().filter(|d| !d.admin_access).collect();
         for d in &exclusive {
             for (uid, c, h) in &held {
-                if h.function == d.function {
+                // Two shares of one device (consumable capacity): the
+                // scheduler keeps their sum within the device's memory.
+                let shares = d.share_id.is_some() && h.share_id.is_some() && d.share_id != h.share_id;
+                if h.function == d.function && !shares {
                     return Err(ClaimError::new(
                         "conflict",
                         format!("device {} is already prepared for claim {}", d.device, owner(c, uid)),
@@ -534,9 +543,10 @@ impl Driver {
                     ),
                 ));
             }
-            // Read now: the last scan may predate our own last release.
+            // Read now: the last scan may predate our own last release. (A
+            // device another claim holds a share of is marked already.)
             let status = fs::read_to_string(self.status_path(&d.function)).unwrap_or_default();
-            if status.trim() == "1" {
+            if status.trim() == "1" && !held.iter().any(|(_, _, h)| h.function == d.function) {
                 return Err(ClaimError::new(
                     "conflict",
                     format!(
@@ -579,15 +589,26 @@ impl Driver {
             .iter()
             .zip(functions)
             .map(|(d, f)| cdi::Device {
-                name: cdi::device_name(uid, &d.device),
+                name: cdi::device_name(uid, &d.device, d.share_id.as_deref()),
                 container_edits: cdi::ContainerEdits {
-                    env: vec![
+                    env: [
                         format!("MOCK_ACCEL_UUID={}", f.uuid),
                         format!("MOCK_ACCEL_PCI={}", f.pci_address),
                         format!("MOCK_ACCEL_DEVICE={}", f.name),
                         format!("MOCK_ACCEL_TYPE={}", f.kind.as_str()),
                         format!("MOCK_ACCEL_NUMA_NODE={}", f.numa_node),
-                    ],
+                        // The container's share of the memory: what its
+                        // claim consumed, else the whole device's.
+                        format!(
+                            "MOCK_ACCEL_MEMORY={}",
+                            d.consumed_memory
+                                .clone()
+                                .unwrap_or_else(|| crate::slices::bytes_quantity(f.memory_bytes))
+                        ),
+                    ]
+                    .into_iter()
+                    .chain(d.share_id.as_ref().map(|s| format!("MOCK_ACCEL_SHARE_ID={s}")))
+                    .collect(),
                     device_nodes: vec![cdi::DeviceNode {
                         path: f.device_node(),
                         kind: Some("c".into()),
@@ -614,11 +635,16 @@ impl Driver {
     }
 
     /// Frees the devices and removes the spec: all it can, then the first
-    /// error.
-    fn release(&self, rec: &PreparedClaim) -> Result<(), ClaimError> {
+    /// error. A device another claim still holds a share of (`others`)
+    /// stays marked allocated: the last share frees it.
+    fn release(&self, rec: &PreparedClaim, others: &HashSet<String>) -> Result<(), ClaimError> {
         let spec = cdi::remove_spec(&rec.cdi_spec).map_err(|e| ClaimError::new("cdi", e));
         let mut first_err = spec.err();
-        for d in rec.devices.iter().filter(|d| !d.admin_access) {
+        for d in rec
+            .devices
+            .iter()
+            .filter(|d| !d.admin_access && !others.contains(&d.function))
+        {
             let freed = (|| {
                 // Test-only fault (see `fail`): a sysfs write that fails.
                 fail::fail_point!(&format!("release-status/{}", rec.name), |_| Err(ClaimError::new(
@@ -647,12 +673,12 @@ impl Driver {
     /// Whether a device of the claim is still marked allocated, or its CDI
     /// spec still there (after a release that failed: what it could not
     /// undo may never have been done).
-    fn holds_anything(&self, rec: &PreparedClaim) -> bool {
+    fn holds_anything(&self, rec: &PreparedClaim, others: &HashSet<String>) -> bool {
         rec.cdi_spec.exists()
             || rec
                 .devices
                 .iter()
-                .filter(|d| !d.admin_access)
+                .filter(|d| !d.admin_access && !others.contains(&d.function))
                 .any(|d| matches!(fs::read_to_string(self.status_path(&d.function)), Ok(s) if s.trim() == "1"))
     }
 
@@ -672,16 +698,18 @@ impl Driver {
             let result = checked.and_then(|()| match state.0.get(&claim.uid).cloned() {
                 // Never prepared here, or already released.
                 None => Ok(()),
-                Some(rec) => self.release(&rec).and_then(|()| {
-                    state.0.remove(&claim.uid);
-                    self.save(&state)
-                        .inspect_err(|_| {
-                            state.0.insert(claim.uid.clone(), rec.clone());
-                        })
-                        .inspect(|()| {
-                            let _ = self.status.send(super::status::Update { claim: claim.clone() });
-                        })
-                }),
+                Some(rec) => self
+                    .release(&rec, &shared_by_others(&state, &claim.uid))
+                    .and_then(|()| {
+                        state.0.remove(&claim.uid);
+                        self.save(&state)
+                            .inspect_err(|_| {
+                                state.0.insert(claim.uid.clone(), rec.clone());
+                            })
+                            .inspect(|()| {
+                                let _ = self.status.send(super::status::Update { claim: claim.clone() });
+                            })
+                    }),
             });
             match &result {
                 Ok(()) => {
@@ -735,6 +763,19 @@ fn unknown_device(inv: &Inventory, device: &str) -> ClaimError {
         "unknown_device",
         format!("device {device} is not on this node (no such function in sysfs: removed?)"),
     )
+}
+
+/// The functions other claims than `uid` hold a share of (consumable
+/// capacity): they stay marked allocated while one of those is prepared.
+fn shared_by_others(state: &Claims, uid: &str) -> HashSet<String> {
+    state
+        .0
+        .iter()
+        .filter(|(other, _)| other.as_str() != uid)
+        .flat_map(|(_, c)| c.devices.iter())
+        .filter(|d| d.share_id.is_some() && !d.admin_access)
+        .map(|d| d.function.clone())
+        .collect()
 }
 
 /// Writes a function's `status`, with the module's errnos in words.

@@ -156,6 +156,7 @@ mod tests {
                     physfn: None,
                     admin_access: false,
                     share_id: None,
+                    consumed_memory: None,
                     cdi_device_id: "k8s.d/accel=u-mock7".into(),
                 }],
             },

@@ -51,7 +51,11 @@ pub fn spawn(client: Client, driver: String, node: String, checkpoint: Checkpoin
 }
 
 /// The claim's devices prepared on this node, as the checkpoint says now.
-fn prepared_now(checkpoint: &Checkpoint, uid: &str) -> Result<Vec<(String, String)>, kube::Error> {
+/// A device of a claim as its status names it: pool, device, and the share
+/// of a device several claims hold (the API requires it to match).
+pub type DeviceKey = (String, String, Option<String>);
+
+fn prepared_now(checkpoint: &Checkpoint, uid: &str) -> Result<Vec<DeviceKey>, kube::Error> {
     let claims = checkpoint.load().map_err(|e| {
         kube::Error::Service(format!("reading the checkpoint {}: {e}", checkpoint.path.display()).into())
     })?;
@@ -59,29 +63,30 @@ fn prepared_now(checkpoint: &Checkpoint, uid: &str) -> Result<Vec<(String, Strin
         .0
         .get(uid)
         .filter(|c| c.state == ClaimState::PrepareCompleted)
-        .map(|c| c.devices.iter().map(|d| (d.pool.clone(), d.device.clone())).collect())
+        .map(|c| {
+            c.devices
+                .iter()
+                .map(|d| (d.pool.clone(), d.device.clone(), d.share_id.clone()))
+                .collect()
+        })
         .unwrap_or_default())
 }
 
 /// `status.devices` with ours replaced by `devices` (others' kept).
-pub fn merged(
-    claim: &ResourceClaim,
-    driver: &str,
-    node: &str,
-    devices: &[(String, String)],
-) -> Vec<AllocatedDeviceStatus> {
+pub fn merged(claim: &ResourceClaim, driver: &str, node: &str, devices: &[DeviceKey]) -> Vec<AllocatedDeviceStatus> {
     let old = claim
         .status
         .as_ref()
         .and_then(|s| s.devices.clone())
         .unwrap_or_default();
     let mut out: Vec<AllocatedDeviceStatus> = old.iter().filter(|d| d.driver != driver).cloned().collect();
-    for (pool, device) in devices {
+    for (pool, device, share) in devices {
         // Keep an entry that already says so (its transition time with it).
         if let Some(same) = old.iter().find(|d| {
             d.driver == driver
                 && &d.pool == pool
                 && &d.device == device
+                && &d.share_id == share
                 && d.conditions
                     .iter()
                     .flatten()
@@ -94,6 +99,7 @@ pub fn merged(
             driver: driver.to_string(),
             pool: pool.clone(),
             device: device.clone(),
+            share_id: share.clone(),
             conditions: Some(vec![Condition {
                 type_: "Ready".into(),
                 status: "True".into(),
@@ -127,10 +133,10 @@ async fn apply(
         // after it too, and our write, with this resourceVersion, fails.
         let devices = prepared_now(checkpoint, &u.claim.uid)?;
         // Only devices the allocation still holds can carry a status.
-        let allocated: Vec<(String, String)> = crate::claims::allocated_devices(&claim, driver)
-            .map(|(p, d)| (p.to_string(), d.to_string()))
+        let allocated: Vec<DeviceKey> = crate::claims::results(&claim, driver)
+            .map(|r| (r.pool.clone(), r.device.clone(), r.share_id.clone()))
             .collect();
-        let wanted: Vec<(String, String)> = devices.into_iter().filter(|d| allocated.contains(d)).collect();
+        let wanted: Vec<DeviceKey> = devices.into_iter().filter(|d| allocated.contains(d)).collect();
         let next = merged(&claim, driver, node, &wanted);
         let current = claim
             .status
@@ -231,6 +237,7 @@ mod tests {
                     physfn: None,
                     admin_access: false,
                     share_id: None,
+                    consumed_memory: None,
                     cdi_device_id: "x".into(),
                 }],
             },
