@@ -17,16 +17,17 @@
 #               discovery: Kubernetes, file and HTTP only), which finds the
 #               chart's metrics Services in the guest through the API
 #               (Debian's Prometheus 2.42 is built without Kubernetes SD)
-# into target/kube/bin (or $1). Static (CGO_ENABLED=0), stripped, -trimpath.
-#
-# Nothing is rebuilt when the inputs (go.mod, go.sum, sources, this script, the
-# Go version) have not changed: a stamp file records them. A cold build takes
-# long on 2 cores (measured: see tests/kube/README.md); progress is printed.
+# Static (CGO_ENABLED=0), stripped, -trimpath. Into the user's cache
+# ($XDG_CACHE_HOME or ~/.cache, under mock-device/kube/<key>), keyed by the
+# inputs (go.mod, go.sum, sources, this script, the Go version), linked as
+# target/kube/bin: a fresh clone on this machine reuses them (linking them
+# anew, even from Go's warm cache, takes minutes) and nothing is rebuilt
+# until an input changes. With a directory as $1, into that instead. A cold
+# build takes long on 2 cores (measured: see tests/kube/README.md); progress
+# is printed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-out=${1:-$root/target/kube/bin}
-mkdir -p "$out"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
 k8s_version=v1.37.2
@@ -36,7 +37,28 @@ stamp=$( (go version; cat "$0" "$here/go.mod" "$here/go.sum" "$here/cmd/kube/mai
     "$here/containerd/go.mod" "$here/containerd/go.sum" "$here/helm/go.mod" "$here/helm/go.sum" \
     "$here/registry/go.mod" "$here/registry/go.sum" "$here/registry/main.go" \
     "$here/prometheus/go.mod" "$here/prometheus/go.sum") | sha256sum | cut -c1-16)
+link=
+if [ -n "${1:-}" ]; then
+    out=$1
+else
+    cache=${XDG_CACHE_HOME:-$HOME/.cache}/mock-device/kube
+    out=$cache/$stamp
+    link=$root/target/kube/bin
+    mkdir -p "$cache" "$root/target/kube"
+    # One build at a time (two clones' test runs).
+    exec 9>"$cache/lock"
+    flock 9
+fi
+mkdir -p "$out"
+# link_out: target/kube/bin names this build (a directory there, from
+# before the cache, goes)
+link_out() {
+    [ -n "$link" ] || return 0
+    [ -L "$link" ] || rm -rf "$link"
+    ln -sfn "$out" "$link"
+}
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
+    link_out
     echo "kube: up to date ($out)"
     exit 0
 fi
@@ -109,5 +131,12 @@ cold="8 minutes" build prometheus "$here/prometheus" -trimpath -tags remove_all_
     github.com/prometheus/prometheus/cmd/prometheus
 
 echo "$stamp" > "$out/.stamp"
+link_out
+# Builds of older keys are of no further use.
+if [ -n "$link" ]; then
+    for old in "$cache"/*/; do
+        [ "${old%/}" = "$out" ] || rm -rf "$old"
+    done
+fi
 echo "kube: everything built in $((SECONDS - t0)) s into $out"
 ls -l "$out" | awk 'NR > 1 && $1 !~ /^l/ {printf "  %-28s %5.1f MB\n", $9, $5 / 1e6}'

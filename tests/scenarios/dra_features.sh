@@ -409,8 +409,11 @@ kubectl delete resourceclaim vfx >/dev/null
 stop agent
 kubectl delete resourceslices -l driver=$drv >/dev/null
 stop kube-apiserver
+# (its port free before the next binds it: a slow exit would make the new
+# one fail to listen)
+WAIT_INTERVAL=0.5 wait_until 60 port_free 6443 || echo "# port 6443 still taken 60 s after kube-apiserver stopped"
 start kube-apiserver kube-apiserver $APISERVER_ARGS --feature-gates=DRAPartitionableDevices=false
-WAIT_INTERVAL=1 wait_until 300 api_ready || { not_ok "kube-apiserver back with the gate off"; node_logs; finish; exit 1; }
+WAIT_INTERVAL=1 wait_until 300 api_ready || { not_ok "kube-apiserver back with the gate off"; node_logs; api_down_why; finish; exit 1; }
 start_agent
 WAIT_INTERVAL=0.5 wait_until 120 has_devices "$all" || not_ok "published with the gate off"
 counters_off() { [ "$(metric mock_accel_shared_counters)" = 0 ]; }

@@ -103,7 +103,27 @@ node_ready() {
     [ "$(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
 
-api_ready() { kubectl get --raw /readyz >/dev/null 2>&1; }
+# listening PORT: something listens on that TCP port (IPv4 or IPv6)
+listening() {
+    cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+        awk -v p="$(printf ':%04X' "$1")" '$4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }'
+}
+port_free() { ! listening "$1"; }
+
+# (bounded per call: a server still starting may accept and not answer)
+api_ready() { kubectl --request-timeout=10s get --raw /readyz >/dev/null 2>&1; }
+
+# api_down_why: what the host sees when the API server did not become
+# ready: running or not, what /readyz says, its log's last lines, memory
+# and the OOM killer (all as "# " lines: they reach the test's message).
+api_down_why() {
+    _p=$(cat "$LOGS/kube-apiserver.pid")
+    if gone "$_p"; then echo "# kube-apiserver (pid $_p) has exited"; else echo "# kube-apiserver (pid $_p) runs"; fi
+    kubectl --request-timeout=10s get --raw '/readyz?verbose' 2>&1 | grep -v '\] ok$' | tail -n 12 | sed 's/^/# readyz: /'
+    tail -n 15 "$LOGS/kube-apiserver.log" | cut -c1-300 | sed 's/^/# kube-apiserver.log: /'
+    free -m | sed 's/^/# free: /'
+    dmesg | grep -iE 'out of memory|oom-kill|killed process' | tail -n 5 | sed 's/^/# dmesg: /'
+}
 
 node_up() {
     _t0=$(uptime_s)
@@ -116,7 +136,7 @@ node_up() {
     start etcd etcd $ETCD_ARGS
     start kube-apiserver kube-apiserver $APISERVER_ARGS
     start containerd containerd --config /etc/containerd/config.toml
-    WAIT_INTERVAL=1 wait_until 600 api_ready || { not_ok "kube-apiserver ready"; node_logs; return 1; }
+    WAIT_INTERVAL=1 wait_until 600 api_ready || { not_ok "kube-apiserver ready"; node_logs; api_down_why; return 1; }
     echo "# kube-apiserver ready after $(since "$_t0") s"
     start kube-controller-manager kube-controller-manager $CONTROLLER_MANAGER_ARGS
     start kube-scheduler kube-scheduler $SCHEDULER_ARGS
