@@ -89,6 +89,10 @@ bench-cluster: kube
     cargo build --release --workspace --bins
     ./target/release/guest --node run tests/scenarios/bench_cluster.sh
 
+# Fuzz the agent's parsers (uevents, device names, durations, the checkpoint, CDI specs, eBPF records) with libFuzzer, each for `seconds`: executions, coverage, crashes; the corpus kept in fuzz/corpus (just test replays it)
+fuzz seconds="60":
+    bash fuzz/run.sh {{seconds}}
+
 # Formatting, clippy with warnings as errors, the module's static checks, the chart (real Helm, official schemas) and promtool on both components' metrics
 lint: kmod-check chart-check
     cargo fmt --all --check

@@ -21,6 +21,8 @@ pub mod claims;
 pub mod controller;
 pub mod ebpf;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod heartbeat;
 pub mod inventory;
 pub mod metrics;

@@ -21,6 +21,8 @@
 pub mod apiserver;
 pub mod cluster;
 pub mod dashboards;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;

@@ -211,12 +211,18 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// Writes the spec (validated first) to `dir`, creating the directory.
-pub fn write_spec(dir: &Path, path: &Path, spec: &Spec) -> Result<(), String> {
+/// The bytes [`write_spec`] writes: the spec validated first.
+pub fn encode(spec: &Spec) -> Result<Vec<u8>, String> {
     validate(spec).map_err(|e| format!("refusing to write an invalid CDI spec: {e}"))?;
-    fs::create_dir_all(dir).map_err(|e| format!("creating the CDI directory {}: {e}", dir.display()))?;
     let mut json = serde_json::to_vec_pretty(spec).expect("a spec serialises");
     json.push(b'\n');
+    Ok(json)
+}
+
+/// Writes the spec (validated first) to `dir`, creating the directory.
+pub fn write_spec(dir: &Path, path: &Path, spec: &Spec) -> Result<(), String> {
+    let json = encode(spec)?;
+    fs::create_dir_all(dir).map_err(|e| format!("creating the CDI directory {}: {e}", dir.display()))?;
     write_atomic(path, &json).map_err(|e| format!("writing the CDI spec {}: {e}", path.display()))
 }
 

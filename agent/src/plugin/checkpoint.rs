@@ -136,20 +136,26 @@ impl Checkpoint {
 
     /// Reads the claims; no file is no claim.
     pub fn load(&self) -> Result<Claims, Error> {
-        let path = self.path.clone();
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Claims::default()),
             Err(e) => {
                 return Err(Error::Io {
-                    path,
+                    path: self.path.clone(),
                     detail: e.to_string(),
                 });
             }
         };
+        self.decode(&bytes)
+    }
+
+    /// The claims in a checkpoint file's bytes (what [`Checkpoint::load`]
+    /// read), checked: format version, checksum, driver and node.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Claims, Error> {
+        let path = self.path.clone();
         // The version first, so that a newer format is recognised even if
         // this agent cannot parse the rest of it.
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
             path: path.clone(),
             detail: format!("not JSON: {e}"),
         })?;
@@ -190,6 +196,14 @@ impl Checkpoint {
 
     /// Replaces the file atomically (temp file, fsync, rename).
     pub fn save(&self, claims: &Claims) -> io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        write_atomic(&self.path, &self.encode(claims))
+    }
+
+    /// The file's bytes for these claims (what [`Checkpoint::save`] writes).
+    pub fn encode(&self, claims: &Claims) -> Vec<u8> {
         let file = File {
             version: VERSION,
             driver: self.driver.clone(),
@@ -197,12 +211,9 @@ impl Checkpoint {
             checksum: checksum(claims),
             claims: claims.clone(),
         };
-        if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir)?;
-        }
         let mut json = serde_json::to_vec_pretty(&file).expect("a checkpoint serialises");
         json.push(b'\n');
-        write_atomic(&self.path, &json)
+        json
     }
 }
 
