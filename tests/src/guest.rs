@@ -94,6 +94,20 @@ impl GuestRun {
             .collect()
     }
 
+    /// Whether the first kernel problem was logged before the module was
+    /// first loaded (its first `mock_accel` line): the boot's own (seen:
+    /// a KASAN report in an early interrupt during `cpu_detect` under
+    /// emulation), which the module cannot have caused; later lines may be
+    /// its consequences (lockdep off).
+    pub fn first_kernel_problem_before_module(&self) -> bool {
+        let lines: Vec<&str> = self.dmesg.lines().collect();
+        let first_problem = lines
+            .iter()
+            .position(|l| KERNEL_PROBLEM_SIGNS.iter().any(|s| l.contains(s)));
+        let module = lines.iter().position(|l| l.contains("mock_accel"));
+        matches!((first_problem, module), (Some(p), Some(m)) if p < m)
+    }
+
     /// TAP check lines (`ok N - ...` / `not ok N - ...`) the scenario printed.
     pub fn checks(&self) -> (Vec<&str>, Vec<&str>) {
         let mut passed = Vec::new();
@@ -477,6 +491,27 @@ mod tests {
         assert!(shown.ends_with("[ 299] boot line"));
         let quiet = (0..100).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
         assert_eq!(console_excerpt(&quiet), tail(&quiet, 40));
+    }
+
+    /// A problem is the boot's when the first one comes before the module's
+    /// first line; later consequences (lockdep off) do not change that.
+    #[test]
+    fn a_kernel_problem_before_the_module_loads_is_the_boots() {
+        let run = |dmesg: &str| GuestRun {
+            exit_code: 0,
+            output: String::new(),
+            dmesg: dmesg.into(),
+            console: String::new(),
+            elapsed: Duration::ZERO,
+        };
+        let kasan = "[ 2.86] BUG: KASAN: wild-memory-access in do_raw_spin_lock+0x130/0x1de";
+        let load = "[ 9.00] mock_accel: loading out-of-tree module taints kernel.";
+        let lockdep = "[51.11] mock-guest: sanitizer: lockdep turned itself off during the run (debug_locks=0)";
+        assert!(!run(kasan).kernel_problems().is_empty());
+        assert!(run(&[kasan, load, lockdep].join("\n")).first_kernel_problem_before_module());
+        assert!(!run(&[load, kasan].join("\n")).first_kernel_problem_before_module());
+        assert!(!run(load).first_kernel_problem_before_module());
+        assert!(!run(kasan).first_kernel_problem_before_module());
     }
 
     /// A panic is "elsewhere" only when no frame is the module's; the

@@ -56,9 +56,24 @@ fn on_every_kernel(name: &str, cpus: u32, check: impl Fn(&GuestRun)) {
 fn scenario_on(guest: &Guest, name: &str) -> GuestRun {
     let path = workspace_root().join("tests/scenarios").join(name);
     let script = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let run = guest
+    let mut run = guest
         .run(&script)
         .unwrap_or_else(|e| panic!("{name} on {}: {e}", guest.kernel().release));
+    // A kernel problem logged before the module was loaded is the boot's
+    // (`GuestRun::first_kernel_problem_before_module`): said on the real
+    // stderr, and the scenario run once more; a second one fails the test.
+    if run.first_kernel_problem_before_module() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "{name} on {}: THE KERNEL REPORTED A PROBLEM BEFORE THE MODULE WAS LOADED; running the scenario once more:\n{}",
+            guest.kernel().release,
+            run.kernel_problems().join("\n")
+        );
+        run = guest
+            .run(&script)
+            .unwrap_or_else(|e| panic!("{name} on {} (second run): {e}", guest.kernel().release));
+    }
     eprintln!(
         "{name} on {}: guest run took {:.1} s",
         guest.kernel().release,
