@@ -3,8 +3,11 @@
 //! controller-manager, kubelet and containerd with the real module — the
 //! seed's "Testing Device Allocation", a ResourceClaimTemplate, a VF,
 //! hot-plug under a waiting pod, kubelet and agent restarts, the controller
-//! (`tests/scenarios/cluster.sh`); and the demo the README's first command
-//! runs. The tests take turns: a node takes both cores.
+//! (`tests/scenarios/cluster.sh`), then the DRA features
+//! (`dra_features.sh`); the demo the README's first command runs, then
+//! `helm install` for real (`helm.sh`). Scenarios share a boot where they
+//! can (`node::in_turn`): a node's boot costs minutes under emulation. The
+//! tests take turns: a node takes both cores.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -14,16 +17,18 @@ use mock_device_testkit::node;
 
 static ONE_NODE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn run_on_node(scenario: &str) -> GuestRun {
-    run(scenario, false)
+/// The node, these scenarios run on it in turn.
+fn run_on_node(scenarios: &[&str]) -> GuestRun {
+    run(scenarios, false)
 }
 
 /// The node with the driver's image, the Helm CLI and the packaged chart.
-fn run_on_node_with_chart(scenario: &str) -> GuestRun {
-    run(scenario, true)
+fn run_on_node_with_chart(scenarios: &[&str]) -> GuestRun {
+    run(scenarios, true)
 }
 
-fn run(scenario: &str, chart: bool) -> GuestRun {
+fn run(scenarios: &[&str], chart: bool) -> GuestRun {
+    let scenario = scenarios.join("+");
     let _turn = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let agent = PathBuf::from(env!("CARGO_BIN_EXE_mock-accel-agent"));
     let guest_tool = agent.with_file_name("guest-tool");
@@ -43,8 +48,10 @@ fn run(scenario: &str, chart: bool) -> GuestRun {
         false => node::guest(&bins),
     };
     let mut guest = guest.unwrap_or_else(|e| panic!("cannot set up the node guest: {e}"));
-    guest.timeout = guest.timeout.max(std::time::Duration::from_secs(2400));
-    let script = std::fs::read_to_string(node::scenario(scenario)).unwrap();
+    guest.timeout = guest
+        .timeout
+        .max(std::time::Duration::from_secs(2400 * scenarios.len() as u64));
+    let script = node::in_turn(scenarios).unwrap();
     // MOCK_GUEST_STREAM=1 (with --nocapture): each line as it comes.
     let stream = std::env::var_os("MOCK_GUEST_STREAM").is_some();
     let mut sink = |line: &str| {
@@ -79,38 +86,19 @@ fn run(scenario: &str, chart: bool) -> GuestRun {
     run
 }
 
-/// `helm install` for real: the seed's install commands, its verification
-/// and allocation commands, `helm test`, `helm uninstall`
-/// (`tests/scenarios/helm.sh`).
+/// The README's main command (`./dev vm-demo`) runs the demo scenario: it
+/// must keep working, and show what it says it shows. Then, on the same
+/// node, `helm install` for real: the seed's install commands, its
+/// verification and allocation commands, `helm test`, `helm uninstall`,
+/// the upgrade from a seed release (`tests/scenarios/helm.sh`).
 #[test]
-fn the_chart_installs_and_works_on_a_real_node() {
-    run_on_node_with_chart("helm.sh").assert_clean(10);
-}
-
-/// The DRA features, each with the real scheduler, kubelet and
-/// controller-manager (`tests/scenarios/dra_features.sh`): PF/VF exclusion
-/// by shared counters (and without them on a cluster that drops the
-/// fields), device taints from health (NoSchedule, tolerations, recovery,
-/// NoExecute eviction), device health in the pod's status, prioritized
-/// lists, admin access, extended resources backed by DRA, consumable
-/// capacity (PFs shared by memory, never over-committed).
-#[test]
-fn dra_features_work_with_the_real_scheduler() {
-    run_on_node("dra_features.sh").assert_clean(77);
-}
-
-#[test]
-fn the_seed_allocation_works_on_a_real_node() {
-    run_on_node("cluster.sh").assert_clean(40);
-}
-
-/// The README's main command (`./dev vm-demo`) runs this scenario: it must
-/// keep working, and show what it says it shows.
-#[test]
-fn the_demo_runs_to_the_end_on_a_real_node() {
-    let run = run_on_node_with_chart("cluster_demo.sh");
-    assert_eq!(run.exit_code, 0, "{}", run.output);
-    assert!(run.kernel_problems().is_empty(), "{}", run.dmesg);
+fn the_demo_then_the_chart_on_a_real_node() {
+    let run = run_on_node_with_chart(&["cluster_demo.sh", "helm.sh"]);
+    let demo = run
+        .output
+        .split("# scenario cluster_demo.sh: exit ")
+        .next()
+        .unwrap_or_default();
     for milestone in [
         "mock-guest   Ready    <none>",
         "v1.37.2",
@@ -126,11 +114,28 @@ fn the_demo_runs_to_the_end_on_a_real_node() {
         "release \"mock-device\" uninstalled",
         "demo finished",
     ] {
-        assert!(
-            run.output.contains(milestone),
-            "the demo lacks {milestone:?}:\n{}",
-            run.output
-        );
+        assert!(demo.contains(milestone), "the demo lacks {milestone:?}:\n{demo}");
     }
-    assert!(!run.output.contains("FAILED"), "{}", run.output);
+    assert!(!demo.contains("FAILED"), "{demo}");
+    assert!(
+        run.output.contains("# scenario cluster_demo.sh: exit 0 after"),
+        "{}",
+        run.output
+    );
+    run.assert_clean(10);
+}
+
+/// The seed's "Testing Device Allocation" as written, a
+/// ResourceClaimTemplate, a VF, hot-plug under a waiting pod, kubelet and
+/// agent restarts, the controller mode (`tests/scenarios/cluster.sh`);
+/// then, on the same node, the DRA features, each with the real scheduler,
+/// kubelet and controller-manager (`dra_features.sh`): PF/VF exclusion by
+/// shared counters (and without them on a cluster that drops the fields),
+/// device taints from health (NoSchedule, tolerations, recovery, NoExecute
+/// eviction), device health in the pod's status, prioritized lists, admin
+/// access, extended resources backed by DRA, consumable capacity (PFs
+/// shared by memory, never over-committed).
+#[test]
+fn the_seed_allocation_then_the_dra_features_on_a_real_node() {
+    run_on_node(&["cluster.sh", "dra_features.sh"]).assert_clean(40 + 70);
 }

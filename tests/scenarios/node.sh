@@ -1,7 +1,10 @@
 # The real Kubernetes node in the guest, sourced after lib.sh:
 #   node_up     starts etcd, kube-apiserver, kube-controller-manager,
 #               kube-scheduler, containerd (test images imported) and the
-#               kubelet; waits until the Node is Ready; prints the timings
+#               kubelet; waits until the Node is Ready; prints the timings.
+#               When an earlier scenario of this boot started the node
+#               (several run in turn on one boot: node::in_turn), it
+#               resets it instead (node_reset)
 #   node_logs   each component's error lines and last lines (for failures)
 #   node_ready  the Node's Ready condition is True
 #   registry_up (guest_with_chart) starts the OCI registry, pushes the chart
@@ -126,6 +129,7 @@ api_down_why() {
 }
 
 node_up() {
+    [ -e $LOGS/node-up ] && { node_reset; return; }
     _t0=$(uptime_s)
     mkdir -p $LOGS /var/lib
     mount -t tmpfs -o size=2g,mode=755 tmpfs /var/lib
@@ -138,6 +142,11 @@ node_up() {
     start containerd containerd --config /etc/containerd/config.toml
     WAIT_INTERVAL=1 wait_until 600 api_ready || { not_ok "kube-apiserver ready"; node_logs; api_down_why; return 1; }
     echo "# kube-apiserver ready after $(since "$_t0") s"
+    # The API server builds its OpenAPI v2 document at the first request
+    # for it: kubectl apply's validation, which gives up after 32 s (seen
+    # on a slow emulated run). Asked for now, in the background, while the
+    # rest of the node starts.
+    kubectl --request-timeout=600s get --raw /openapi/v2 >/dev/null 2>&1 &
     start kube-controller-manager kube-controller-manager $CONTROLLER_MANAGER_ARGS
     start kube-scheduler kube-scheduler $SCHEDULER_ARGS
     start kube-proxy kube-proxy $KUBE_PROXY_ARGS
@@ -154,6 +163,35 @@ node_up() {
     # kube-proxy has programmed the API server's Service (pods reach the
     # API through it: in-cluster configuration).
     WAIT_INTERVAL=1 wait_until 120 service_rules || { not_ok "kube-proxy: the kubernetes Service in nftables"; node_logs; return 1; }
+    touch $LOGS/node-up
+}
+
+# node_reset: the node as node_up leaves it, after an earlier scenario of
+# this boot (which cleaned up after itself as far as it says; this makes
+# sure): its pods and claims deleted while a plugin may still unprepare
+# them, the agent and controller run as node processes stopped, every
+# namespace the scenarios made deleted, the driver's DeviceClasses and
+# ResourceSlices deleted, the module unloaded, the driver's image removed
+# from containerd (a chart install pulls it from the registry again). The
+# components keep running, with the flags they have.
+node_reset() {
+    _t0=$(uptime_s)
+    api_ready || { not_ok "node reset: kube-apiserver ready"; api_down_why; return 1; }
+    kubectl delete pods,resourceclaims,resourceclaimtemplates --all -n default --wait=true --timeout=180s >/dev/null 2>&1
+    for _p in agent controller; do [ -e $LOGS/$_p.pid ] && stop $_p; done
+    _user_namespaces() { kubectl get namespaces -o name | grep -vxE 'namespace/(default|kube-system|kube-public|kube-node-lease)'; }
+    _user_namespaces | xargs -r kubectl delete --wait=false >/dev/null
+    _no_user_namespaces() { [ -z "$(_user_namespaces)" ]; }
+    WAIT_INTERVAL=1 wait_until 180 _no_user_namespaces ||
+        { not_ok "node reset: namespaces deleted (left: $(echo $(_user_namespaces)))"; return 1; }
+    kubectl get deviceclasses -o name | grep '/mock-accel' | xargs -r kubectl delete >/dev/null
+    kubectl delete resourceslices -l driver=$drv >/dev/null
+    if grep -q '^mock_accel ' /proc/modules; then
+        WAIT_INTERVAL=1 wait_until 60 rmmod mock_accel || { not_ok "node reset: rmmod mock_accel ($(grep '^mock_accel ' /proc/modules))"; return 1; }
+    fi
+    ctr -n k8s.io images ls -q | grep mock-accel | xargs -r ctr -n k8s.io images rm --sync >/dev/null
+    node_ready || { not_ok "node reset: node $NODE_NAME Ready"; return 1; }
+    echo "# node reset after the previous scenario in $(since "$_t0") s"
 }
 
 # kube-proxy's nftables table sends the kubernetes Service's address to the
@@ -280,7 +318,9 @@ VERSION=${VERSION%.tgz}
 # to pull it from the registry.
 registry_up() {
     mkdir -p /var/lib/registry
-    start registry registry serve /etc/registry/config.yml
+    # (running already when an earlier scenario of this boot started it)
+    [ -e $LOGS/registry.pid ] && ! gone "$(cat $LOGS/registry.pid)" ||
+        start registry registry serve /etc/registry/config.yml
     _pushed_chart() { helm push "$CHART" oci://$REGISTRY/charts >/tmp/push.log 2>&1; }
     WAIT_INTERVAL=0.5 wait_until 60 _pushed_chart ||
         { not_ok "helm push to the registry: $(cat /tmp/push.log)"; tail -n 20 $LOGS/registry.log; return 1; }

@@ -532,3 +532,87 @@ const CNI_CONFIG: &str = r#"{
 pub fn scenario(name: &str) -> PathBuf {
     workspace_root().join("tests/scenarios").join(name)
 }
+
+/// One guest script that runs these scenarios in turn on one boot, each in
+/// a shell of its own, whatever the one before it did: a node's boot costs
+/// minutes under emulation. The second and later find the node up, and
+/// their `node_up` resets it (`node_reset` in node.sh). Prints
+/// `# scenario NAME: exit N after S s` for each; exits 1 if any failed.
+pub fn in_turn(names: &[&str]) -> std::io::Result<String> {
+    let mut parts = Vec::new();
+    for name in names {
+        parts.push((name.to_string(), std::fs::read_to_string(scenario(name))?));
+    }
+    in_turn_of(&parts)
+}
+
+/// [`in_turn`] of these (name, script text) pairs.
+fn in_turn_of(parts: &[(String, String)]) -> std::io::Result<String> {
+    const END: &str = "MOCK_DEVICE_SCENARIO_END";
+    let mut script = String::from(
+        "# scenarios in turn on one boot (tests/src/node.rs: in_turn)\n_rc=0\n\
+         _up() { cut -d' ' -f1 /proc/uptime; }\n",
+    );
+    for (name, text) in parts {
+        if text.lines().any(|l| l == END) {
+            return Err(std::io::Error::other(format!("{name} has a line {END}")));
+        }
+        script.push_str(&format!(
+            "cat >/tmp/{name} <<'{END}'\n{text}{nl}{END}\n\
+             _t=$(_up)\n\
+             sh /tmp/{name}\n\
+             _s=$?\n\
+             echo \"# scenario {name}: exit $_s after $(awk -v a=\"$_t\" -v b=\"$(_up)\" 'BEGIN {{ printf \"%.1f\", b - a }}') s\"\n\
+             [ $_s = 0 ] || _rc=1\n",
+            nl = if text.ends_with('\n') { "" } else { "\n" },
+        ));
+    }
+    script.push_str("exit $_rc\n");
+    Ok(script)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_in_turn_run_each_whatever_the_last_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("mark");
+        let first = format!("echo 'first $HOME' `echo x`\necho 1 >{}\nexit 3", mark.display());
+        let second = format!("echo \"second saw $(cat {})\"\n", mark.display());
+        let pid = std::process::id();
+        let parts = [
+            (format!("in-turn-{pid}-a.sh"), first),
+            (format!("in-turn-{pid}-b.sh"), second),
+        ];
+        let script = in_turn_of(&parts).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        for (name, _) in &parts {
+            let _ = std::fs::remove_file(Path::new("/tmp").join(name));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines[0], "first $HOME x",
+            "the text as written, run by a shell: {stdout}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("# scenario in-turn-{pid}-a.sh: exit 3 after ")),
+            "{stdout}"
+        );
+        assert_eq!(lines[2], "second saw 1", "{stdout}");
+        assert!(
+            lines[3].starts_with(&format!("# scenario in-turn-{pid}-b.sh: exit 0 after ")),
+            "{stdout}"
+        );
+
+        let bad = [("x.sh".to_string(), "MOCK_DEVICE_SCENARIO_END\n".to_string())];
+        assert!(in_turn_of(&bad).is_err());
+    }
+}
