@@ -41,6 +41,14 @@ fn main() -> anyhow::Result<()> {
     // compiler warning or error).
     // SAFETY: as above.
     unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
+    // The inner cargo builds with --release: under a release build of the
+    // agent, sharing the outer build directory (.cargo/config.toml's
+    // build-dir) it would wait for the outer cargo's lock on it for ever.
+    // Its own, shared by every clone as the outer one is.
+    if let Some(dir) = home_cargo_bin().and_then(|bin| bin.parent().map(|home| home.join("build/mock-device-ebpf"))) {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("CARGO_BUILD_BUILD_DIR", dir) };
+    }
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../agent-ebpf");
     let root = root.to_str().expect("a UTF-8 path");
     aya_build::build_ebpf(
