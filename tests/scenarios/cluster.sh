@@ -31,7 +31,7 @@ check_true "test-claim created" kubectl get resourceclaim test-claim -n default
 pod() { seed_pod "$@" >/dev/null; } # pod NAME CLAIMS-YAML REFS-YAML
 pod test-pod "  - name: accel
     resourceClaimName: test-claim" "      - name: accel"
-WAIT_INTERVAL=1 wait_until 300 running test-pod
+wait_running 300 test-pod
 check "test-pod Running (real scheduler, kubelet, our plugin, containerd's CDI)" Running "$(phase test-pod)"
 dev=$(jp resourceclaim test-claim default '{.status.allocation.devices.results[0].device}')
 check "allocated by the real scheduler: a PF from our pool" "$drv $NODE_NAME pf" \
@@ -72,7 +72,7 @@ spec:
 EOF
 pod vf-pod "  - name: vf
     resourceClaimTemplateName: one-vf" "      - name: vf"
-WAIT_INTERVAL=1 wait_until 300 running vf-pod
+wait_running 300 vf-pod
 check "vf-pod Running" Running "$(phase vf-pod)"
 claim=$(jp pod vf-pod default '{.status.resourceClaimStatuses[0].resourceClaimName}')
 check_true "the controller-manager made claim '$claim' from the template" kubectl get resourceclaim "$claim" -n default
@@ -113,7 +113,7 @@ check_true "5 PFs wanted, 4 exist: the scheduler says FailedScheduling" unschedu
 check "big-pod Pending" Pending "$(phase big-pod)"
 t0=$(uptime_s)
 put $bus/new_device 4
-WAIT_INTERVAL=0.5 wait_until 300 running big-pod
+wait_running 300 big-pod
 check "new_device 4 -> big-pod Running" Running "$(phase big-pod)"
 echo "# hot-plug -> pod Running: $(since "$t0") s"
 check "five PFs prepared" "1 1 1 1 1" "$(cat $cls/mock0/status $cls/mock1/status $cls/mock2/status $cls/mock3/status $cls/mock4/status | tr '\n' ' ' | sed 's/ $//')"

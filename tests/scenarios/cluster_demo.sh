@@ -53,7 +53,7 @@ pod() { # pod NAME CLAIM: the seed's test pod with that claim
 }
 claim test-claim | sed 's/^/  /'
 pod test-pod test-claim | sed 's/^/  /'
-WAIT_INTERVAL=1 wait_until 300 running test-pod || fail "test-pod is $(phase test-pod)"
+wait_running 300 test-pod || fail "test-pod is $(phase test-pod)"
 run kubectl get pod test-pod -o wide
 run "kubectl exec test-pod -- env | grep MOCK_ACCEL"
 run "echo mock0 status in sysfs: \$(cat /sys/class/mock-accel/mock0/status)"
@@ -70,7 +70,7 @@ step "Hot-plug a PF: the agent publishes it, the scheduler places the waiting po
 t0=$(uptime_s)
 run "echo 1 > /sys/bus/mock-accel/new_device"
 WAIT_INTERVAL=0.5 wait_until 120 has_devices "mock0 mock1" && echo "  -> mock1 in the ResourceSlice after $(since "$t0") s"
-WAIT_INTERVAL=0.5 wait_until 300 running waiting-pod || fail "waiting-pod is $(phase waiting-pod)"
+wait_running 300 waiting-pod || fail "waiting-pod is $(phase waiting-pod)"
 echo "  -> waiting-pod Running $(since "$t0") s after the hot-plug"
 run kubectl get pods -o wide
 run "kubectl exec waiting-pod -- env | grep MOCK_ACCEL"

@@ -58,7 +58,7 @@ allocated() { jp resourceclaim "$1" default '{.status.allocation.devices.results
 kind_of() { allocated "$1" | sed 's/[0-9]*$//'; }
 delete_pod() {
     kubectl delete pod "$1" --wait=false >/dev/null
-    WAIT_INTERVAL=0.5 wait_until 120 gone_pod "$1" || not_ok "$1 deleted"
+    wait_gone_pod 120 "$1" || not_ok "$1 deleted"
 }
 sets() { kubectl get resourceslices -l driver=$drv -o jsonpath='{.items[*].spec.sharedCounters[*].name}' 2>/dev/null; }
 consumes() { kubectl get resourceslices -l driver=$drv -o jsonpath="{.items[*].spec.devices[?(@.name==\"$1\")].consumesCounters[0].counterSet}" 2>/dev/null; }
@@ -75,7 +75,7 @@ check "the agent says counters are published" 1 "$(metric mock_accel_shared_coun
 # --- Across claims: mock1 held, a claim for one of its VFs cannot be placed.
 claim pf-claim mock-accel-pf "$PF1"
 claim_pod pf-pod pf-claim
-WAIT_INTERVAL=1 wait_until 180 running pf-pod || not_ok "pf-pod Running"
+wait_running 180 pf-pod || not_ok "pf-pod Running"
 check "pf-pod holds mock1" mock1 "$(allocated pf-claim)"
 claim vf-claim mock-accel-vf "$VF_OF_1"
 claim_pod vf-pod vf-claim
@@ -84,7 +84,7 @@ echo "# $(kubectl get events -n default --field-selector involvedObject.name=vf-
 check_true "a VF of the held PF: the real scheduler does not place it (FailedScheduling)" unschedulable vf-pod
 check "and allocates nothing for it" "" "$(allocated vf-claim)"
 delete_pod pf-pod
-WAIT_INTERVAL=1 wait_until 180 running vf-pod
+wait_running 180 vf-pod
 check "mock1 released: vf-pod gets one of its VFs" mock1-vf "$(kind_of vf-claim)"
 # And the other way: a VF held, the PF cannot be placed.
 kubectl delete resourceclaim pf-claim >/dev/null
@@ -94,7 +94,7 @@ WAIT_INTERVAL=1 wait_until 120 unschedulable pf-pod
 check_true "a VF of mock1 held: the PF cannot be placed" unschedulable pf-pod
 check "pf-pod Pending" Pending "$(phase pf-pod)"
 delete_pod vf-pod
-WAIT_INTERVAL=1 wait_until 180 running pf-pod
+wait_running 180 pf-pod
 check "the VF released: pf-pod gets mock1" mock1 "$(allocated pf-claim)"
 delete_pod pf-pod
 kubectl delete resourceclaim pf-claim vf-claim >/dev/null
@@ -109,7 +109,7 @@ delete_pod both-pod
 kubectl delete resourceclaim both-claim >/dev/null
 claim pair-claim mock-accel-pf "$PF2" mock-accel-vf "$VF_OF_1"
 claim_pod pair-pod pair-claim
-WAIT_INTERVAL=1 wait_until 180 running pair-pod
+wait_running 180 pair-pod
 check "one claim for mock2 and a VF of mock1: placed" "mock2 mock1-vf" "$(kind_of pair-claim)"
 delete_pod pair-pod
 kubectl delete resourceclaim pair-claim >/dev/null
@@ -157,14 +157,14 @@ put $cls/mock2/health ok
 WAIT_INTERVAL=0.5 wait_until 60 untainted mock2
 check "mock2 recovered: the taint is gone" "" "$(taint mock2 key)"
 check "the agent's count too" 0 "$(metric 'mock_accel_tainted_devices{effect="NoSchedule"}')"
-WAIT_INTERVAL=1 wait_until 180 running t-pod
+wait_running 180 t-pod
 check "and the waiting pod now runs with mock2" "Running mock2" "$(phase t-pod) $(allocated t-claim)"
 put $cls/mock3/health degraded
 WAIT_INTERVAL=0.5 wait_until 60 tainted mock3 degraded None
 check "mock3 degraded: an informational taint (effect None)" "degraded None" "$(taint mock3 value) $(taint mock3 effect)"
 claim d-claim mock-accel-pf "$(attr 'pfIndex == 3')"
 claim_pod d-pod d-claim
-WAIT_INTERVAL=1 wait_until 180 running d-pod
+wait_running 180 d-pod
 check "which does not keep a claim from it" "Running mock3" "$(phase d-pod) $(allocated d-claim)"
 # NoExecute: the agent restarted with it; mock2 and mock3 in use, mock3's
 # claim tolerating NoExecute; both fail: the real kube-controller-manager
@@ -174,7 +174,7 @@ kubectl delete resourceclaim d-claim >/dev/null
 put $cls/mock3/health ok
 TOLERATE=NoExecute claim d-claim mock-accel-pf "$(attr 'pfIndex == 3')"
 claim_pod d-pod d-claim
-WAIT_INTERVAL=1 wait_until 180 running d-pod || not_ok "d-pod Running"
+wait_running 180 d-pod || not_ok "d-pod Running"
 stop agent
 start_agent --health-taints=NoExecute
 WAIT_INTERVAL=0.5 wait_until 120 registered || not_ok "the agent back, NoExecute"
@@ -182,7 +182,7 @@ put $cls/mock2/health failed
 put $cls/mock3/health failed
 WAIT_INTERVAL=0.5 wait_until 60 tainted mock2 failed NoExecute
 check "NoExecute: mock2 and mock3 carry NoExecute taints" "NoExecute NoExecute" "$(taint mock2 effect) $(taint mock3 effect)"
-WAIT_INTERVAL=1 wait_until 120 gone_pod t-pod
+wait_gone_pod 120 t-pod
 check_true "the real kube-controller-manager evicted t-pod, which uses mock2" gone_pod t-pod
 evicted=$(kubectl get events -n default --field-selector involvedObject.name=t-pod -o jsonpath='{.items[*].reason}' 2>/dev/null)
 echo "# t-pod's events: $evicted"
@@ -228,11 +228,11 @@ EOF
 request_of() { jp resourceclaim "$1" default '{.status.allocation.devices.results[*].request}'; }
 prio_claim p1
 claim_pod p1-pod p1
-WAIT_INTERVAL=1 wait_until 180 running p1-pod || not_ok "p1-pod Running"
+wait_running 180 p1-pod || not_ok "p1-pod Running"
 check "firstAvailable, mock2 free: the first alternative" "a/whole mock2" "$(request_of p1) $(allocated p1)"
 prio_claim p2
 claim_pod p2-pod p2
-WAIT_INTERVAL=1 wait_until 180 running p2-pod || not_ok "p2-pod Running"
+wait_running 180 p2-pod || not_ok "p2-pod Running"
 check "firstAvailable, mock2 held: the second, a VF" "a/part mock1-vf" "$(request_of p2) $(kind_of p2)"
 
 # --- Admin access: devices already held, given to an admin claim too.
@@ -272,13 +272,13 @@ held_vf=$(allocated p2)
 held_fn=$(echo "$held_vf" | tr - _)
 admin_claim admin-vf mock-accel-vf "$(attr "uuid == \"$(cat $cls/$held_fn/uuid)\"")"
 NS=dra-admin claim_pod admin-vf-pod admin-vf
-WAIT_INTERVAL=1 wait_until 180 running admin-vf-pod dra-admin || not_ok "admin-vf-pod Running"
+wait_running 180 admin-vf-pod dra-admin || not_ok "admin-vf-pod Running"
 check "the admin claim gets $held_vf, held by p2-pod, with admin access" "$held_vf true" \
     "$(jp resourceclaim admin-vf dra-admin '{.status.allocation.devices.results[0].device} {.status.allocation.devices.results[0].adminAccess}')"
 check "both pods run" "Running Running" "$(phase p2-pod) $(phase admin-vf-pod dra-admin)"
 check "the container sees it" "MOCK_ACCEL_DEVICE=$held_fn" "$(kubectl exec -n dra-admin admin-vf-pod -- env | grep '^MOCK_ACCEL_DEVICE=')"
 kubectl delete pod -n dra-admin admin-vf-pod --wait=false >/dev/null
-WAIT_INTERVAL=1 wait_until 120 gone_pod admin-vf-pod dra-admin || not_ok "admin-vf-pod gone"
+wait_gone_pod 120 admin-vf-pod dra-admin || not_ok "admin-vf-pod gone"
 check "the admin pod gone: $held_vf still allocated to p2-pod in the module" 1 "$(cat $cls/$held_fn/status)"
 # mock2, held by p1-pod, consumes all of its counter set: the real
 # scheduler counts an admin claim's device against the shared counters as
@@ -296,7 +296,7 @@ kubectl delete resourceclaim p1 p2 >/dev/null
 # --- Extended resources backed by DRA: no claim, a limit of the class's
 # extended resource; the scheduler makes the claim, our plugin prepares it.
 seed_pod ext-pod "" "" "$drv/vf: 1" >/dev/null
-WAIT_INTERVAL=1 wait_until 180 running ext-pod || not_ok "ext-pod Running"
+wait_running 180 ext-pod || not_ok "ext-pod Running"
 ext_claim=$(jp pod ext-pod default '{.status.extendedResourceClaimStatus.resourceClaimName}')
 check_true "the scheduler made a claim for $drv/vf: 1 (${ext_claim:-none})" [ -n "$ext_claim" ]
 check "and allocated a VF in it" mock1-vf "$(kind_of "$ext_claim")"
@@ -347,8 +347,8 @@ for _s in s1 s2; do
     mem_claim $_s 6Gi
     claim_pod $_s-pod $_s
 done
-WAIT_INTERVAL=1 wait_until 180 running s1-pod || not_ok "s1-pod Running"
-WAIT_INTERVAL=1 wait_until 180 running s2-pod || not_ok "s2-pod Running"
+wait_running 180 s1-pod || not_ok "s1-pod Running"
+wait_running 180 s2-pod || not_ok "s2-pod Running"
 check "two claims of 6Gi: both get mock2, 6Gi each" "mock2 mock2 6Gi 6Gi" "$(allocated s1) $(allocated s2) $(consumed s1) $(consumed s2)"
 check_true "each its own share ID ($(share_of s1), $(share_of s2))" \
     [ -n "$(share_of s1)" -a -n "$(share_of s2)" -a "$(share_of s1)" != "$(share_of s2)" ]
@@ -358,7 +358,7 @@ check "the module holds mock2" 1 "$(cat $cls/mock2/status)"
 # 1500Mi: rounded up to the grain, 2Gi; 14Gi of 16Gi given out.
 mem_claim s3 1500Mi
 claim_pod s3-pod s3
-WAIT_INTERVAL=1 wait_until 180 running s3-pod || not_ok "s3-pod Running"
+wait_running 180 s3-pod || not_ok "s3-pod Running"
 check "1500Mi is rounded up to the 1Gi grain" "mock2 2Gi" "$(allocated s3) $(consumed s3)"
 check "the claim's status names its share" "$(share_of s3)" \
     "$(jp resourceclaim s3 default '{.status.devices[0].shareID}')"
@@ -375,13 +375,13 @@ check "a claim naming no amount takes all of it: it waits too" "::Pending" ":$(a
 # s1 gone: its 6Gi back, s4 gets it; the module still holds mock2.
 delete_pod s1-pod
 kubectl delete resourceclaim s1 >/dev/null
-WAIT_INTERVAL=1 wait_until 180 running s4-pod || not_ok "s4-pod Running"
+wait_running 180 s4-pod || not_ok "s4-pod Running"
 check "s1 released: s4's 6Gi share fits now" "mock2 6Gi Running" "$(allocated s4) $(consumed s4) $(phase s4-pod)"
 check "mock2 still held in the module (s2, s3, s4)" 1 "$(cat $cls/mock2/status)"
 for _s in s2 s3 s4; do delete_pod $_s-pod; done
 kubectl delete resourceclaim s2 s3 s4 >/dev/null
 # The last share gone: whole-pod gets all of mock2.
-WAIT_INTERVAL=1 wait_until 180 running whole-pod || not_ok "whole-pod Running"
+wait_running 180 whole-pod || not_ok "whole-pod Running"
 check "every share released: the claim for all of it gets mock2, 16Gi" "mock2 16Gi MOCK_ACCEL_MEMORY=16Gi" \
     "$(allocated whole) $(consumed whole) $(kubectl exec whole-pod -- env | grep '^MOCK_ACCEL_MEMORY=')"
 delete_pod whole-pod
@@ -391,7 +391,7 @@ check "and released: mock2 free in the module" 0 "$(cat $cls/mock2/status)"
 # share of mock1 is held, none of its VFs is given; then one is.
 mem_claim m1 2Gi "$PF1"
 claim_pod m1-pod m1
-WAIT_INTERVAL=1 wait_until 180 running m1-pod || not_ok "m1-pod Running"
+wait_running 180 m1-pod || not_ok "m1-pod Running"
 claim vfx mock-accel-vf "$VF_OF_1"
 claim_pod vfx-pod vfx
 WAIT_INTERVAL=1 wait_until 120 unschedulable vfx-pod
@@ -399,7 +399,7 @@ check "a 2Gi share of mock1 held: its VFs are not given (the PF's counter set is
     "mock1 2Gi ::Pending" "$(allocated m1) $(consumed m1) :$(allocated vfx):$(phase vfx-pod)"
 delete_pod m1-pod
 kubectl delete resourceclaim m1 >/dev/null
-WAIT_INTERVAL=1 wait_until 180 running vfx-pod || not_ok "vfx-pod Running"
+wait_running 180 vfx-pod || not_ok "vfx-pod Running"
 check "the share released: the VF claim gets one of mock1's VFs" "mock1-vf Running" "$(kind_of vfx) $(phase vfx-pod)"
 delete_pod vfx-pod
 kubectl delete resourceclaim vfx >/dev/null

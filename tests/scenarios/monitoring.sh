@@ -89,7 +89,7 @@ failed_prepare() {
         has "$_ev" "is failed (health=failed)"
     check "$1: the pod does not start" Pending "$(phase broken-pod)"
     kubectl delete pod broken-pod --wait=false >/dev/null
-    WAIT_INTERVAL=0.5 wait_until 120 gone_pod broken-pod || not_ok "$1: broken-pod deleted"
+    wait_gone_pod 120 broken-pod || not_ok "$1: broken-pod deleted"
     kubectl delete resourceclaim broken-claim >/dev/null
     put $cls/mock1_vf1/health ok
 }
@@ -119,9 +119,9 @@ refused_writes() {
 prepared_cycle() {
     claim vf-claim mock-accel-vf
     claim_pod vf-pod vf-claim
-    WAIT_INTERVAL=0.5 wait_until 180 running vf-pod || not_ok "$1: vf-pod Running"
+    wait_running 180 vf-pod || not_ok "$1: vf-pod Running"
     kubectl delete pod vf-pod --wait=false >/dev/null
-    WAIT_INTERVAL=0.5 wait_until 120 gone_pod vf-pod || not_ok "$1: vf-pod deleted"
+    wait_gone_pod 120 vf-pod || not_ok "$1: vf-pod deleted"
     kubectl delete resourceclaim vf-claim >/dev/null
 }
 

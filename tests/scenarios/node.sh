@@ -225,6 +225,28 @@ has_devices() { [ "$(devices)" = "$1" ]; }
 phase() { jp pod "$1" "${2:-default}" '{.status.phase}'; }
 running() { [ "$(phase "$1" "${2:-}")" = Running ]; }
 gone_pod() { ! kubectl get pod "$1" -n "${2:-default}" >/dev/null 2>&1; }
+
+# wait_running SECONDS POD [NAMESPACE], wait_gone_pod SECONDS POD
+# [NAMESPACE]: the pod Running, or deleted, within SECONDS, seen by one
+# watch (kubectl wait) rather than by polling with a kubectl process per
+# look. Measured on the emulated node, a plain pod, same boot: Running in
+# 21 and 14 s, gone in 15 and 10 s watched; 25-27 s and 20-23 s polled
+# (every 0.05 or 3 s alike): each kubectl start costs the guest about
+# 1.7 s of CPU, taken from the kubelet and containerd being waited for.
+# A pod that does not exist yet (a controller's) is waited for first.
+wait_running() {
+    _wp_end=$(($(date +%s) + $1))
+    WAIT_INTERVAL=1 wait_until "$1" _pod_exists "$2" "${3:-default}" || return 1
+    kubectl wait --for=jsonpath='{.status.phase}'=Running pod/"$2" -n "${3:-default}" \
+        --timeout="$(_wp_left)s" >/dev/null 2>&1
+}
+wait_gone_pod() {
+    _wp_end=$(($(date +%s) + $1))
+    kubectl wait --for=delete pod/"$2" -n "${3:-default}" --timeout="$(_wp_left)s" >/dev/null 2>&1 ||
+        gone_pod "$2" "${3:-}"
+}
+_pod_exists() { kubectl get pod "$1" -n "$2" >/dev/null 2>&1; }
+_wp_left() { _l=$((_wp_end - $(date +%s))); [ "$_l" -gt 1 ] && echo "$_l" || echo 1; }
 # The agent as a node process (its admin port on 127.0.0.1:8080).
 start_agent() {
     NODE_NAME=$NODE_NAME POD_NAMESPACE=kube-system start agent \

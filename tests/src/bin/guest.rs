@@ -89,6 +89,7 @@ fn main() -> anyhow::Result<ExitCode> {
         // The node with the registry, Helm and the chart: the demo installs
         // the driver as its users do.
         let agent = std::env::current_exe()?.with_file_name("mock-accel-agent");
+        let agent = mock_device_testkit::node::image_agent(&agent);
         let mut g = mock_device_testkit::node::guest_with_chart(&refs, &agent)?;
         // A whole node under software emulation: minutes, not seconds.
         g.timeout = g.timeout.max(std::time::Duration::from_secs(1200));
