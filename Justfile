@@ -10,10 +10,16 @@ kver := `ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V | t
 default:
     @just --list --unsorted
 
-# Run every test: host unit tests, the real control plane's tests and the guest-kernel tests (boots VMs)
+# Run the tests: host unit tests, the real control plane's tests and the guest-kernel tests (boots VMs); the hour-long node tests are in test-node-full
 test: kube debug-kernel
     cargo build --workspace --bins
+    cargo build --release -p mock-accel-agent --bin mock-accel-agent
     cargo test --workspace --no-fail-fast
+
+# The node tests ./dev test leaves out (about an hour on the emulated node): the demo, then the whole chart test (Prometheus and the dashboards, the upgrade from a seed release)
+test-node-full: kube build
+    cargo build --release -p mock-accel-agent --bin mock-accel-agent
+    cargo test -p mock-accel-agent --test node_guest -- --ignored
 
 # Build the real Kubernetes v1.37.2 components, etcd, containerd, CNI plugins and the Helm v4.3.1 CLI from their Go modules (tests/kube; cold: long, progress shown; nothing when up to date)
 kube:
@@ -50,6 +56,7 @@ kmod-clean:
 
 # The demo: a real Kubernetes v1.37.2 node in a VM (first run builds Kubernetes: ~10 min), the driver installed with Helm from a registry in the VM, the seed's test pod, a waiting pod placed after a hot-plug
 vm-demo: kube build
+    cargo build --release -p mock-accel-agent --bin mock-accel-agent
     cargo run -q -p mock-device-testkit --bin guest -- demo
 
 # The quick demo: the module, the agent and the project's test API server in a VM; devices hot-plugged, slices shown changing

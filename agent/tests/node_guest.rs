@@ -19,15 +19,16 @@ static ONE_NODE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The node, these scenarios run on it in turn.
 fn run_on_node(scenarios: &[&str]) -> GuestRun {
-    run(scenarios, false)
+    run(scenarios, false, false)
 }
 
-/// The node with the driver's image, the Helm CLI and the packaged chart.
-fn run_on_node_with_chart(scenarios: &[&str]) -> GuestRun {
-    run(scenarios, true)
+/// The node with the driver's image, the Helm CLI and the packaged chart;
+/// `full`: helm.sh with its long parts (`MOCK_CHART_FULL=1`).
+fn run_on_node_with_chart(scenarios: &[&str], full: bool) -> GuestRun {
+    run(scenarios, true, full)
 }
 
-fn run(scenarios: &[&str], chart: bool) -> GuestRun {
+fn run(scenarios: &[&str], chart: bool, full: bool) -> GuestRun {
     let scenario = scenarios.join("+");
     let _turn = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let agent = PathBuf::from(env!("CARGO_BIN_EXE_mock-accel-agent"));
@@ -44,14 +45,17 @@ fn run(scenarios: &[&str], chart: bool) -> GuestRun {
         ("kubectl", &kubectl),
     ];
     let guest = match chart {
-        true => node::guest_with_chart(&bins, &agent),
+        true => node::guest_with_chart(&bins, &node::image_agent(&agent)),
         false => node::guest(&bins),
     };
     let mut guest = guest.unwrap_or_else(|e| panic!("cannot set up the node guest: {e}"));
     guest.timeout = guest
         .timeout
         .max(std::time::Duration::from_secs(2400 * scenarios.len() as u64));
-    let script = node::in_turn(scenarios).unwrap();
+    let mut script = node::in_turn(scenarios).unwrap();
+    if full {
+        script.insert_str(0, "export MOCK_CHART_FULL=1\n");
+    }
     // MOCK_GUEST_STREAM=1 (with --nocapture): each line as it comes.
     let stream = std::env::var_os("MOCK_GUEST_STREAM").is_some();
     let mut sink = |line: &str| {
@@ -86,14 +90,29 @@ fn run(scenarios: &[&str], chart: bool) -> GuestRun {
     run
 }
 
+/// `helm install` for real (`tests/scenarios/helm.sh`): the seed's
+/// install commands from an OCI registry in the guest (Pod Security
+/// refusing the node agent until the namespace is labelled as NOTES says),
+/// its verification and allocation commands, the node agent's own
+/// credentials against the real authorizer, `helm test`, `helm uninstall`
+/// leaving nothing, the critical-priority quota, KMM's absence said.
+#[test]
+fn the_chart_on_a_real_node() {
+    run_on_node_with_chart(&["helm.sh"], false).assert_clean(30);
+}
+
 /// The README's main command (`./dev vm-demo`) runs the demo scenario: it
 /// must keep working, and show what it says it shows. Then, on the same
-/// node, `helm install` for real: the seed's install commands, its
-/// verification and allocation commands, `helm test`, `helm uninstall`,
-/// the upgrade from a seed release (`tests/scenarios/helm.sh`).
+/// node, the whole chart test (`helm.sh` with `MOCK_CHART_FULL=1`): what
+/// [`the_chart_on_a_real_node`] does, and Prometheus scraping the chart's
+/// metrics with every query of the dashboards answered, and the upgrade
+/// from a seed release. Not in `./dev test` (`just test-node-full`): about
+/// an hour on this emulated node, which CI's 90 minutes cannot hold with
+/// the rest; what the demo does the other tests show piece by piece.
 #[test]
-fn the_demo_then_the_chart_on_a_real_node() {
-    let run = run_on_node_with_chart(&["cluster_demo.sh", "helm.sh"]);
+#[ignore = "about an hour on the emulated node: just test-node-full"]
+fn the_demo_then_the_whole_chart_test_on_a_real_node() {
+    let run = run_on_node_with_chart(&["cluster_demo.sh", "helm.sh"], true);
     let demo = run
         .output
         .split("# scenario cluster_demo.sh: exit ")
@@ -122,7 +141,7 @@ fn the_demo_then_the_chart_on_a_real_node() {
         "{}",
         run.output
     );
-    run.assert_clean(10);
+    run.assert_clean(80);
 }
 
 /// The seed's "Testing Device Allocation" as written, a

@@ -21,6 +21,11 @@ _section=$(uptime_s)
 section() { echo "# section $1: $(since "$_section") s"; _section=$(uptime_s); }
 registry_up || { finish; exit 1; }
 section registry
+
+# full: the whole chart test (MOCK_CHART_FULL=1, `just test-node-full`): with
+# the monitoring stack's part and the upgrade from a seed release, which
+# ./dev test leaves out (about 25 minutes on the emulated node).
+full() { [ "${MOCK_CHART_FULL:-}" = 1 ]; }
 CHART_REF=oci://$REGISTRY/charts/mock-device
 # The seed's "Custom Image Registry" flags, with this registry's host.
 REG_SETS="--set draDriver.controller.image.repository=$REGISTRY/mock-accel-dra-driver --set draDriver.nodeAgent.image.repository=$REGISTRY/mock-accel-dra-driver"
@@ -90,7 +95,7 @@ allocation() {
     seed_claim test-claim >/dev/null
     seed_pod test-pod "  - name: accel
     resourceClaimName: test-claim" "      - name: accel" >/dev/null
-    WAIT_INTERVAL=0.5 wait_until 180 running test-pod ||
+    wait_running 180 test-pod ||
         { not_ok "$1: test-pod Running (phase '$(phase test-pod)')"; kubectl describe pod test-pod | tail -n 20; agent_logs "$ns"; return 1; }
     _env=$(kubectl exec test-pod -- env | grep MOCK_ACCEL | sort)
     echo "$_env"
@@ -106,7 +111,7 @@ allocation() {
 # delete_test_pod WHAT: the seed's test pod and claim deleted
 delete_test_pod() {
     kubectl delete pod test-pod --wait=false >/dev/null
-    WAIT_INTERVAL=0.5 wait_until 120 gone_pod test-pod || not_ok "$1: test-pod deleted"
+    wait_gone_pod 120 test-pod || not_ok "$1: test-pod deleted"
     kubectl delete resourceclaim test-claim >/dev/null
 }
 
@@ -219,8 +224,11 @@ if installed $ns standard; then
     check_true "standard: containerd pulled the driver's image from the registry ($_pulled)" \
         has "$_pulled" "Successfully pulled image \"$REGISTRY/mock-accel-dra-driver:$VERSION\""
     allocation standard
-    monitoring $ns standard
-    section "standard: install, allocation, monitoring"
+    # Prometheus and the dashboards against the chart's metrics (about 17
+    # minutes on the emulated node): with MOCK_CHART_FULL=1 (just
+    # test-node-full), not in ./dev test.
+    if full; then monitoring $ns standard; fi
+    section "standard: install, allocation${MOCK_CHART_FULL:+, monitoring}"
     rbac $ns standard
     delete_test_pod standard
     _test=$(helm test mock-device -n $ns --logs 2>&1)
@@ -232,13 +240,14 @@ uninstalled standard $ns $ns
 
 section standard
 
-# --- Upgrade from a seed release (0.2.0 renders the Namespace without a
+# --- (MOCK_CHART_FULL=1 only: just test-node-full) Upgrade from a seed release (0.2.0 renders the Namespace without a
 # keep policy; tests/chart/seed-0.2.0 stands in for it) to the seed's
 # Minimal Installation: no --namespace (the release in default), the
 # chart's own namespace, labelled for Pod Security, kept on uninstall (the
 # seed's uninstall deletes it by hand). The namespace and what is in it
 # stay. (A fresh minimal install renders the same objects: this section
 # stands for it, one install and uninstall fewer on the emulated node.)
+if full; then
 _out=$(helm install mock-device /guest/seed/mock-device-0.2.0.tgz 2>&1)
 check_true "upgrade: the seed release 0.2.0 installed" has "$_out" "STATUS: deployed"
 kubectl create configmap users-data -n $ns --from-literal=keep=me >/dev/null
@@ -262,6 +271,7 @@ check "upgrade: nothing of the driver left after helm uninstall" "" "$(echo $(le
 check "upgrade: the namespace and the user's objects survive uninstall" me "$(jp configmap users-data $ns '{.data.keep}')"
 
 section upgrade
+fi
 
 # --- Critical priority limited to namespaces with a quota for it (as GKE
 # does; tests/src/node.rs): without the chart's ResourceQuota the node
