@@ -11,14 +11,12 @@ default:
     @just --list --unsorted
 
 # Run the tests: host unit tests, the real control plane's tests and the guest-kernel tests (boots VMs); the hour-long node tests are in test-node-full
-test: kube debug-kernel
+test: kube debug-kernel agent-release
     cargo build --workspace --bins
-    cargo build --release -p mock-accel-agent --bin mock-accel-agent
     cargo test --workspace --no-fail-fast
 
 # The node tests ./dev test leaves out (about an hour on the emulated node): the demo, then the whole chart test (Prometheus and the dashboards, the upgrade from a seed release)
-test-node-full: kube build
-    cargo build --release -p mock-accel-agent --bin mock-accel-agent
+test-node-full: kube build agent-release
     cargo test -p mock-accel-agent --test node_guest -- --ignored
 
 # Build the real Kubernetes v1.37.2 components, etcd, containerd, CNI plugins and the Helm v4.3.1 CLI from their Go modules (tests/kube; cold: long, progress shown; nothing when up to date)
@@ -32,6 +30,10 @@ debug-kernel:
 # The long random-operations stress of the module on the sanitizing kernel, two vCPUs (default 900 s); 0 reports expected
 kmod-sanitize seconds="900": debug-kernel build
     MOCK_GUEST_KERNEL=sanitizing MOCK_GUEST_TIMEOUT=$(({{seconds}} + 300)) ./target/debug/guest --cpus 2 run --set STRESS_SECONDS={{seconds}} tests/scenarios/kmod_sanitize.sh
+
+# The agent's release build, which the driver's image carries in the guests (node::image_agent)
+agent-release:
+    cargo build --release -p mock-accel-agent --bin mock-accel-agent
 
 # Build the Rust workspace (agent, test API server, rig and in-guest tools)
 build:
@@ -55,8 +57,7 @@ kmod-clean:
     make -C kmod KDIR=/lib/modules/{{kver}}/build clean
 
 # The demo: a real Kubernetes v1.37.2 node in a VM (first run builds Kubernetes: ~10 min), the driver installed with Helm from a registry in the VM, the seed's test pod, a waiting pod placed after a hot-plug
-vm-demo: kube build
-    cargo build --release -p mock-accel-agent --bin mock-accel-agent
+vm-demo: kube build agent-release
     cargo run -q -p mock-device-testkit --bin guest -- demo
 
 # The quick demo: the module, the agent and the project's test API server in a VM; devices hot-plugged, slices shown changing
