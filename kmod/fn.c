@@ -129,6 +129,9 @@ struct mock_accel_fn *mock_accel_fn_create(u32 pf_index, u32 vf_index,
 	fn->numa_node = numa_node;
 	fn->memory_size = memory_size;
 	fn->total_vfs = total_vfs;
+	fn->attach = mock_accel_fabric_attach_ms ? MOCK_ACCEL_ATTACH_DETACHED :
+						   MOCK_ACCEL_ATTACH_LOCAL;
+	INIT_DELAYED_WORK(&fn->attach_work, mock_accel_attach_work);
 	mock_accel_fn_uuid(fn);
 
 	device_initialize(&fn->dev);
@@ -223,8 +226,17 @@ noinline void mock_accel_remove_device(u32 pf_index, u32 vf_index,
 	chr = fn->chr;
 	fn->chr = NULL;
 	fn->status = 0;
+	/* An unbound function is off the fabric; a later bind attaches anew. */
+	if (fn->attach != MOCK_ACCEL_ATTACH_LOCAL)
+		fn->attach = MOCK_ACCEL_ATTACH_DETACHED;
 	mutex_unlock(&fn->lock);
 
+	/*
+	 * No attach can be queued any more (attach_store needs fn->chr), and
+	 * the work takes fn->lock: cancelled here, outside it, before the
+	 * function can be freed.
+	 */
+	cancel_delayed_work_sync(&fn->attach_work);
 	mock_accel_chr_destroy(chr);
 }
 

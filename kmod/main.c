@@ -36,6 +36,10 @@ u64 mock_accel_uuid_seed;
 module_param_named(uuid_seed, mock_accel_uuid_seed, ullong, 0444);
 MODULE_PARM_DESC(uuid_seed, "Seed of the device UUIDs (default 0: derived from the host name)");
 
+unsigned int mock_accel_fabric_attach_ms;
+module_param_named(fabric_attach_ms, mock_accel_fabric_attach_ms, uint, 0444);
+MODULE_PARM_DESC(fabric_attach_ms, "Fabric-attached functions: each needs an attach taking this long before use (0-60000 ms, default 0: local functions)");
+
 static struct mock_accel_fn *mock_accel_pfs[MOCK_ACCEL_MAX_PFS];
 static DEFINE_MUTEX(mock_accel_pfs_lock);	/* guards mock_accel_pfs[], _live */
 /*
@@ -230,6 +234,11 @@ static int mock_accel_check_params(void)
 	if (!memory_mib || memory_mib > MOCK_ACCEL_MAX_MEMORY_MIB) {
 		pr_err("memory_mib=%u is not in 1..%u\n", memory_mib,
 		       MOCK_ACCEL_MAX_MEMORY_MIB);
+		return -EINVAL;
+	}
+	if (mock_accel_fabric_attach_ms > MOCK_ACCEL_MAX_ATTACH_MS) {
+		pr_err("fabric_attach_ms=%u is above %d\n",
+		       mock_accel_fabric_attach_ms, MOCK_ACCEL_MAX_ATTACH_MS);
 		return -EINVAL;
 	}
 	return 0;

@@ -15,6 +15,7 @@
 #include <linux/types.h>
 #include <linux/uuid.h>
 #include <linux/version.h>
+#include <linux/workqueue.h>
 
 #define MOCK_ACCEL_NAME			"mock-accel"
 #define MOCK_ACCEL_MAX_PFS		64	/* PF ids 0..63 */
@@ -33,6 +34,8 @@
 #define MOCK_ACCEL_VF_DEVICE_ID		0x10f1
 #define MOCK_ACCEL_PCI_CLASS		0x120000	/* processing accelerator */
 #define MOCK_ACCEL_FW_VERSION		"1.4.2"
+#define MOCK_ACCEL_MAX_ATTACH_MS	60000	/* fabric_attach_ms limit */
+#define MOCK_ACCEL_MAX_FAIL_ATTACH	1000	/* fail_attach limit */
 
 /* Kernels after 6.1 made these callbacks take const pointers. */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 2, 0)
@@ -64,6 +67,18 @@ enum mock_accel_health {
 	MOCK_ACCEL_HEALTH_FAILED,
 };
 
+/*
+ * A fabric-attached function (fabric_attach_ms > 0) must be attached
+ * before it can be allocated; an attach takes fabric_attach_ms and may fail.
+ */
+enum mock_accel_attach {
+	MOCK_ACCEL_ATTACH_LOCAL,	/* not fabric-attached: always usable */
+	MOCK_ACCEL_ATTACH_DETACHED,
+	MOCK_ACCEL_ATTACH_ATTACHING,
+	MOCK_ACCEL_ATTACH_ATTACHED,
+	MOCK_ACCEL_ATTACH_FAILED,
+};
+
 struct mock_accel_chr;
 
 /*
@@ -84,6 +99,9 @@ struct mock_accel_fn {
 	bool retiring;			/* VF: its PF is removing it */
 	u32 status;			/* 0 free, 1 allocated */
 	enum mock_accel_health health;
+	enum mock_accel_attach attach;
+	u32 fail_attach;		/* the next N attaches fail */
+	struct delayed_work attach_work; /* ends an attach */
 
 	/* PF only */
 	u32 total_vfs;
@@ -119,6 +137,7 @@ extern MOCK_ACCEL_CLASS mock_accel_class;
 extern struct device *mock_accel_root;
 extern unsigned int mock_accel_max_vfs;
 extern u64 mock_accel_uuid_seed;
+extern unsigned int mock_accel_fabric_attach_ms;
 int mock_accel_probe_fault(void);
 
 /* fn.c: functions on the bus */
@@ -160,5 +179,6 @@ __printf(3, 4)
 void mock_accel_notify(struct mock_accel_fn *fn, const char *event,
 		       const char *fmt, ...);
 const char *mock_accel_health_name(enum mock_accel_health health);
+void mock_accel_attach_work(struct work_struct *work);
 
 #endif /* _MOCK_ACCEL_H */

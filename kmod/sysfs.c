@@ -23,6 +23,14 @@ const char *mock_accel_health_name(enum mock_accel_health health)
 	return mock_accel_health_names[health];
 }
 
+static const char * const mock_accel_attach_names[] = {
+	[MOCK_ACCEL_ATTACH_LOCAL] = "local",
+	[MOCK_ACCEL_ATTACH_DETACHED] = "detached",
+	[MOCK_ACCEL_ATTACH_ATTACHING] = "attaching",
+	[MOCK_ACCEL_ATTACH_ATTACHED] = "attached",
+	[MOCK_ACCEL_ATTACH_FAILED] = "failed",
+};
+
 /*
  * Sends a change uevent on the function's class device with
  * MOCK_ACCEL_EVENT=@event and one more KEY=VALUE. Caller holds fn->lock and
@@ -125,6 +133,9 @@ static ssize_t status_store(struct device *dev, struct device_attribute *attr,
 		err = -ENODEV;
 	else if (status && fn->health == MOCK_ACCEL_HEALTH_FAILED)
 		err = -EIO;
+	else if (status && fn->attach != MOCK_ACCEL_ATTACH_LOCAL &&
+		 fn->attach != MOCK_ACCEL_ATTACH_ATTACHED)
+		err = -ENOLINK;
 	else if (status != fn->status) {
 		fn->status = status;
 		mock_accel_notify(fn, "status", "MOCK_ACCEL_STATUS=%u", status);
@@ -171,6 +182,130 @@ static ssize_t health_store(struct device *dev, struct device_attribute *attr,
 	return err ? err : count;
 }
 static DEVICE_ATTR_RW(health);
+
+/* ---- fabric attach (fabric_attach_ms > 0) ---- */
+
+/* Caller holds fn->lock. */
+static void mock_accel_attach_set(struct mock_accel_fn *fn,
+				  enum mock_accel_attach state)
+{
+	if (state == fn->attach)
+		return;
+	fn->attach = state;
+	if (fn->chr)
+		mock_accel_notify(fn, "attach", "MOCK_ACCEL_ATTACH=%s",
+				  mock_accel_attach_names[state]);
+}
+
+/* Ends an attach: attached, or failed (injected, or the function failed). */
+void mock_accel_attach_work(struct work_struct *work)
+{
+	struct mock_accel_fn *fn = container_of(to_delayed_work(work),
+						struct mock_accel_fn,
+						attach_work);
+
+	mutex_lock(&fn->lock);
+	if (fn->attach == MOCK_ACCEL_ATTACH_ATTACHING) {
+		if (fn->fail_attach || fn->health == MOCK_ACCEL_HEALTH_FAILED) {
+			if (fn->fail_attach)
+				fn->fail_attach--;
+			mock_accel_attach_set(fn, MOCK_ACCEL_ATTACH_FAILED);
+		} else {
+			mock_accel_attach_set(fn, MOCK_ACCEL_ATTACH_ATTACHED);
+		}
+	}
+	mutex_unlock(&fn->lock);
+}
+
+static ssize_t attach_show(struct device *dev, struct device_attribute *attr,
+			   char *buf)
+{
+	struct mock_accel_fn *fn = attr_fn(dev);
+	enum mock_accel_attach state;
+
+	mutex_lock(&fn->lock);
+	state = fn->attach;
+	mutex_unlock(&fn->lock);
+	return sysfs_emit(buf, "%s\n", mock_accel_attach_names[state]);
+}
+
+/*
+ * "attach" starts an attach (a no-op while attaching or attached; again
+ * after a failure); "detach" ends one or undoes it, refused while the
+ * function is allocated.
+ */
+static ssize_t attach_store(struct device *dev, struct device_attribute *attr,
+			    const char *buf, size_t count)
+{
+	static const char * const ops[] = { "attach", "detach" };
+	struct mock_accel_fn *fn = attr_fn(dev);
+	int op, err = 0;
+
+	op = sysfs_match_string(ops, buf);
+	if (op < 0)
+		return op;
+
+	mutex_lock(&fn->lock);
+	if (!fn->chr || fn->retiring) {
+		err = -ENODEV;
+	} else if (fn->attach == MOCK_ACCEL_ATTACH_LOCAL) {
+		err = -EOPNOTSUPP;
+	} else if (op == 0) {
+		if (fn->attach == MOCK_ACCEL_ATTACH_DETACHED ||
+		    fn->attach == MOCK_ACCEL_ATTACH_FAILED) {
+			mock_accel_attach_set(fn, MOCK_ACCEL_ATTACH_ATTACHING);
+			mod_delayed_work(system_wq, &fn->attach_work,
+				msecs_to_jiffies(mock_accel_fabric_attach_ms));
+		}
+	} else if (fn->status) {
+		err = -EBUSY;
+	} else {
+		/* A pending attach finds the state changed and does nothing. */
+		mock_accel_attach_set(fn, MOCK_ACCEL_ATTACH_DETACHED);
+	}
+	mutex_unlock(&fn->lock);
+
+	return err ? err : count;
+}
+
+static ssize_t fail_attach_show(struct device *dev,
+				struct device_attribute *attr, char *buf)
+{
+	struct mock_accel_fn *fn = attr_fn(dev);
+	u32 n;
+
+	mutex_lock(&fn->lock);
+	n = fn->fail_attach;
+	mutex_unlock(&fn->lock);
+	return sysfs_emit(buf, "%u\n", n);
+}
+
+/* Fault injection: the next N attaches of this function fail. */
+static ssize_t fail_attach_store(struct device *dev,
+				 struct device_attribute *attr,
+				 const char *buf, size_t count)
+{
+	struct mock_accel_fn *fn = attr_fn(dev);
+	u32 n;
+	int err;
+
+	err = kstrtou32(buf, 0, &n);
+	if (err)
+		return err;
+	if (n > MOCK_ACCEL_MAX_FAIL_ATTACH)
+		return -ERANGE;
+
+	mutex_lock(&fn->lock);
+	if (!fn->chr || fn->retiring)
+		err = -ENODEV;
+	else if (fn->attach == MOCK_ACCEL_ATTACH_LOCAL)
+		err = -EOPNOTSUPP;
+	else
+		fn->fail_attach = n;
+	mutex_unlock(&fn->lock);
+
+	return err ? err : count;
+}
 
 /* ---- SR-IOV (PFs only), PCI-core names and meanings ---- */
 
@@ -220,6 +355,14 @@ static struct device_attribute dev_attr_vf_status =
 	__ATTR(status, 0644, status_show, status_store);
 static struct device_attribute dev_attr_vf_health =
 	__ATTR(health, 0644, health_show, health_store);
+static struct device_attribute dev_attr_pf_attach =
+	__ATTR(attach, 0644, attach_show, attach_store);
+static struct device_attribute dev_attr_vf_attach =
+	__ATTR(attach, 0644, attach_show, attach_store);
+static struct device_attribute dev_attr_pf_fail_attach =
+	__ATTR(fail_attach, 0644, fail_attach_show, fail_attach_store);
+static struct device_attribute dev_attr_vf_fail_attach =
+	__ATTR(fail_attach, 0644, fail_attach_show, fail_attach_store);
 
 #define MOCK_ACCEL_IDENTITY_ATTRS			\
 	&dev_attr_uuid.attr,				\
@@ -233,6 +376,8 @@ static struct attribute *mock_accel_pf_common_attrs[] = {
 	MOCK_ACCEL_IDENTITY_ATTRS,
 	&dev_attr_status.attr,
 	&dev_attr_health.attr,
+	&dev_attr_pf_attach.attr,
+	&dev_attr_pf_fail_attach.attr,
 	NULL,
 };
 
@@ -244,6 +389,8 @@ static struct attribute *mock_accel_vf_common_attrs[] = {
 	MOCK_ACCEL_IDENTITY_ATTRS,
 	&dev_attr_vf_status.attr,
 	&dev_attr_vf_health.attr,
+	&dev_attr_vf_attach.attr,
+	&dev_attr_vf_fail_attach.attr,
 	NULL,
 };
 

@@ -1,7 +1,9 @@
 # Random operations on the module from every side at once, in rounds, for
 # STRESS_SECONDS (default 20), on two vCPUs: hot-plug (new_device,
 # del_device, probes made to fail), SR-IOV up and down, status and health
-# writes, bind/unbind, reads of every attribute and of the character devices
+# writes, fabric attaches (half the rounds load the module with
+# fabric_attach_ms: attach, detach, armed failures, attaches pending while
+# their function goes), bind/unbind, reads of every attribute and of the character devices
 # (descriptors held open while their device goes), and each round ends with
 # `modprobe -r` racing all of it. Meant for the sanitizing kernel (KASAN,
 # lockdep, kmemleak, UBSAN, debugobjects, list debugging: the host checks
@@ -61,6 +63,14 @@ op_health() {
     shift $((RANDOM % 3))
     echo "$1" >$cls/$d/health
 }
+op_attach() {
+    d=$(rand_dev) || return 1
+    case $((RANDOM % 5)) in
+        0) echo 1 >$cls/$d/fail_attach ;;
+        1) echo detach >$cls/$d/attach ;;
+        *) echo attach >$cls/$d/attach ;;
+    esac
+}
 op_bind() {
     set -- $bus/devices/*
     [ -e "$1" ] || return 1
@@ -82,7 +92,7 @@ op_read() {
         return
     fi
     cat /dev/mock-accel/$d $cls/$d/uuid $cls/$d/type $cls/$d/memory_size $cls/$d/capabilities \
-        $cls/$d/numa_node $cls/$d/fw_version $cls/$d/status $cls/$d/health $cls/$d/dev >/dev/null
+        $cls/$d/numa_node $cls/$d/fw_version $cls/$d/status $cls/$d/health $cls/$d/attach $cls/$d/dev >/dev/null
 }
 
 # work NAME: run op_NAME until /tmp/stop appears; counts in /tmp/count.NAME
@@ -95,7 +105,7 @@ work() {
     echo "$ok_n $err_n" >/tmp/count.$1
 }
 
-ops="plug sriov status health bind read"
+ops="plug sriov status health attach bind read"
 rounds=0
 total_ok=0
 total_err=0
@@ -105,7 +115,9 @@ leftovers=0
 idle_workers=0
 while [ "$(date +%s)" -lt "$end" ]; do
     rounds=$((rounds + 1))
-    if ! modprobe mock-accel num_pfs=$((RANDOM % 4 + 1)) max_vfs=8 numa_nodes=$((RANDOM % 3 + 1)); then
+    fabric=$((RANDOM % 2 * (RANDOM % 50 + 1)))
+    if ! modprobe mock-accel num_pfs=$((RANDOM % 4 + 1)) max_vfs=8 numa_nodes=$((RANDOM % 3 + 1)) \
+        fabric_attach_ms=$fabric; then
         not_ok "modprobe in round $rounds"
         break
     fi
@@ -139,7 +151,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
 done
 seconds=$(($(date +%s) - t0))
 echo "stress: $rounds rounds, $((total_ok + total_err)) operations ($total_ok done, $total_err refused) in $seconds s;" \
-    "plug $ops_plug, sriov $ops_sriov, status $ops_status, health $ops_health, bind $ops_bind, read $ops_read;" \
+    "plug $ops_plug, sriov $ops_sriov, status $ops_status, health $ops_health, attach $ops_attach, bind $ops_bind, read $ops_read;" \
     "$raced_unloads unloads raced the operations"
 
 check_true "at least one round ($rounds)" test "$rounds" -ge 1

@@ -20,7 +20,7 @@ check "VF has no sriov_numvfs" "" "$(ls $cls/mock5_vf0 | grep sriov)"
 check "VF device id" 0x10f1 "$(cat $bus/devices/0000:1f:02.0/device)"
 check_true "modprobe -r with 16 VFs enabled" modprobe -r mock-accel
 
-for bad in num_pfs=65 numa_nodes=0 numa_nodes=9 max_vfs=65 memory_mib=0 memory_mib=1048577; do
+for bad in num_pfs=65 numa_nodes=0 numa_nodes=9 max_vfs=65 memory_mib=0 memory_mib=1048577 fabric_attach_ms=60001; do
     check_false "modprobe $bad is refused" modprobe mock-accel $bad
     check_false "nothing left after $bad" test -e $cls
 done

@@ -98,6 +98,11 @@ fn bad_input_gets_the_right_errno_and_no_kernel_problem() {
 }
 
 #[test]
+fn fabric_attach_takes_its_time_can_fail_and_gates_allocation() {
+    on_every_kernel("fabric.sh", 1, |r| r.assert_clean(31));
+}
+
+#[test]
 fn unload_with_vfs_enabled_and_devices_allocated_is_clean() {
     on_every_kernel("unload_busy.sh", 1, |r| r.assert_clean(19));
 }

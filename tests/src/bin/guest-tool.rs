@@ -284,6 +284,7 @@ fn errno_name(errno: i32) -> String {
         libc::ENOSPC => "ENOSPC",
         libc::ERANGE => "ERANGE",
         libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOLINK => "ENOLINK",
         _ => return format!("E{errno}"),
     };
     name.to_string()
