@@ -29,6 +29,27 @@ pub enum Health {
     Failed,
 }
 
+/// Where a fabric-attached function's attach stands (`attach`, ABI.md);
+/// a local function (or a module without the file) has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    Detached,
+    Attaching,
+    Attached,
+    Failed,
+}
+
+impl Attach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attach::Detached => "detached",
+            Attach::Attaching => "attaching",
+            Attach::Attached => "attached",
+            Attach::Failed => "failed",
+        }
+    }
+}
+
 /// One PF or VF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
@@ -54,6 +75,8 @@ pub struct Function {
     pub sriov: Option<(u32, u32)>,
     /// The character device's `(major, minor)`, from `dev`.
     pub devnum: Option<(u32, u32)>,
+    /// Fabric-attached functions only.
+    pub attach: Option<Attach>,
 }
 
 impl Function {
@@ -230,7 +253,25 @@ fn read_function(dir: &Path, name: &str) -> Result<Function, (SkipReason, String
         status: r.number("status")?,
         sriov,
         devnum: read_devnum(dir),
+        attach: read_attach(dir)?,
     })
+}
+
+/// `attach`: none for a local function, or a module older than the file.
+fn read_attach(dir: &Path) -> Result<Option<Attach>, (SkipReason, String)> {
+    let text = match fs::read_to_string(dir.join("attach")) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err((SkipReason::MissingAttribute, format!("attach: {e}"))),
+    };
+    Ok(Some(match text.trim() {
+        "local" => return Ok(None),
+        "detached" => Attach::Detached,
+        "attaching" => Attach::Attaching,
+        "attached" => Attach::Attached,
+        "failed" => Attach::Failed,
+        other => return Err((SkipReason::BadValue, format!("attach: {other:?}"))),
+    }))
 }
 
 /// `dev` holds "MAJOR:MINOR"; a function without one has no node (yet).
@@ -402,6 +443,23 @@ mod tests {
                 ("weird7", SkipReason::BadName)
             ]
         );
+    }
+
+    #[test]
+    fn fabric_attach_states_are_read_and_local_means_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/class/mock-accel");
+        write_fake_tree(&root, 4, 0).unwrap();
+        let dev = |n: &str| fs::canonicalize(root.join(n)).unwrap();
+        fs::write(dev("mock0").join("attach"), "local\n").unwrap();
+        fs::write(dev("mock1").join("attach"), "attaching\n").unwrap();
+        fs::write(dev("mock2").join("attach"), "plugged\n").unwrap();
+        let inv = scan(&root).unwrap();
+        assert_eq!(inv.functions["mock0"].attach, None);
+        assert_eq!(inv.functions["mock1"].attach, Some(Attach::Attaching));
+        assert_eq!(inv.functions["mock3"].attach, None, "no file: an older module");
+        let skipped: Vec<(&str, SkipReason)> = inv.skipped.iter().map(|s| (s.name.as_str(), s.reason)).collect();
+        assert_eq!(skipped, [("mock2", SkipReason::BadValue)]);
     }
 
     #[test]

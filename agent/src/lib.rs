@@ -8,6 +8,8 @@
 //! - [`publisher`] makes the API hold them, whatever happens to it;
 //! - [`plugin`] is the kubelet's DRA plugin: prepares and releases
 //!   claims' devices (CDI, checkpoint) and streams device health;
+//! - [`binding`] attaches fabric-attached devices that claims hold and
+//!   reports their binding conditions to the scheduler;
 //! - [`heartbeat`] keeps a Lease per node agent, for the controller;
 //! - [`controller`] (`--mode=controller`) is the cluster-wide view: fleet
 //!   metrics and the clean-up of slices whose node or agent is gone;
@@ -16,6 +18,7 @@
 pub mod admin;
 pub mod api;
 pub mod args;
+pub mod binding;
 pub mod check;
 pub mod claims;
 pub mod controller;
@@ -233,6 +236,20 @@ async fn run(
         }
         Ok(())
     });
+    tasks.spawn(
+        binding::run(
+            clients.requests.clone(),
+            clients.watches.clone(),
+            binding::Config {
+                driver: args.driver_name.clone(),
+                node: node.clone(),
+                sysfs_root: args.sysfs_root.clone(),
+            },
+            inventory_rx.clone(),
+            cancel.clone(),
+        )
+        .instrument(info_span!("binding")),
+    );
     if args.kubelet_plugin {
         let (plugin_dir, dra) = args.plugin_paths();
         let inventory_for_health = inventory_rx.clone();

@@ -47,6 +47,10 @@ pub const SOCKET_CHECK_FAILURES: &str = "mock_accel_plugin_socket_check_failures
 pub const HEALTH_STREAMS: &str = "mock_accel_health_streams";
 pub const DEVICE_HEALTH: &str = "mock_accel_device_health";
 pub const CLAIM_STATUS_UPDATES: &str = "mock_accel_claim_status_updates_total";
+pub const FABRIC_ATTACHES: &str = "mock_accel_fabric_attaches_total";
+pub const FABRIC_ATTACH_SECONDS: &str = "mock_accel_fabric_attach_duration_seconds";
+pub const FABRIC_BINDING_PENDING: &str = "mock_accel_fabric_binding_pending";
+pub const FABRIC_ERRORS: &str = "mock_accel_fabric_errors_total";
 pub const HEARTBEAT_FAILURES: &str = "mock_accel_heartbeat_failures_total";
 pub const PUBLISHER: &str = "mock_accel_publisher";
 pub const CONTROLLER_LEADER: &str = "mock_accel_controller_leader";
@@ -83,6 +87,7 @@ pub fn install() -> PrometheusHandle {
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PREPARE_SECONDS.into()), &PREPARE_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(UNPREPARE_SECONDS.into()), &PREPARE_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLAIM_ALLOCATION_SECONDS.into()), &WAIT_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FABRIC_ATTACH_SECONDS.into()), &WAIT_BUCKETS))
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
@@ -179,12 +184,30 @@ fn describe() {
     describe_counter!(
         PREPARES,
         "Claims prepared for the kubelet, by result (success/error) and reason (none, not_found, uid_mismatch, \
-         not_allocated, wrong_driver, wrong_node, unknown_device, device_gone, unhealthy, conflict, invalid, api, \
+         not_allocated, wrong_driver, wrong_node, unknown_device, device_gone, unhealthy, not_attached, conflict, invalid, api, \
          sysfs, cdi, checkpoint, lock)."
     );
     describe_counter!(UNPREPARES, "Claims released for the kubelet, by result and reason.");
     describe_histogram!(PREPARE_SECONDS, Unit::Seconds, "Time to prepare one claim.");
     describe_histogram!(UNPREPARE_SECONDS, Unit::Seconds, "Time to release one claim.");
+    describe_counter!(
+        FABRIC_ATTACHES,
+        "Fabric attaches for allocated claims, by outcome reported to the scheduler (attached/failed/gone)."
+    );
+    describe_histogram!(
+        FABRIC_ATTACH_SECONDS,
+        Unit::Seconds,
+        "From the agent's seeing a claim allocated on a fabric-attached device to its reporting the attach's outcome: \
+         the binding-condition wait the agent causes."
+    );
+    describe_gauge!(
+        FABRIC_BINDING_PENDING,
+        "Allocated fabric-attached devices whose binding condition is not reported yet (pods the scheduler holds)."
+    );
+    describe_counter!(
+        FABRIC_ERRORS,
+        "Failures of the binding reporter, by kind (sysfs: an attach or detach write; status: a claim status write)."
+    );
     describe_gauge!(PREPARED_CLAIMS, "Claims prepared on this node (the checkpoint's).");
     describe_gauge!(PREPARED_DEVICES, "Devices of the prepared claims.");
     describe_counter!(

@@ -188,6 +188,14 @@ fn int(i: i64) -> DeviceAttribute {
     }
 }
 
+/// The binding condition of a fabric-attached device (KEP-5007): the
+/// scheduler binds a pod to it only once the claim's device status says
+/// `FabricAttached` is True, and gives the allocation up (and tries again)
+/// when `FabricAttachFailed` is. The node agent reports both
+/// (`crate::binding`).
+pub const ATTACHED_CONDITION: &str = "FabricAttached";
+pub const ATTACH_FAILED_CONDITION: &str = "FabricAttachFailed";
+
 /// The device a function is published as. Unqualified attribute names
 /// belong to the driver's domain; `resource.kubernetes.io/` ones are the
 /// upstream standard attributes.
@@ -229,10 +237,15 @@ pub fn device(f: &Function) -> Device {
             ..Default::default()
         },
     );
+    // Whether the function is fabric-attached, not where its attach
+    // stands: an attach or detach changes no slice.
+    let fabric = f.attach.is_some();
     Device {
         name: device_name(&f.name),
         attributes: Some(attrs),
         capacity: Some(capacity),
+        binding_conditions: fabric.then(|| vec![ATTACHED_CONDITION.to_string()]),
+        binding_failure_conditions: fabric.then(|| vec![ATTACH_FAILED_CONDITION.to_string()]),
         ..Default::default()
     }
 }

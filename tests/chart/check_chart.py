@@ -74,7 +74,8 @@ SEED_COMMANDS = [
     ("everything on", "mock-device", ["metrics.serviceMonitor.enabled=true", "dashboards.enabled=true",
                                       "metrics.serviceMonitor.additionalLabels.release=kube-prometheus-stack",
                                       "draDriver.controller.replicas=2", "global.imagePullSecrets={regcred}",
-                                      "kernelModule.enabled=true"], []),
+                                      "kernelModule.enabled=true",
+                                      "kernelModule.parameters={fabric_attach_ms=5000,num_pfs=8}"], []),
     # A values file written for the seed chart (its values.yaml's keys).
     ("seed values file", "mock-device", ["nameOverride=accel", "fullnameOverride=accel-full",
                                          "kernelModule.enabled=true", "kernelModule.nodeSelector.kubernetes\\.io/os=linux"],
@@ -398,6 +399,7 @@ def main():
          "extendedResourceName"),
         ("an extended resource in kubernetes.io", ["deviceClasses[1].extendedResourceName=kubernetes.io/accel"],
          "extendedResourceName"),
+        ("a module parameter without a value", ["kernelModule.parameters={fabric_attach_ms}"], "parameters"),
     ]
     for what, sets, word in bad:
         try:

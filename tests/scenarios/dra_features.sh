@@ -29,6 +29,11 @@
 # 1Gi grain), never more than the PF has, and a shared PF still excludes
 # its VFs; each container sees its share.
 #
+# Binding conditions (KEP-5007): fabric-attached devices (the module's
+# fabric_attach_ms) declare FabricAttached; the real scheduler holds the
+# pod until the agent attached the device and said so in the claim, and
+# lets a failed attach's allocation go and tries again.
+#
 # Prioritized lists (firstAvailable) and admin access, the scheduler's and
 # the API server's part, with the agent's: an admin claim gets a VF already
 # held and its pod runs beside the holder's (a held PF, whose counter set
@@ -403,6 +408,54 @@ wait_running 180 vfx-pod || not_ok "vfx-pod Running"
 check "the share released: the VF claim gets one of mock1's VFs" "mock1-vf Running" "$(kind_of vfx) $(phase vfx-pod)"
 delete_pod vfx-pod
 kubectl delete resourceclaim vfx >/dev/null
+
+# --- Binding conditions (KEP-5007): fabric-attached devices. The module
+# reloaded with fabric_attach_ms=10000: every function needs a 10 s attach
+# before use. Its devices carry the binding conditions; the real scheduler
+# holds a pod in PreBind until the agent, having attached the device,
+# reports FabricAttached in the claim's status; a failed attach
+# (fail_attach) makes the scheduler give the allocation up and try again.
+stop agent
+check_true "the module reloaded with fabric_attach_ms" \
+    sh -c 'modprobe -r mock-accel && modprobe mock-accel num_pfs=2 fabric_attach_ms=10000'
+start_agent
+WAIT_INTERVAL=0.5 wait_until 120 has_devices "mock0 mock1"
+bc() { kubectl get resourceslices -l driver=$drv -o jsonpath="{.items[*].spec.devices[?(@.name==\"$1\")].$2[*]}" 2>/dev/null; }
+check "the devices declare their binding conditions" "FabricAttached FabricAttachFailed" \
+    "$(bc mock0 bindingConditions) $(bc mock0 bindingFailureConditions)"
+claim f-claim mock-accel-pf "$(attr 'pfIndex == 0')"
+claim_pod f-pod f-claim
+f_allocated() { [ -n "$(allocated f-claim)" ]; }
+WAIT_INTERVAL=0.5 wait_until 120 f_allocated
+check "allocated mock0, attaching: the pod is not bound" "mock0 attaching :" \
+    "$(allocated f-claim) $(cat $cls/mock0/attach) :$(jp pod f-pod default '{.spec.nodeName}')"
+check "the allocation carries the binding conditions" FabricAttached \
+    "$(jp resourceclaim f-claim default '{.status.allocation.devices.results[0].bindingConditions[*]}')"
+wait_running 180 f-pod
+cond() { jp resourceclaim "$1" default "{.status.devices[0].conditions[?(@.type==\"$2\")].status}"; }
+check "attached: the agent reported it, the pod bound and runs, the plugin prepared it" \
+    "attached True True Running 1" \
+    "$(cat $cls/mock0/attach) $(cond f-claim FabricAttached) $(cond f-claim Ready) $(phase f-pod) $(cat $cls/mock0/status)"
+pending_event() { kubectl get events -n default --field-selector "involvedObject.name=f-pod,reason=BindingConditionsPending" -o name 2>/dev/null | grep -q .; }
+check_true "the scheduler said it waited (BindingConditionsPending)" pending_event
+delete_pod f-pod
+kubectl delete resourceclaim f-claim >/dev/null
+detached() { [ "$(cat $cls/$1/attach)" = detached ]; }
+WAIT_INTERVAL=0.5 wait_until 60 detached mock0
+check "released: the agent detached mock0" detached "$(cat $cls/mock0/attach)"
+# A failed attach: mock1's next attach fails.
+put $cls/mock1/fail_attach 1
+claim g-claim mock-accel-pf "$(attr 'pfIndex == 1')"
+claim_pod g-pod g-claim
+wait_running 300 g-pod
+check "mock1's first attach failed, the scheduler let it go and tried again: Running" "Running 0 attached" \
+    "$(phase g-pod) $(cat $cls/mock1/fail_attach) $(cat $cls/mock1/attach)"
+check "the agent reported one failure and two attaches" "1 2" \
+    "$(metric 'mock_accel_fabric_attaches_total{result="failed"}') $(metric 'mock_accel_fabric_attaches_total{result="attached"}')"
+delete_pod g-pod
+kubectl delete resourceclaim g-claim >/dev/null
+WAIT_INTERVAL=0.5 wait_until 60 detached mock1
+check "and detached again" detached "$(cat $cls/mock1/attach)"
 
 stop agent
 finish

@@ -190,6 +190,13 @@ pub struct Fleet {
     pub tainted: BTreeMap<(String, &'static str), u64>,
     /// node → shared counter sets published (PF/VF exclusion).
     pub counter_sets: BTreeMap<String, u64>,
+    /// node (pool) → allocated devices whose binding conditions are not
+    /// settled yet: pods the scheduler holds in PreBind (every node that
+    /// publishes listed).
+    pub binding_waits: BTreeMap<String, u64>,
+    /// node (pool) → how long the oldest of those has waited since its
+    /// allocation.
+    pub oldest_binding_wait: BTreeMap<String, f64>,
     /// Nodes whose agent is up and that publish no slice.
     pub nodes_without_slices: u64,
     pub nodes: u64,
@@ -216,6 +223,20 @@ pub fn fleet(c: &Cluster, driver: &str, seen: &Seen, now: Timestamp) -> Fleet {
     let mut allocated: HashSet<(&str, &str)> = HashSet::new();
     for claim in &c.claims {
         allocated.extend(allocated_devices(claim, driver));
+        let allocated_at = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.allocation.as_ref())
+            .and_then(|a| a.allocation_timestamp.as_ref());
+        for r in crate::claims::results(claim, driver) {
+            if r.binding_conditions.as_ref().is_some_and(|b| !b.is_empty()) && !crate::claims::binding_settled(claim, r)
+            {
+                *f.binding_waits.entry(r.pool.clone()).or_insert(0) += 1;
+                let age = allocated_at.map_or(0.0, |t| secs_since(t.0, now));
+                let e = f.oldest_binding_wait.entry(r.pool.clone()).or_insert(0.0);
+                *e = e.max(age);
+            }
+        }
         let state = claim_state(claim, driver);
         for class in claim_labels(claim, driver, &ours) {
             if state == ClaimState::Pending
@@ -245,6 +266,8 @@ pub fn fleet(c: &Cluster, driver: &str, seen: &Seen, now: Timestamp) -> Fleet {
             continue;
         }
         *f.node_slices.entry(node.clone()).or_insert(0) += 1;
+        f.binding_waits.entry(node.clone()).or_insert(0);
+        f.oldest_binding_wait.entry(node.clone()).or_insert(0.0);
         *f.counter_sets.entry(node.clone()).or_insert(0) += s.spec.shared_counters.as_ref().map_or(0, Vec::len) as u64;
         for effect in crate::slices::TAINT_EFFECTS {
             f.tainted.entry((node.clone(), effect)).or_insert(0);
@@ -361,6 +384,22 @@ impl Fleet {
             self.counter_sets
                 .iter()
                 .map(|(node, n)| (labels(&[("node", node)]), *n as f64)),
+        );
+        family(
+            out,
+            "mock_accel_fleet_binding_waits",
+            "Allocated devices of this driver whose binding conditions (fabric attach) are not settled yet, per node: pods the scheduler holds before binding.",
+            self.binding_waits
+                .iter()
+                .map(|(node, n)| (labels(&[("node", node)]), *n as f64)),
+        );
+        family(
+            out,
+            "mock_accel_fleet_oldest_binding_wait_seconds",
+            "How long the oldest of those has waited since its allocation, per node (0 when none waits).",
+            self.oldest_binding_wait
+                .iter()
+                .map(|(node, age)| (labels(&[("node", node)]), *age)),
         );
         family(
             out,
@@ -766,6 +805,51 @@ mod tests {
                 claim("not-ours", "other", t, json!({})),
             ],
         }
+    }
+
+    /// Devices held for their binding conditions: counted per node until
+    /// the status settles them (attached, or a failure), with the oldest
+    /// wait; zeros for every publishing node.
+    #[test]
+    fn fleet_counts_binding_waits() {
+        let mut c = cluster();
+        let held = |at: &str, conditions: serde_json::Value| {
+            json!({"allocation": {"allocationTimestamp": at, "devices": {"results": [{
+                "request": "r", "driver": D, "pool": "n1", "device": "mock1",
+                "bindingConditions": ["FabricAttached"], "bindingFailureConditions": ["FabricAttachFailed"]}]}},
+                "devices": [{"driver": D, "pool": "n1", "device": "mock1", "conditions": conditions}]})
+        };
+        let cond = |t: &str| json!([{"type": t, "status": "True", "reason": "R", "message": "", "lastTransitionTime": "2026-11-26T11:59:00Z"}]);
+        let t = "2026-11-26T11:00:00Z";
+        c.claims = vec![
+            claim("a", "mock-accel-pf", t, held("2026-11-26T11:59:30Z", json!([]))),
+            claim("b", "mock-accel-pf", t, held("2026-11-26T11:59:50Z", json!(null))),
+            claim(
+                "c",
+                "mock-accel-pf",
+                t,
+                held("2026-11-26T11:50:00Z", cond("FabricAttached")),
+            ),
+            claim(
+                "d",
+                "mock-accel-pf",
+                t,
+                held("2026-11-26T11:50:00Z", cond("FabricAttachFailed")),
+            ),
+            claim("e", "mock-accel-pf", t, alloc("n1", "mock0")),
+        ];
+        let f = fleet(&c, D, &watched(&c), now());
+        assert_eq!(f.binding_waits.get("n1"), Some(&2));
+        assert_eq!(f.binding_waits.get("n2"), Some(&0));
+        assert_eq!(f.oldest_binding_wait.get("n1"), Some(&30.0));
+        assert_eq!(f.oldest_binding_wait.get("n2"), Some(&0.0));
+        let mut out = String::new();
+        f.render(&mut out);
+        assert!(out.contains("mock_accel_fleet_binding_waits{node=\"n1\"} 2"), "{out}");
+        assert!(
+            out.contains("mock_accel_fleet_oldest_binding_wait_seconds{node=\"n1\"} 30"),
+            "{out}"
+        );
     }
 
     /// Taints by node and effect (zeros for every publishing node), and

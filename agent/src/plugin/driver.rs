@@ -794,6 +794,10 @@ fn write_status(path: &Path, device: &str, allocated: bool) -> Result<(), ClaimE
             "unhealthy",
             format!("device {device} is failed (health=failed): the module refuses to allocate it"),
         ),
+        (_, Some(libc::ENOLINK)) => ClaimError::new(
+            "not_attached",
+            format!("device {device} is fabric-attached and not attached (attach): the module refuses to allocate it"),
+        ),
         _ => ClaimError::new("sysfs", format!("writing {value} to {}: {e}", path.display())),
     })
 }

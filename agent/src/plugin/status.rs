@@ -72,83 +72,122 @@ fn prepared_now(checkpoint: &Checkpoint, uid: &str) -> Result<Vec<DeviceKey>, ku
         .unwrap_or_default())
 }
 
-/// `status.devices` with ours replaced by `devices` (others' kept).
+/// The condition of a prepared device.
+pub const READY: &str = "Ready";
+
+/// Sets (`Some`) or clears (`None`) one condition type on the entry of
+/// `key` in `status.devices`, leaving other writers' conditions and
+/// entries alone: the plugin owns `Ready`, the binding reporter
+/// (`crate::binding`) the fabric conditions. A condition already True with
+/// the same reason is kept as it is (its transition time with it); an
+/// entry left with nothing in it goes.
+pub fn set_condition(
+    list: &mut Vec<AllocatedDeviceStatus>,
+    driver: &str,
+    key: &DeviceKey,
+    type_: &str,
+    condition: Option<Condition>,
+) {
+    let (pool, device, share) = key;
+    let at = list
+        .iter()
+        .position(|d| d.driver == driver && &d.pool == pool && &d.device == device && &d.share_id == share);
+    let Some(at) = at else {
+        if let Some(c) = condition {
+            list.push(AllocatedDeviceStatus {
+                driver: driver.to_string(),
+                pool: pool.clone(),
+                device: device.clone(),
+                share_id: share.clone(),
+                conditions: Some(vec![c]),
+                ..Default::default()
+            });
+        }
+        return;
+    };
+    let entry = &mut list[at];
+    let conditions = entry.conditions.get_or_insert_with(Vec::new);
+    let old = conditions.iter().position(|c| c.type_ == type_);
+    match (old, condition) {
+        (Some(i), Some(c)) if conditions[i].status == c.status && conditions[i].reason == c.reason => {}
+        (Some(i), Some(c)) => conditions[i] = c,
+        (None, Some(c)) => conditions.push(c),
+        (Some(i), None) => {
+            conditions.remove(i);
+        }
+        (None, None) => {}
+    }
+    if conditions.is_empty() {
+        entry.conditions = None;
+    }
+    if entry.conditions.is_none() && entry.data.is_none() && entry.network_data.is_none() {
+        list.remove(at);
+    }
+}
+
+/// A True condition written by this agent.
+pub fn condition(claim: &ResourceClaim, type_: &str, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: Time(Timestamp::now()),
+        observed_generation: claim.metadata.generation,
+    }
+}
+
+/// `status.devices` with `Ready` on exactly `devices` of ours on this node
+/// (others' entries and other conditions kept).
 pub fn merged(claim: &ResourceClaim, driver: &str, node: &str, devices: &[DeviceKey]) -> Vec<AllocatedDeviceStatus> {
-    let old = claim
+    let mut out = claim
         .status
         .as_ref()
         .and_then(|s| s.devices.clone())
         .unwrap_or_default();
-    let mut out: Vec<AllocatedDeviceStatus> = old.iter().filter(|d| d.driver != driver).cloned().collect();
-    for (pool, device, share) in devices {
-        // Keep an entry that already says so (its transition time with it).
-        if let Some(same) = old.iter().find(|d| {
-            d.driver == driver
-                && &d.pool == pool
-                && &d.device == device
-                && &d.share_id == share
-                && d.conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-        }) {
-            out.push(same.clone());
-            continue;
-        }
-        out.push(AllocatedDeviceStatus {
-            driver: driver.to_string(),
-            pool: pool.clone(),
-            device: device.clone(),
-            share_id: share.clone(),
-            conditions: Some(vec![Condition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                reason: "Prepared".into(),
-                message: format!("prepared on node {node}"),
-                last_transition_time: Time(Timestamp::now()),
-                observed_generation: claim.metadata.generation,
-            }]),
-            ..Default::default()
-        });
+    let ours: Vec<DeviceKey> = out
+        .iter()
+        .filter(|d| d.driver == driver && d.pool == node)
+        .map(|d| (d.pool.clone(), d.device.clone(), d.share_id.clone()))
+        .collect();
+    for key in ours.iter().filter(|k| !devices.contains(k)) {
+        set_condition(&mut out, driver, key, READY, None);
+    }
+    for key in devices {
+        let ready = condition(claim, READY, "Prepared", format!("prepared on node {node}"));
+        set_condition(&mut out, driver, key, READY, Some(ready));
     }
     out
 }
 
-async fn apply(
-    client: &Client,
-    driver: &str,
-    node: &str,
-    checkpoint: &Checkpoint,
-    u: &Update,
+/// Writes the claim's `status.devices` as `next` computes it from the
+/// claim as it is now: read, computed, written with that resourceVersion
+/// (409: again, five times at most). `Ok(false)`: nothing to change, or
+/// the claim is gone or another one of that name.
+pub async fn write_devices(
+    api: &Api<ResourceClaim>,
+    claim: &ClaimRef,
+    mut next: impl FnMut(&ResourceClaim) -> Result<Vec<AllocatedDeviceStatus>, kube::Error>,
 ) -> Result<bool, kube::Error> {
-    let api: Api<ResourceClaim> = Api::namespaced(client.clone(), &u.claim.namespace);
     for _ in 0..5 {
-        let Some(mut claim) = api.get_opt(&u.claim.name).await? else {
+        let Some(mut current) = api.get_opt(&claim.name).await? else {
             return Ok(false);
         };
-        if claim.uid().as_deref() != Some(u.claim.uid.as_str()) {
+        if current.uid().as_deref() != Some(claim.uid.as_str()) {
             return Ok(false); // Another claim of that name now.
         }
-        // After the claim: a change saved after this read writes the claim
-        // after it too, and our write, with this resourceVersion, fails.
-        let devices = prepared_now(checkpoint, &u.claim.uid)?;
-        // Only devices the allocation still holds can carry a status.
-        let allocated: Vec<DeviceKey> = crate::claims::results(&claim, driver)
-            .map(|r| (r.pool.clone(), r.device.clone(), r.share_id.clone()))
-            .collect();
-        let wanted: Vec<DeviceKey> = devices.into_iter().filter(|d| allocated.contains(d)).collect();
-        let next = merged(&claim, driver, node, &wanted);
-        let current = claim
+        let devices = next(&current)?;
+        let old = current
             .status
             .as_ref()
             .and_then(|s| s.devices.clone())
             .unwrap_or_default();
-        if next == current {
+        if devices == old {
             return Ok(false);
         }
-        let status = claim.status.get_or_insert_with(Default::default);
-        status.devices = if next.is_empty() { None } else { Some(next) };
-        match api.replace_status(&u.claim.name, &PostParams::default(), &claim).await {
+        let status = current.status.get_or_insert_with(Default::default);
+        status.devices = if devices.is_empty() { None } else { Some(devices) };
+        match api.replace_status(&claim.name, &PostParams::default(), &current).await {
             Ok(_) => return Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
             Err(e) => return Err(e),
@@ -159,6 +198,28 @@ async fn apply(
             .with_code(409)
             .boxed(),
     ))
+}
+
+async fn apply(
+    client: &Client,
+    driver: &str,
+    node: &str,
+    checkpoint: &Checkpoint,
+    u: &Update,
+) -> Result<bool, kube::Error> {
+    let api: Api<ResourceClaim> = Api::namespaced(client.clone(), &u.claim.namespace);
+    write_devices(&api, &u.claim, |claim| {
+        // After the claim: a change saved after this read writes the claim
+        // after it too, and our write, with this resourceVersion, fails.
+        let devices = prepared_now(checkpoint, &u.claim.uid)?;
+        // Only devices the allocation still holds can carry a status.
+        let allocated: Vec<DeviceKey> = crate::claims::results(claim, driver)
+            .map(|r| (r.pool.clone(), r.device.clone(), r.share_id.clone()))
+            .collect();
+        let wanted: Vec<DeviceKey> = devices.into_iter().filter(|d| allocated.contains(d)).collect();
+        Ok(merged(claim, driver, node, &wanted))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -1,0 +1,513 @@
+//! Inventory + claims → binding conditions of fabric-attached devices
+//! (KEP-5007, `DRADeviceBindingConditions`, beta and on in 1.36+).
+//!
+//! A fabric-attached function (the module's `fabric_attach_ms`) must be
+//! attached before use, which takes time and may fail. Its device is
+//! published with the binding condition `FabricAttached` and the failure
+//! condition `FabricAttachFailed` ([`crate::slices::device`]); the
+//! scheduler, having allocated one, holds the pod in PreBind until the
+//! claim's device status says one of them (and gives the allocation up on
+//! a failure, or after its binding timeout).
+//!
+//! This task is the node's part. From the claims allocated on this node's
+//! fabric-attached devices and the inventory it plans, level-triggered on
+//! every claim event, inventory change and a timer: attach what a claim
+//! holds (`attach`), report the outcome in the claim's `status.devices`
+//! once the module says attached or failed, and detach what no claim
+//! holds any more and is not allocated.
+//!
+//! The claims watch (all namespaces: a claim's node is in its allocation,
+//! not in a field a selector can match) starts only once the node has a
+//! fabric-attached function: an agent without one neither watches claims
+//! nor needs the right to.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use metrics::{counter, gauge, histogram};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::inventory::{Attach, Inventory};
+use crate::metrics as m;
+use crate::plugin::driver::ClaimRef;
+use crate::plugin::status::{self, DeviceKey};
+use crate::slices::{ATTACH_FAILED_CONDITION, ATTACHED_CONDITION, device_name};
+
+/// How the attach of an allocated device ended, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Attached,
+    /// A local function (the module reloaded without fabric_attach_ms):
+    /// usable as it is.
+    Local,
+    Failed,
+    /// No such function on the node any more.
+    Gone,
+}
+
+impl Outcome {
+    fn condition(self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::Attached => (ATTACHED_CONDITION, "Attached"),
+            Outcome::Local => (ATTACHED_CONDITION, "Local"),
+            Outcome::Failed => (ATTACH_FAILED_CONDITION, "AttachFailed"),
+            Outcome::Gone => (ATTACH_FAILED_CONDITION, "DeviceGone"),
+        }
+    }
+
+    fn metric(self) -> &'static str {
+        match self {
+            Outcome::Attached | Outcome::Local => "attached",
+            Outcome::Failed => "failed",
+            Outcome::Gone => "gone",
+        }
+    }
+}
+
+/// A report to write: this device of this claim, this outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub claim: ClaimRef,
+    pub key: DeviceKey,
+    pub function: Option<String>,
+    pub outcome: Outcome,
+    pub waited: Duration,
+}
+
+/// What to do now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Functions to write "attach" to.
+    pub attach: BTreeSet<String>,
+    /// Functions to write "detach" to.
+    pub detach: BTreeSet<String>,
+    pub reports: Vec<Report>,
+    /// Allocated fabric devices without a report yet.
+    pub pending: usize,
+}
+
+/// One allocation of one device: (claim uid, allocation time, device).
+/// A device given up and allocated again is a new attempt.
+type AttemptKey = (String, String, String);
+
+/// When each attempt was first seen.
+#[derive(Debug, Default)]
+pub struct Attempts(HashMap<AttemptKey, Instant>);
+
+/// Plans from the claims and the inventory. `claims_listed`: the claims
+/// are a complete view (the watch's first list is in), without which no
+/// device can be known to be held by no claim.
+pub fn plan(
+    claims: &[Arc<ResourceClaim>],
+    inv: &Inventory,
+    driver: &str,
+    node: &str,
+    claims_listed: bool,
+    attempts: &mut Attempts,
+    now: Instant,
+) -> Plan {
+    let mut p = Plan::default();
+    let mut held = HashSet::new();
+    let mut live = HashSet::new();
+    for claim in claims {
+        let Some(uid) = claim.uid() else { continue };
+        let allocated_at = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.allocation.as_ref())
+            .and_then(|a| a.allocation_timestamp.as_ref())
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        for r in crate::claims::results(claim, driver) {
+            if r.pool != node || r.binding_conditions.as_ref().is_none_or(|c| c.is_empty()) {
+                continue;
+            }
+            let function = inv.functions.values().find(|f| device_name(&f.name) == r.device);
+            if let Some(f) = function {
+                held.insert(f.name.clone());
+            }
+            let key: DeviceKey = (r.pool.clone(), r.device.clone(), r.share_id.clone());
+            if crate::claims::binding_settled(claim, r) {
+                continue;
+            }
+            p.pending += 1;
+            let attempt = (uid.clone(), allocated_at.clone(), r.device.clone());
+            live.insert(attempt.clone());
+            let seen = attempts.0.contains_key(&attempt);
+            let started = *attempts.0.entry(attempt).or_insert(now);
+            let outcome = match function.map(|f| f.attach) {
+                None => Some(Outcome::Gone),
+                Some(None) => Some(Outcome::Local),
+                Some(Some(Attach::Attached)) => Some(Outcome::Attached),
+                // A failure seen before this attempt is an earlier one's:
+                // the attach starts again.
+                Some(Some(Attach::Failed)) if seen => Some(Outcome::Failed),
+                Some(Some(Attach::Failed | Attach::Detached)) => {
+                    p.attach.insert(function.map(|f| f.name.clone()).unwrap_or_default());
+                    None
+                }
+                Some(Some(Attach::Attaching)) => None,
+            };
+            if let Some(outcome) = outcome {
+                p.reports.push(Report {
+                    claim: ClaimRef {
+                        namespace: claim.namespace().unwrap_or_default(),
+                        name: claim.name_any(),
+                        uid: uid.clone(),
+                    },
+                    key,
+                    function: function.map(|f| f.name.clone()),
+                    outcome,
+                    waited: now.saturating_duration_since(started),
+                });
+            }
+        }
+    }
+    attempts.0.retain(|k, _| live.contains(k));
+    if claims_listed {
+        p.detach = inv
+            .functions
+            .values()
+            .filter(|f| matches!(f.attach, Some(Attach::Attached | Attach::Attaching | Attach::Failed)))
+            .filter(|f| f.status == 0 && !held.contains(&f.name))
+            .map(|f| f.name.clone())
+            .collect();
+    }
+    p
+}
+
+pub struct Config {
+    pub driver: String,
+    pub node: String,
+    pub sysfs_root: std::path::PathBuf,
+}
+
+/// Runs until cancelled. Not critical: its failures are logged and
+/// counted, and planned again.
+pub async fn run(
+    client: Client,
+    watches: Client,
+    cfg: Config,
+    mut inventory: watch::Receiver<Arc<Inventory>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    gauge!(m::FABRIC_BINDING_PENDING).set(0.0);
+    // Nothing to do, and no claims to watch, before a fabric function.
+    loop {
+        if inventory
+            .borrow_and_update()
+            .functions
+            .values()
+            .any(|f| f.attach.is_some())
+        {
+            break;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = inventory.changed() => if r.is_err() { cancel.cancelled().await; return Ok(()) },
+        }
+    }
+    info!("fabric-attached devices on the node: reporting their binding conditions");
+    let (store, writer): (Store<ResourceClaim>, _) = reflector::store();
+    let claims = watcher(Api::<ResourceClaim>::all(watches), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let mut claims = std::pin::pin!(claims);
+    let mut attempts = Attempts::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            ev = claims.next() => match ev {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    counter!(m::FABRIC_ERRORS, "kind" => "watch").increment(1);
+                    warn!(error = %e, "watching ResourceClaims failed; it resumes with backoff");
+                    continue;
+                }
+                None => { cancel.cancelled().await; return Ok(()) }
+            },
+            r = inventory.changed() => if r.is_err() { cancel.cancelled().await; return Ok(()) },
+            _ = tick.tick() => {}
+        }
+        let inv = inventory.borrow().clone();
+        let listed = store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+        let p = plan(
+            &store.state(),
+            &inv,
+            &cfg.driver,
+            &cfg.node,
+            listed,
+            &mut attempts,
+            Instant::now(),
+        );
+        gauge!(m::FABRIC_BINDING_PENDING).set(p.pending as f64);
+        carry_out(&client, &cfg, p).await;
+    }
+}
+
+async fn carry_out(client: &Client, cfg: &Config, p: Plan) {
+    for (functions, op) in [(&p.attach, "attach"), (&p.detach, "detach")] {
+        for f in functions {
+            match write_attach(&cfg.sysfs_root, f, op) {
+                Ok(()) => info!(function = %f, op, "fabric"),
+                Err(e) => {
+                    counter!(m::FABRIC_ERRORS, "kind" => "sysfs").increment(1);
+                    warn!(function = %f, op, error = %e, "could not write the function's attach");
+                }
+            }
+        }
+    }
+    for r in p.reports {
+        let api: Api<ResourceClaim> = Api::namespaced(client.clone(), &r.claim.namespace);
+        let (type_, reason) = r.outcome.condition();
+        let function = r.function.clone().unwrap_or_else(|| r.key.1.clone());
+        let message = match r.outcome {
+            Outcome::Attached => format!(
+                "{function} attached through the fabric to node {} ({:.1} s after the allocation was seen)",
+                cfg.node,
+                r.waited.as_secs_f64()
+            ),
+            Outcome::Local => format!("{function} is local to node {}: no attach needed", cfg.node),
+            Outcome::Failed => format!("the fabric attach of {function} to node {} failed", cfg.node),
+            Outcome::Gone => format!("device {} is no longer on node {}", r.key.1, cfg.node),
+        };
+        let written = status::write_devices(&api, &r.claim, |claim| {
+            let mut devices = claim
+                .status
+                .as_ref()
+                .and_then(|s| s.devices.clone())
+                .unwrap_or_default();
+            // Only a device the allocation still holds can carry a status.
+            if crate::claims::results(claim, &cfg.driver)
+                .any(|a| (&a.pool, &a.device, &a.share_id) == (&r.key.0, &r.key.1, &r.key.2))
+            {
+                let c = status::condition(claim, type_, reason, message.clone());
+                status::set_condition(&mut devices, &cfg.driver, &r.key, type_, Some(c));
+            }
+            Ok(devices)
+        })
+        .await;
+        match written {
+            Ok(true) => {
+                counter!(m::FABRIC_ATTACHES, "result" => r.outcome.metric()).increment(1);
+                histogram!(m::FABRIC_ATTACH_SECONDS).record(r.waited.as_secs_f64());
+                info!(claim = %r.claim, device = %r.key.1, condition = type_, reason, "binding condition reported");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                counter!(m::FABRIC_ERRORS, "kind" => "status").increment(1);
+                warn!(claim = %r.claim, device = %r.key.1, error = %e, "could not report the binding condition");
+            }
+        }
+    }
+}
+
+/// Writes "attach" or "detach" to a function's `attach`, never creating
+/// the file (a function that is gone is an error).
+fn write_attach(sysfs_root: &Path, function: &str, op: &str) -> std::io::Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(sysfs_root.join(function).join("attach"))
+        .and_then(|mut f| f.write_all(op.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{Function, Kind};
+    use serde_json::json;
+
+    const D: &str = "mock-accel.example.com";
+
+    fn function(name: &str, attach: Option<Attach>, status: u32) -> Function {
+        Function {
+            name: name.into(),
+            kind: Kind::Pf,
+            pf_index: 0,
+            vf_index: None,
+            uuid: String::new(),
+            pci_address: String::new(),
+            numa_node: 0,
+            memory_bytes: 0,
+            capabilities: String::new(),
+            fw_version: String::new(),
+            physfn: None,
+            health: crate::inventory::Health::Ok,
+            status,
+            sriov: None,
+            devnum: None,
+            attach,
+        }
+    }
+
+    fn inventory(fs: Vec<Function>) -> Inventory {
+        Inventory {
+            functions: fs.into_iter().map(|f| (f.name.clone(), f)).collect(),
+            skipped: vec![],
+            scanned: true,
+        }
+    }
+
+    fn claim(uid: &str, at: &str, device: &str, conditions: serde_json::Value) -> Arc<ResourceClaim> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("c-{uid}"), "namespace": "ns", "uid": uid},
+                "spec": {},
+                "status": {
+                    "allocation": {
+                        "allocationTimestamp": (!at.is_empty()).then_some(at),
+                        "devices": {"results": [{
+                            "request": "r", "driver": D, "pool": "node-a", "device": device,
+                            "bindingConditions": [ATTACHED_CONDITION],
+                            "bindingFailureConditions": [ATTACH_FAILED_CONDITION]}]}},
+                    "devices": [{"driver": D, "pool": "node-a", "device": device, "conditions": conditions}]
+                }
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn outcomes(p: &Plan) -> Vec<(&str, Outcome)> {
+        p.reports.iter().map(|r| (r.key.1.as_str(), r.outcome)).collect()
+    }
+
+    #[test]
+    fn an_allocated_device_is_attached_then_reported_and_detached_once_free() {
+        let mut attempts = Attempts::default();
+        let t0 = Instant::now();
+        let c = claim("u1", "2026-12-02T07:00:00Z", "mock1", json!([]));
+        let run = |claims: &[Arc<ResourceClaim>], fs, attempts: &mut Attempts, t| {
+            plan(claims, &inventory(fs), D, "node-a", true, attempts, t)
+        };
+        // Detached: attach it; nothing to report yet.
+        let p = run(
+            std::slice::from_ref(&c),
+            vec![function("mock1", Some(Attach::Detached), 0)],
+            &mut attempts,
+            t0,
+        );
+        assert_eq!(p.attach, BTreeSet::from(["mock1".to_string()]));
+        assert!(p.reports.is_empty() && p.detach.is_empty());
+        assert_eq!(p.pending, 1);
+        // Attaching: wait.
+        let p = run(
+            std::slice::from_ref(&c),
+            vec![function("mock1", Some(Attach::Attaching), 0)],
+            &mut attempts,
+            t0,
+        );
+        assert_eq!(
+            p,
+            Plan {
+                pending: 1,
+                ..Default::default()
+            }
+        );
+        // Attached: report, with the wait since first seen.
+        let t1 = t0 + Duration::from_millis(1500);
+        let p = run(
+            std::slice::from_ref(&c),
+            vec![function("mock1", Some(Attach::Attached), 0)],
+            &mut attempts,
+            t1,
+        );
+        assert_eq!(outcomes(&p), [("mock1", Outcome::Attached)]);
+        assert_eq!(p.reports[0].waited, Duration::from_millis(1500));
+        assert_eq!(p.reports[0].claim.namespace, "ns");
+        // Reported: nothing more, and the device stays while the claim holds it.
+        let done = claim(
+            "u1",
+            "2026-12-02T07:00:00Z",
+            "mock1",
+            json!([{"type": ATTACHED_CONDITION, "status": "True", "reason": "Attached", "message": "", "lastTransitionTime": "2026-12-02T07:00:02Z"}]),
+        );
+        let p = run(
+            &[done],
+            vec![function("mock1", Some(Attach::Attached), 1)],
+            &mut attempts,
+            t1,
+        );
+        assert_eq!(p, Plan::default());
+        // The claim is gone, the device released: detach it. Not while
+        // allocated, and not before the claims are listed.
+        let p = run(
+            &[],
+            vec![function("mock1", Some(Attach::Attached), 1)],
+            &mut attempts,
+            t1,
+        );
+        assert!(p.detach.is_empty());
+        let p = run(
+            &[],
+            vec![function("mock1", Some(Attach::Attached), 0)],
+            &mut attempts,
+            t1,
+        );
+        assert_eq!(p.detach, BTreeSet::from(["mock1".to_string()]));
+        let p = plan(
+            &[],
+            &inventory(vec![function("mock1", Some(Attach::Attached), 0)]),
+            D,
+            "node-a",
+            false,
+            &mut attempts,
+            t1,
+        );
+        assert!(p.detach.is_empty());
+    }
+
+    #[test]
+    fn a_failure_of_this_attempt_is_reported_an_earlier_one_retried() {
+        let mut attempts = Attempts::default();
+        let t = Instant::now();
+        let failed = || inventory(vec![function("mock2", Some(Attach::Failed), 0)]);
+        // Failed before this allocation was seen: attach again.
+        let c = claim("u2", "2026-12-02T07:00:00Z", "mock2", json!([]));
+        let p = plan(std::slice::from_ref(&c), &failed(), D, "node-a", true, &mut attempts, t);
+        assert_eq!(p.attach, BTreeSet::from(["mock2".to_string()]));
+        assert!(p.reports.is_empty());
+        // Failed again, during this attempt: report it.
+        let p = plan(&[c], &failed(), D, "node-a", true, &mut attempts, t);
+        assert_eq!(outcomes(&p), [("mock2", Outcome::Failed)]);
+        // The scheduler gives the allocation up and makes a new one: a new attempt.
+        let again = claim("u2", "2026-12-02T07:00:03Z", "mock2", json!([]));
+        let p = plan(&[again], &failed(), D, "node-a", true, &mut attempts, t);
+        assert_eq!(p.attach, BTreeSet::from(["mock2".to_string()]));
+        assert!(p.reports.is_empty());
+        assert_eq!(attempts.0.len(), 1, "the old attempt is forgotten");
+    }
+
+    #[test]
+    fn gone_local_and_foreign_devices() {
+        let mut attempts = Attempts::default();
+        let t = Instant::now();
+        let claims = [claim("u3", "", "mock3", json!([])), claim("u4", "", "mock4", json!([]))];
+        let inv = inventory(vec![
+            function("mock4", None, 0),
+            function("mock5", Some(Attach::Attaching), 0),
+            function("mock6", Some(Attach::Detached), 0),
+        ]);
+        let p = plan(&claims, &inv, D, "node-a", true, &mut attempts, t);
+        assert_eq!(outcomes(&p), [("mock3", Outcome::Gone), ("mock4", Outcome::Local)]);
+        // An attach nobody holds is undone; a detached function is left alone.
+        assert_eq!(p.detach, BTreeSet::from(["mock5".to_string()]));
+        // Another node's claims and another driver's results are not ours.
+        let p = plan(&claims, &inv, D, "node-b", true, &mut attempts, t);
+        assert_eq!(p.reports.len(), 0);
+        let p = plan(&claims, &inv, "other.example.com", "node-a", true, &mut attempts, t);
+        assert_eq!(p.reports.len(), 0);
+    }
+}
