@@ -67,6 +67,15 @@ impl Outcome {
         }
     }
 
+    /// What the module's `attach` must read for this report to stand.
+    fn state(self) -> Option<&'static str> {
+        match self {
+            Outcome::Attached => Some("attached"),
+            Outcome::Failed => Some("failed"),
+            Outcome::Local | Outcome::Gone => None,
+        }
+    }
+
     fn metric(self) -> &'static str {
         match self {
             Outcome::Attached | Outcome::Local => "attached",
@@ -271,6 +280,14 @@ async fn carry_out(client: &Client, cfg: &Config, p: Plan) {
         }
     }
     for r in p.reports {
+        // The inventory may not have caught up with a write of ours (a
+        // detach, then the device allocated again at once): the module's
+        // word, read now, is what gets reported.
+        if let (Some(f), Some(state)) = (&r.function, r.outcome.state())
+            && !matches!(read_attach(&cfg.sysfs_root, f), Ok(s) if s == state)
+        {
+            continue;
+        }
         let api: Api<ResourceClaim> = Api::namespaced(client.clone(), &r.claim.namespace);
         let (type_, reason) = r.outcome.condition();
         let function = r.function.clone().unwrap_or_else(|| r.key.1.clone());
@@ -313,6 +330,10 @@ async fn carry_out(client: &Client, cfg: &Config, p: Plan) {
             }
         }
     }
+}
+
+fn read_attach(sysfs_root: &Path, function: &str) -> std::io::Result<String> {
+    fs::read_to_string(sysfs_root.join(function).join("attach")).map(|s| s.trim().to_string())
 }
 
 /// Writes "attach" or "detach" to a function's `attach`, never creating
@@ -509,5 +530,83 @@ mod tests {
         assert_eq!(p.reports.len(), 0);
         let p = plan(&claims, &inv, "other.example.com", "node-a", true, &mut attempts, t);
         assert_eq!(p.reports.len(), 0);
+    }
+
+    /// The report path against an API server: a report the module does not
+    /// back (the inventory behind a detach) is not written; one it backs
+    /// is, beside the plugin's Ready, and only once.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_report_is_written_only_when_the_module_says_so() {
+        use kube::api::{Patch, PatchParams, PostParams};
+        use mock_device_testkit::apiserver::{ApiServer, Config as ServerConfig};
+        let server = ApiServer::start(ServerConfig::default()).unwrap();
+        let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+        let api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
+        let created = api
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "c", "namespace": "default"},
+                    "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "mock-accel-pf"}}]}}
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        api.patch_status(
+            "c",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "allocation": {"devices": {"results": [{"request": "r", "driver": D, "pool": "node-a", "device": "mock1",
+                    "bindingConditions": [ATTACHED_CONDITION], "bindingFailureConditions": [ATTACH_FAILED_CONDITION]}]}},
+                "devices": [{"driver": D, "pool": "node-a", "device": "mock1", "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "Prepared", "message": "", "lastTransitionTime": "2026-12-02T07:00:00Z"}]}]}})),
+        )
+        .await
+        .unwrap();
+        let sysfs = tempfile::tempdir().unwrap();
+        fs::create_dir(sysfs.path().join("mock1")).unwrap();
+        fs::write(sysfs.path().join("mock1/attach"), "detached\n").unwrap();
+        let cfg = Config {
+            driver: D.into(),
+            node: "node-a".into(),
+            sysfs_root: sysfs.path().to_path_buf(),
+        };
+        let report = || Plan {
+            reports: vec![Report {
+                claim: ClaimRef {
+                    namespace: "default".into(),
+                    name: "c".into(),
+                    uid: created.uid().unwrap(),
+                },
+                key: ("node-a".into(), "mock1".into(), None),
+                function: Some("mock1".into()),
+                outcome: Outcome::Attached,
+                waited: Duration::from_secs(2),
+            }],
+            ..Default::default()
+        };
+        let conditions = || async {
+            let c = api.get("c").await.unwrap();
+            c.status.unwrap().devices.unwrap()[0]
+                .conditions
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|c| format!("{}={}", c.type_, c.status))
+                .collect::<Vec<_>>()
+        };
+        carry_out(&client, &cfg, report()).await;
+        assert_eq!(
+            conditions().await,
+            ["Ready=True"],
+            "the module says detached: nothing reported"
+        );
+        fs::write(sysfs.path().join("mock1/attach"), "attached\n").unwrap();
+        carry_out(&client, &cfg, report()).await;
+        assert_eq!(conditions().await, ["Ready=True", "FabricAttached=True"]);
+        let version = api.get("c").await.unwrap().resource_version();
+        carry_out(&client, &cfg, report()).await;
+        assert_eq!(api.get("c").await.unwrap().resource_version(), version, "said once");
     }
 }
