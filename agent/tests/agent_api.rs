@@ -420,7 +420,14 @@ async fn waits_out_an_api_that_is_down_at_start() {
         assert!(Instant::now() < deadline, "never published");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(get(agent.admin_addr, "/readyz").await.0, 200);
+    // Ready once the whole pool is written: the first slice seen may be
+    // one of several the publisher is still writing (the counter sets go
+    // first), so readiness is waited for, not read at once (a CI run read
+    // 503 here).
+    while get(agent.admin_addr, "/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready once the API was up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     agent.stop().await.unwrap();
     drop(server);
 }
