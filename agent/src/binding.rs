@@ -537,33 +537,19 @@ mod tests {
     /// is, beside the plugin's Ready, and only once.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_report_is_written_only_when_the_module_says_so() {
-        use kube::api::{Patch, PatchParams, PostParams};
         use mock_device_testkit::apiserver::{ApiServer, Config as ServerConfig};
         let server = ApiServer::start(ServerConfig::default()).unwrap();
         let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
         let api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
-        let created = api
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": {"name": "c", "namespace": "default"},
-                    "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "mock-accel-pf"}}]}}
-                }))
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-        api.patch_status(
-            "c",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
+        let claim = crate::plugin::status::testing::claim_with_status(
+            &api,
+            json!({
                 "allocation": {"devices": {"results": [{"request": "r", "driver": D, "pool": "node-a", "device": "mock1",
                     "bindingConditions": [ATTACHED_CONDITION], "bindingFailureConditions": [ATTACH_FAILED_CONDITION]}]}},
                 "devices": [{"driver": D, "pool": "node-a", "device": "mock1", "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "Prepared", "message": "", "lastTransitionTime": "2026-12-02T07:00:00Z"}]}]}})),
+                    {"type": "Ready", "status": "True", "reason": "Prepared", "message": "", "lastTransitionTime": "2026-12-02T07:00:00Z"}]}]}),
         )
-        .await
-        .unwrap();
+        .await;
         let sysfs = tempfile::tempdir().unwrap();
         fs::create_dir(sysfs.path().join("mock1")).unwrap();
         fs::write(sysfs.path().join("mock1/attach"), "detached\n").unwrap();
@@ -574,11 +560,7 @@ mod tests {
         };
         let report = || Plan {
             reports: vec![Report {
-                claim: ClaimRef {
-                    namespace: "default".into(),
-                    name: "c".into(),
-                    uid: created.uid().unwrap(),
-                },
+                claim: claim.clone(),
                 key: ("node-a".into(), "mock1".into(), None),
                 function: Some("mock1".into()),
                 outcome: Outcome::Attached,

@@ -222,13 +222,46 @@ async fn apply(
     .await
 }
 
+/// For tests against an API server.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use kube::api::{Patch, PatchParams};
+
+    /// Claim `default/c` (one request `r` for a PF) with `status` patched in.
+    pub async fn claim_with_status(api: &Api<ResourceClaim>, status: serde_json::Value) -> ClaimRef {
+        let created = api
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "c", "namespace": "default"},
+                    "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "mock-accel-pf"}}]}}
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        api.patch_status(
+            "c",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+        .unwrap();
+        ClaimRef {
+            namespace: "default".into(),
+            name: "c".into(),
+            uid: created.uid().unwrap(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::super::checkpoint::{Claims, PreparedClaim, PreparedDevice};
     use super::*;
-    use kube::api::{Patch, PatchParams};
     use mock_device_testkit::apiserver::{ApiServer, Config};
     use serde_json::json;
 
@@ -256,30 +289,12 @@ mod tests {
         let server = ApiServer::start(Config::default()).unwrap();
         let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
         let api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
-        let created = api
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": {"name": "c", "namespace": "default"},
-                    "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "mock-accel-pf"}}]}}
-                }))
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-        api.patch_status(
-            "c",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"allocation": {"devices": {"results": [
-                {"request": "r", "driver": D, "pool": "node-a", "device": "mock0"}]}}}})),
+        let claim = testing::claim_with_status(
+            &api,
+            json!({"allocation": {"devices": {"results": [
+                {"request": "r", "driver": D, "pool": "node-a", "device": "mock0"}]}}}),
         )
-        .await
-        .unwrap();
-        let claim = ClaimRef {
-            namespace: "default".into(),
-            name: "c".into(),
-            uid: created.uid().unwrap(),
-        };
+        .await;
         let dir = tempfile::tempdir().unwrap();
         let checkpoint = Checkpoint::new(dir.path(), D, "node-a");
         let prepared = Claims(BTreeMap::from([(
