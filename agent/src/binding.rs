@@ -68,10 +68,10 @@ impl Outcome {
     }
 
     /// What the module's `attach` must read for this report to stand.
-    fn state(self) -> Option<&'static str> {
+    fn state(self) -> Option<Attach> {
         match self {
-            Outcome::Attached => Some("attached"),
-            Outcome::Failed => Some("failed"),
+            Outcome::Attached => Some(Attach::Attached),
+            Outcome::Failed => Some(Attach::Failed),
             Outcome::Local | Outcome::Gone => None,
         }
     }
@@ -284,7 +284,7 @@ async fn carry_out(client: &Client, cfg: &Config, p: Plan) {
         // detach, then the device allocated again at once): the module's
         // word, read now, is what gets reported.
         if let (Some(f), Some(state)) = (&r.function, r.outcome.state())
-            && !matches!(read_attach(&cfg.sysfs_root, f), Ok(s) if s == state)
+            && crate::inventory::read_attach(&cfg.sysfs_root.join(f)) != Ok(Some(state))
         {
             continue;
         }
@@ -330,10 +330,6 @@ async fn carry_out(client: &Client, cfg: &Config, p: Plan) {
             }
         }
     }
-}
-
-fn read_attach(sysfs_root: &Path, function: &str) -> std::io::Result<String> {
-    fs::read_to_string(sysfs_root.join(function).join("attach")).map(|s| s.trim().to_string())
 }
 
 /// Writes "attach" or "detach" to a function's `attach`, never creating

@@ -258,7 +258,8 @@ fn read_function(dir: &Path, name: &str) -> Result<Function, (SkipReason, String
 }
 
 /// `attach`: none for a local function, or a module older than the file.
-fn read_attach(dir: &Path) -> Result<Option<Attach>, (SkipReason, String)> {
+/// Also read on its own by [`crate::binding`], for the module's word now.
+pub fn read_attach(dir: &Path) -> Result<Option<Attach>, (SkipReason, String)> {
     let text = match fs::read_to_string(dir.join("attach")) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
