@@ -25,6 +25,8 @@ pub mod controller;
 pub mod ebpf;
 pub mod events;
 #[doc(hidden)]
+pub mod failpoints;
+#[doc(hidden)]
 pub mod fuzz;
 pub mod heartbeat;
 pub mod inventory;

@@ -1,13 +1,14 @@
 //! `mock-accel-agent`: see the library.
 
 use clap::Parser;
-use mock_accel_agent::{Agent, Args, Mode, Options, check, init_tracing};
+use mock_accel_agent::{Agent, Args, Mode, Options, check, failpoints, init_tracing};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args);
+    failpoints::from_env()?;
     if args.mode == Mode::Check {
         return check::run(&args).await;
     }

@@ -207,8 +207,37 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
         .tempfile_in(dir)?;
     tmp.write_all(contents)?;
     tmp.as_file().sync_all()?;
+    crate::failpoints::crash("atomic-write/before-rename");
     tmp.persist(path).map_err(|e| e.error)?;
     fs::File::open(dir)?.sync_all()
+}
+
+/// Removes what [`write_atomic`] leaves behind when the process dies
+/// between creating its temporary file and the rename: the
+/// `.mock-accel-*.tmp` files in `dir` last written more than `age` ago
+/// (younger ones may be a live writer's). Returns how many went.
+pub fn sweep_temporary(dir: &Path, age: std::time::Duration) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".mock-accel-") && name.ends_with(".tmp")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed >= age);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// The bytes [`write_spec`] writes: the spec validated first.
@@ -239,6 +268,25 @@ pub fn remove_spec(path: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweeping_removes_only_old_temporary_files_of_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join(".mock-accel-abc.tmp");
+        let spec = dir.path().join("k8s.mock-accel.example.com-accel_u.json");
+        let theirs = dir.path().join(".other-abc.tmp");
+        for f in [&ours, &spec, &theirs] {
+            fs::write(f, "x").unwrap();
+        }
+        // Just written: perhaps a live writer's.
+        assert_eq!(sweep_temporary(dir.path(), std::time::Duration::from_secs(60)), 0);
+        assert_eq!(sweep_temporary(dir.path(), std::time::Duration::ZERO), 1);
+        assert!(!ours.exists() && spec.exists() && theirs.exists());
+        assert_eq!(
+            sweep_temporary(&dir.path().join("missing"), std::time::Duration::ZERO),
+            0
+        );
+    }
 
     fn spec(name: &str) -> Spec {
         Spec {

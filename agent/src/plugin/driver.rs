@@ -27,6 +27,9 @@ use crate::slices::device_name;
 
 /// How long a prepare waits for the first scan of the devices.
 const FIRST_SCAN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+/// A temporary file of [`cdi::write_atomic`] this old is no live writer's
+/// (a write takes milliseconds): its writer was killed before the rename.
+const TEMPORARY_FILE_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the kubelet names: a claim by namespace, name and UID.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +175,15 @@ impl Driver {
     /// the batch fails.
     async fn begin(&self) -> (Result<BatchGuard<'_>, ClaimError>, Claims, Option<ClaimError>) {
         let guard = self.lock().await;
+        if guard.is_ok() {
+            // A writer killed mid-write left its temporary file: ours go.
+            for dir in [&self.cfg.cdi_root, &self.cfg.plugin_dir] {
+                let swept = cdi::sweep_temporary(dir, TEMPORARY_FILE_AGE);
+                if swept > 0 {
+                    info!(dir = %dir.display(), files = swept, "removed temporary files a killed writer left");
+                }
+            }
+        }
         match guard.as_ref().map_err(Clone::clone).and_then(|_| self.load()) {
             Ok(state) => (guard, state, None),
             Err(e) => (guard, Claims::default(), Some(e)),
@@ -353,7 +365,9 @@ impl Driver {
             state.0.remove(&claim.uid);
             return Err(e);
         }
+        crate::failpoints::crash("prepare/recorded");
         let done = self.apply(&claim.uid, &rec, &inv).and_then(|()| {
+            crate::failpoints::crash("prepare/applied");
             let completed = PreparedClaim {
                 state: ClaimState::PrepareCompleted,
                 ..rec.clone()
@@ -388,6 +402,7 @@ impl Driver {
             }
             return Err(e);
         }
+        crate::failpoints::crash("prepare/completed");
         Ok(rec.devices)
     }
 
@@ -579,6 +594,7 @@ impl Driver {
         for d in rec.devices.iter().filter(|d| !d.admin_access) {
             write_status(&self.status_path(&d.function), &d.device, true)?;
         }
+        crate::failpoints::crash("prepare/status-written");
         let spec = self.spec(uid, rec, &functions);
         cdi::write_spec(&self.cfg.cdi_root, &rec.cdi_spec, &spec).map_err(|e| ClaimError::new("cdi", e))
     }
@@ -639,6 +655,7 @@ impl Driver {
     /// stays marked allocated: the last share frees it.
     fn release(&self, rec: &PreparedClaim, others: &HashSet<String>) -> Result<(), ClaimError> {
         let spec = cdi::remove_spec(&rec.cdi_spec).map_err(|e| ClaimError::new("cdi", e));
+        crate::failpoints::crash("unprepare/spec-removed");
         let mut first_err = spec.err();
         for d in rec
             .devices
@@ -701,12 +718,14 @@ impl Driver {
                 Some(rec) => self
                     .release(&rec, &shared_by_others(&state, &claim.uid))
                     .and_then(|()| {
+                        crate::failpoints::crash("unprepare/released");
                         state.0.remove(&claim.uid);
                         self.save(&state)
                             .inspect_err(|_| {
                                 state.0.insert(claim.uid.clone(), rec.clone());
                             })
                             .inspect(|()| {
+                                crate::failpoints::crash("unprepare/saved");
                                 let _ = self.status.send(super::status::Update { claim: claim.clone() });
                             })
                     }),
