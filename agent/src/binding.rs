@@ -344,29 +344,16 @@ fn write_attach(sysfs_root: &Path, function: &str, op: &str) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{Function, Kind};
+    use crate::inventory::Function;
     use serde_json::json;
 
     const D: &str = "mock-accel.example.com";
 
     fn function(name: &str, attach: Option<Attach>, status: u32) -> Function {
         Function {
-            name: name.into(),
-            kind: Kind::Pf,
-            pf_index: 0,
-            vf_index: None,
-            uuid: String::new(),
-            pci_address: String::new(),
-            numa_node: 0,
-            memory_bytes: 0,
-            capabilities: String::new(),
-            fw_version: String::new(),
-            physfn: None,
-            health: crate::inventory::Health::Ok,
-            status,
-            sriov: None,
-            devnum: None,
             attach,
+            status,
+            ..crate::inventory::testing::function(name)
         }
     }
 

@@ -386,6 +386,34 @@ pub fn write_fake_function(root: &Path, devices: &Path, pf: u32, vf: Option<u32>
     std::os::unix::fs::symlink(&dir, link)
 }
 
+/// Records for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A local, healthy, free PF named `name`; the rest empty.
+    pub fn function(name: &str) -> Function {
+        Function {
+            name: name.into(),
+            kind: Kind::Pf,
+            pf_index: 0,
+            vf_index: None,
+            uuid: String::new(),
+            pci_address: String::new(),
+            numa_node: 0,
+            memory_bytes: 0,
+            capabilities: String::new(),
+            fw_version: String::new(),
+            physfn: None,
+            health: Health::Ok,
+            status: 0,
+            sriov: None,
+            devnum: None,
+            attach: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

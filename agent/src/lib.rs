@@ -5,6 +5,7 @@
 //! - [`ebpf`] adds kprobes on the module's probe/remove: kernel timestamps
 //!   and a second signal, where eBPF is allowed;
 //! - [`slices`] turns an inventory into ResourceSlices and plans writes;
+//! - [`flapping`] holds a flapping device's published health at its worst;
 //! - [`publisher`] makes the API hold them, whatever happens to it;
 //! - [`plugin`] is the kubelet's DRA plugin: prepares and releases
 //!   claims' devices (CDI, checkpoint) and streams device health;
@@ -26,6 +27,7 @@ pub mod ebpf;
 pub mod events;
 #[doc(hidden)]
 pub mod failpoints;
+pub mod flapping;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod heartbeat;

@@ -25,6 +25,7 @@ pub const SHARED_COUNTERS: &str = "mock_accel_shared_counters";
 pub const HEALTH_TAINTS: &str = "mock_accel_health_taints";
 pub const CONSUMABLE_CAPACITY: &str = "mock_accel_consumable_capacity";
 pub const TAINTED_DEVICES: &str = "mock_accel_tainted_devices";
+pub const HEALTH_FLAPPING: &str = "mock_accel_health_flapping_devices";
 pub const EBPF_AVAILABLE: &str = "mock_accel_ebpf_available";
 pub const EBPF_ATTACHED: &str = "mock_accel_ebpf_attached";
 pub const EBPF_ATTACHES: &str = "mock_accel_ebpf_attaches_total";
@@ -155,6 +156,10 @@ fn describe() {
     describe_gauge!(
         TAINTED_DEVICES,
         "Devices published with a health taint, by effect (NoSchedule/NoExecute for failed, None for degraded)."
+    );
+    describe_gauge!(
+        HEALTH_FLAPPING,
+        "Devices whose health is flapping, published at their worst health until stable (flap damping)."
     );
     describe_gauge!(
         EBPF_AVAILABLE,

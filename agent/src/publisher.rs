@@ -226,6 +226,9 @@ pub async fn run(
     let mut generation = 0i64;
     let mut delays = backoff();
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut damper = crate::flapping::Damper::default();
+    gauge!(m::HEALTH_FLAPPING).set(0.0);
+    let mut hold_ends: Option<tokio::time::Instant> = None;
 
     let mut ticked = false;
     loop {
@@ -282,6 +285,10 @@ pub async fn run(
             _ = async { tokio::time::sleep_until(retry_at.unwrap()).await }, if retry_at.is_some() => {
                 retry_at = None;
             }
+            // A flapping device's hold may end: plan again.
+            _ = async { tokio::time::sleep_until(hold_ends.unwrap()).await }, if hold_ends.is_some() => {
+                hold_ends = None;
+            }
             _ = check.tick() => ticked = true,
         }
         if let Some(newer) = held.superseded() {
@@ -303,7 +310,9 @@ pub async fn run(
             continue; // backing off: the timer fires the next attempt
         }
 
-        let desired = publisher.pack(inv);
+        let (inv, hold) = damper.apply(inv, tokio::time::Instant::now());
+        hold_ends = hold;
+        let desired = publisher.pack(&inv);
         let existing = view.current();
         let plan = slices::plan(&publisher, &desired, &existing, generation);
         if plan.writes.is_empty() {
