@@ -15,7 +15,7 @@ test: kube debug-kernel agent-release
     cargo build --workspace --bins
     cargo test --workspace --no-fail-fast
 
-# The node tests ./dev test leaves out (about an hour on the emulated node): the demo, then the whole chart test (Prometheus and the dashboards, the upgrade from a seed release)
+# The node tests ./dev test leaves out (over an hour on the emulated node): the demo, then the whole chart test (Prometheus and the dashboards, the upgrade from a seed release); the real-node fault cases (just faults)
 test-node-full: kube build agent-release
     cargo test -p mock-accel-agent --test node_guest -- --ignored
 
@@ -100,6 +100,15 @@ bench-cluster: kube
 # Fuzz the agent's parsers (uevents, device names, durations, the checkpoint, CDI specs, eBPF records) with libFuzzer, each for `seconds`: executions, coverage, crashes; the corpus kept in fuzz/corpus (just test replays it)
 fuzz seconds="60":
     bash fuzz/run.sh {{seconds}}
+
+# The fault suite (boots VMs): the agent SIGKILLed at each step of prepare/unprepare, full directories, the API down, unplug and rmmod under a claim, health flapping for `flap` seconds, lost uevents (faults.sh); then on the real node the kubelet retrying after those kills, the kubelet killed mid-prepare, etcd stopped 30 s, kube-apiserver restarted (faults_node.sh); tables of what was done, the outcome, what was lost
+faults flap="60": kube build
+    MOCK_FAULTS_ALL=1 MOCK_FAULTS_FLAP_SECONDS={{flap}} cargo test -p mock-accel-agent --test agent_guest -- --exact the_agent_loses_nothing_under_faults --nocapture
+    cargo test -p mock-accel-agent --test node_guest -- --ignored --exact the_agent_loses_nothing_under_faults_on_a_real_node --nocapture
+
+# The soak (tests/scenarios/soak.sh, boots a VM, release agent): `hotplugs` hot-plug cycles beside `claims` claim cycles; RSS, descriptors and writes per change printed, leaks checked
+soak hotplugs="1000" claims="200": build agent-release
+    MOCK_SOAK_HOTPLUGS={{hotplugs}} MOCK_SOAK_CLAIMS={{claims}} cargo test -p mock-accel-agent --test agent_guest -- --exact the_agent_soaks_hotplugs_and_claims --nocapture
 
 # Formatting, clippy with warnings as errors, the module's static checks, the chart (real Helm, official schemas) and promtool on both components' metrics
 lint: kmod-check chart-check

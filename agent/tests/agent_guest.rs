@@ -2,8 +2,10 @@
 //! and the test API server, changes driven by real uevents.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use mock_device_testkit::guest::{Guest, GuestRun};
+use mock_device_testkit::node::image_agent;
 use mock_device_testkit::workspace_root;
 
 /// The binaries the guest needs, built next to this test's agent binary.
@@ -27,10 +29,38 @@ pub fn guest_binaries() -> Vec<(&'static str, PathBuf)> {
 
 /// Runs `tests/scenarios/<name>` in a guest with the module and the binaries.
 fn run_scenario(name: &str, bins: &[(&'static str, PathBuf)]) -> GuestRun {
+    run_scenario_with(name, bins, &[], None)
+}
+
+/// The same, with shell variables set before the script and a deadline.
+fn run_scenario_with(
+    name: &str,
+    bins: &[(&'static str, PathBuf)],
+    vars: &[(&str, String)],
+    timeout: Option<Duration>,
+) -> GuestRun {
     let refs: Vec<(&str, &Path)> = bins.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    let guest = Guest::with_module(&refs).unwrap_or_else(|e| panic!("cannot set up the guest: {e}"));
-    let script = std::fs::read_to_string(workspace_root().join("tests/scenarios").join(name)).unwrap();
-    guest.run(&script).unwrap_or_else(|e| panic!("{name}: {e}"))
+    let mut guest = Guest::with_module(&refs).unwrap_or_else(|e| panic!("cannot set up the guest: {e}"));
+    if let Some(t) = timeout {
+        guest.timeout = guest.timeout.max(t);
+    }
+    let mut script: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    script += &std::fs::read_to_string(workspace_root().join("tests/scenarios").join(name)).unwrap();
+    // MOCK_GUEST_STREAM=1 (with --nocapture): each line as it comes.
+    let stream = std::env::var_os("MOCK_GUEST_STREAM").is_some();
+    let mut sink = |line: &str| {
+        if stream {
+            eprintln!("{name}| {line}");
+        }
+    };
+    guest
+        .run_streaming(&script, &mut sink)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A number from the environment, else the default.
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 #[test]
@@ -115,4 +145,77 @@ fn the_kubelet_plugin_prepares_real_devices() {
     }
     eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
     run.assert_clean(35);
+}
+
+/// The fault suite's cases that need no real node (tests/scenarios/faults.sh):
+/// the agent SIGKILLed by its failpoints at each step of prepare and
+/// unprepare with the kubelet's retries played, full CDI and plugin
+/// directories, the API answering 503, a device unplugged under a claim,
+/// health flapping (`MOCK_FAULTS_FLAP_SECONDS`, default 10; `just faults`
+/// 60), lost uevents while claims come and go, rmmod under a claim. Kills
+/// at three of the nine failpoints, all of them with `MOCK_FAULTS_ALL=1`
+/// (`just faults`). Needs the agent built with failpoints (a test build:
+/// `cargo test` builds it so).
+#[test]
+fn the_agent_loses_nothing_under_faults() {
+    let bins = guest_binaries();
+    let flap = env_number("MOCK_FAULTS_FLAP_SECONDS", 10);
+    let all = env_number("MOCK_FAULTS_ALL", 0) == 1;
+    let run = run_scenario_with(
+        "faults.sh",
+        &bins,
+        &[
+            ("FLAP_SECONDS", flap.to_string()),
+            ("ALL_POINTS", u8::from(all).to_string()),
+        ],
+        Some(Duration::from_secs(900 + 2 * flap)),
+    );
+    let cases = run.fault_table();
+    for line in run.output.lines().filter(|l| l.starts_with("METRIC")) {
+        eprintln!("{line}");
+    }
+    eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
+    // Every kill point (5 of prepare, 4 of unprepare) or three of them,
+    // the kill before a pod's deletion, then 7 other faults.
+    assert_eq!(
+        cases,
+        if all { 17 } else { 11 },
+        "the table lacks cases:\n{}",
+        run.output
+    );
+    run.assert_clean(if all { 140 } else { 85 });
+}
+
+/// The soak (tests/scenarios/soak.sh) with the release agent when it is
+/// built: `MOCK_SOAK_HOTPLUGS` hot-plug cycles (default 100) beside
+/// `MOCK_SOAK_CLAIMS` claim cycles (default 20); `just soak` runs 1000 and
+/// 200. Prints RSS, descriptors and writes per change along the way.
+#[test]
+fn the_agent_soaks_hotplugs_and_claims() {
+    let hotplugs = env_number("MOCK_SOAK_HOTPLUGS", 100);
+    let claims = env_number("MOCK_SOAK_CLAIMS", 20);
+    let mut bins = guest_binaries();
+    bins[0].1 = image_agent(&bins[0].1);
+    eprintln!(
+        "soak: {hotplugs} hot-plug cycles, {claims} claim cycles, agent {}",
+        bins[0].1.display()
+    );
+    let run = run_scenario_with(
+        "soak.sh",
+        &bins,
+        &[
+            ("SOAK_HOTPLUGS", hotplugs.to_string()),
+            ("SOAK_CLAIMS", claims.to_string()),
+        ],
+        Some(Duration::from_secs(300 + 3 * hotplugs + 10 * claims)),
+    );
+    for line in run
+        .output
+        .lines()
+        .filter(|l| l.starts_with("SOAK") || l.starts_with("METRIC"))
+    {
+        eprintln!("{line}");
+    }
+    eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
+    run.assert_clean(12);
 }

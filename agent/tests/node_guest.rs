@@ -158,3 +158,18 @@ fn the_demo_then_the_whole_chart_test_on_a_real_node() {
 fn the_seed_allocation_then_the_dra_features_on_a_real_node() {
     run_on_node(&["cluster.sh", "dra_features.sh"]).assert_clean(40 + 70);
 }
+
+/// The fault suite's cases that need the real node (`faults_node.sh`): the
+/// real kubelet retrying after the agent was SIGKILLed mid-prepare and
+/// mid-unprepare, the kubelet SIGKILLed mid-prepare and restarted, etcd
+/// stopped for 30 s, kube-apiserver restarted; pods end Running or gone,
+/// nothing left allocated, writes counted. The agent-only cases are
+/// `agent_guest::the_agent_loses_nothing_under_faults`. Not in `./dev test`
+/// (the emulated node's restarts take many minutes): `just faults`.
+#[test]
+#[ignore = "tens of minutes on the emulated node: just faults"]
+fn the_agent_loses_nothing_under_faults_on_a_real_node() {
+    let run = run_on_node(&["faults_node.sh"]);
+    assert_eq!(run.fault_table(), 5, "the table lacks cases:\n{}", run.output);
+    run.assert_clean(28);
+}

@@ -46,6 +46,16 @@ put() {
 # list DIR: the sorted entry names of a directory, space separated
 list() { ls "$1" 2>/dev/null | sort | tr '\n' ' ' | sed 's/ $//'; }
 
+# allocated: the functions the module marks allocated (status 1), sorted
+allocated() {
+    for _f in $cls/*; do
+        [ "$(cat $_f/status 2>/dev/null)" = 1 ] && basename $_f
+    done | sort | tr '\n' ' ' | sed 's/ $//'
+}
+
+# cdi_specs: how many CDI specs /var/run/cdi holds
+cdi_specs() { ls /var/run/cdi 2>/dev/null | grep -c '\.json$'; }
+
 # uevents_start FILE: record mock-accel and module uevents into FILE
 uevents_start() {
     rm -f /tmp/uevents.ready

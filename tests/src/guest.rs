@@ -108,6 +108,27 @@ impl GuestRun {
         matches!((first_problem, module), (Some(p), Some(m)) if p < m)
     }
 
+    /// The fault cases a scenario printed (`FAULT|case|what was done|
+    /// outcome|lost` lines): checked to have lost nothing, printed as a
+    /// Markdown table; how many there were.
+    pub fn fault_table(&self) -> usize {
+        let rows: Vec<Vec<&str>> = self
+            .output
+            .lines()
+            .filter_map(|l| l.strip_prefix("FAULT|"))
+            .map(|l| l.split('|').map(str::trim).collect())
+            .collect();
+        eprintln!("| case | what was done | outcome | lost |\n|---|---|---|---|");
+        for r in &rows {
+            eprintln!("| {} |", r.join(" | "));
+        }
+        for r in &rows {
+            assert_eq!(r.len(), 4, "a malformed fault row: {r:?}");
+            assert_eq!(r[3], "nothing", "something was lost: {r:?}\n{}", self.output);
+        }
+        rows.len()
+    }
+
     /// TAP check lines (`ok N - ...` / `not ok N - ...`) the scenario printed.
     pub fn checks(&self) -> (Vec<&str>, Vec<&str>) {
         let mut passed = Vec::new();

@@ -114,6 +114,24 @@ enum Cmd {
         prometheus: String,
         query: String,
     },
+    /// Create a ResourceClaim in NAMESPACE with one request per DEVICE
+    /// (class CLASS) and allocate it to NODE's pool, as the scheduler
+    /// would; print "NAMESPACE/NAME/UID" (what `kubelet prepare` takes).
+    Claim {
+        #[arg(long, default_value = "http://127.0.0.1:6443")]
+        api: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        #[arg(long, default_value = "mock-accel-pf")]
+        class: String,
+        #[arg(long, default_value = "mock-accel.example.com")]
+        driver: String,
+        name: String,
+        #[arg(required = true)]
+        devices: Vec<String>,
+    },
     /// Write VALUE to FILE in one write(2); print "ok" or the errno name.
     Write {
         file: String,
@@ -204,6 +222,19 @@ fn main() -> anyhow::Result<()> {
                     .collect();
                 println!("{{{}}} {}", labels.join(","), r["value"][1].as_str().unwrap_or("?"));
             }
+            Ok(())
+        }
+        Cmd::Claim {
+            api,
+            node,
+            namespace,
+            class,
+            driver,
+            name,
+            devices,
+        } => {
+            let uid = create_allocated_claim(&api, &node, &namespace, &class, &driver, &name, &devices)?;
+            println!("{namespace}/{name}/{uid}");
             Ok(())
         }
         Cmd::Write { file, value } => {
@@ -398,11 +429,15 @@ fn split_url(url: &str) -> anyhow::Result<(String, String)> {
 }
 
 fn send_request(method: &str, url: &str, body: &str) -> anyhow::Result<BufReader<TcpStream>> {
+    send_typed(method, url, "application/json", body)
+}
+
+fn send_typed(method: &str, url: &str, content_type: &str, body: &str) -> anyhow::Result<BufReader<TcpStream>> {
     let (host, path) = split_url(url)?;
     let mut conn = TcpStream::connect(&host).with_context(|| format!("connecting to {host}"))?;
     write!(
         conn,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     Ok(BufReader::new(conn))
@@ -440,7 +475,10 @@ fn read_chunk(r: &mut BufReader<TcpStream>) -> anyhow::Result<Option<Vec<u8>>> {
 }
 
 fn http(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    let mut r = send_request(method, url, body)?;
+    read_response(send_request(method, url, body)?)
+}
+
+fn read_response(mut r: BufReader<TcpStream>) -> anyhow::Result<(u16, String)> {
     let (code, chunked) = read_head(&mut r)?;
     let mut text = Vec::new();
     if chunked {
@@ -711,4 +749,47 @@ async fn kubelet(registry: &std::path::Path, api: &str, call: KubeletCall) -> an
             Ok(true)
         }
     }
+}
+
+/// The claim created, then allocated by a merge patch of its status (what
+/// the scheduler writes); returns its UID.
+fn create_allocated_claim(
+    api: &str,
+    node: &str,
+    namespace: &str,
+    class: &str,
+    driver: &str,
+    name: &str,
+    devices: &[String],
+) -> anyhow::Result<String> {
+    let requests: Vec<_> = (0..devices.len())
+        .map(|i| serde_json::json!({"name": format!("r{i}"), "exactly": {"deviceClassName": class}}))
+        .collect();
+    let results: Vec<_> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| serde_json::json!({"request": format!("r{i}"), "driver": driver, "pool": node, "device": d}))
+        .collect();
+    let claim = serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"devices": {"requests": requests}},
+    });
+    let base = format!("{api}/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaims");
+    let (code, text) = http("POST", &base, &claim.to_string())?;
+    anyhow::ensure!(code == 201, "creating claim {namespace}/{name}: {code} {text}");
+    let created: serde_json::Value = serde_json::from_str(&text)?;
+    let uid = created["metadata"]["uid"]
+        .as_str()
+        .context("the created claim has no UID")?
+        .to_string();
+    let patch = serde_json::json!({"status": {"allocation": {"devices": {"results": results}}}});
+    let (code, text) = read_response(send_typed(
+        "PATCH",
+        &format!("{base}/{name}/status"),
+        "application/merge-patch+json",
+        &patch.to_string(),
+    )?)?;
+    anyhow::ensure!(code == 200, "allocating claim {namespace}/{name}: {code} {text}");
+    Ok(uid)
 }
