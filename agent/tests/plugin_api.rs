@@ -917,7 +917,21 @@ async fn two_agents_on_one_socket_path_do_not_fight_over_it() {
         assert!(Instant::now() < deadline, "the new agent never listened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (new_dra, new_reg) = (inode(&dra), inode(&reg));
+    // Settled: the same sockets for half a second. The old agent may bind
+    // once more in the moment between the new one's unlink and its bind
+    // (plugin::bind); the new one then takes the path again and the old
+    // one leaves it (CI once read that intermediate socket as the new one's).
+    let mut last = (inode(&dra), inode(&reg));
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(500) {
+        assert!(Instant::now() < deadline, "the sockets never settled: {last:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = (inode(&dra), inode(&reg));
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    let (new_dra, new_reg) = last;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
