@@ -661,6 +661,9 @@ async fn two_controllers_one_acts() {
     rig.slice("ghost-b", "ghost", "gone-uid", 1, &[("mock0", "pf", 0)])
         .await;
     wait_until("b cleans", &b, || async { rig.slice_names().await.is_empty() }).await;
+    // Its Event follows the delete: wait for it before the SIGKILL below,
+    // or the kill may land between the two (CI saw it: two Events of three).
+    rig.events_once("NodeGone", &b, |ev| ev.len() >= 2).await;
     assert!(holder(&rig).await.unwrap().starts_with("ctl-b_"));
 
     // b dies without a word (SIGKILL): c takes over once the lease expires.
