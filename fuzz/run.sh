@@ -11,10 +11,12 @@ cd "$(dirname "$0")"
 seconds=${1:-60}
 cargo_fuzz_version=0.13.1
 # libFuzzer's instrumentation needs the nightly toolchain (-Zsanitizer).
-rustup toolchain list | grep -q '^nightly' || {
-    echo "fuzz: the nightly toolchain is not installed (rustup toolchain install nightly)" >&2
-    exit 1
-}
+# This machine's image carries one; elsewhere rustup installs today's.
+if ! rustup toolchain list | grep -q '^nightly'; then
+    echo "fuzz: installing the nightly toolchain (rustup, minimal profile)"
+    rustup toolchain install nightly --profile minimal
+fi
+echo "fuzz: $(rustup run nightly rustc --version)"
 if ! cargo fuzz --version 2>/dev/null | grep -qF "$cargo_fuzz_version"; then
     echo "fuzz: installing cargo-fuzz $cargo_fuzz_version"
     cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked

@@ -284,7 +284,7 @@ async fn carry_out(client: &Client, cfg: &Config, p: Plan) {
         // detach, then the device allocated again at once): the module's
         // word, read now, is what gets reported.
         if let (Some(f), Some(state)) = (&r.function, r.outcome.state())
-            && crate::inventory::read_attach(&cfg.sysfs_root.join(f)) != Ok(Some(state))
+            && crate::inventory::read_attach(cfg.sysfs_root.join(f).as_path()) != Ok(Some(state))
         {
             continue;
         }

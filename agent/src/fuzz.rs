@@ -4,7 +4,11 @@
 //! (`just fuzz`); `agent/tests/fuzz_corpus.rs` replays the kept corpora on
 //! every test run. A crash found becomes a unit test beside its parser.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::plugin::{cdi, checkpoint};
@@ -14,9 +18,10 @@ use crate::{args, events, inventory};
 /// directory are called) and its body.
 pub type Target = (&'static str, fn(&[u8]));
 
-pub const TARGETS: [Target; 6] = [
+pub const TARGETS: [Target; 7] = [
     ("uevent", uevent),
     ("device_name", device_name),
+    ("sysfs", sysfs_function),
     ("duration", duration),
     ("checkpoint", checkpoint_file),
     ("cdi_spec", cdi_spec),
@@ -48,6 +53,112 @@ pub fn device_name(data: &[u8]) {
             canonical,
             "{name:?} parsed as ({pf}, {vf:?})"
         );
+    }
+}
+
+/// A function's sysfs directory: the attributes (and the `device` and
+/// `physfn` links' targets) as the module's files could hold them, through
+/// the parser the scan uses. A function read is well-formed; written back
+/// as the module writes its attributes, it reads the same.
+///
+/// Input: the class entry's name, then each of [`SYSFS_FILES`], separated
+/// by NUL; a missing trailing part, or one that is the byte 0xff alone, is
+/// a file that is not there.
+pub fn sysfs_function(data: &[u8]) {
+    let mut parts = data.split(|b| *b == 0);
+    let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let mut files = Files::default();
+    for (file, value) in SYSFS_FILES.into_iter().zip(parts) {
+        if value != [0xff] {
+            files.0.insert(file, value.to_vec());
+        }
+    }
+    let f = match inventory::read_function(&files, &name) {
+        Ok(f) => f,
+        Err((_, detail)) => {
+            assert!(!detail.is_empty(), "{name:?} refused without a word");
+            return;
+        }
+    };
+    assert_eq!(inventory::parse_name(&f.name), Some((f.pf_index, f.vf_index)));
+    assert_eq!(f.kind == inventory::Kind::Vf, f.vf_index.is_some());
+    assert_eq!(f.physfn.is_some(), f.vf_index.is_some());
+    assert_eq!(f.sriov.is_some(), f.vf_index.is_none());
+    let again = inventory::read_function(&Files::written(&f), &f.name);
+    assert_eq!(again.as_ref(), Ok(&f), "{f:?} written back reads otherwise");
+}
+
+/// The files (and links) of a function's directory [`sysfs_function`] reads.
+pub const SYSFS_FILES: [&str; 14] = [
+    "type",
+    "uuid",
+    "device",
+    "health",
+    "fw_version",
+    "capabilities",
+    "physfn",
+    "sriov_numvfs",
+    "sriov_totalvfs",
+    "numa_node",
+    "memory_size",
+    "status",
+    "dev",
+    "attach",
+];
+
+/// A directory in memory: a file's bytes, or a link's target.
+#[derive(Default)]
+struct Files(BTreeMap<&'static str, Vec<u8>>);
+
+impl Files {
+    /// `f`'s directory as the module writes it (kmod/ABI.md): one value
+    /// and a newline per file; links to the PCI device and the PF.
+    fn written(f: &inventory::Function) -> Files {
+        let mut files = Files::default();
+        let mut put = |file: &'static str, value: String| {
+            files.0.insert(file, value.into_bytes());
+        };
+        put("type", format!("{}\n", f.kind.as_str()));
+        put("uuid", format!("{}\n", f.uuid));
+        put("device", format!("../../../{}", f.pci_address));
+        let health = match f.health {
+            inventory::Health::Ok => "ok",
+            inventory::Health::Degraded => "degraded",
+            inventory::Health::Failed => "failed",
+        };
+        put("health", format!("{health}\n"));
+        put("fw_version", format!("{}\n", f.fw_version));
+        put("capabilities", format!("{}\n", f.capabilities));
+        if let Some(pf) = &f.physfn {
+            put("physfn", format!("../{pf}"));
+        }
+        if let Some((num, total)) = f.sriov {
+            put("sriov_numvfs", format!("{num}\n"));
+            put("sriov_totalvfs", format!("{total}\n"));
+        }
+        put("numa_node", format!("{}\n", f.numa_node));
+        put("memory_size", format!("{}\n", f.memory_bytes));
+        put("status", format!("{}\n", f.status));
+        if let Some((major, minor)) = f.devnum {
+            put("dev", format!("{major}:{minor}\n"));
+        }
+        put(
+            "attach",
+            format!("{}\n", f.attach.map_or("local", inventory::Attach::as_str)),
+        );
+        files
+    }
+}
+
+impl inventory::Attributes for Files {
+    fn read(&self, attr: &str) -> io::Result<String> {
+        let bytes = self.0.get(attr).ok_or(io::ErrorKind::NotFound)?;
+        String::from_utf8(bytes.clone()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    fn read_link(&self, link: &str) -> io::Result<PathBuf> {
+        let bytes = self.0.get(link).ok_or(io::ErrorKind::NotFound)?;
+        Ok(PathBuf::from(OsStr::from_bytes(bytes)))
     }
 }
 
@@ -112,5 +223,49 @@ pub fn probe_event(data: &[u8]) {
     if let Some(ev) = mock_accel_ebpf::ProbeEvent::from_bytes(data) {
         assert_eq!(data.len(), mock_accel_ebpf::ProbeEvent::SIZE);
         let _ = crate::ebpf::kernel_instant(ev.timestamp_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The input `sysfs_function` reads for `name` and `files`.
+    fn input(name: &str, files: &Files) -> Vec<u8> {
+        let mut data = name.as_bytes().to_vec();
+        for file in SYSFS_FILES {
+            data.push(0);
+            data.extend(files.0.get(file).map_or(&[0xff][..], Vec::as_slice));
+        }
+        data
+    }
+
+    /// What the scan reads from a tree laid out as the module's, written
+    /// back by the target, reads the same; broken, it is refused.
+    #[test]
+    fn functions_read_from_sysfs_and_written_back_read_the_same() {
+        let root = tempfile::tempdir().unwrap();
+        let class = root.path().join("class/mock-accel");
+        inventory::write_fake_tree(&class, 2, 2).unwrap();
+        let scanned = inventory::scan(&class).unwrap();
+        assert_eq!(scanned.functions.len(), 6);
+        for f in scanned.functions.values() {
+            let files = Files::written(f);
+            assert_eq!(inventory::read_function(&files, &f.name).as_ref(), Ok(f));
+            sysfs_function(&input(&f.name, &files));
+
+            let mut broken = Files::written(f);
+            broken.0.insert("health", b"on fire\n".to_vec());
+            let (reason, detail) = inventory::read_function(&broken, &f.name).unwrap_err();
+            assert_eq!(reason, inventory::SkipReason::BadValue);
+            assert_eq!(detail, "health: \"on fire\"");
+            broken.0.insert("health", vec![0xc3, 0x28]);
+            let (reason, detail) = inventory::read_function(&broken, &f.name).unwrap_err();
+            assert_eq!(reason, inventory::SkipReason::BadValue, "{detail}");
+            broken.0.remove("health");
+            let (reason, _) = inventory::read_function(&broken, &f.name).unwrap_err();
+            assert_eq!(reason, inventory::SkipReason::MissingAttribute);
+            sysfs_function(&input(&f.name, &broken));
+        }
     }
 }

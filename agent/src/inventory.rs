@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -144,15 +144,40 @@ pub fn parse_name(name: &str) -> Option<(u32, Option<u32>)> {
     }
 }
 
-struct Reader<'a> {
-    dir: &'a Path,
+/// Where a function's attributes come from: its sysfs directory, or bytes
+/// (the fuzz target, [`crate::fuzz::sysfs_function`]). Parsing sees only
+/// what these return, so both go through the same checks.
+pub trait Attributes {
+    /// An attribute file's text as read (untrimmed); `NotFound` when absent.
+    fn read(&self, attr: &str) -> io::Result<String>;
+    /// Where a link points.
+    fn read_link(&self, link: &str) -> io::Result<PathBuf>;
 }
 
-impl Reader<'_> {
+impl Attributes for Path {
+    fn read(&self, attr: &str) -> io::Result<String> {
+        fs::read_to_string(self.join(attr))
+    }
+
+    fn read_link(&self, link: &str) -> io::Result<PathBuf> {
+        fs::read_link(self.join(link))
+    }
+}
+
+struct Reader<'a, A: Attributes + ?Sized> {
+    attrs: &'a A,
+}
+
+impl<A: Attributes + ?Sized> Reader<'_, A> {
     fn text(&self, attr: &str) -> Result<String, (SkipReason, String)> {
-        fs::read_to_string(self.dir.join(attr))
-            .map(|s| s.trim().to_string())
-            .map_err(|e| (SkipReason::MissingAttribute, format!("{attr}: {e}")))
+        self.attrs.read(attr).map(|s| s.trim().to_string()).map_err(|e| {
+            // There but not text (not UTF-8) is a bad value, not a missing one.
+            let reason = match e.kind() {
+                io::ErrorKind::InvalidData => SkipReason::BadValue,
+                _ => SkipReason::MissingAttribute,
+            };
+            (reason, format!("{attr}: {e}"))
+        })
     }
 
     fn number<T: std::str::FromStr>(&self, attr: &str) -> Result<T, (SkipReason, String)> {
@@ -162,7 +187,8 @@ impl Reader<'_> {
     }
 
     fn link_name(&self, link: &str) -> Result<String, (SkipReason, String)> {
-        fs::read_link(self.dir.join(link))
+        self.attrs
+            .read_link(link)
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .ok_or_else(|| (SkipReason::MissingAttribute, format!("{link}: not a link")))
@@ -190,9 +216,10 @@ fn is_pci_address(s: &str) -> bool {
             .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
 }
 
-fn read_function(dir: &Path, name: &str) -> Result<Function, (SkipReason, String)> {
+/// One function from its attributes (a class directory, `name` its entry).
+pub fn read_function<A: Attributes + ?Sized>(attrs: &A, name: &str) -> Result<Function, (SkipReason, String)> {
     let (pf_index, vf_index) = parse_name(name).ok_or((SkipReason::BadName, "not mockN or mockN_vfM".to_string()))?;
-    let r = Reader { dir };
+    let r = Reader { attrs };
     let kind = match r.text("type")?.as_str() {
         "pf" => Kind::Pf,
         "vf" => Kind::Vf,
@@ -252,15 +279,15 @@ fn read_function(dir: &Path, name: &str) -> Result<Function, (SkipReason, String
         health,
         status: r.number("status")?,
         sriov,
-        devnum: read_devnum(dir),
-        attach: read_attach(dir)?,
+        devnum: read_devnum(attrs),
+        attach: read_attach(attrs)?,
     })
 }
 
 /// `attach`: none for a local function, or a module older than the file.
 /// Also read on its own by [`crate::binding`], for the module's word now.
-pub fn read_attach(dir: &Path) -> Result<Option<Attach>, (SkipReason, String)> {
-    let text = match fs::read_to_string(dir.join("attach")) {
+pub fn read_attach<A: Attributes + ?Sized>(attrs: &A) -> Result<Option<Attach>, (SkipReason, String)> {
+    let text = match attrs.read("attach") {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err((SkipReason::MissingAttribute, format!("attach: {e}"))),
@@ -276,8 +303,8 @@ pub fn read_attach(dir: &Path) -> Result<Option<Attach>, (SkipReason, String)> {
 }
 
 /// `dev` holds "MAJOR:MINOR"; a function without one has no node (yet).
-fn read_devnum(dir: &Path) -> Option<(u32, u32)> {
-    let text = fs::read_to_string(dir.join("dev")).ok()?;
+fn read_devnum<A: Attributes + ?Sized>(attrs: &A) -> Option<(u32, u32)> {
+    let text = attrs.read("dev").ok()?;
     let (major, minor) = text.trim().split_once(':')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
@@ -299,7 +326,7 @@ pub fn scan(root: &Path) -> io::Result<Inventory> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         // Class entries are symlinks to the device directories.
-        match read_function(&entry.path(), &name) {
+        match read_function(entry.path().as_path(), &name) {
             Ok(f) => {
                 inv.functions.insert(name, f);
             }
