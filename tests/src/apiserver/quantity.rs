@@ -142,6 +142,12 @@ mod tests {
             ("0", "0"),
             ("-2k", "-2k"),
             ("0.1m", "100u"),
+            // As apimachinery v0.37.2 prints them (a fuzz find: "-62.5Ki"
+            // is no fixed point there either: "-64000" then "-64k").
+            ("-62.5Ki", "-64000"),
+            ("62.5Ki", "64000"),
+            ("-64000", "-64k"),
+            ("2.5Ki", "2560"),
         ] {
             assert_eq!(canonical(input).as_deref(), Some(want), "{input}");
         }
