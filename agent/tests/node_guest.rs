@@ -160,8 +160,8 @@ fn the_seed_allocation_then_the_dra_features_on_a_real_node() {
 }
 
 /// The fault suite's cases that need the real node (`faults_node.sh`): the
-/// real kubelet retrying after the agent was SIGKILLed mid-prepare and
-/// mid-unprepare, the kubelet SIGKILLed mid-prepare and restarted, etcd
+/// real kubelet retrying after the agent was SIGKILLed at each of its 9
+/// prepare and unprepare failpoints, the kubelet SIGKILLed mid-prepare and restarted, etcd
 /// stopped for 30 s, kube-apiserver restarted; pods end Running or gone,
 /// nothing left allocated, writes counted. The agent-only cases are
 /// `agent_guest::the_agent_loses_nothing_under_faults`. Not in `./dev test`
@@ -170,6 +170,6 @@ fn the_seed_allocation_then_the_dra_features_on_a_real_node() {
 #[ignore = "tens of minutes on the emulated node: just faults"]
 fn the_agent_loses_nothing_under_faults_on_a_real_node() {
     let run = run_on_node(&["faults_node.sh"]);
-    assert_eq!(run.fault_table(), 5, "the table lacks cases:\n{}", run.output);
-    run.assert_clean(28);
+    assert_eq!(run.fault_table(), 12, "the table lacks cases:\n{}", run.output);
+    run.assert_clean(72);
 }

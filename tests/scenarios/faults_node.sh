@@ -1,6 +1,6 @@
 # The fault suite's cases that need the real node (`just faults`): the real
-# kubelet retrying after the agent was SIGKILLed mid-prepare and
-# mid-unprepare (its test-only failpoints), the kubelet itself SIGKILLed
+# kubelet retrying after the agent was SIGKILLed at each step of prepare
+# and of unprepare (its test-only failpoints), the kubelet itself SIGKILLed
 # mid-prepare and restarted, etcd stopped for 30 s, kube-apiserver
 # restarted: pods end Running or gone, nothing allocated or specified that
 # no pod holds, and the agent converges without a storm of writes (counted).
@@ -21,9 +21,10 @@ agent() {
     WAIT_INTERVAL=0.5 wait_until 120 registered || not_ok "the kubelet registered the plugin"
 }
 agent_pid() { cat $LOGS/agent.pid; }
-# died_by_failpoint: the agent killed itself at its failpoint
+# died_by_failpoint FP: the agent killed itself at that failpoint
 died_by_failpoint() {
-    WAIT_INTERVAL=0.5 wait_until 300 gone "$(agent_pid)" && grep -q 'failpoint: SIGKILL' $LOGS/agent.log
+    WAIT_INTERVAL=0.5 wait_until 300 gone "$(agent_pid)" &&
+        grep 'failpoint: SIGKILL' $LOGS/agent.log | grep -qF "$1"
 }
 # lost ALLOCATED SPECS: "nothing", or what differs
 lost() {
@@ -52,37 +53,54 @@ writes() {
 agent
 WAIT_INTERVAL=0.5 wait_until 120 has_devices "mock0 mock1 mock2 mock3"
 
-# 1. The agent SIGKILLed mid-prepare (status written, no spec yet); the
-# real kubelet retries once the agent is back.
-stop agent
-agent prepare/status-written=return
-t0=$(uptime_s)
-pod_with_claim p1
-check_true "agent killed at prepare/status-written" died_by_failpoint
-half=$(allocated)
-agent
-check_true "the kubelet's retry: p1 Running" wait_running 300 p1
-took=$(since "$t0")
-dev=$(allocated)
-check "the half-prepared device is the one prepared" "$half" "$dev"
-check "one CDI spec" 1 "$(cdi_specs)"
-delete_pod_and_claim p1
-check_true "p1 gone: released" wait_until 120 released
-echo "FAULT|agent SIGKILLed mid-prepare (prepare/status-written), real kubelet|a pod with a claim; the agent restarted|pod Running ${took} s after creation, on the device half-prepared ($dev); released at deletion|$(lost "" 0)"
+# 1. The agent SIGKILLed at each step of prepare; the real kubelet
+# retries once the agent is back. Whatever was half-prepared is the
+# device the pod gets, and nothing else is held.
+n=0
+for fp in prepare/recorded prepare/status-written atomic-write/before-rename prepare/applied prepare/completed; do
+    n=$((n + 1))
+    # The spec is prepare's second atomic write (the checkpoint's record the first).
+    case $fp in atomic-write/*) set_fp="$fp=1*off->return" ;; *) set_fp="$fp=return" ;; esac
+    stop agent
+    agent "$set_fp"
+    t0=$(uptime_s)
+    pod_with_claim p1-$n
+    check_true "agent killed at $fp" died_by_failpoint "$fp"
+    half=$(allocated)
+    agent
+    check_true "$fp: the kubelet's retry: p1-$n Running" wait_running 300 p1-$n
+    took=$(since "$t0")
+    dev=$(allocated)
+    check "$fp: one device allocated" 1 "$(echo $dev | wc -w)"
+    check_true "$fp: the half-prepared device, if any, is the one prepared ('$half', '$dev')" test -z "$half" -o "$half" = "$dev"
+    check "$fp: one CDI spec" 1 "$(cdi_specs)"
+    delete_pod_and_claim p1-$n
+    check_true "$fp: p1-$n gone: released" wait_until 120 released
+    echo "FAULT|agent SIGKILLed at $fp, real kubelet|a pod with a claim; the agent restarted|pod Running ${took} s after creation on ${dev} (half-prepared before the kill: ${half:-none}); released at deletion|$(lost "" 0)"
+done
 
-# 2. The agent SIGKILLed mid-unprepare (devices freed, checkpoint not yet).
-pod_with_claim p2
-check_true "p2 Running" wait_running 300 p2
-stop agent
-agent unprepare/released=return
-kubectl delete pod p2 --wait=false >/dev/null
-check_true "agent killed at unprepare/released" died_by_failpoint
-agent
-check_true "the kubelet's retry: p2 gone" wait_gone_pod 300 p2
-check_true "p2's device released" wait_until 120 released
-kubectl delete resourceclaim p2 >/dev/null
-check_false "nothing left in the checkpoint" grep -q '"namespace": "default"' $checkpoint
-echo "FAULT|agent SIGKILLed mid-unprepare (unprepare/released), real kubelet|pod deleted; the agent restarted|the kubelet's retried unprepare completed, pod gone|$(lost "" 0)"
+# 2. The agent SIGKILLed at each step of unprepare; the kubelet retries.
+n=0
+for fp in unprepare/spec-removed unprepare/released atomic-write/before-rename unprepare/saved; do
+    n=$((n + 1))
+    pod_with_claim p2-$n
+    check_true "$fp: p2-$n Running" wait_running 300 p2-$n
+    # Restarted with the failpoint: its first atomic write is unprepare's
+    # checkpoint save (prepare's were the previous agent's).
+    stop agent
+    agent "$fp=return"
+    check_true "$fp: the agent up before the pod's deletion" kill -0 "$(agent_pid)"
+    t0=$(uptime_s)
+    kubectl delete pod p2-$n --wait=false >/dev/null
+    check_true "agent killed at $fp" died_by_failpoint "$fp"
+    agent
+    check_true "$fp: the kubelet's retry: p2-$n gone" wait_gone_pod 300 p2-$n
+    took=$(since "$t0")
+    check_true "$fp: p2-$n's device released" wait_until 120 released
+    kubectl delete resourceclaim p2-$n >/dev/null
+    check_false "$fp: nothing left in the checkpoint" grep -q '"namespace": "default"' $checkpoint
+    echo "FAULT|agent SIGKILLed at $fp, real kubelet|pod deleted; the agent restarted|the kubelet's retried unprepare completed, pod gone ${took} s after its deletion|$(lost "" 0)"
+done
 
 # 3. The kubelet SIGKILLed mid-prepare (the agent held in prepare for 10 s
 # by a failpoint) and restarted.
