@@ -23,14 +23,6 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// Changes within [`WINDOW`] that make a function flapping.
 pub const CHANGES: usize = 4;
 
-fn rank(h: Health) -> u8 {
-    match h {
-        Health::Ok => 0,
-        Health::Degraded => 1,
-        Health::Failed => 2,
-    }
-}
-
 #[derive(Debug)]
 struct Track {
     last: Health,
@@ -71,13 +63,7 @@ impl Damper {
             let until = t.changes.back().map(|(c, _)| *c + WINDOW).filter(|u| *u > now);
             match (flapping, until) {
                 (true, Some(until)) => {
-                    let worst = t
-                        .changes
-                        .iter()
-                        .map(|(_, h)| *h)
-                        .chain(t.held)
-                        .chain([f.health])
-                        .max_by_key(|h| rank(*h));
+                    let worst = t.changes.iter().map(|(_, h)| *h).chain(t.held).chain([f.health]).max();
                     if t.held.is_none() {
                         info!(device = %f.name, changes = t.changes.len(), window = ?WINDOW, "health is flapping: published at its worst until stable");
                     }

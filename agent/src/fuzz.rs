@@ -121,12 +121,7 @@ impl Files {
         put("type", format!("{}\n", f.kind.as_str()));
         put("uuid", format!("{}\n", f.uuid));
         put("device", format!("../../../{}", f.pci_address));
-        let health = match f.health {
-            inventory::Health::Ok => "ok",
-            inventory::Health::Degraded => "degraded",
-            inventory::Health::Failed => "failed",
-        };
-        put("health", format!("{health}\n"));
+        put("health", format!("{}\n", f.health.as_str()));
         put("fw_version", format!("{}\n", f.fw_version));
         put("capabilities", format!("{}\n", f.capabilities));
         if let Some(pf) = &f.physfn {

@@ -22,11 +22,23 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered by severity: `Ok < Degraded < Failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Health {
     Ok,
     Degraded,
     Failed,
+}
+
+impl Health {
+    /// As the module's `health` attribute says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Degraded => "degraded",
+            Health::Failed => "failed",
+        }
+    }
 }
 
 /// Where a fabric-attached function's attach stands (`attach`, ABI.md);
