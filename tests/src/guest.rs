@@ -108,6 +108,19 @@ impl GuestRun {
         matches!((first_problem, module), (Some(p), Some(m)) if p < m)
     }
 
+    /// Prints the scenario's figures, its lines that start with one of
+    /// `prefixes` (`METRIC`, `LATENCY`, …), then the run's wall time.
+    pub fn print_figures(&self, prefixes: &[&str]) {
+        for line in self
+            .output
+            .lines()
+            .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        {
+            eprintln!("{line}");
+        }
+        eprintln!("guest run took {:.1} s", self.elapsed.as_secs_f64());
+    }
+
     /// The fault cases a scenario printed (`FAULT|case|what was done|
     /// outcome|lost` lines): checked to have lost nothing, printed as a
     /// Markdown table; how many there were.
