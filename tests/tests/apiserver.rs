@@ -728,6 +728,7 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String
     let out = Command::new(kubectl)
         .arg("--kubeconfig")
         .arg(kubeconfig)
+        .arg("--request-timeout=30s")
         .args(args)
         .output()
         .unwrap();
@@ -1049,5 +1050,37 @@ fn http_controls() {
     assert!(
         method.starts_with("HTTP/1.1 405") && method.contains("\"reason\":\"MethodNotAllowed\""),
         "{method}"
+    );
+}
+
+/// Dropping the server returns even while a client keeps a request going
+/// past the stop (seen: a watch opened again by an in-process agent just
+/// after the drop closed the watches; a graceful shutdown waited for it for
+/// ever, and the test hung with its thread parked in the drop's join).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_server_does_not_wait_for_a_request_still_going() {
+    let s = server();
+    let nodes: Api<Node> = Api::all(client(&s));
+    s.set_latency(Duration::from_secs(120));
+    let pending = tokio::spawn(async move { nodes.list(&ListParams::default()).await });
+    // The request is in the server (waiting out its latency).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.request_counts().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = std::time::Instant::now();
+    let dropped = tokio::task::spawn_blocking(move || drop(s));
+    tokio::time::timeout(Duration::from_secs(15), dropped)
+        .await
+        .expect("dropping the server waited for the pending request")
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the pending request was cut, not answered"
     );
 }

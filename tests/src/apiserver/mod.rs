@@ -194,7 +194,7 @@ impl State {
 pub struct ApiServer {
     addr: SocketAddr,
     state: Arc<State>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -214,7 +214,7 @@ impl ApiServer {
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let (shutdown, stop) = tokio::sync::watch::channel(false);
         let app = Router::new().fallback(entry).with_state(state.clone());
         let thread = std::thread::Builder::new()
             .name("test-apiserver".into())
@@ -226,18 +226,30 @@ impl ApiServer {
                     .expect("a tokio runtime");
                 rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stop.await;
-                        })
-                        .await;
+                    let mut graceful = stop.clone();
+                    let mut stopped = stop;
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = graceful.wait_for(|s| *s).await;
+                    });
+                    // Graceful, but bounded: a client may keep a connection
+                    // busy past the stop (a watch it opened again after
+                    // close_watches, while the server was being dropped),
+                    // and a graceful shutdown waits for it for ever: the
+                    // runtime's shutdown drops it 2 s after the stop.
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = async {
+                            let _ = stopped.wait_for(|s| *s).await;
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        } => {}
+                    }
                 });
                 rt.shutdown_timeout(Duration::from_secs(1));
             })?;
         Ok(ApiServer {
             addr,
             state,
-            shutdown: Some(shutdown),
+            shutdown,
             thread: Some(thread),
         })
     }
@@ -331,9 +343,7 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.close_watches();
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
+        let _ = self.shutdown.send(true);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
