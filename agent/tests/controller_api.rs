@@ -132,14 +132,13 @@ impl Rig {
             "--leader-elect-retry-period=200ms".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"))
-            .args(&args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"));
+        cmd.args(&args)
             .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("POD_NAME", name)
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(fs::File::create(&log).unwrap());
+        let child = mock_device_testkit::process::spawn(cmd).unwrap();
         Controller {
             child: common::Killed(child),
             admin,

