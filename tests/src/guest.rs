@@ -9,20 +9,31 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::accel::{self, Accel};
 use crate::initramfs::{EXEC, FILE, Initramfs};
 use crate::kernel::Kernel;
 use crate::{Result, RigError, require_tool, workspace_root};
+use crate::{relay, snapshot};
 
 const EXIT_MARKER: &str = "@@MOCK-GUEST-EXIT ";
 const QEMU_HINT: &str = "install it with `apt-get install -y qemu-system-x86` (or run ./dev setup)";
 
 /// The guest's `/init`: mounts the usual file systems, then runs the
-/// scenario (mode `run`) or a shell on the console (mode `shell`).
+/// scenario (mode `run`), a shell on the console (mode `shell`), or (mode
+/// `serve`) a setup script, after which the rig saves the guest and each
+/// resumed copy reads its scenario from the second serial port
+/// ([`crate::snapshot`]): a header line `@@MOCK-GUEST-SCENARIO <bytes>
+/// <unix seconds>`, then the script. The port is raw (no echo, no line
+/// editing) and held open from before the save (a serial port opened anew
+/// resets its FIFO); the header line is looked for, so nothing that reached
+/// the port before it can be taken for the script. The wall clock is set to
+/// the host's from the header (the guest's monotonic clock goes on as it
+/// was: the components' timers and leases keep their sense).
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /run /root /var /etc
 /bin/busybox printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' >/etc/passwd
@@ -40,12 +51,9 @@ mount -t bpf bpf /sys/fs/bpf 2>/dev/null
 hostname mock-guest
 ip link set lo up
 export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root
-if [ "$(cat /guest/mode)" = shell ]; then
-    echo "mock-device guest, kernel $(uname -r). 'modprobe mock-accel' loads the module; 'poweroff -f' leaves."
-    setsid cttyhack sh -l
-else
+leaks=/sys/kernel/debug/kmemleak
+run_scenario() {
     # A sanitizing kernel: what kmemleak suspects at boot is not the run's.
-    leaks=/sys/kernel/debug/kmemleak
     if [ -w $leaks ]; then echo scan >$leaks; echo clear >$leaks; fi
     cd /guest
     sh /guest/scenario.sh </dev/null >/dev/ttyS1 2>&1
@@ -62,7 +70,37 @@ else
     fi
     echo "@@MOCK-GUEST-EXIT $status@@" >/dev/ttyS1
     dmesg >/dev/ttyS2
-fi
+}
+case "$(cat /guest/mode)" in
+shell)
+    echo "mock-device guest, kernel $(uname -r). 'modprobe mock-accel' loads the module; 'poweroff -f' leaves."
+    setsid cttyhack sh -l
+    ;;
+serve)
+    exec 3</dev/ttyS1
+    stty -F /dev/ttyS1 raw -echo
+    (cd /guest && sh /guest/setup.sh </dev/null >/dev/ttyS1 2>&1)
+    status=$?
+    if [ $status != 0 ]; then
+        echo "@@MOCK-GUEST-EXIT $status@@" >/dev/ttyS1
+        dmesg >/dev/ttyS2
+    else
+        echo "@@MOCK-GUEST-SAVE@@" >/dev/ttyS1
+        # Saved here; every resumed copy goes on from this line.
+        while read -r hdr <&3; do
+            case $hdr in "@@MOCK-GUEST-SCENARIO "*) break ;; esac
+        done
+        set -- $hdr
+        date -s "@$3" >/dev/null
+        head -c "$2" <&3 >/guest/scenario.sh
+        exec 3<&-
+        run_scenario
+    fi
+    ;;
+*)
+    run_scenario
+    ;;
+esac
 poweroff -f
 "#;
 
@@ -185,13 +223,30 @@ impl GuestRun {
 #[derive(Clone)]
 pub struct Guest {
     kernel: Kernel,
-    payload: Vec<u8>,
+    payload: Arc<Vec<u8>>,
     /// Guest memory in MiB (default 1024).
     pub memory_mib: u32,
     /// Guest CPUs (default 1).
     pub cpus: u32,
     /// Deadline of one run (default 300 s, or `MOCK_GUEST_TIMEOUT` seconds).
     pub timeout: Duration,
+    /// When set, runs start from a saved guest that booted and ran this
+    /// setup script ([`crate::snapshot`]), unless `MOCK_GUEST_SNAPSHOT=0`.
+    pub snapshot_setup: Option<String>,
+    /// When set, the guest has a network device on QEMU's user network
+    /// (nothing routed beyond the host's loopback), its `kubectl` relays
+    /// to this host kubectl, which reaches the guest's API server on this
+    /// port through a forwarded host port ([`crate::relay`]).
+    pub kubectl_relay: Option<KubectlRelay>,
+}
+
+/// The host side of a guest's `kubectl` ([`Guest::kubectl_relay`]).
+#[derive(Clone, Debug)]
+pub struct KubectlRelay {
+    /// The real kubectl, on the host.
+    pub kubectl: PathBuf,
+    /// The guest's API server port.
+    pub api_port: u16,
 }
 
 /// Where a run's scenario output goes as it arrives.
@@ -201,14 +256,7 @@ impl Guest {
     /// A guest from a kernel and a payload. The payload gets the init
     /// script, busybox and the scenario helpers added.
     pub fn new(kernel: Kernel, mut payload: Initramfs) -> Result<Guest> {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .ok_or(RigError::MissingTool {
-                tool: "busybox".into(),
-                hint: "install it with `apt-get install -y busybox-static` (or run ./dev setup)",
-            })?;
+        let busybox = host_busybox()?;
         payload
             .binary("/bin/busybox", &busybox)?
             .data("/init", EXEC, INIT)
@@ -219,10 +267,12 @@ impl Guest {
             .map_or(Duration::from_secs(300), Duration::from_secs);
         Ok(Guest {
             kernel,
-            payload: payload.to_bytes()?,
+            payload: Arc::new(payload.to_bytes()?),
             memory_mib: 1024,
             cpus: 1,
             timeout,
+            snapshot_setup: None,
+            kubectl_relay: None,
         })
     }
 
@@ -256,50 +306,345 @@ impl Guest {
     }
 
     /// [`Guest::run`], handing each output line to `sink` as it arrives.
+    /// A guest with a [`Guest::snapshot_setup`] is resumed from its saved
+    /// state (booted, set up and saved first if there is none).
     pub fn run_streaming(&self, script: &str, sink: LineSink<'_>) -> Result<GuestRun> {
+        match &self.snapshot_setup {
+            Some(setup) if snapshots_wanted() => self.resume_and_run(setup, script, sink),
+            Some(setup) => {
+                // The setup, then the scenario, on one boot.
+                let both = format!("( {setup} ) || exit 1\n{script}");
+                self.boot_and_run(&both, sink)
+            }
+            None => self.boot_and_run(script, sink),
+        }
+    }
+
+    /// Boots, runs the scenario, powers off.
+    fn boot_and_run(&self, script: &str, sink: LineSink<'_>) -> Result<GuestRun> {
         let qemu = require_tool("qemu-system-x86_64", QEMU_HINT)?;
         let dir = tempfile::tempdir().map_err(RigError::io("creating a run directory"))?;
-        let initrd = self.write_initrd(dir.path(), "run", script)?;
-        let console = dir.path().join("console.log");
-        let dmesg = dir.path().join("dmesg.log");
-
+        let initrd = self.write_initrd(dir.path(), &[("/guest/mode", "run"), ("/guest/scenario.sh", script)])?;
+        let mut cmd = self.qemu_command(&qemu, &initrd)?;
+        let files = Serials::new(dir.path(), &mut cmd);
+        let _relay = self.network(&mut cmd)?;
+        cmd.stdin(Stdio::null());
         let started = Instant::now();
-        let mut child = self
-            .qemu_command(&qemu, &initrd)
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .args(["-serial", "stdio"])
-            .arg("-serial")
-            .arg(format!("file:{}", dmesg.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(RigError::io("starting qemu-system-x86_64"))?;
+        let child = spawn_qemu(cmd)?;
+        self.follow(child, &files, started, sink)
+    }
 
-        let (tx, rx) = mpsc::channel::<String>();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
-                    break;
+    /// Resumes the saved guest of `setup` (saving it first when there is
+    /// none) and runs the scenario in it. A saved state QEMU cannot load
+    /// (left by another QEMU build, cut short) is saved anew, once.
+    fn resume_and_run(&self, setup: &str, script: &str, sink: LineSink<'_>) -> Result<GuestRun> {
+        let qemu = require_tool("qemu-system-x86_64", QEMU_HINT)?;
+        let key = self.snapshot_key(&qemu, setup)?;
+        let slot = snapshot::Slot::take(&key)?;
+        let fresh = !slot.exists();
+        if fresh {
+            self.save(&qemu, setup, &slot, sink)?;
+            slot.commit()?;
+        }
+        slot.touch();
+        match self.resume(&qemu, slot, script, sink) {
+            Ok(run) => run,
+            Err((e, back)) if !fresh => {
+                eprintln!(
+                    "the saved guest {} could not be resumed ({e}): saving it anew",
+                    back.state.display()
+                );
+                back.discard();
+                self.resume_and_run_again(&qemu, setup, back, script, sink)
+            }
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    /// [`Guest::resume_and_run`] after its saved state was discarded.
+    fn resume_and_run_again(
+        &self,
+        qemu: &Path,
+        setup: &str,
+        slot: snapshot::Slot,
+        script: &str,
+        sink: LineSink<'_>,
+    ) -> Result<GuestRun> {
+        self.save(qemu, setup, &slot, sink)?;
+        slot.commit()?;
+        self.resume(qemu, slot, script, sink).map_err(|(e, _)| e)?
+    }
+
+    /// Starts a QEMU that loads the slot's state, lets the guest go on
+    /// (the slot released once loaded), hands it the scenario and follows
+    /// it. Failing to load gives the slot back with the error.
+    #[allow(clippy::result_large_err)]
+    fn resume(
+        &self,
+        qemu: &Path,
+        slot: snapshot::Slot,
+        script: &str,
+        sink: LineSink<'_>,
+    ) -> std::result::Result<Result<GuestRun>, (RigError, snapshot::Slot)> {
+        let io = |e: RigError, slot| Err((e, slot));
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => return io(RigError::io("creating a run directory")(e), slot),
+        };
+        // The kernel and an initramfs are loaded as at boot, then replaced
+        // by the saved memory: any initramfs does.
+        let initrd = dir.path().join("initrd.cpio");
+        if let Err(e) = fs::write(&initrd, b"\n") {
+            return io(RigError::io("writing the resume's initramfs")(e), slot);
+        }
+        let mut cmd = match self.qemu_command(qemu, &initrd) {
+            Ok(c) => c,
+            Err(e) => return io(e, slot),
+        };
+        let files = Serials::new(dir.path(), &mut cmd);
+        let _relay = match self.network(&mut cmd) {
+            Ok(r) => r,
+            Err(e) => return io(e, slot),
+        };
+        let qmp_path = dir.path().join("qmp.sock");
+        cmd.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            .arg("-incoming")
+            .arg(format!(
+                "exec:cat {}",
+                snapshot::shell_quote(&slot.state.to_string_lossy())
+            ))
+            .stdin(Stdio::piped());
+        let started = Instant::now();
+        let mut child = match spawn_qemu(cmd) {
+            Ok(c) => c,
+            Err(e) => return io(e, slot),
+        };
+        let resumed = snapshot::Qmp::connect(&qmp_path, Duration::from_secs(30))
+            .and_then(|mut qmp| qmp.resume(Duration::from_secs(120)));
+        if let Err(e) = resumed {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            if let Some(mut s) = child.stderr.take() {
+                let _ = s.read_to_string(&mut stderr);
+            }
+            let e = RigError::Command {
+                what: format!("resuming the saved guest {}", slot.state.display()),
+                detail: format!("{e}\nqemu: {stderr}"),
+            };
+            return io(e, slot);
+        }
+        drop(slot);
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let text = format!(
+            "{}{script}",
+            snapshot::scenario_header(script.len(), std::time::SystemTime::now())
+        );
+        // (A thread: the guest takes the script as fast as its serial port
+        // goes. QEMU's stdin stays open until the guest has powered off.)
+        let writer = thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(text.as_bytes()).and_then(|()| stdin.flush());
+            stdin
+        });
+        let run = self.follow(child, &files, started, sink);
+        drop(writer.join());
+        Ok(run)
+    }
+
+    /// Boots the guest in `serve` mode, waits for its setup to end, saves
+    /// it into the slot's partial file. The setup's output goes to `sink`.
+    fn save(&self, qemu: &Path, setup: &str, slot: &snapshot::Slot, sink: LineSink<'_>) -> Result<()> {
+        let dir = tempfile::tempdir().map_err(RigError::io("creating a run directory"))?;
+        let initrd = self.write_initrd(dir.path(), &[("/guest/mode", "serve"), ("/guest/setup.sh", setup)])?;
+        let mut cmd = self.qemu_command(qemu, &initrd)?;
+        let files = Serials::new(dir.path(), &mut cmd);
+        let _relay = self.network(&mut cmd)?;
+        let qmp_path = dir.path().join("qmp.sock");
+        cmd.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            .stdin(Stdio::null());
+        let started = Instant::now();
+        let mut child = spawn_qemu(cmd)?;
+        let (lines, errors) = read_output(&mut child);
+        let deadline = started + self.timeout;
+        let mut output = String::new();
+        let failed = |output: &str, why: String, files: &Serials| {
+            let text = read_lossy(&files.console);
+            RigError::Command {
+                what: "the guest's setup before it is saved".into(),
+                detail: format!(
+                    "{why}\n--- setup output ---\n{output}\n--- console tail ---\n{}\n{}",
+                    console_excerpt(&text),
+                    keep_console(&text)
+                ),
+            }
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line == snapshot::SAVE_MARKER => break,
+                Ok(line) if line.starts_with(EXIT_MARKER) => {
+                    let _ = wait_until(&mut child, Instant::now() + Duration::from_secs(10));
+                    return Err(failed(&output, format!("the setup failed ({line})"), &files));
+                }
+                Ok(line) => {
+                    sink(&line);
+                    output.push_str(&line);
+                    output.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(failed(
+                        &output,
+                        format!("not done after {} s", self.timeout.as_secs()),
+                        &files,
+                    ));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = wait_until(&mut child, Instant::now() + Duration::from_secs(10))?;
+                    let qemu_errors = errors.join().unwrap_or_default();
+                    return Err(failed(&output, format!("QEMU ended ({status}): {qemu_errors}"), &files));
                 }
             }
+        }
+        let booted = started.elapsed();
+        let saved = snapshot::Qmp::connect(&qmp_path, Duration::from_secs(30)).and_then(|mut qmp| {
+            let bytes = qmp.save(&slot.partial(), Duration::from_secs(300))?;
+            let _ = qmp.execute("quit", None);
+            Ok(bytes)
         });
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let stderr_reader = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
+        let status = wait_until(&mut child, Instant::now() + Duration::from_secs(30))?;
+        let bytes = saved.map_err(|e| failed(&output, format!("saving it: {e} (QEMU: {status})"), &files))?;
+        let line = format!(
+            "# guest set up in {:.1} s and saved in {:.1} s ({} MiB of memory): {}",
+            booted.as_secs_f64(),
+            (started.elapsed() - booted).as_secs_f64(),
+            bytes >> 20,
+            slot.state.display()
+        );
+        eprintln!("{line}");
+        Ok(())
+    }
 
+    /// The digest of everything a saved guest of this setup is made of.
+    fn snapshot_key(&self, qemu: &Path, setup: &str) -> Result<String> {
+        let version = crate::process::output({
+            let mut c = Command::new(qemu);
+            c.arg("--version");
+            c
+        })
+        .map_err(RigError::io("qemu-system-x86_64 --version"))?
+        .stdout;
+        let kernel =
+            fs::read(&self.kernel.image).map_err(RigError::io(format!("reading {}", self.kernel.image.display())))?;
+        let accel = accel::choice()?;
+        let machine = format!(
+            "{} {} {} {:?} relay {:?}",
+            self.memory_mib,
+            self.cpus,
+            accel.accel.as_str(),
+            self.accel_args(accel.accel),
+            self.kubectl_relay.as_ref().map(|r| r.api_port)
+        );
+        Ok(snapshot::key(&[
+            b"mock-device guest snapshot v1",
+            &version,
+            &kernel,
+            machine.as_bytes(),
+            INIT.as_bytes(),
+            setup.as_bytes(),
+            &self.payload,
+        ]))
+    }
+
+    /// Boots to an interactive shell on this terminal (ttyS0). Ctrl-A X quits
+    /// QEMU; `poweroff -f` ends the guest.
+    pub fn shell(&self) -> Result<ExitStatus> {
+        let qemu = require_tool("qemu-system-x86_64", QEMU_HINT)?;
+        let dir = tempfile::tempdir().map_err(RigError::io("creating a run directory"))?;
+        let initrd = self.write_initrd(dir.path(), &[("/guest/mode", "shell")])?;
+        self.qemu_command(&qemu, &initrd)?
+            .args(["-serial", "mon:stdio", "-serial", "null", "-serial", "null"])
+            .status()
+            .map_err(RigError::io("starting qemu-system-x86_64"))
+    }
+
+    /// The payload and a small archive with these files, as one initramfs.
+    fn write_initrd(&self, dir: &Path, files: &[(&str, &str)]) -> Result<PathBuf> {
+        use std::io::Write;
+        let mut run = Initramfs::new();
+        for (path, text) in files {
+            let mode = if path.ends_with(".sh") { EXEC } else { FILE };
+            run.data(path, mode, *text);
+        }
+        let path = dir.join("initrd.cpio");
+        let mut out = std::io::BufWriter::new(fs::File::create(&path).map_err(RigError::io("writing the initramfs"))?);
+        out.write_all(&self.payload)
+            .map_err(RigError::io("writing the initramfs"))?;
+        let mut out = run.write_to(out)?;
+        out.flush().map_err(RigError::io("writing the initramfs"))?;
+        Ok(path)
+    }
+
+    /// The guest's network device and what serves it on the host, when it
+    /// has a [`Guest::kubectl_relay`]: QEMU's user network, isolated
+    /// (`restrict=on`: the guest reaches only what is forwarded), a host
+    /// loopback port forwarded to the guest's API server, and
+    /// [`relay::GUEST_ADDR`] forwarded to the relay (a `busybox nc` per
+    /// connection). The relay lives as long as the returned value.
+    fn network(&self, cmd: &mut Command) -> Result<Option<relay::Relay>> {
+        let Some(r) = &self.kubectl_relay else { return Ok(None) };
+        let host_api = crate::cluster::free_port();
+        let relay = relay::Relay::start(r.kubectl.clone(), r.api_port, host_api)
+            .map_err(RigError::io("starting the kubectl relay"))?;
+        let (addr, port) = relay::GUEST_ADDR.split_once(':').expect("host:port");
+        cmd.arg("-netdev")
+            .arg(format!(
+                "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{host_api}-:{},guestfwd=tcp:{addr}:{port}-cmd:{} nc 127.0.0.1 {}",
+                r.api_port,
+                host_busybox()?.display(),
+                relay.port
+            ))
+            .args(["-device", "virtio-net-pci,netdev=n0"]);
+        Ok(Some(relay))
+    }
+
+    /// The accelerator's QEMU arguments: `-accel` and `-cpu`.
+    fn accel_args(&self, accel: Accel) -> Vec<String> {
+        match accel {
+            Accel::Kvm => vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()],
+            Accel::Tcg => vec!["-accel".into(), tcg_accel().into(), "-cpu".into(), "max".into()],
+        }
+    }
+
+    fn qemu_command(&self, qemu: &Path, initrd: &Path) -> Result<Command> {
+        let mut cmd = Command::new(qemu);
+        cmd.args(self.accel_args(accel::choice()?.accel))
+            .args(["-nodefaults", "-display", "none", "-no-reboot"])
+            .args(["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()])
+            .arg("-kernel")
+            .arg(&self.kernel.image)
+            .arg("-initrd")
+            .arg(initrd)
+            // Warnings reach the console too (loglevel 5: KERN_WARNING and
+            // worse), so a guest that dies shows the WARN that tainted it first.
+            .args(["-append", "console=ttyS0 panic=-1 loglevel=5"]);
+        Ok(cmd)
+    }
+
+    /// Collects a started guest's scenario output until its exit marker and
+    /// QEMU's exit (or the deadline), then its kernel log.
+    fn follow(&self, mut child: Child, files: &Serials, started: Instant, sink: LineSink<'_>) -> Result<GuestRun> {
+        let (lines, stderr_reader) = read_output(&mut child);
         let deadline = started + self.timeout;
         let mut output = String::new();
         let mut exit_code = None;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            match lines.recv_timeout(left) {
                 Ok(line) => match line.strip_prefix(EXIT_MARKER) {
                     Some(rest) => exit_code = rest.trim_end_matches("@@").trim().parse().ok(),
                     None => {
@@ -312,7 +657,7 @@ impl Guest {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    let text = read_lossy(&console);
+                    let text = read_lossy(&files.console);
                     return Err(RigError::Timeout {
                         seconds: self.timeout.as_secs(),
                         output,
@@ -325,7 +670,7 @@ impl Guest {
         // QEMU closed its stdout: it is exiting (poweroff or panic).
         let status = wait_until(&mut child, deadline)?;
         let elapsed = started.elapsed();
-        let console_text = read_lossy(&console);
+        let console_text = read_lossy(&files.console);
         let qemu_errors = stderr_reader.join().unwrap_or_default();
 
         let Some(exit_code) = exit_code else {
@@ -342,57 +687,80 @@ impl Guest {
         Ok(GuestRun {
             exit_code,
             output,
-            dmesg: read_lossy(&dmesg).replace('\r', ""),
+            dmesg: read_lossy(&files.dmesg).replace('\r', ""),
             console: console_text,
             elapsed,
         })
     }
+}
 
-    /// Boots to an interactive shell on this terminal (ttyS0). Ctrl-A X quits
-    /// QEMU; `poweroff -f` ends the guest.
-    pub fn shell(&self) -> Result<ExitStatus> {
-        let qemu = require_tool("qemu-system-x86_64", QEMU_HINT)?;
-        let dir = tempfile::tempdir().map_err(RigError::io("creating a run directory"))?;
-        let initrd = self.write_initrd(dir.path(), "shell", "")?;
-        self.qemu_command(&qemu, &initrd)
-            .args(["-serial", "mon:stdio", "-serial", "null", "-serial", "null"])
-            .status()
-            .map_err(RigError::io("starting qemu-system-x86_64"))
-    }
+/// Whether node guests start from saved guests (`MOCK_GUEST_SNAPSHOT=0`:
+/// every run boots and sets up anew).
+fn snapshots_wanted() -> bool {
+    std::env::var("MOCK_GUEST_SNAPSHOT").map_or(true, |v| v != "0")
+}
 
-    fn write_initrd(&self, dir: &Path, mode: &str, script: &str) -> Result<PathBuf> {
-        let mut run = Initramfs::new();
-        run.data("/guest/mode", FILE, mode)
-            .data("/guest/scenario.sh", EXEC, script);
-        let mut bytes = self.payload.clone();
-        run.write_to(&mut bytes)?;
-        let path = dir.join("initrd.cpio");
-        fs::write(&path, bytes).map_err(RigError::io("writing the initramfs"))?;
-        Ok(path)
-    }
+/// The guest's serial ports: ttyS0 the kernel console (a file), ttyS1 the
+/// scenario's output (QEMU's stdout; its stdin is the port's input), ttyS2
+/// the kernel log at the end (a file).
+struct Serials {
+    console: PathBuf,
+    dmesg: PathBuf,
+}
 
-    fn qemu_command(&self, qemu: &Path, initrd: &Path) -> Command {
-        let mut cmd = Command::new(qemu);
-        cmd.args([
-            "-accel",
-            tcg_accel(),
-            "-cpu",
-            "max",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .args(["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()])
-        .arg("-kernel")
-        .arg(&self.kernel.image)
-        .arg("-initrd")
-        .arg(initrd)
-        // Warnings reach the console too (loglevel 5: KERN_WARNING and
-        // worse), so a guest that dies shows the WARN that tainted it first.
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=5"]);
-        cmd
+impl Serials {
+    fn new(dir: &Path, cmd: &mut Command) -> Serials {
+        let files = Serials {
+            console: dir.join("console.log"),
+            dmesg: dir.join("dmesg.log"),
+        };
+        cmd.arg("-serial")
+            .arg(format!("file:{}", files.console.display()))
+            .args(["-serial", "stdio"])
+            .arg("-serial")
+            .arg(format!("file:{}", files.dmesg.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        files
     }
+}
+
+/// The host's busybox (setup installs busybox-static).
+fn host_busybox() -> Result<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or(RigError::MissingTool {
+            tool: "busybox".into(),
+            hint: "install it with `apt-get install -y busybox-static` (or run ./dev setup)",
+        })
+}
+
+fn spawn_qemu(cmd: Command) -> Result<Child> {
+    crate::process::spawn(cmd).map_err(RigError::io("starting qemu-system-x86_64"))
+}
+
+/// QEMU's stdout as lines (`\r` trimmed) on a channel, and its stderr
+/// collected by a thread.
+fn read_output(child: &mut Child) -> (mpsc::Receiver<String>, thread::JoinHandle<String>) {
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stderr_reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    (rx, stderr_reader)
 }
 
 /// QEMU's `-accel` value: TCG with one host thread per vCPU (`multi`, QEMU's

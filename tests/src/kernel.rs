@@ -105,9 +105,51 @@ impl Kernel {
 
     /// Builds `kmod/` against this kernel in a fresh copy under `out_dir`
     /// (so parallel test binaries never share object files) and returns the
-    /// path of `mock-accel.ko`.
+    /// path of `mock-accel.ko` there. The build is reproducible, so a
+    /// module built from the same sources against the same headers is
+    /// kept (`target/kmod-cache/`) and copied instead of built again (about
+    /// 5 s a build; every guest test builds one).
     pub fn build_module(&self, kmod_src: &Path, out_dir: &Path) -> Result<PathBuf> {
-        self.build_module_with(kmod_src, out_dir, &[]).map(|(ko, _log)| ko)
+        let cache = workspace_root().join("target/kmod-cache");
+        let cached = cache.join(format!("{}-{}.ko", self.release, self.module_key(kmod_src)?));
+        let ko = out_dir.join("mock-accel.ko");
+        fs::create_dir_all(out_dir).map_err(RigError::io(format!("creating {}", out_dir.display())))?;
+        if fs::copy(&cached, &ko).is_ok() {
+            return Ok(ko);
+        }
+        let (ko, _log) = self.build_module_with(kmod_src, out_dir, &[])?;
+        // Into the cache atomically: parallel tests may build it at once.
+        let _ = fs::create_dir_all(&cache);
+        let tmp = cache.join(format!(".{}-{}.tmp", self.release, std::process::id()));
+        if fs::copy(&ko, &tmp).is_ok() {
+            let _ = fs::rename(&tmp, &cached);
+        }
+        Ok(ko)
+    }
+
+    /// What a module build depends on: the sources (`Makefile`, `*.c`,
+    /// `*.h`), this kernel's symbol versions and headers' configuration.
+    fn module_key(&self, kmod_src: &Path) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        // (Bumped when build_module_with's make arguments change.)
+        let mut h = Sha256::new_with_prefix(b"mock-accel build: prefix map, fixed timestamp");
+        let mut names: Vec<_> = fs::read_dir(kmod_src)
+            .map_err(RigError::io(format!("reading {}", kmod_src.display())))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let n = p.file_name().unwrap_or_default().to_string_lossy();
+                n == "Makefile" || (n.ends_with(".c") && !n.ends_with(".mod.c")) || n.ends_with(".h")
+            })
+            .collect();
+        names.sort();
+        let build = [self.build_dir.join("Module.symvers"), self.build_dir.join(".config")];
+        for p in names.iter().chain(build.iter()) {
+            h.update(p.file_name().unwrap_or_default().as_encoded_bytes());
+            h.update(fs::read(p).unwrap_or_default());
+        }
+        h.update(self.build_dir.as_os_str().as_encoded_bytes());
+        Ok(h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// [`Kernel::build_module`] with extra Kbuild arguments (`W=1`, `C=2`),
@@ -127,10 +169,18 @@ impl Kernel {
                 fs::copy(entry.path(), out_dir.join(&name)).map_err(RigError::io(format!("copying {name_str}")))?;
             }
         }
+        // A reproducible module: the same sources give the same bytes
+        // wherever they are built, so a saved guest that carries it is
+        // found again (`crate::snapshot`). The build directory's path left
+        // out (debug information, `__FILE__`); a build timestamp set, which
+        // keeps pahole from encoding the module's BTF in parallel, in an
+        // order that changes from build to build (scripts/Makefile.btf).
         let output = Command::new("make")
             .arg("-C")
             .arg(&self.build_dir)
             .arg(format!("M={}", out_dir.display()))
+            .arg(format!("KCFLAGS=-ffile-prefix-map={}/=", out_dir.display()))
+            .arg("KBUILD_BUILD_TIMESTAMP=mock-device")
             .args(make_args)
             .arg("modules")
             .output()

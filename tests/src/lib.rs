@@ -9,8 +9,11 @@
 //! - [`initramfs`] packs busybox, the module (installed and `depmod`ed) and
 //!   any host binary with its shared libraries into a cpio archive;
 //! - [`guest`] boots it, runs a scenario script inside and returns the
-//!   script's output, its exit status and the guest's kernel log;
+//!   script's output, its exit status and the guest's kernel log; under KVM
+//!   where a probe shows it works, else TCG ([`accel`]); a node guest is
+//!   booted and set up once, saved, and resumed per scenario ([`snapshot`]);
 //! - [`process`] starts the rig's children so that they die with it;
+//! - [`relay`] runs a node guest's kubectl calls with the host's kubectl;
 //! - [`apiserver`] is a test Kubernetes API server held to the real one's
 //!   rules, for the agent's tests and the demo;
 //! - [`kubelet`] plays the kubelet towards the agent's plugin sockets;
@@ -19,6 +22,7 @@
 //! - [`oci`] writes container images as OCI archives without an engine;
 //! - [`dashboards`] the Grafana dashboards' queries and what counts as data.
 
+pub mod accel;
 pub mod apiserver;
 pub mod cluster;
 pub mod dashboards;
@@ -31,6 +35,8 @@ pub mod kubelet;
 pub mod node;
 pub mod oci;
 pub mod process;
+pub mod relay;
+pub mod snapshot;
 
 use std::path::PathBuf;
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::cluster::{Ca, apiserver_args, bin_dir, control_plane_pki, etcd_args, kubeconfig_text};
-use crate::guest::Guest;
+use crate::guest::{Guest, KubectlRelay};
 use crate::initramfs::{EXEC, FILE, Initramfs};
 use crate::kernel::Kernel;
 use crate::{Result, RigError, require_tool, workspace_root};
@@ -32,7 +32,7 @@ use crate::{Result, RigError, require_tool, workspace_root};
 pub const NODE_NAME: &str = "mock-guest";
 /// The node's address, on a dummy interface inside the guest.
 pub const NODE_IP: &str = "10.99.0.2";
-/// The OCI registry of [`guest_with_chart`], at the node's address.
+/// The node's OCI registry, at the node's address.
 pub const REGISTRY_HOST: &str = "registry.mock.test";
 pub const REGISTRY: &str = "registry.mock.test:5000";
 /// The API server's port inside the guest.
@@ -84,31 +84,61 @@ const KERNEL_MODULES: [&str; 31] = [
     "net/ipv6/netfilter/nft_reject_ipv6.ko",
 ];
 
+/// The virtio network device's driver and what it needs, where they are
+/// modules (Debian's 6.1 has virtio itself as modules, 6.12 builds it in):
+/// the node reaches the host's kubectl relay through it.
+const NIC_MODULES: [&str; 8] = [
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
+];
+
 /// The guest-side script that starts the node (`node_up`) and reads its
 /// logs (`node_logs`).
 pub const NODE_SH: &str = include_str!("../scenarios/node.sh");
 /// Prometheus against the chart's Services (sourced by helm.sh).
 pub const MONITORING_SH: &str = include_str!("../scenarios/monitoring.sh");
 
-/// A guest that becomes a one-node cluster when its scenario calls
-/// `node_up`; `binaries` go to `/usr/local/bin/<name>` (the agent, our
-/// tools, kubectl).
-pub fn guest(binaries: &[(&str, &Path)]) -> Result<Guest> {
-    build(binaries, None)
+/// A guest that becomes a one-node cluster: `binaries` go to
+/// `/usr/local/bin/<name>` (the agent, our tools, kubectl; `guest-tool` among
+/// them: it makes the node's certificates), and the driver as its users
+/// install it: the driver's image made from `agent`
+/// ([`crate::oci::driver_images`], in `/guest/driver-images/`, for the
+/// scenario to push to the registry), the OCI registry
+/// (`/usr/local/bin/registry`, distribution's, serving [`REGISTRY`] over TLS
+/// with a certificate of the node's CA, which the guest trusts), the Helm
+/// CLI (`/usr/local/bin/helm`) and the chart packaged by it
+/// (`/guest/mock-device-<version>.tgz`); a stand-in for a release of the
+/// seed chart too (`/guest/seed/mock-device-0.2.0.tgz`, from
+/// `tests/chart/seed-0.2.0`) for the upgrade, Prometheus and the dashboards.
+///
+/// Its `kubectl` is the host's, through a relay (`kubectl` among the
+/// binaries is the real one the relay runs on the host; in the guest it is
+/// `/usr/local/bin/kubectl.real`, for `kubectl config`): [`crate::relay`].
+///
+/// Its scenarios start from a saved node ([`crate::snapshot`]): booted,
+/// [`SETUP`] run (the node Ready, the registry serving the chart and the
+/// driver's image), saved once; resumed for each scenario, whose `node_up`
+/// then finds the node as the setup left it.
+pub fn guest(binaries: &[(&str, &Path)], agent: &Path) -> Result<Guest> {
+    if !binaries.iter().any(|(name, _)| *name == "guest-tool") {
+        return Err(RigError::Command {
+            what: "the node guest".into(),
+            detail: "guest-tool is not among its binaries (it makes the node's certificates)".into(),
+        });
+    }
+    build(binaries, agent)
 }
 
-/// [`guest`], and the driver as its users install it: the driver's image
-/// made from `agent` ([`crate::oci::driver_images`], in
-/// `/guest/driver-images/`, for the scenario to push to the registry), the
-/// OCI registry (`/usr/local/bin/registry`, distribution's, serving
-/// [`REGISTRY`] over TLS with a certificate of this run's CA, which the
-/// guest trusts), the Helm CLI (`/usr/local/bin/helm`) and the chart
-/// packaged by it (`/guest/mock-device-<version>.tgz`); a stand-in for a
-/// release of the seed chart too (`/guest/seed/mock-device-0.2.0.tgz`, from
-/// `tests/chart/seed-0.2.0`) for the upgrade.
-pub fn guest_with_chart(binaries: &[(&str, &Path)], agent: &Path) -> Result<Guest> {
-    build(binaries, Some(agent))
-}
+/// What the saved node ran before it was saved: the node up, the registry
+/// serving the chart and the driver's image.
+pub const SETUP: &str =
+    ". /guest/lib.sh\n. /guest/node.sh\nnode_up || exit 1\nregistry_up || exit 1\nfinish || exit 1\nnode_saved\n";
 
 /// The agent the driver's image carries, given the debug build the rest of
 /// the run uses (`<target>/debug/mock-accel-agent`): the release build next
@@ -160,7 +190,7 @@ fn up_to_date(binary: &Path) -> bool {
         .all(|f| modified(&f).is_some_and(|m| m <= built))
 }
 
-fn build(binaries: &[(&str, &Path)], driver: Option<&Path>) -> Result<Guest> {
+fn build(binaries: &[(&str, &Path)], agent: &Path) -> Result<Guest> {
     let kube = bin_dir()?;
     let runc = require_tool("runc", "install it with `apt-get install -y runc` (or run ./dev setup)")?;
     let kernel = Kernel::find()?;
@@ -168,9 +198,44 @@ fn build(binaries: &[(&str, &Path)], driver: Option<&Path>) -> Result<Guest> {
     let ko = kernel.build_module(&workspace_root().join("kmod"), build.path())?;
 
     let mut p = Initramfs::new();
-    p.modules(&[&ko], &kernel.release, &KERNEL_MODULES)?;
+    let mut modules: Vec<&str> = KERNEL_MODULES.to_vec();
+    // The network device's driver (a module, and what it needs, in Debian's
+    // kernels; built in where it is absent).
+    let tree = Path::new("/lib/modules").join(&kernel.release).join("kernel");
+    modules.extend(
+        NIC_MODULES
+            .iter()
+            .filter(|m| tree.join(m).is_file() || tree.join(format!("{m}.xz")).is_file()),
+    );
+    p.modules(&[&ko], &kernel.release, &modules)?;
+    let mut relay = None;
     for (name, path) in binaries {
+        if *name == "kubectl" {
+            // The guest's kubectl relays to the host's (crate::relay): the
+            // real one stays for `kubectl config`.
+            p.binary(crate::relay::GUEST_REAL_KUBECTL, path)?;
+            relay = Some(KubectlRelay {
+                kubectl: path.to_path_buf(),
+                api_port: API_PORT,
+            });
+            continue;
+        }
         p.binary(&format!("/usr/local/bin/{name}"), path)?;
+    }
+    if relay.is_some() {
+        let tools = binaries
+            .iter()
+            .find(|(n, _)| *n == "guest-tool")
+            .and_then(|(_, p)| p.parent())
+            .expect("guest-tool is among the binaries");
+        let shim = tools.join("kubectl-relay");
+        if !shim.is_file() {
+            return Err(RigError::MissingTool {
+                tool: shim.display().to_string(),
+                hint: "build it with `cargo build --workspace --bins` (just test does)",
+            });
+        }
+        p.binary("/usr/local/bin/kubectl", &shim)?;
     }
     // The multi-call binary under each component's name.
     p.host_file("/usr/local/bin/kube", EXEC, &kube.join("kube"));
@@ -200,43 +265,37 @@ fn build(binaries: &[(&str, &Path)], driver: Option<&Path>) -> Result<Guest> {
     // The images, as `ctr images import` takes them.
     // (Written to the build directory, read when the payload is packed.)
     let mut images = Vec::new();
-    let ca = Ca::new();
-    if let Some(agent) = driver {
-        for image in crate::oci::driver_images(agent, &[])? {
-            add_image(&mut p, build.path(), &image, "/guest/driver-images")?;
-        }
-        p.host_file("/usr/local/bin/registry", EXEC, &kube.join("registry"));
-        let serving = ca.server(&[REGISTRY_HOST, NODE_IP]);
-        p.data(&format!("{PKI}/registry.crt"), FILE, serving.cert);
-        p.data(&format!("{PKI}/registry.key"), FILE, serving.key);
-        p.data("/etc/registry/config.yml", FILE, REGISTRY_CONFIG.replace("@PKI@", PKI));
-        let helm = kube.join("helm");
-        p.host_file("/usr/local/bin/helm", EXEC, &helm);
-        let root = workspace_root();
-        for (chart, dir) in [("chart", "/guest"), ("tests/chart/seed-0.2.0", "/guest/seed")] {
-            let tgz = helm_package(&helm, &root.join(chart), build.path())?;
-            let name = tgz.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            p.host_file(&format!("{dir}/{name}"), FILE, &tgz);
-        }
-        // Prometheus with Kubernetes service discovery (built by `just
-        // kube`: Debian's has none), to scrape the chart's metrics Services
-        // it finds through the API, and the dashboards whose queries it must
-        // answer.
-        p.host_file("/usr/local/bin/prometheus", EXEC, &kube.join("prometheus"));
-        for file in crate::dashboards::FILES {
-            p.host_file(
-                &format!("/guest/dashboards/{file}"),
-                FILE,
-                &root.join("dashboards").join(file),
-            );
-        }
+    for image in crate::oci::driver_images(agent, &[])? {
+        add_image(&mut p, build.path(), &image, "/guest/driver-images")?;
+    }
+    p.host_file("/usr/local/bin/registry", EXEC, &kube.join("registry"));
+    p.data("/etc/registry/config.yml", FILE, REGISTRY_CONFIG.replace("@PKI@", PKI));
+    let helm = kube.join("helm");
+    p.host_file("/usr/local/bin/helm", EXEC, &helm);
+    let root = workspace_root();
+    for (chart, dir) in [("chart", "/guest"), ("tests/chart/seed-0.2.0", "/guest/seed")] {
+        let tgz = helm_package(&helm, &root.join(chart), build.path())?;
+        let name = tgz.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        p.host_file(&format!("{dir}/{name}"), FILE, &tgz);
+    }
+    // Prometheus with Kubernetes service discovery (built by `just
+    // kube`: Debian's has none), to scrape the chart's metrics Services
+    // it finds through the API, and the dashboards whose queries it must
+    // answer.
+    p.host_file("/usr/local/bin/prometheus", EXEC, &kube.join("prometheus"));
+    for file in crate::dashboards::FILES {
+        p.host_file(
+            &format!("/guest/dashboards/{file}"),
+            FILE,
+            &root.join("dashboards").join(file),
+        );
     }
     for image in crate::oci::test_images(build.path())? {
         let short = add_image(&mut p, build.path(), &image, "/guest/images")?;
         images.push((short, image.name));
     }
 
-    for (path, text) in files(&ca, &images) {
+    for (path, text) in files(&images) {
         p.data(&path, FILE, text);
     }
     // The chart's DeviceClasses, rendered by Helm with its defaults.
@@ -251,6 +310,8 @@ fn build(binaries: &[(&str, &Path)], driver: Option<&Path>) -> Result<Guest> {
     let mut guest = Guest::new(kernel, p)?;
     guest.memory_mib = 4096;
     guest.cpus = 2;
+    guest.kubectl_relay = relay;
+    guest.snapshot_setup = Some(SETUP.to_string());
     Ok(guest)
 }
 
@@ -295,16 +356,24 @@ fn helm_package(helm: &Path, chart: &Path, out: &Path) -> Result<PathBuf> {
     Ok(tgz)
 }
 
-/// This run's certificates, kubeconfigs and configuration files, by path in
-/// the guest.
-fn files(ca: &Ca, images: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = control_plane_pki(ca, &[NODE_IP, NODE_NAME])
+/// The node's keys, certificates and kubeconfigs, and its machine ID, by
+/// path in the guest: made anew by each node that boots (`guest-tool
+/// node-secrets`, from `node_up`), so that nothing random from the host is
+/// part of the saved node's inputs ([`crate::snapshot`]). One CA signs the
+/// control plane's certificates, the kubelet's serving certificate, every
+/// client certificate and the registry's; the guest trusts only it.
+pub fn secrets() -> Vec<(String, String)> {
+    let ca = Ca::new();
+    let mut out: Vec<(String, String)> = control_plane_pki(&ca, &[NODE_IP, NODE_NAME])
         .into_iter()
         .map(|(name, text)| (format!("{PKI}/{name}"), text))
         .collect();
     let kubelet_serving = ca.server(&[NODE_NAME, NODE_IP]);
     out.push((format!("{PKI}/kubelet.crt"), kubelet_serving.cert));
     out.push((format!("{PKI}/kubelet.key"), kubelet_serving.key));
+    let registry = ca.server(&[REGISTRY_HOST, NODE_IP]);
+    out.push((format!("{PKI}/registry.crt"), registry.cert));
+    out.push((format!("{PKI}/registry.key"), registry.key));
 
     let server = format!("https://127.0.0.1:{API_PORT}");
     let node_user = format!("system:node:{NODE_NAME}");
@@ -320,7 +389,19 @@ fn files(ca: &Ca, images: &[(String, String)]) -> Vec<(String, String)> {
             kubeconfig_text(&server, &ca.pem.cert, &ca.client(user, groups)),
         ));
     }
+    // The node's CA is the only one the guest trusts (Go's clients, Helm's
+    // and containerd's among them, read this file): the registry's TLS.
+    out.push(("/etc/ssl/certs/ca-certificates.crt".into(), ca.pem.cert.clone()));
+    // A machine ID of this node (cAdvisor reads it): from the CA, unique.
+    let id = Sha256::digest(ca.pem.cert.as_bytes());
+    out.push(("/etc/machine-id".into(), format!("{}\n", &hex(&id)[..32])));
+    out
+}
 
+/// The node's configuration files, by path in the guest (its secrets are
+/// [`secrets`]).
+fn files(images: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
     out.push((format!("{ETC}/scheduler.yaml"), SCHEDULER_CONFIG.replace("@ETC@", ETC)));
     out.push((format!("{ETC}/kubelet.yaml"), KUBELET_CONFIG.replace("@PKI@", PKI)));
     out.push((format!("{ETC}/admission.yaml"), ADMISSION_CONFIG.into()));
@@ -334,13 +415,6 @@ fn files(ca: &Ca, images: &[(String, String)]) -> Vec<(String, String)> {
         "/etc/hosts".into(),
         format!("127.0.0.1 localhost\n{NODE_IP} {NODE_NAME} {REGISTRY_HOST}\n"),
     ));
-    // The run's CA is the only one the guest trusts (Go's clients, Helm's
-    // and containerd's among them, read this file): the registry's TLS.
-    out.push(("/etc/ssl/certs/ca-certificates.crt".into(), ca.pem.cert.clone()));
-    // A machine ID of this run (cAdvisor reads it): from the CA, unique per run.
-    let id = Sha256::digest(ca.pem.cert.as_bytes());
-    out.push(("/etc/machine-id".into(), format!("{}\n", &hex(&id)[..32])));
-
     // The command lines, from the same functions as the host's control plane.
     // No argument has a space in it: the guest's shell splits them on spaces.
     let quote = |args: Vec<String>| {
@@ -614,44 +688,6 @@ pub fn scenario(name: &str) -> PathBuf {
     workspace_root().join("tests/scenarios").join(name)
 }
 
-/// One guest script that runs these scenarios in turn on one boot, each in
-/// a shell of its own, whatever the one before it did: a node's boot costs
-/// minutes under emulation. The second and later find the node up, and
-/// their `node_up` resets it (`node_reset` in node.sh). Prints
-/// `# scenario NAME: exit N after S s` for each; exits 1 if any failed.
-pub fn in_turn(names: &[&str]) -> std::io::Result<String> {
-    let mut parts = Vec::new();
-    for name in names {
-        parts.push((name.to_string(), std::fs::read_to_string(scenario(name))?));
-    }
-    in_turn_of(&parts)
-}
-
-/// [`in_turn`] of these (name, script text) pairs.
-fn in_turn_of(parts: &[(String, String)]) -> std::io::Result<String> {
-    const END: &str = "MOCK_DEVICE_SCENARIO_END";
-    let mut script = String::from(
-        "# scenarios in turn on one boot (tests/src/node.rs: in_turn)\n_rc=0\n\
-         _up() { cut -d' ' -f1 /proc/uptime; }\n",
-    );
-    for (name, text) in parts {
-        if text.lines().any(|l| l == END) {
-            return Err(std::io::Error::other(format!("{name} has a line {END}")));
-        }
-        script.push_str(&format!(
-            "cat >/tmp/{name} <<'{END}'\n{text}{nl}{END}\n\
-             _t=$(_up)\n\
-             sh /tmp/{name}\n\
-             _s=$?\n\
-             echo \"# scenario {name}: exit $_s after $(awk -v a=\"$_t\" -v b=\"$(_up)\" 'BEGIN {{ printf \"%.1f\", b - a }}') s\"\n\
-             [ $_s = 0 ] || _rc=1\n",
-            nl = if text.ends_with('\n') { "" } else { "\n" },
-        ));
-    }
-    script.push_str("exit $_rc\n");
-    Ok(script)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,46 +723,5 @@ mod tests {
         touch(&src, now - Duration::from_secs(60));
         std::fs::remove_file(&src).unwrap();
         assert!(!up_to_date(&bin), "a listed file gone");
-    }
-
-    #[test]
-    fn scenarios_in_turn_run_each_whatever_the_last_did() {
-        let dir = tempfile::tempdir().unwrap();
-        let mark = dir.path().join("mark");
-        let first = format!("echo 'first $HOME' `echo x`\necho 1 >{}\nexit 3", mark.display());
-        let second = format!("echo \"second saw $(cat {})\"\n", mark.display());
-        let pid = std::process::id();
-        let parts = [
-            (format!("in-turn-{pid}-a.sh"), first),
-            (format!("in-turn-{pid}-b.sh"), second),
-        ];
-        let script = in_turn_of(&parts).unwrap();
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        for (name, _) in &parts {
-            let _ = std::fs::remove_file(Path::new("/tmp").join(name));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "{stdout}");
-        let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(
-            lines[0], "first $HOME x",
-            "the text as written, run by a shell: {stdout}"
-        );
-        assert!(
-            lines[1].starts_with(&format!("# scenario in-turn-{pid}-a.sh: exit 3 after ")),
-            "{stdout}"
-        );
-        assert_eq!(lines[2], "second saw 1", "{stdout}");
-        assert!(
-            lines[3].starts_with(&format!("# scenario in-turn-{pid}-b.sh: exit 0 after ")),
-            "{stdout}"
-        );
-
-        let bad = [("x.sh".to_string(), "MOCK_DEVICE_SCENARIO_END\n".to_string())];
-        assert!(in_turn_of(&bad).is_err());
     }
 }

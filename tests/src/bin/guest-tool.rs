@@ -21,6 +21,8 @@
 //!   and prints each with its series count or why it has no data;
 //!   `guest-tool promql QUERY` prints an instant query's series, one per
 //!   line: `{label="value",...} VALUE`.
+//! - `guest-tool node-secrets` makes the node's certificates, kubeconfigs
+//!   and machine ID and writes them in place (node.sh's `node_up`).
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -132,6 +134,10 @@ enum Cmd {
         #[arg(required = true)]
         devices: Vec<String>,
     },
+    /// Make the node's keys, certificates, kubeconfigs and machine ID
+    /// (`mock_device_testkit::node::secrets`) and write them where the
+    /// node's components read them.
+    NodeSecrets,
     /// Write VALUE to FILE in one write(2); print "ok" or the errno name.
     Write {
         file: String,
@@ -209,6 +215,16 @@ fn main() -> anyhow::Result<()> {
         } => {
             let ok = dashboards(&prometheus, &dir, &node, &rate_interval)?;
             std::process::exit(if ok { 0 } else { 1 });
+        }
+        Cmd::NodeSecrets => {
+            for (path, text) in mock_device_testkit::node::secrets() {
+                let path = std::path::Path::new(&path);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                }
+                std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
         }
         Cmd::Promql { prometheus, query } => {
             let v = prometheus_get(&prometheus, "/api/v1/query", &[("query", &query)])?;

@@ -8,6 +8,9 @@
 //! - `guest run [--set NAME=VALUE]... SCRIPT`: runs a scenario script,
 //!   prints its output, exits with its status.
 //! - `guest shell`: an interactive shell in the guest, module installed.
+//! - `guest accel`: which accelerator the guests run under (KVM where a
+//!   probe guest shows it works, else TCG; `MOCK_GUEST_ACCEL` forces), and
+//!   why.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +52,8 @@ enum Cmd {
     },
     /// Interactive shell in the guest (Ctrl-A X quits QEMU).
     Shell,
+    /// Say which accelerator the guests run under, and why.
+    Accel,
 }
 
 /// `NAME=VALUE`, NAME a shell variable name, VALUE without a single quote.
@@ -67,6 +72,11 @@ fn parse_var(arg: &str) -> Result<(String, String), String> {
 
 fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    if let Cmd::Accel = args.command {
+        // (accel::choice says it on stderr, with its reason.)
+        mock_device_testkit::accel::choice()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     // The in-guest programs are built next to this binary (same target dir).
     let mut binaries = Vec::new();
     for name in ["guest-tool", "mock-apiserver", "mock-accel-agent"] {
@@ -90,7 +100,7 @@ fn main() -> anyhow::Result<ExitCode> {
         // the driver as its users do.
         let agent = std::env::current_exe()?.with_file_name("mock-accel-agent");
         let agent = mock_device_testkit::node::image_agent(&agent);
-        let mut g = mock_device_testkit::node::guest_with_chart(&refs, &agent)?;
+        let mut g = mock_device_testkit::node::guest(&refs, &agent)?;
         // A whole node under software emulation: minutes, not seconds.
         g.timeout = g.timeout.max(std::time::Duration::from_secs(1200));
         g
@@ -119,6 +129,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             });
         }
+        Cmd::Accel => unreachable!("handled above"),
         Cmd::Demo => workspace_root().join("tests/scenarios/cluster_demo.sh"),
         Cmd::DemoLite => workspace_root().join("tests/scenarios/demo.sh"),
         Cmd::Run { script, vars: v } => {
