@@ -87,11 +87,12 @@ def main():
     ap.add_argument("--host-runs", type=int, default=int(os.environ.get("FLAKE_HOST_RUNS", 20)))
     ap.add_argument("--guest-runs", type=int, default=int(os.environ.get("FLAKE_GUEST_RUNS", 3)))
     ap.add_argument("--only", default=os.environ.get("FLAKE_ONLY", ""),
-                    help="only binaries whose name contains this")
+                    help="only binaries whose name contains one of these (comma-separated)")
     ap.add_argument("--no-load", action="store_true", help="leave the other core idle")
     a = ap.parse_args()
 
-    bins = [b for b in build() if a.only in b["name"]]
+    only = [o for o in a.only.split(",") if o] or [""]
+    bins = [b for b in build() if any(o in b["name"] for o in only)]
     logs = ROOT / "target" / "flake-hunt"
     logs.mkdir(parents=True, exist_ok=True)
     for f in logs.glob("*.log"):
