@@ -765,12 +765,19 @@ async fn rolling_update_names_sockets_by_pod_and_recreates_a_deleted_socket() {
     // Someone deletes our registration socket: it comes back.
     let before = get(agent.admin_addr, "/metrics").await.1;
     fs::remove_file(&reg_sock).unwrap();
+    // The file appears at bind(), before listen(): a dial in between is
+    // refused (the kubelet's plugin watcher retries too).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !reg_sock.exists() {
-        assert!(Instant::now() < deadline, "the registration socket was not recreated");
+    let again = loop {
+        match Kubelet::register(&reg_sock).await {
+            Ok(k) => break k,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the registration socket was not recreated and served within 10 s: {e:#}"
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let again = Kubelet::register(&reg_sock).await.unwrap();
+    };
     assert_eq!(again.info, kubelet.info);
     let (_, metrics) = get(agent.admin_addr, "/metrics").await;
     let series = "mock_accel_plugin_socket_recreations_total{socket=\"registration\"}";
@@ -908,7 +915,13 @@ async fn two_agents_on_one_socket_path_do_not_fight_over_it() {
     rig.kubelet().await;
     let dra = rig.plugin_dir().join("dra.sock");
     let reg = rig.path("registry").join(format!("{DRIVER}-reg.sock"));
-    let inode = |p: &Path| fs::symlink_metadata(p).map(|m| m.ino()).ok();
+    // A socket's identity: its inode number and when it was made (a file
+    // system may give a new socket the number of the one just unlinked).
+    let inode = |p: &Path| {
+        fs::symlink_metadata(p)
+            .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+            .ok()
+    };
     let (old_dra, old_reg) = (inode(&dra), inode(&reg));
     let (new, _new_events) = rig.agent(&[]).await;
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -66,15 +66,17 @@ pub fn uevent(action: &str, name: &str) -> mock_accel_agent::events::Trigger {
 pub async fn kubelet(registry: &std::path::Path) -> anyhow::Result<mock_device_testkit::kubelet::Kubelet> {
     use mock_device_testkit::kubelet::{Kubelet, registration_sockets};
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = String::from("no registration socket there");
     loop {
-        if let Some(s) = registration_sockets(registry).ok().and_then(|v| v.into_iter().next())
-            && let Ok(k) = Kubelet::register(&s).await
-        {
-            return Ok(k);
+        if let Some(s) = registration_sockets(registry).ok().and_then(|v| v.into_iter().next()) {
+            match Kubelet::register(&s).await {
+                Ok(k) => return Ok(k),
+                Err(e) => last = format!("{}: {e:#}", s.display()),
+            }
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
-            "no plugin registered in {}",
+            "no plugin registered in {} after 10 s (the last attempt: {last})",
             registry.display()
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
