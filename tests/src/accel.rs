@@ -252,14 +252,7 @@ pub fn probe_now() -> Result<Probe> {
 /// Boots the tiny guest under `-accel kvm -cpu host`, at most
 /// [`PROBE_LIMIT`].
 fn probe(qemu: &Path, kernel: &Kernel) -> Result<Probe> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .ok_or(RigError::MissingTool {
-            tool: "busybox".into(),
-            hint: "install it with `apt-get install -y busybox-static` (or run ./dev setup)",
-        })?;
+    let busybox = crate::guest::host_busybox()?;
     let dir = tempfile::tempdir().map_err(RigError::io("creating the probe's directory"))?;
     let mut init = Initramfs::new();
     init.binary("/bin/busybox", &busybox)?.data(

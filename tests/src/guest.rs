@@ -726,7 +726,7 @@ impl Serials {
 }
 
 /// The host's busybox (setup installs busybox-static).
-fn host_busybox() -> Result<PathBuf> {
+pub(crate) fn host_busybox() -> Result<PathBuf> {
     ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(PathBuf::from)
