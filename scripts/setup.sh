@@ -42,7 +42,7 @@ nextest_version=0.9.151
 nextest_pid=
 if command -v cargo >/dev/null &&
     [ "$(cargo nextest --version 2>/dev/null | head -n 1 | cut -d' ' -f2)" != "$nextest_version" ]; then
-    echo "setup: installing cargo-nextest $nextest_version in the background (about 5 minutes)" >&2
+    echo "setup: installing cargo-nextest $nextest_version in the background (about 2 minutes)" >&2
     nextest_log=$(mktemp)
     CARGO_PROFILE_DEV_DEBUG=0 cargo install --quiet --debug --locked cargo-nextest \
         --version "$nextest_version" --no-default-features --features default-no-update >"$nextest_log" 2>&1 &
