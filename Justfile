@@ -31,7 +31,7 @@ builds release="":
     set -m   # the Go build in a process group of its own: stopped whole if a Rust build fails
     bash tests/kube/build.sh & kube=$!
     trap 'kill -- -$kube 2>/dev/null || true' EXIT
-    if [ "{{release}}" = release ]; then cargo build --release -p mock-accel-agent --bin mock-accel-agent; fi
+    if [ "{{release}}" = release ]; then just agent-release; fi
     cargo build --workspace --bins
     cargo test --workspace --no-run -q
     wait $kube || { echo "just kube failed (above)" >&2; exit 1; }
