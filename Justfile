@@ -13,7 +13,7 @@ default:
 # Every test: unit and host tests, the real control plane's, the guests (the module on Debian's kernels, the agent, the real node from its saved state); nextest, each test with a deadline (the sanitizing kernel's runs: just kmod-sanitize)
 test:
     @command -v bpf-linker >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/bpf-linker" ] || { echo "bpf-linker is missing: the guests need the agent's eBPF probes (./dev setup installs it)" >&2; exit 1; }
-    @just builds release
+    @just builds image
     ./target/debug/guest accel
     cargo nextest run --workspace
     cargo test --workspace --doc -q
@@ -23,15 +23,15 @@ test-fast:
     @just builds
     cargo nextest run --workspace --profile fast
 
-# What the tests run: Kubernetes and its neighbours (Go, `just kube`) built beside the workspace and its tests (Rust) and, with `release`, the agent's release build (`just agent-release`). Each leaves a core idle at times (a link, the one crate or package the rest waits for), which the other fills: cold here (2 cores), 22 minutes together, about one less than one after the other
+# What the tests run: Kubernetes and its neighbours (Go, `just kube`) built beside the workspace and its tests (Rust) and, with `image`, the agent the guests' driver image carries (`just agent-image`). Each leaves a core idle at times (a link, the one crate or package the rest waits for), which the other fills: cold here (2 cores), 22 minutes together, about one less than one after the other
 [private]
-builds release="":
+builds image="":
     #!/usr/bin/env bash
     set -euo pipefail
     set -m   # the Go build in a process group of its own: stopped whole if a Rust build fails
     bash tests/kube/build.sh & kube=$!
     trap 'kill -- -$kube 2>/dev/null || true' EXIT
-    if [ "{{release}}" = release ]; then just agent-release; fi
+    if [ "{{image}}" = image ]; then just agent-image; fi
     cargo build --workspace --bins
     cargo test --workspace --no-run -q
     wait $kube || { echo "just kube failed (above)" >&2; exit 1; }
@@ -50,9 +50,9 @@ kmod-sanitize seconds="900": debug-kernel build
     MOCK_KMOD_SANITIZING=1 cargo nextest run -p mock-device-testkit --test kmod_guest
     MOCK_GUEST_KERNEL=sanitizing MOCK_GUEST_TIMEOUT=$(({{seconds}} + 300)) ./target/debug/guest --cpus 2 run --set STRESS_SECONDS={{seconds}} tests/scenarios/kmod_sanitize.sh
 
-# The agent's release build, which the driver's image carries in the guests (node::image_agent)
-agent-release:
-    cargo build --release -p mock-accel-agent --bin mock-accel-agent
+# The agent the driver's image carries in the guests (node::image_agent): the release profile at opt-level 1 (Cargo.toml: guest-image; 394 s cold here, 540 at opt-level 3)
+agent-image:
+    cargo build --profile guest-image -p mock-accel-agent --bin mock-accel-agent
 
 # Build the Rust workspace (agent, test API server, rig and in-guest tools)
 build:
@@ -76,7 +76,7 @@ kmod-clean:
     make -C kmod KDIR=/lib/modules/{{kver}}/build clean
 
 # The demo: a real Kubernetes v1.37.2 node in a VM (first run builds Kubernetes: ~10 min), the driver installed with Helm from a registry in the VM, the seed's test pod, a waiting pod placed after a hot-plug
-vm-demo: kube build agent-release
+vm-demo: kube build agent-image
     cargo run -q -p mock-device-testkit --bin guest -- demo
 
 # The quick demo: the module, the agent and the project's test API server in a VM; devices hot-plugged, slices shown changing
@@ -125,8 +125,8 @@ faults flap="60": kube build
     MOCK_FAULTS_ALL=1 MOCK_FAULTS_FLAP_SECONDS={{flap}} cargo test -p mock-accel-agent --test agent_guest -- --exact the_agent_loses_nothing_under_faults --nocapture
     cargo test -p mock-accel-agent --test node_guest -- --ignored --exact the_agent_loses_nothing_under_faults_on_a_real_node --nocapture
 
-# The soak (tests/scenarios/soak.sh, boots a VM, release agent): `hotplugs` hot-plug cycles beside `claims` claim cycles; RSS, descriptors and writes per change printed, leaks checked
-soak hotplugs="1000" claims="200": build agent-release
+# The soak (tests/scenarios/soak.sh, boots a VM, the image's agent: just agent-image): `hotplugs` hot-plug cycles beside `claims` claim cycles; RSS, descriptors and writes per change printed, leaks checked
+soak hotplugs="1000" claims="200": build agent-image
     MOCK_SOAK_HOTPLUGS={{hotplugs}} MOCK_SOAK_CLAIMS={{claims}} cargo test -p mock-accel-agent --test agent_guest -- --exact the_agent_soaks_hotplugs_and_claims --nocapture
 
 # Formatting, clippy with warnings as errors, the module's static checks, the chart (real Helm, official schemas) and promtool on both components' metrics

@@ -167,8 +167,8 @@ fn the_agent_loses_nothing_under_faults() {
     run.assert_clean(if all { 140 } else { 85 });
 }
 
-/// The soak (tests/scenarios/soak.sh) with the release agent when it is
-/// built: `MOCK_SOAK_HOTPLUGS` hot-plug cycles (default 100) beside
+/// The soak (tests/scenarios/soak.sh) with the image's agent when it is
+/// built (`node::image_agent`): `MOCK_SOAK_HOTPLUGS` hot-plug cycles (default 100) beside
 /// `MOCK_SOAK_CLAIMS` claim cycles (default 20); `just soak` runs 1000 and
 /// 200. Prints RSS, descriptors and writes per change along the way.
 #[test]

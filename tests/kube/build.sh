@@ -17,7 +17,7 @@
 #               discovery: Kubernetes, file and HTTP only), which finds the
 #               chart's metrics Services in the guest through the API
 #               (Debian's Prometheus 2.42 is built without Kubernetes SD)
-# Static (CGO_ENABLED=0), stripped, -trimpath. Into the user's cache
+# Static (CGO_ENABLED=0), stripped (no DWARF compiled), -trimpath. Into the user's cache
 # ($XDG_CACHE_HOME or ~/.cache, under mock-device/kube/<key>), keyed by the
 # inputs (go.mod, go.sum, sources, this script, the Go version), linked as
 # target/kube/bin: a fresh clone on this machine reuses them (linking them
@@ -28,7 +28,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+# -dwarf=false: no debug information compiled (the linker's -s -w drops it
+# anyway); measured cold here, k8s.io/client-go/kubernetes (576 packages)
+# compiled in 87 s instead of 105.
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-buildvcs=false -gcflags=all=-dwarf=false"
 
 k8s_version=v1.37.2
 containerd_version=v2.4.2
