@@ -23,7 +23,7 @@ test-fast:
     @just builds
     cargo nextest run --workspace --profile fast
 
-# What the tests run: Kubernetes and its neighbours (Go, `just kube`) built beside the workspace and its tests (Rust) and, with `image`, the agent the guests' driver image carries (`just agent-image`). Each leaves a core idle at times (a link, the one crate or package the rest waits for), which the other fills: cold here (2 cores), 22 minutes together, about one less than one after the other
+# What the tests run: Kubernetes and its neighbours (Go, `just kube`) built beside the workspace and its tests (Rust) and, with `image`, the agent the guests' driver image carries (`just agent-image`). Each leaves a core idle at times (a link, the one crate or package the rest waits for), which the other fills: cold here (2 cores), 21 to 23 minutes together, about one less than one after the other
 [private]
 builds image="":
     #!/usr/bin/env bash
