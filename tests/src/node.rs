@@ -153,14 +153,10 @@ pub const SETUP: &str =
 /// registry, once per scenario, and the demo's run took 357 s with it
 /// against 181 with the release agent.
 pub fn image_agent(agent: &Path) -> PathBuf {
-    let (Some(profile), Some(target), Some(name)) =
-        (agent.parent(), agent.parent().and_then(Path::parent), agent.file_name())
-    else {
+    let debug = agent.parent().filter(|p| p.ends_with("debug"));
+    let (Some(target), Some(name)) = (debug.and_then(Path::parent), agent.file_name()) else {
         return agent.to_path_buf();
     };
-    if profile.file_name().is_none_or(|p| p != "debug") {
-        return agent.to_path_buf();
-    }
     for dir in [IMAGE_PROFILE, "release"] {
         let built = target.join(dir).join(name);
         if up_to_date(&built) {
@@ -176,7 +172,7 @@ pub fn image_agent(agent: &Path) -> PathBuf {
 }
 
 /// The Cargo profile the guests' image agent is built with (Cargo.toml).
-pub const IMAGE_PROFILE: &str = "guest-image";
+const IMAGE_PROFILE: &str = "guest-image";
 
 /// `binary` is newer than every file its dep-info (`<binary>.d`, cargo's)
 /// lists and than the eBPF program's sources (built by the agent's build
