@@ -20,7 +20,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -67,6 +67,57 @@ const SUN_PATH_LEN: usize = 108;
 /// earlier run's, or an older agent pod's); else (listening again after
 /// ours was deleted) one there means another agent took the path: `None`.
 fn bind(path: &Path, take_over: bool) -> anyhow::Result<Option<(UnixListener, Ident)>> {
+    check_len(path)?;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() && !take_over => return Ok(None),
+        Ok(m) if !m.file_type().is_socket() => {
+            anyhow::bail!("{} exists and is not a socket: refusing to replace it", path.display())
+        }
+        _ => {}
+    }
+    if !take_over {
+        // bind() fails where a file is: whoever took the path meanwhile
+        // keeps it.
+        return match UnixListener::bind(path) {
+            Ok(listener) => {
+                let id = ident(path).with_context(|| format!("{} vanished right after bind", path.display()))?;
+                Ok(Some((listener, id)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("listening on {}", path.display())),
+        };
+    }
+    // Taking over: bind a hidden name beside the path (the kubelet's plugin
+    // watcher skips dot files) and rename it over the path, so that the path
+    // is never absent. With an unlink then a bind, an older agent pod of the
+    // node, watching its socket, took the unlink for a deletion and bound
+    // the path again in the gap; under load it won that race twenty times
+    // in a row, and the newer pod gave up with "Address already in use".
+    // Now the older one only ever sees a socket not its own, and leaves it.
+    static TEMPS: AtomicU64 = AtomicU64::new(0);
+    let temp = path.with_file_name(format!(
+        ".{}.{}",
+        std::process::id(),
+        TEMPS.fetch_add(1, Ordering::Relaxed)
+    ));
+    check_len(&temp)?;
+    // A name of an earlier process with our PID, killed between its bind
+    // and its rename.
+    let _ = fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp).with_context(|| format!("listening on {}", temp.display()))?;
+    let id = ident(&temp);
+    if let Err(e) = fs::rename(&temp, path) {
+        let _ = fs::remove_file(&temp);
+        return Err(e).with_context(|| format!("moving {} to {}", temp.display(), path.display()));
+    }
+    let id = id.with_context(|| format!("{} vanished right after bind", temp.display()))?;
+    Ok(Some((listener, id)))
+}
+
+fn check_len(path: &Path) -> anyhow::Result<()> {
     let len = path.as_os_str().len();
     if len >= SUN_PATH_LEN {
         anyhow::bail!(
@@ -74,37 +125,7 @@ fn bind(path: &Path, take_over: bool) -> anyhow::Result<Option<(UnixListener, Id
             path.display()
         );
     }
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // A socket there is an earlier run's, or an older agent pod's of this
-    // node (same name: no POD_UID): the newest takes it. The older may bind
-    // again in the moment between our unlink and our bind (it took the
-    // unlink for a deletion); then we take it once more, and it sees a
-    // socket not its own and leaves it to us.
-    let mut tries = 0;
-    loop {
-        match fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() && !take_over => return Ok(None),
-            Ok(m) if m.file_type().is_socket() => {
-                fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?
-            }
-            Ok(_) => anyhow::bail!("{} exists and is not a socket: refusing to replace it", path.display()),
-            Err(_) => {}
-        }
-        match UnixListener::bind(path) {
-            Ok(listener) => {
-                let id = ident(path).with_context(|| format!("{} vanished right after bind", path.display()))?;
-                return Ok(Some((listener, id)));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !take_over => return Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(e).with_context(|| format!("listening on {}", path.display())),
-        }
-    }
+    Ok(())
 }
 
 fn is_socket(path: &Path) -> bool {

@@ -115,3 +115,15 @@ pub fn report(what: &str, mut v: Vec<std::time::Duration>) {
         at(1.0)
     );
 }
+
+/// The agent's logs in this test's output (shown when it fails): for the
+/// tests whose failures depend on timing, where the agent's own account is
+/// the only one. Once per process; `RUST_LOG` overrides the level.
+pub fn agent_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mock_accel_agent=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
