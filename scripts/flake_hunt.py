@@ -124,18 +124,19 @@ def main():
 
     print(f"\nflake-hunt: {len(counts)} tests, {sum(counts.values())} runs, "
           f"{sum(failures.values())} failures, {time.monotonic() - start:.0f} s")
+    failed = sum(failures.values())
     width = max((len(f"{b} {t}") for b, t in counts), default=10)
     for key in sorted(counts):
-        if failures[key] or os.environ.get("FLAKE_ALL"):
+        if failures.get(key) or os.environ.get("FLAKE_ALL"):
             print(f"  {key[0] + ' ' + key[1]:<{width}}  {failures[key]:>3} / {counts[key]} failed")
-    if not failures:
+    if not failed:
         print("  every test passed every run")
     (logs / "summary.json").write_text(json.dumps(
-        [{"binary": b, "test": t, "runs": counts[(b, t)], "failures": failures[(b, t)]}
+        [{"binary": b, "test": t, "runs": counts[(b, t)], "failures": failures.get((b, t), 0)}
          for b, t in sorted(counts)], indent=1))
     # The plain closing line (a count of test runs).
-    print(f"flake-hunt: {sum(counts.values()) - sum(failures.values())} passed, {sum(failures.values())} failed")
-    return 1 if failures else 0
+    print(f"flake-hunt: {sum(counts.values()) - failed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
