@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -90,6 +91,11 @@ def main():
                     help="only binaries whose name contains one of these (comma-separated)")
     ap.add_argument("--no-load", action="store_true", help="leave the other core idle")
     a = ap.parse_args()
+    # Killed (SIGTERM, or the terminal's SIGHUP): unwind, so that the busy
+    # loop is stopped and the running test binary killed (subprocess.run
+    # kills its child on the way out; the rig's children die with it).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda n, _f: sys.exit(128 + n))
 
     only = [o for o in a.only.split(",") if o] or [""]
     bins = [b for b in build() if any(o in b["name"] for o in only)]
