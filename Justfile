@@ -145,8 +145,6 @@ chart-check:
 dashboards-sync:
     cp dashboards/*.json chart/dashboards/
 
-# Every test many times (FLAKE_HOST_RUNS=20 host, FLAKE_GUEST_RUNS=3 guest) with one core kept busy; each test's failure count.
-# The guests' driver image carries the agent `just test` gives them (without it: the debug agent, twice as slow on the node).
+# Every test many times (FLAKE_HOST_RUNS=20 host, FLAKE_GUEST_RUNS=3 guest) with one core kept busy; each test's failure count
 flake-hunt: kube
-    @[ "${FLAKE_GUEST_RUNS:-3}" = 0 ] || just agent-image
     python3 scripts/flake_hunt.py

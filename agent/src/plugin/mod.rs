@@ -108,13 +108,17 @@ fn bind(path: &Path, take_over: bool) -> anyhow::Result<Option<(UnixListener, Id
     // and its rename.
     let _ = fs::remove_file(&temp);
     let listener = UnixListener::bind(&temp).with_context(|| format!("listening on {}", temp.display()))?;
-    let id = ident(&temp);
-    if let Err(e) = fs::rename(&temp, path) {
+    let moved = ident(&temp)
+        .with_context(|| format!("{} vanished right after bind", temp.display()))
+        .and_then(|id| {
+            fs::rename(&temp, path)
+                .with_context(|| format!("moving {} to {}", temp.display(), path.display()))
+                .map(|()| id)
+        });
+    if moved.is_err() {
         let _ = fs::remove_file(&temp);
-        return Err(e).with_context(|| format!("moving {} to {}", temp.display(), path.display()));
     }
-    let id = id.with_context(|| format!("{} vanished right after bind", temp.display()))?;
-    Ok(Some((listener, id)))
+    Ok(Some((listener, moved?)))
 }
 
 fn check_len(path: &Path) -> anyhow::Result<()> {
