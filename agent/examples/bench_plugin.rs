@@ -14,7 +14,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use mock_accel_agent::inventory::write_fake_tree;
+use mock_accel_agent::backend::sysfs::write_fake_tree;
 use mock_accel_agent::{Agent, Args, Options};
 use mock_device_testkit::apiserver::{ApiServer, Config};
 use mock_device_testkit::kubelet::{Api as DraApi, Claim};

@@ -22,9 +22,6 @@
 //! nor needs the right to.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs;
-use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,10 +36,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backend::Backend;
+use crate::claims::ClaimRef;
+use crate::claims::status::{self, DeviceKey};
 use crate::inventory::{Attach, Inventory};
 use crate::metrics as m;
-use crate::plugin::driver::ClaimRef;
-use crate::plugin::status::{self, DeviceKey};
 use crate::slices::{ATTACH_FAILED_CONDITION, ATTACHED_CONDITION, device_name};
 
 /// How the attach of an allocated device ended, as reported.
@@ -200,7 +198,8 @@ pub fn plan(
 pub struct Config {
     pub driver: String,
     pub node: String,
-    pub sysfs_root: std::path::PathBuf,
+    /// The devices: attach and detach go through it.
+    pub backend: Arc<dyn Backend>,
 }
 
 /// Runs until cancelled. Not critical: its failures are logged and
@@ -270,10 +269,10 @@ pub async fn run(
 async fn carry_out(client: &Client, cfg: &Config, p: Plan) {
     for (functions, op) in [(&p.attach, "attach"), (&p.detach, "detach")] {
         for f in functions {
-            match write_attach(&cfg.sysfs_root, f, op) {
+            match cfg.backend.set_attached(f, op == "attach") {
                 Ok(()) => info!(function = %f, op, "fabric"),
                 Err(e) => {
-                    counter!(m::FABRIC_ERRORS, "kind" => "sysfs").increment(1);
+                    counter!(m::FABRIC_ERRORS, "kind" => cfg.backend.kind()).increment(1);
                     warn!(function = %f, op, error = %e, "could not write the function's attach");
                 }
             }
@@ -284,7 +283,7 @@ async fn carry_out(client: &Client, cfg: &Config, p: Plan) {
         // detach, then the device allocated again at once): the module's
         // word, read now, is what gets reported.
         if let (Some(f), Some(state)) = (&r.function, r.outcome.state())
-            && crate::inventory::read_attach(cfg.sysfs_root.join(f).as_path()) != Ok(Some(state))
+            && cfg.backend.attach_state(f).ok().flatten() != Some(state)
         {
             continue;
         }
@@ -332,20 +331,12 @@ async fn carry_out(client: &Client, cfg: &Config, p: Plan) {
     }
 }
 
-/// Writes "attach" or "detach" to a function's `attach`, never creating
-/// the file (a function that is gone is an error).
-fn write_attach(sysfs_root: &Path, function: &str, op: &str) -> std::io::Result<()> {
-    fs::OpenOptions::new()
-        .write(true)
-        .open(sysfs_root.join(function).join("attach"))
-        .and_then(|mut f| f.write_all(op.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::inventory::Function;
     use serde_json::json;
+    use std::fs;
 
     const D: &str = "mock-accel.example.com";
 
@@ -524,7 +515,7 @@ mod tests {
         let server = ApiServer::start(ServerConfig::default()).unwrap();
         let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
         let api: Api<ResourceClaim> = Api::namespaced(client.clone(), "default");
-        let claim = crate::plugin::status::testing::claim_with_status(
+        let claim = crate::claims::status::testing::claim_with_status(
             &api,
             json!({
                 "allocation": {"devices": {"results": [{"request": "r", "driver": D, "pool": "node-a", "device": "mock1",
@@ -539,7 +530,7 @@ mod tests {
         let cfg = Config {
             driver: D.into(),
             node: "node-a".into(),
-            sysfs_root: sysfs.path().to_path_buf(),
+            backend: Arc::new(crate::backend::sysfs::Sysfs::new(sysfs.path())),
         };
         let report = || Plan {
             reports: vec![Report {

@@ -11,8 +11,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::backend::{ebpf, uevents};
 use crate::plugin::{cdi, checkpoint};
-use crate::{args, events, inventory};
+use crate::{args, inventory};
 
 /// A target: its name (as `fuzz/fuzz_targets/<name>.rs` and its corpus
 /// directory are called) and its body.
@@ -31,9 +32,9 @@ pub const TARGETS: [Target; 7] = [
 /// A netlink uevent packet (udev's or the kernel's): parsed or refused,
 /// and a parsed one goes through the relevance filter and the trigger.
 pub fn uevent(data: &[u8]) {
-    if let Some(ev) = events::parse(data, "fuzz") {
-        let relevant = events::relevant(&ev);
-        let trigger = events::trigger(ev, "fuzz", Instant::now(), false);
+    if let Some(ev) = uevents::parse(data, "fuzz") {
+        let relevant = uevents::relevant(&ev);
+        let trigger = uevents::trigger(ev, "fuzz", Instant::now(), false);
         assert_eq!(trigger.is_some(), relevant);
     }
 }
@@ -217,7 +218,7 @@ pub fn cdi_spec(data: &[u8]) {
 pub fn probe_event(data: &[u8]) {
     if let Some(ev) = mock_accel_ebpf::ProbeEvent::from_bytes(data) {
         assert_eq!(data.len(), mock_accel_ebpf::ProbeEvent::SIZE);
-        let _ = crate::ebpf::kernel_instant(ev.timestamp_ns);
+        let _ = ebpf::kernel_instant(ev.timestamp_ns);
     }
 }
 
@@ -241,8 +242,8 @@ mod tests {
     fn functions_read_from_sysfs_and_written_back_read_the_same() {
         let root = tempfile::tempdir().unwrap();
         let class = root.path().join("class/mock-accel");
-        inventory::write_fake_tree(&class, 2, 2).unwrap();
-        let scanned = inventory::scan(&class).unwrap();
+        crate::backend::sysfs::write_fake_tree(&class, 2, 2).unwrap();
+        let scanned = crate::backend::Backend::scan(&crate::backend::sysfs::Sysfs::new(&class)).unwrap();
         assert_eq!(scanned.functions.len(), 6);
         for f in scanned.functions.values() {
             let files = Files::written(f);

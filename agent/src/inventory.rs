@@ -1,11 +1,11 @@
-//! The node's mock-accel functions as the module shows them in sysfs
-//! (`/sys/class/mock-accel`, kmod/ABI.md), as typed records. No I/O beyond
-//! reading that tree; nothing here knows of Kubernetes.
+//! The node's mock-accel functions as typed records, and how one is read
+//! from its attributes (the module's, kmod/ABI.md) whoever serves them: a
+//! backend ([`crate::backend`]) or the fuzzer's bytes. No I/O here;
+//! nothing here knows of Kubernetes.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -156,7 +156,8 @@ pub fn parse_name(name: &str) -> Option<(u32, Option<u32>)> {
     }
 }
 
-/// Where a function's attributes come from: its sysfs directory, or bytes
+/// Where a function's attributes come from: its sysfs directory
+/// ([`crate::backend::sysfs`]), or bytes
 /// (the fuzz target, [`crate::fuzz::sysfs_function`]). Parsing sees only
 /// what these return, so both go through the same checks.
 pub trait Attributes {
@@ -164,16 +165,6 @@ pub trait Attributes {
     fn read(&self, attr: &str) -> io::Result<String>;
     /// Where a link points.
     fn read_link(&self, link: &str) -> io::Result<PathBuf>;
-}
-
-impl Attributes for Path {
-    fn read(&self, attr: &str) -> io::Result<String> {
-        fs::read_to_string(self.join(attr))
-    }
-
-    fn read_link(&self, link: &str) -> io::Result<PathBuf> {
-        fs::read_link(self.join(link))
-    }
 }
 
 struct Reader<'a, A: Attributes + ?Sized> {
@@ -297,7 +288,7 @@ pub fn read_function<A: Attributes + ?Sized>(attrs: &A, name: &str) -> Result<Fu
 }
 
 /// `attach`: none for a local function, or a module older than the file.
-/// Also read on its own by [`crate::binding`], for the module's word now.
+/// Also read on its own by the backend, for the module's word now.
 pub fn read_attach<A: Attributes + ?Sized>(attrs: &A) -> Result<Option<Attach>, (SkipReason, String)> {
     let text = match attrs.read("attach") {
         Ok(t) => t,
@@ -319,110 +310,6 @@ fn read_devnum<A: Attributes + ?Sized>(attrs: &A) -> Option<(u32, u32)> {
     let text = attrs.read("dev").ok()?;
     let (major, minor) = text.trim().split_once(':')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
-}
-
-/// Reads every function under `root`. A missing root is an empty inventory
-/// (the module is not loaded); a function with a missing or broken attribute
-/// is skipped, with the reason, and the rest are kept.
-pub fn scan(root: &Path) -> io::Result<Inventory> {
-    let mut inv = Inventory {
-        scanned: true,
-        ..Default::default()
-    };
-    let entries = match fs::read_dir(root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(inv),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // Class entries are symlinks to the device directories.
-        match read_function(entry.path().as_path(), &name) {
-            Ok(f) => {
-                inv.functions.insert(name, f);
-            }
-            // A function removed while we read it is not an error.
-            Err(_) if !entry.path().exists() => {}
-            Err((reason, detail)) => inv.skipped.push(Skipped { name, reason, detail }),
-        }
-    }
-    inv.skipped.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(inv)
-}
-
-/// Writes a fake sysfs tree of `pfs` PFs with `vfs` VFs each under `root`,
-/// as the module would (for tests and benchmarks without the module).
-pub fn write_fake_tree(root: &Path, pfs: u32, vfs: u32) -> io::Result<()> {
-    let devices = root.join("../../devices/mock-accel");
-    for pf in 0..pfs {
-        write_fake_function(root, &devices, pf, None, vfs)?;
-        for vf in 0..vfs {
-            write_fake_function(root, &devices, pf, Some(vf), vfs)?;
-        }
-    }
-    Ok(())
-}
-
-/// One fake function (see [`write_fake_tree`]).
-pub fn write_fake_function(root: &Path, devices: &Path, pf: u32, vf: Option<u32>, vfs: u32) -> io::Result<()> {
-    let name = match vf {
-        Some(v) => format!("mock{pf}_vf{v}"),
-        None => format!("mock{pf}"),
-    };
-    let devfn = vf.map_or(0, |v| v + 1);
-    let pci = format!("0000:{:02x}:{:02x}.{}", 0x1a + pf, devfn >> 3, devfn & 7);
-    let dir = devices.join(&pci).join("mock-accel").join(&name);
-    fs::create_dir_all(&dir)?;
-    fs::create_dir_all(root)?;
-    let attrs: Vec<(&str, String)> = vec![
-        (
-            "uuid",
-            format!("{:08x}-0000-8000-8000-{:012x}", pf, vf.map_or(0xfff, |v| v as u64)),
-        ),
-        ("type", if vf.is_some() { "vf" } else { "pf" }.into()),
-        (
-            "memory_size",
-            if vf.is_some() {
-                (16u64 << 30) / vfs.max(1) as u64
-            } else {
-                16u64 << 30
-            }
-            .to_string(),
-        ),
-        (
-            "capabilities",
-            if vf.is_some() {
-                "compute,dma"
-            } else {
-                "compute,dma,sriov"
-            }
-            .into(),
-        ),
-        ("numa_node", (pf % 2).to_string()),
-        ("fw_version", "1.4.2".into()),
-        ("status", "0".into()),
-        ("health", "ok".into()),
-        ("dev", format!("240:{}", pf * 256 + vf.map_or(0, |v| v + 1))),
-    ];
-    for (attr, value) in attrs {
-        fs::write(dir.join(attr), format!("{value}\n"))?;
-    }
-    let _ = fs::remove_file(dir.join("device"));
-    std::os::unix::fs::symlink(format!("../../../{pci}"), dir.join("device"))?;
-    if vf.is_some() {
-        let _ = fs::remove_file(dir.join("physfn"));
-        std::os::unix::fs::symlink(
-            format!("../../../0000:{:02x}:00.0/mock-accel/mock{pf}", 0x1a + pf),
-            dir.join("physfn"),
-        )?;
-    } else {
-        fs::write(dir.join("sriov_numvfs"), format!("{vfs}\n"))?;
-        fs::write(dir.join("sriov_totalvfs"), format!("{}\n", vfs.max(8)))?;
-    }
-    let link = root.join(&name);
-    let _ = fs::remove_file(&link);
-    std::os::unix::fs::symlink(&dir, link)
 }
 
 /// Records for tests elsewhere in the crate.
@@ -465,83 +352,5 @@ mod tests {
         assert_eq!(parse_name("mock3_vf"), None);
         assert_eq!(parse_name("mockx"), None);
         assert_eq!(parse_name("other0"), None);
-    }
-
-    #[test]
-    fn a_good_tree() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("sys/class/mock-accel");
-        write_fake_tree(&root, 2, 3).unwrap();
-        let inv = scan(&root).unwrap();
-        assert!(inv.skipped.is_empty(), "{:?}", inv.skipped);
-        assert_eq!(inv.functions.len(), 8);
-        let vf = &inv.functions["mock1_vf2"];
-        assert_eq!(vf.kind, Kind::Vf);
-        assert_eq!(vf.physfn.as_deref(), Some("mock1"));
-        assert_eq!(vf.pci_address, "0000:1b:00.3");
-        assert_eq!(vf.numa_node, 1);
-        let pf = &inv.functions["mock0"];
-        assert_eq!(pf.sriov, Some((3, 8)));
-        assert_eq!(pf.memory_bytes, 16 << 30);
-        assert_eq!(vf.devnum, Some((240, 259)));
-        assert_eq!(vf.device_node(), "/dev/mock-accel/mock1_vf2");
-        let order: Vec<&str> = inv.ordered().iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(order[..5], ["mock0", "mock0_vf0", "mock0_vf1", "mock0_vf2", "mock1"]);
-    }
-
-    #[test]
-    fn broken_functions_are_skipped_and_the_rest_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("sys/class/mock-accel");
-        write_fake_tree(&root, 4, 0).unwrap();
-        let dev = |n: &str| fs::canonicalize(root.join(n)).unwrap();
-        fs::remove_file(dev("mock0").join("uuid")).unwrap();
-        fs::write(dev("mock1").join("numa_node"), "two\n").unwrap();
-        fs::write(dev("mock2").join("health"), "meh\n").unwrap();
-        std::os::unix::fs::symlink(dev("mock3"), root.join("weird7")).unwrap();
-        let inv = scan(&root).unwrap();
-        assert_eq!(inv.functions.keys().collect::<Vec<_>>(), ["mock3"]);
-        let reasons: Vec<(&str, SkipReason)> = inv.skipped.iter().map(|s| (s.name.as_str(), s.reason)).collect();
-        assert_eq!(
-            reasons,
-            [
-                ("mock0", SkipReason::MissingAttribute),
-                ("mock1", SkipReason::BadValue),
-                ("mock2", SkipReason::BadValue),
-                ("weird7", SkipReason::BadName)
-            ]
-        );
-    }
-
-    #[test]
-    fn fabric_attach_states_are_read_and_local_means_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("sys/class/mock-accel");
-        write_fake_tree(&root, 4, 0).unwrap();
-        let dev = |n: &str| fs::canonicalize(root.join(n)).unwrap();
-        fs::write(dev("mock0").join("attach"), "local\n").unwrap();
-        fs::write(dev("mock1").join("attach"), "attaching\n").unwrap();
-        fs::write(dev("mock2").join("attach"), "plugged\n").unwrap();
-        let inv = scan(&root).unwrap();
-        assert_eq!(inv.functions["mock0"].attach, None);
-        assert_eq!(inv.functions["mock1"].attach, Some(Attach::Attaching));
-        assert_eq!(inv.functions["mock3"].attach, None, "no file: an older module");
-        let skipped: Vec<(&str, SkipReason)> = inv.skipped.iter().map(|s| (s.name.as_str(), s.reason)).collect();
-        assert_eq!(skipped, [("mock2", SkipReason::BadValue)]);
-    }
-
-    #[test]
-    fn a_missing_root_is_empty_and_a_huge_tree_scans() {
-        let dir = tempfile::tempdir().unwrap();
-        let none = scan(&dir.path().join("nope")).unwrap();
-        assert!(
-            none.scanned && none.functions.is_empty() && none.skipped.is_empty(),
-            "{none:?}"
-        );
-        let root = dir.path().join("sys/class/mock-accel");
-        write_fake_tree(&root, 64, 64).unwrap();
-        let inv = scan(&root).unwrap();
-        assert_eq!(inv.functions.len(), 64 * 65);
-        assert!(inv.skipped.is_empty());
     }
 }

@@ -1,9 +1,10 @@
 //! mock-device's node agent: kernel → events → inventory → publisher.
 //!
-//! - [`inventory`] reads the module's sysfs tree into typed records;
-//! - [`events`] turns uevents (and a safety-net timer) into coalesced scans;
-//! - [`ebpf`] adds kprobes on the module's probe/remove: kernel timestamps
-//!   and a second signal, where eBPF is allowed;
+//! - [`backend`] owns the devices: scans, allocation, attach, hot-plug and
+//!   the triggers that say a scan is due (for the kernel module: its sysfs
+//!   files, uevents, and kprobes on its probe/remove where eBPF is allowed);
+//! - [`inventory`] is the devices as typed records;
+//! - [`events`] turns triggers (and a safety-net timer) into coalesced scans;
 //! - [`slices`] turns an inventory into ResourceSlices and plans writes;
 //! - [`flapping`] holds a flapping device's published health at its worst;
 //! - [`publisher`] makes the API hold them, whatever happens to it;
@@ -11,6 +12,7 @@
 //!   claims' devices (CDI, checkpoint) and streams device health;
 //! - [`binding`] attaches fabric-attached devices that claims hold and
 //!   reports their binding conditions to the scheduler;
+//! - [`claims`] reads claims' allocations and writes their device status;
 //! - [`heartbeat`] keeps a Lease per node agent, for the controller;
 //! - [`controller`] (`--mode=controller`) is the cluster-wide view: fleet
 //!   metrics and the clean-up of slices whose node or agent is gone;
@@ -19,11 +21,11 @@
 pub mod admin;
 pub mod api;
 pub mod args;
+pub mod backend;
 pub mod binding;
 pub mod check;
 pub mod claims;
 pub mod controller;
-pub mod ebpf;
 pub mod events;
 #[doc(hidden)]
 pub mod failpoints;
@@ -46,7 +48,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span};
 
 pub use args::{Args, LogFormat, Mode};
 
@@ -64,7 +66,7 @@ pub struct Agent {
 pub struct Options {
     pub args: Args,
     pub api: Option<kube::Config>,
-    pub injected: Option<mpsc::Receiver<events::Trigger>>,
+    pub injected: Option<mpsc::Receiver<backend::Trigger>>,
 }
 
 impl Agent {
@@ -170,44 +172,20 @@ async fn run(
     clients: api::Clients,
     listener: tokio::net::TcpListener,
     health: Arc<admin::Health>,
-    injected: Option<mpsc::Receiver<events::Trigger>>,
+    injected: Option<mpsc::Receiver<backend::Trigger>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let (trigger_tx, trigger_rx) = mpsc::channel(4096);
     let (snap_tx, snap_rx) = mpsc::unbounded_channel();
-    let (module_tx, module_rx) = tokio::sync::watch::channel(ebpf::ModuleState::now());
-    let ebpf_attached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let devices: Arc<dyn backend::Backend> = Arc::new(backend::sysfs::Sysfs::new(&args.sysfs_root));
     let mut tasks = JoinSet::new();
 
     tasks.spawn(admin::serve(listener, health.clone(), cancel.clone()).instrument(info_span!("admin")));
-    if args.ebpf {
-        let (tx, attached, cancel) = (trigger_tx.clone(), ebpf_attached.clone(), cancel.clone());
-        tasks.spawn(
-            async move {
-                // Not critical: on failure the agent goes on with uevents.
-                if let Err(e) = ebpf::run(tx, module_rx, attached, cancel.clone()).await {
-                    ::metrics::gauge!(metrics::EBPF_ATTACHED).set(0.0);
-                    warn!(error = %format!("{e:#}"), "the eBPF probes stopped; going on with uevents alone");
-                    cancel.cancelled().await;
-                }
-                Ok(())
-            }
-            .instrument(info_span!("ebpf")),
-        );
-    } else {
-        ::metrics::gauge!(metrics::EBPF_AVAILABLE).set(0.0);
-        info!("eBPF probes off (--ebpf=false)");
-    }
-    if args.uevents {
-        tasks.spawn(
-            events::kernel_uevents(trigger_tx.clone(), module_tx, ebpf_attached.clone(), cancel.clone())
-                .instrument(info_span!("uevents")),
-        );
-        // The udev thread ends with the token; it is not critical.
-        let _ = events::udev_uevents(trigger_tx.clone(), cancel.clone());
-    } else {
-        warn!("kernel uevents are off (--uevents=false): only rescans update the slices");
-    }
+    let sources = backend::Sources {
+        uevents: args.uevents,
+        ebpf: args.ebpf,
+    };
+    devices.watch(sources, trigger_tx.clone(), &mut tasks, &cancel);
     if let Some(mut rx) = injected {
         let (tx, cancel) = (trigger_tx.clone(), cancel.clone());
         tasks.spawn(async move {
@@ -247,7 +225,7 @@ async fn run(
             binding::Config {
                 driver: args.driver_name.clone(),
                 node: node.clone(),
-                sysfs_root: args.sysfs_root.clone(),
+                backend: devices.clone(),
             },
             inventory_rx.clone(),
             cancel.clone(),
@@ -261,7 +239,6 @@ async fn run(
             plugin::driver::Config {
                 driver: args.driver_name.clone(),
                 node: node.clone(),
-                sysfs_root: args.sysfs_root.clone(),
                 cdi_root: args.cdi_root.clone(),
                 plugin_dir,
                 boot_id_path: args.boot_id_path.clone(),
@@ -269,6 +246,7 @@ async fn run(
                 // update), with or without POD_UID.
                 cross_pod_lock: true,
             },
+            devices.clone(),
             clients.requests.clone(),
             inventory_rx,
         ));
@@ -288,7 +266,7 @@ async fn run(
     }
     tasks.spawn(
         events::inventory_task(
-            args.sysfs_root.clone(),
+            devices.clone(),
             trigger_rx,
             tee_tx,
             args.rescan(),
@@ -328,7 +306,7 @@ async fn run(
             .instrument(info_span!("heartbeat")),
         );
     }
-    info!(%node, driver = %args.driver_name, sysfs = %args.sysfs_root.display(), "node agent started");
+    info!(%node, driver = %args.driver_name, devices = %devices.location(), "node agent started");
     let outcome = supervise(tasks, &health, &cancel).await;
     info!("node agent stopped");
     outcome

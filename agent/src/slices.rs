@@ -669,7 +669,7 @@ fn keep_taint_times(desired: &[Content], existing: &BTreeMap<String, ResourceSli
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{scan, write_fake_function, write_fake_tree};
+    use crate::backend::sysfs::{scan, write_fake_function, write_fake_tree};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use std::fs;
 

@@ -11,8 +11,9 @@ use k8s_openapi::api::resource::v1::ResourceSlice;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use mock_accel_agent::events::{self, Trigger};
-use mock_accel_agent::inventory::{write_fake_function, write_fake_tree};
+use mock_accel_agent::backend::Trigger;
+use mock_accel_agent::backend::sysfs::{write_fake_function, write_fake_tree};
+use mock_accel_agent::backend::uevents;
 use mock_accel_agent::{Agent, Args, Options};
 use mock_device_testkit::apiserver::{ApiServer, Config, Fault};
 use mock_device_testkit::http_get as get;
@@ -167,7 +168,7 @@ async fn publishes_and_follows_injected_uevents_without_rescans() {
     rig.wait_for(4).await;
 
     // A malformed event is dropped; the agent keeps serving.
-    let bad = events::parse(b"nonsense", "kernel");
+    let bad = uevents::parse(b"nonsense", "kernel");
     assert!(bad.is_none());
     let (_, metrics) = get(agent.admin_addr, "/metrics").await;
     assert!(

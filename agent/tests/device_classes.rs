@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use mock_accel_agent::inventory::{scan, write_fake_tree};
+use mock_accel_agent::backend::sysfs::{scan, write_fake_tree};
 use mock_accel_agent::slices;
 use serde_json::{Value, json};
 

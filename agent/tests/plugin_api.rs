@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use mock_accel_agent::events::{self, Trigger};
-use mock_accel_agent::inventory::write_fake_tree;
+use mock_accel_agent::backend::Trigger;
+use mock_accel_agent::backend::sysfs::write_fake_tree;
 use mock_accel_agent::plugin::cdi;
 use mock_accel_agent::plugin::checkpoint::{Checkpoint, ClaimState};
 use mock_accel_agent::{Agent, Args, Options};
@@ -494,10 +494,7 @@ async fn bad_claims_get_clear_errors_and_the_rest_of_the_batch_is_prepared() {
     for f in ["mock2_vf1", "mock2"] {
         fs::remove_file(rig.root.join(f)).unwrap();
     }
-    events
-        .send(events::Trigger::Overflow { at: Instant::now() })
-        .await
-        .unwrap();
+    events.send(Trigger::Overflow { at: Instant::now() }).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let msg = loop {
         let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&gone)).await.unwrap();
@@ -1014,10 +1011,7 @@ async fn the_health_stream_follows_the_devices() {
 
     // The module marks mock0 failed and says so with a change uevent.
     fs::write(rig.root.join("mock0/health"), "failed\n").unwrap();
-    events
-        .send(events::Trigger::Overflow { at: Instant::now() })
-        .await
-        .unwrap();
+    events.send(Trigger::Overflow { at: Instant::now() }).await.unwrap();
     let m = next_until(&|m| m.get("mock0").is_some_and(|(h, _)| *h == unhealthy)).await;
     assert!(m["mock0"].1.contains("failed"));
 
@@ -1025,10 +1019,7 @@ async fn the_health_stream_follows_the_devices() {
     let c = rig.claim("c", &[(DRIVER, NODE, "mock1")]).await;
     assert!(kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap()[&c.uid].is_ok());
     fs::remove_file(rig.root.join("mock1")).unwrap();
-    events
-        .send(events::Trigger::Overflow { at: Instant::now() })
-        .await
-        .unwrap();
+    events.send(Trigger::Overflow { at: Instant::now() }).await.unwrap();
     let m = next_until(&|m| m.get("mock1").is_some_and(|(h, _)| *h == unhealthy)).await;
     assert!(m["mock1"].1.contains("removed"), "{m:?}");
     let out = kubelet.unprepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();

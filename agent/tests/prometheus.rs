@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{DeviceClass, ResourceClaim, ResourceSlice};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use mock_accel_agent::inventory::{write_fake_function, write_fake_tree};
+use mock_accel_agent::backend::sysfs::{write_fake_function, write_fake_tree};
 use mock_accel_agent::{Agent, Args, Options};
 use mock_device_testkit::apiserver::{ApiServer, Config, Fault};
 use mock_device_testkit::kubelet::{Api as DraApi, Claim};

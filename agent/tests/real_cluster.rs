@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mock_accel_agent::inventory::{write_fake_function, write_fake_tree};
+use mock_accel_agent::backend::sysfs::{write_fake_function, write_fake_tree};
 use mock_device_testkit::cluster::{ControlPlane, VERSION};
 use serde_json::Value;
 

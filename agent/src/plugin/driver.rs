@@ -21,6 +21,8 @@ use tracing::{debug, info, warn};
 
 use super::cdi;
 use super::checkpoint::{self, Checkpoint, ClaimState, Claims, PreparedClaim, PreparedDevice};
+use crate::backend::{Backend, DeviceError};
+use crate::claims::ClaimRef;
 use crate::inventory::{Function, Inventory};
 use crate::metrics as m;
 use crate::slices::device_name;
@@ -30,20 +32,6 @@ const FIRST_SCAN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 /// A temporary file of [`cdi::write_atomic`] this old is no live writer's
 /// (a write takes milliseconds): its writer was killed before the rename.
 const TEMPORARY_FILE_AGE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// What the kubelet names: a claim by namespace, name and UID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimRef {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-}
-
-impl std::fmt::Display for ClaimRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{} ({})", self.namespace, self.name, self.uid)
-    }
-}
 
 /// Why a claim failed: a bounded reason (metric label) and the words for
 /// the kubelet's event.
@@ -66,7 +54,6 @@ impl ClaimError {
 pub struct Config {
     pub driver: String,
     pub node: String,
-    pub sysfs_root: PathBuf,
     pub cdi_root: PathBuf,
     pub plugin_dir: PathBuf,
     pub boot_id_path: PathBuf,
@@ -76,6 +63,8 @@ pub struct Config {
 
 pub struct Driver {
     cfg: Config,
+    /// The devices: every read and write of them goes through it.
+    backend: Arc<dyn Backend>,
     client: kube::Client,
     inventory: watch::Receiver<Arc<Inventory>>,
     checkpoint: Checkpoint,
@@ -111,7 +100,12 @@ fn flock(path: &Path) -> io::Result<fs::File> {
 }
 
 impl Driver {
-    pub fn new(cfg: Config, client: kube::Client, inventory: watch::Receiver<Arc<Inventory>>) -> Driver {
+    pub fn new(
+        cfg: Config,
+        backend: Arc<dyn Backend>,
+        client: kube::Client,
+        inventory: watch::Receiver<Arc<Inventory>>,
+    ) -> Driver {
         let checkpoint = Checkpoint::new(&cfg.plugin_dir, &cfg.driver, &cfg.node);
         // Filled by `check_checkpoint` at start, then after every batch.
         let (prepared, _) = watch::channel(Arc::new(Claims::default()));
@@ -124,6 +118,7 @@ impl Driver {
         Driver {
             status,
             cfg,
+            backend,
             client,
             inventory,
             checkpoint,
@@ -560,16 +555,16 @@ impl Driver {
             }
             // Read now: the last scan may predate our own last release. (A
             // device another claim holds a share of is marked already.)
-            let status = fs::read_to_string(self.status_path(&d.function)).unwrap_or_default();
-            if status.trim() == "1" && !held.iter().any(|(_, _, h)| h.function == d.function) {
+            let allocated = self.backend.allocated(&d.function).unwrap_or(false);
+            if allocated && !held.iter().any(|(_, _, h)| h.function == d.function) {
                 return Err(ClaimError::new(
                     "conflict",
                     format!(
-                        "device {} is marked allocated in sysfs (status=1) but no claim of this driver holds it: \
-                         something else uses it; write 0 to {}/{}/status to free it",
+                        "device {} is marked allocated in {} (status=1) but no claim of this driver holds it: \
+                         something else uses it; {}",
                         d.device,
-                        self.cfg.sysfs_root.display(),
-                        d.function
+                        self.backend.kind(),
+                        self.backend.free_hint(&d.function)
                     ),
                 ));
             }
@@ -577,8 +572,24 @@ impl Driver {
         Ok(())
     }
 
-    fn status_path(&self, function: &str) -> PathBuf {
-        self.cfg.sysfs_root.join(function).join("status")
+    /// Marks a device allocated or free, with the backend's refusals in words.
+    fn set_status(&self, d: &PreparedDevice, allocated: bool) -> Result<(), ClaimError> {
+        let device = &d.device;
+        self.backend.set_allocated(&d.function, allocated).map_err(|e| match e {
+            DeviceError::Gone => ClaimError::new("device_gone", format!("device {device} is gone")),
+            DeviceError::Removing => ClaimError::new("device_gone", format!("device {device} is being removed")),
+            DeviceError::Unhealthy => ClaimError::new(
+                "unhealthy",
+                format!("device {device} is failed (health=failed): the module refuses to allocate it"),
+            ),
+            DeviceError::NotAttached => ClaimError::new(
+                "not_attached",
+                format!(
+                    "device {device} is fabric-attached and not attached (attach): the module refuses to allocate it"
+                ),
+            ),
+            e @ DeviceError::Io { .. } => ClaimError::new(self.backend.kind(), e.to_string()),
+        })
     }
 
     /// Marks the devices allocated and writes the claim's CDI spec.
@@ -592,7 +603,7 @@ impl Driver {
             functions.push(f);
         }
         for d in rec.devices.iter().filter(|d| !d.admin_access) {
-            write_status(&self.status_path(&d.function), &d.device, true)?;
+            self.set_status(d, true)?;
         }
         crate::failpoints::crash("prepare/status-written");
         let spec = self.spec(uid, rec, &functions);
@@ -665,13 +676,10 @@ impl Driver {
             let freed = (|| {
                 // Test-only fault (see `fail`): a sysfs write that fails.
                 fail::fail_point!(&format!("release-status/{}", rec.name), |_| Err(ClaimError::new(
-                    "sysfs",
-                    format!(
-                        "writing 0 to {}: injected fault",
-                        self.status_path(&d.function).display()
-                    )
+                    self.backend.kind(),
+                    format!("freeing {}: injected fault", d.function)
                 )));
-                write_status(&self.status_path(&d.function), &d.device, false)
+                self.set_status(d, false)
             })();
             match freed {
                 Ok(()) => {}
@@ -696,7 +704,7 @@ impl Driver {
                 .devices
                 .iter()
                 .filter(|d| !d.admin_access && !others.contains(&d.function))
-                .any(|d| matches!(fs::read_to_string(self.status_path(&d.function)), Ok(s) if s.trim() == "1"))
+                .any(|d| matches!(self.backend.allocated(&d.function), Ok(true)))
     }
 
     /// NodeUnprepareResources: undoes exactly what prepare recorded.
@@ -795,49 +803,4 @@ fn shared_by_others(state: &Claims, uid: &str) -> HashSet<String> {
         .filter(|d| d.share_id.is_some() && !d.admin_access)
         .map(|d| d.function.clone())
         .collect()
-}
-
-/// Writes a function's `status`, with the module's errnos in words.
-fn write_status(path: &Path, device: &str, allocated: bool) -> Result<(), ClaimError> {
-    let value = if allocated { "1" } else { "0" };
-    // The attribute is there or the device is gone: never created, never
-    // truncated (sysfs takes one write at offset 0).
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|mut f| io::Write::write_all(&mut f, value.as_bytes()));
-    written.map_err(|e| match (e.kind(), e.raw_os_error()) {
-        (io::ErrorKind::NotFound, _) => ClaimError::new("device_gone", format!("device {device} is gone")),
-        (_, Some(libc::ENODEV)) => ClaimError::new("device_gone", format!("device {device} is being removed")),
-        (_, Some(libc::EIO)) => ClaimError::new(
-            "unhealthy",
-            format!("device {device} is failed (health=failed): the module refuses to allocate it"),
-        ),
-        (_, Some(libc::ENOLINK)) => ClaimError::new(
-            "not_attached",
-            format!("device {device} is fabric-attached and not attached (attach): the module refuses to allocate it"),
-        ),
-        _ => ClaimError::new("sysfs", format!("writing {value} to {}: {e}", path.display())),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Issue 18 #9: the status attribute was written with
-    /// O_CREAT|O_TRUNC: a function directory without its attribute got a
-    /// regular file, and the write "succeeded".
-    #[test]
-    fn status_is_written_only_where_the_attribute_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let status = dir.path().join("status");
-        let e = write_status(&status, "mock0", true).unwrap_err();
-        assert_eq!(e.reason, "device_gone", "{e:?}");
-        assert!(!status.exists(), "a status file was created");
-        fs::write(&status, "0\n").unwrap();
-        write_status(&status, "mock0", true).unwrap();
-        // One write at offset 0, as sysfs takes it.
-        assert_eq!(fs::read_to_string(&status).unwrap(), "1\n");
-    }
 }

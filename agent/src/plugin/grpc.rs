@@ -17,8 +17,9 @@ use tonic::{Request, Response, Status};
 use tracing::{error, info};
 
 use super::checkpoint::PreparedDevice;
-use super::driver::{ClaimError, ClaimRef, Driver};
+use super::driver::{ClaimError, Driver};
 use crate::admin;
+use crate::claims::ClaimRef;
 use crate::metrics as m;
 
 /// `pluginregistration.Registration`.

@@ -126,7 +126,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{scan, write_fake_tree};
+    use crate::backend::sysfs::{scan, write_fake_tree};
     use crate::plugin::checkpoint::{ClaimState, PreparedClaim, PreparedDevice};
 
     #[test]

@@ -47,8 +47,8 @@ pub async fn allocated_claim(client: &Client, name: &str, class: &str, devices: 
 
 /// A uevent as the kernel sends it for a class device, counted and turned
 /// into a trigger as the agent's netlink reader would.
-pub fn uevent(action: &str, name: &str) -> mock_accel_agent::events::Trigger {
-    use mock_accel_agent::events;
+pub fn uevent(action: &str, name: &str) -> mock_accel_agent::backend::Trigger {
+    use mock_accel_agent::backend::uevents as events;
     let packet = format!(
         "{action}@/devices/mock-accel/x/mock-accel/{name}\0ACTION={action}\0DEVPATH=/devices/mock-accel/x/mock-accel/{name}\0SUBSYSTEM=mock-accel\0SEQNUM=1\0"
     );

@@ -1,4 +1,4 @@
-//! Kernel → eBPF → events: kprobes on the module's probe and remove attach
+//! Kernel → eBPF → triggers: kprobes on the module's probe and remove attach
 //! points (kmod/ABI.md) give every device event a kernel timestamp and a
 //! second signal that does not depend on netlink buffers. They feed the same
 //! coalesced scans as uevents. Where eBPF cannot be used (no privileges, no
@@ -20,26 +20,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::events::Trigger;
+use super::{ModuleState, Trigger};
 use crate::metrics as m;
 
 /// The eBPF object the build script built.
 static BYTECODE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mock-accel-ebpf"));
-
-/// Whether the module is loaded, and how many times it has been (a reload
-/// kills the probes even if we never saw it unloaded).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ModuleState {
-    pub loaded: bool,
-    pub loads: u64,
-}
-
-impl ModuleState {
-    pub fn now() -> ModuleState {
-        let loaded = std::path::Path::new(&format!("/sys/module/{}", crate::events::MODULE)).exists();
-        ModuleState { loaded, loads: 0 }
-    }
-}
 
 /// Where the probes stand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,24 @@
 //! What a ResourceClaim's allocation says about this driver, read the same
-//! way by the kubelet plugin (status reports) and the controller (fleet).
+//! way by the kubelet plugin (status reports), the binding reporter and
+//! the controller (fleet); [`status`] writes its device status.
+
+pub mod status;
 
 use k8s_openapi::api::resource::v1::{DeviceRequestAllocationResult, ResourceClaim};
+
+/// What the kubelet names: a claim by namespace, name and UID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl std::fmt::Display for ClaimRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} ({})", self.namespace, self.name, self.uid)
+    }
+}
 
 /// The allocation results of `driver` in a claim.
 pub fn results<'a>(

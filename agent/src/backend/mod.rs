@@ -1,0 +1,150 @@
+//! The device backend: the one owner of everything the agent does to the
+//! devices. [`Backend`] is all the rest of the agent sees of them — scan,
+//! allocate and free, attach and detach, hot-plug, and the triggers that
+//! say a scan is due — in the records of [`crate::inventory`] and the
+//! errors of [`DeviceError`], never a path. [`sysfs::Sysfs`] is the kernel
+//! module's implementation (kmod/ABI.md), with its two trigger sources:
+//! [`uevents`] and the [`ebpf`] probes.
+//!
+//! Tests use the same implementation on a tree of files written the way
+//! the module writes them ([`sysfs::write_fake_tree`]).
+
+pub mod ebpf;
+pub mod sysfs;
+pub mod uevents;
+
+use std::io;
+use std::time::Instant;
+
+use kobject_uevent::UEvent;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::inventory::{Attach, Inventory};
+
+/// What a backend did not do, in words the plugin and the binding reporter
+/// turn into a claim's error or a metric.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// No such function (removed, or never there).
+    #[error("the function is gone")]
+    Gone,
+    /// The function is being removed.
+    #[error("the function is being removed")]
+    Removing,
+    /// Refused: the function is failed (health=failed).
+    #[error("the function is failed (health=failed)")]
+    Unhealthy,
+    /// Refused: a fabric-attached function that is not attached.
+    #[error("the function is fabric-attached and not attached")]
+    NotAttached,
+    /// Anything else: what was tried, and the error.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether the device provider is there (for the kernel: the module is
+/// loaded), and how many times it has come (a reload kills the eBPF
+/// probes even if its going was never seen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModuleState {
+    pub loaded: bool,
+    pub loads: u64,
+}
+
+/// Why a scan is wanted.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// A uevent about a mock-accel device or the module.
+    /// `ebpf_attached`: whether the probes were attached when it was received
+    /// (so eBPF should have seen the same device event).
+    Uevent {
+        source: &'static str,
+        event: Box<UEvent>,
+        at: Instant,
+        ebpf_attached: bool,
+    },
+    /// The kernel dropped events (ENOBUFS): everything must be rescanned.
+    Overflow { at: Instant },
+    /// The eBPF probe saw the module probe or remove a function; `at` is
+    /// the kernel's timestamp.
+    Probe {
+        event: mock_accel_ebpf::ProbeEvent,
+        at: Instant,
+    },
+}
+
+impl Trigger {
+    /// When it happened (or was received).
+    pub fn at(&self) -> Instant {
+        match self {
+            Trigger::Uevent { at, .. } | Trigger::Overflow { at } | Trigger::Probe { at, .. } => *at,
+        }
+    }
+}
+
+/// Which trigger sources to start (`--uevents`, `--ebpf`).
+#[derive(Debug, Clone, Copy)]
+pub struct Sources {
+    pub uevents: bool,
+    pub ebpf: bool,
+}
+
+/// The devices of a node, whatever provides them. Calls are short and
+/// blocking (file writes, for sysfs); every method but [`Backend::watch`]
+/// may run on any thread.
+pub trait Backend: Send + Sync + 'static {
+    /// A bounded name for metric labels and reasons: `sysfs`.
+    fn kind(&self) -> &'static str;
+
+    /// Where the devices are, for logs.
+    fn location(&self) -> String;
+
+    /// Every function now. A function that cannot be read is skipped with
+    /// why; no provider (the module not loaded) is an empty inventory.
+    fn scan(&self) -> io::Result<Inventory>;
+
+    /// Whether the function is marked allocated now (a scan may be older
+    /// than the last write).
+    fn allocated(&self, function: &str) -> Result<bool, DeviceError>;
+
+    /// Marks the function allocated or free; the provider may refuse.
+    fn set_allocated(&self, function: &str, allocated: bool) -> Result<(), DeviceError>;
+
+    /// Where a fabric-attached function's attach stands now; `None` for a
+    /// local function or one that is gone.
+    fn attach_state(&self, function: &str) -> Result<Option<Attach>, DeviceError>;
+
+    /// Starts (`true`) or undoes (`false`) a fabric-attached function's attach.
+    fn set_attached(&self, function: &str, attached: bool) -> Result<(), DeviceError>;
+
+    /// How an operator frees a function that something else marked allocated.
+    fn free_hint(&self, function: &str) -> String;
+
+    /// Hot-plug: adds PF `pf` (on `numa_node`, else the provider's choice).
+    fn add_pf(&self, pf: u32, numa_node: Option<u32>) -> Result<(), DeviceError>;
+
+    /// Hot-plug: removes PF `pf` and its VFs, whatever their state.
+    fn remove_pf(&self, pf: u32) -> Result<(), DeviceError>;
+
+    /// SR-IOV: gives the PF named `pf` `vfs` VFs (0 removes them).
+    fn set_vfs(&self, pf: &str, vfs: u32) -> Result<(), DeviceError>;
+
+    /// Whether the provider is there now.
+    fn module_state(&self) -> ModuleState;
+
+    /// Starts the sources that say a scan is due, as tasks in `tasks`;
+    /// each sends to `tx` until `cancel`.
+    fn watch(
+        &self,
+        sources: Sources,
+        tx: mpsc::Sender<Trigger>,
+        tasks: &mut JoinSet<anyhow::Result<()>>,
+        cancel: &CancellationToken,
+    );
+}

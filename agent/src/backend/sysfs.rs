@@ -1,0 +1,440 @@
+//! The kernel module's devices, through its sysfs ABI (kmod/ABI.md): the
+//! class directory (`/sys/class/mock-accel/<function>/<attribute>`), the
+//! bus's hot-plug files (`/sys/bus/mock-accel/new_device`, `del_device`)
+//! and the module's own directory (`/sys/module/mock_accel`). Every path
+//! of the module the agent uses is built here, and every errno the module
+//! answers is put in words here.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::uevents::{self, MODULE, SUBSYSTEM};
+use super::{Backend, DeviceError, ModuleState, Sources, Trigger, ebpf};
+use crate::inventory::{self, Attach, Attributes, Inventory, Skipped};
+use crate::metrics as m;
+
+/// The module's devices under a class directory: `/sys/class/mock-accel`
+/// on a node, a tree of [`write_fake_tree`] in tests.
+#[derive(Debug, Clone)]
+pub struct Sysfs {
+    class: PathBuf,
+}
+
+impl Sysfs {
+    pub fn new(class: impl Into<PathBuf>) -> Sysfs {
+        Sysfs { class: class.into() }
+    }
+
+    /// The class directory.
+    pub fn class(&self) -> &Path {
+        &self.class
+    }
+
+    fn attribute(&self, function: &str, attribute: &str) -> PathBuf {
+        self.class.join(function).join(attribute)
+    }
+
+    /// The sysfs mount the class directory is in (`/sys`), taken from its
+    /// path (the class directory is absent while the module is not loaded).
+    fn sys(&self) -> PathBuf {
+        self.class
+            .parent()
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("/sys"), Path::to_path_buf)
+    }
+
+    fn bus_file(&self, file: &str) -> PathBuf {
+        self.sys().join("bus").join(SUBSYSTEM).join(file)
+    }
+
+    /// Writes `value` to an existing attribute file: never created, never
+    /// truncated (sysfs takes one write at offset 0).
+    fn write(path: &Path, value: &str) -> Result<(), DeviceError> {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(value.as_bytes()))
+            .map_err(|e| match (e.kind(), e.raw_os_error()) {
+                (io::ErrorKind::NotFound, _) => DeviceError::Gone,
+                (_, Some(libc::ENODEV)) => DeviceError::Removing,
+                (_, Some(libc::EIO)) => DeviceError::Unhealthy,
+                (_, Some(libc::ENOLINK)) => DeviceError::NotAttached,
+                _ => DeviceError::Io {
+                    what: format!("writing {value} to {}", path.display()),
+                    source: e,
+                },
+            })
+    }
+}
+
+impl Attributes for Path {
+    fn read(&self, attr: &str) -> io::Result<String> {
+        fs::read_to_string(self.join(attr))
+    }
+
+    fn read_link(&self, link: &str) -> io::Result<PathBuf> {
+        fs::read_link(self.join(link))
+    }
+}
+
+impl Backend for Sysfs {
+    fn kind(&self) -> &'static str {
+        "sysfs"
+    }
+
+    fn location(&self) -> String {
+        self.class.display().to_string()
+    }
+
+    /// Reads every function of the class directory. A missing directory is
+    /// an empty inventory (the module is not loaded); a function with a
+    /// missing or broken attribute is skipped, with the reason, and the
+    /// rest are kept.
+    fn scan(&self) -> io::Result<Inventory> {
+        let mut inv = Inventory {
+            scanned: true,
+            ..Default::default()
+        };
+        let entries = match fs::read_dir(&self.class) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(inv),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Class entries are symlinks to the device directories.
+            match inventory::read_function(entry.path().as_path(), &name) {
+                Ok(f) => {
+                    inv.functions.insert(name, f);
+                }
+                // A function removed while we read it is not an error.
+                Err(_) if !entry.path().exists() => {}
+                Err((reason, detail)) => inv.skipped.push(Skipped { name, reason, detail }),
+            }
+        }
+        inv.skipped.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(inv)
+    }
+
+    fn allocated(&self, function: &str) -> Result<bool, DeviceError> {
+        let path = self.attribute(function, "status");
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(s.trim() == "1"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DeviceError::Gone),
+            Err(e) => Err(DeviceError::Io {
+                what: format!("reading {}", path.display()),
+                source: e,
+            }),
+        }
+    }
+
+    fn set_allocated(&self, function: &str, allocated: bool) -> Result<(), DeviceError> {
+        Self::write(&self.attribute(function, "status"), if allocated { "1" } else { "0" })
+    }
+
+    fn attach_state(&self, function: &str) -> Result<Option<Attach>, DeviceError> {
+        inventory::read_attach(self.class.join(function).as_path()).map_err(|(_, detail)| DeviceError::Io {
+            what: format!("reading {}", self.attribute(function, "attach").display()),
+            source: io::Error::new(io::ErrorKind::InvalidData, detail),
+        })
+    }
+
+    fn set_attached(&self, function: &str, attached: bool) -> Result<(), DeviceError> {
+        Self::write(
+            &self.attribute(function, "attach"),
+            if attached { "attach" } else { "detach" },
+        )
+    }
+
+    fn free_hint(&self, function: &str) -> String {
+        format!("write 0 to {} to free it", self.attribute(function, "status").display())
+    }
+
+    fn add_pf(&self, pf: u32, numa_node: Option<u32>) -> Result<(), DeviceError> {
+        let value = match numa_node {
+            Some(n) => format!("{pf} {n}"),
+            None => pf.to_string(),
+        };
+        Self::write(&self.bus_file("new_device"), &value)
+    }
+
+    fn remove_pf(&self, pf: u32) -> Result<(), DeviceError> {
+        Self::write(&self.bus_file("del_device"), &pf.to_string())
+    }
+
+    fn set_vfs(&self, pf: &str, vfs: u32) -> Result<(), DeviceError> {
+        Self::write(&self.attribute(pf, "sriov_numvfs"), &vfs.to_string())
+    }
+
+    fn module_state(&self) -> ModuleState {
+        ModuleState {
+            loaded: self.sys().join("module").join(MODULE).exists(),
+            loads: 0,
+        }
+    }
+
+    fn watch(
+        &self,
+        sources: Sources,
+        tx: mpsc::Sender<Trigger>,
+        tasks: &mut JoinSet<anyhow::Result<()>>,
+        cancel: &CancellationToken,
+    ) {
+        // The uevents tell the probes when the module comes and goes.
+        let (module_tx, module_rx) = tokio::sync::watch::channel(self.module_state());
+        let ebpf_attached = Arc::new(AtomicBool::new(false));
+        if sources.ebpf {
+            let (tx, attached, cancel) = (tx.clone(), ebpf_attached.clone(), cancel.clone());
+            tasks.spawn(
+                async move {
+                    // Not critical: on failure the agent goes on with uevents.
+                    if let Err(e) = ebpf::run(tx, module_rx, attached, cancel.clone()).await {
+                        ::metrics::gauge!(m::EBPF_ATTACHED).set(0.0);
+                        warn!(error = %format!("{e:#}"), "the eBPF probes stopped; going on with uevents alone");
+                        cancel.cancelled().await;
+                    }
+                    Ok(())
+                }
+                .instrument(info_span!("ebpf")),
+            );
+        } else {
+            ::metrics::gauge!(m::EBPF_AVAILABLE).set(0.0);
+            info!("eBPF probes off (--ebpf=false)");
+        }
+        if sources.uevents {
+            tasks.spawn(
+                uevents::kernel_uevents(tx.clone(), module_tx, ebpf_attached, cancel.clone())
+                    .instrument(info_span!("uevents")),
+            );
+            // The udev thread ends with the token; it is not critical.
+            let _ = uevents::udev_uevents(tx, cancel.clone());
+        } else {
+            warn!("kernel uevents are off (--uevents=false): only rescans update the slices");
+        }
+    }
+}
+
+/// One scan of the class directory `class` (see [`Backend::scan`]).
+pub fn scan(class: &Path) -> io::Result<Inventory> {
+    Sysfs::new(class).scan()
+}
+
+/// Writes a fake class directory of `pfs` PFs with `vfs` VFs each at
+/// `root`, as the module would (for tests and benchmarks without it).
+pub fn write_fake_tree(root: &Path, pfs: u32, vfs: u32) -> io::Result<()> {
+    let devices = root.join("../../devices/mock-accel");
+    for pf in 0..pfs {
+        write_fake_function(root, &devices, pf, None, vfs)?;
+        for vf in 0..vfs {
+            write_fake_function(root, &devices, pf, Some(vf), vfs)?;
+        }
+    }
+    Ok(())
+}
+
+/// One fake function (see [`write_fake_tree`]).
+pub fn write_fake_function(root: &Path, devices: &Path, pf: u32, vf: Option<u32>, vfs: u32) -> io::Result<()> {
+    let name = match vf {
+        Some(v) => format!("mock{pf}_vf{v}"),
+        None => format!("mock{pf}"),
+    };
+    let devfn = vf.map_or(0, |v| v + 1);
+    let pci = format!("0000:{:02x}:{:02x}.{}", 0x1a + pf, devfn >> 3, devfn & 7);
+    let dir = devices.join(&pci).join("mock-accel").join(&name);
+    fs::create_dir_all(&dir)?;
+    fs::create_dir_all(root)?;
+    let attrs: Vec<(&str, String)> = vec![
+        (
+            "uuid",
+            format!("{:08x}-0000-8000-8000-{:012x}", pf, vf.map_or(0xfff, |v| v as u64)),
+        ),
+        ("type", if vf.is_some() { "vf" } else { "pf" }.into()),
+        (
+            "memory_size",
+            if vf.is_some() {
+                (16u64 << 30) / vfs.max(1) as u64
+            } else {
+                16u64 << 30
+            }
+            .to_string(),
+        ),
+        (
+            "capabilities",
+            if vf.is_some() {
+                "compute,dma"
+            } else {
+                "compute,dma,sriov"
+            }
+            .into(),
+        ),
+        ("numa_node", (pf % 2).to_string()),
+        ("fw_version", "1.4.2".into()),
+        ("status", "0".into()),
+        ("health", "ok".into()),
+        ("dev", format!("240:{}", pf * 256 + vf.map_or(0, |v| v + 1))),
+    ];
+    for (attr, value) in attrs {
+        fs::write(dir.join(attr), format!("{value}\n"))?;
+    }
+    let _ = fs::remove_file(dir.join("device"));
+    std::os::unix::fs::symlink(format!("../../../{pci}"), dir.join("device"))?;
+    if vf.is_some() {
+        let _ = fs::remove_file(dir.join("physfn"));
+        std::os::unix::fs::symlink(
+            format!("../../../0000:{:02x}:00.0/mock-accel/mock{pf}", 0x1a + pf),
+            dir.join("physfn"),
+        )?;
+    } else {
+        fs::write(dir.join("sriov_numvfs"), format!("{vfs}\n"))?;
+        fs::write(dir.join("sriov_totalvfs"), format!("{}\n", vfs.max(8)))?;
+    }
+    let link = root.join(&name);
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&dir, link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{Kind, SkipReason};
+
+    fn tree(pfs: u32, vfs: u32) -> (tempfile::TempDir, Sysfs) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sys/class/mock-accel");
+        write_fake_tree(&root, pfs, vfs).unwrap();
+        (dir, Sysfs::new(root))
+    }
+
+    fn dev(s: &Sysfs, name: &str) -> PathBuf {
+        fs::canonicalize(s.class().join(name)).unwrap()
+    }
+
+    #[test]
+    fn a_good_tree() {
+        let (_dir, s) = tree(2, 3);
+        let inv = s.scan().unwrap();
+        assert!(inv.skipped.is_empty(), "{:?}", inv.skipped);
+        assert_eq!(inv.functions.len(), 8);
+        let vf = &inv.functions["mock1_vf2"];
+        assert_eq!(vf.kind, Kind::Vf);
+        assert_eq!(vf.physfn.as_deref(), Some("mock1"));
+        assert_eq!(vf.pci_address, "0000:1b:00.3");
+        assert_eq!(vf.numa_node, 1);
+        let pf = &inv.functions["mock0"];
+        assert_eq!(pf.sriov, Some((3, 8)));
+        assert_eq!(pf.memory_bytes, 16 << 30);
+        assert_eq!(vf.devnum, Some((240, 259)));
+        assert_eq!(vf.device_node(), "/dev/mock-accel/mock1_vf2");
+        let order: Vec<&str> = inv.ordered().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(order[..5], ["mock0", "mock0_vf0", "mock0_vf1", "mock0_vf2", "mock1"]);
+    }
+
+    #[test]
+    fn broken_functions_are_skipped_and_the_rest_kept() {
+        let (_dir, s) = tree(4, 0);
+        fs::remove_file(dev(&s, "mock0").join("uuid")).unwrap();
+        fs::write(dev(&s, "mock1").join("numa_node"), "two\n").unwrap();
+        fs::write(dev(&s, "mock2").join("health"), "meh\n").unwrap();
+        std::os::unix::fs::symlink(dev(&s, "mock3"), s.class().join("weird7")).unwrap();
+        let inv = s.scan().unwrap();
+        assert_eq!(inv.functions.keys().collect::<Vec<_>>(), ["mock3"]);
+        let reasons: Vec<(&str, SkipReason)> = inv.skipped.iter().map(|s| (s.name.as_str(), s.reason)).collect();
+        assert_eq!(
+            reasons,
+            [
+                ("mock0", SkipReason::MissingAttribute),
+                ("mock1", SkipReason::BadValue),
+                ("mock2", SkipReason::BadValue),
+                ("weird7", SkipReason::BadName)
+            ]
+        );
+    }
+
+    #[test]
+    fn fabric_attach_states_are_read_and_local_means_none() {
+        let (_dir, s) = tree(4, 0);
+        fs::write(dev(&s, "mock0").join("attach"), "local\n").unwrap();
+        fs::write(dev(&s, "mock1").join("attach"), "attaching\n").unwrap();
+        fs::write(dev(&s, "mock2").join("attach"), "plugged\n").unwrap();
+        let inv = s.scan().unwrap();
+        assert_eq!(inv.functions["mock0"].attach, None);
+        assert_eq!(inv.functions["mock1"].attach, Some(Attach::Attaching));
+        assert_eq!(inv.functions["mock3"].attach, None, "no file: an older module");
+        let skipped: Vec<(&str, SkipReason)> = inv.skipped.iter().map(|s| (s.name.as_str(), s.reason)).collect();
+        assert_eq!(skipped, [("mock2", SkipReason::BadValue)]);
+        assert_eq!(s.attach_state("mock1").unwrap(), Some(Attach::Attaching));
+        assert_eq!(s.attach_state("mock3").unwrap(), None);
+        assert_eq!(s.attach_state("mock9").unwrap(), None, "gone");
+        let e = s.attach_state("mock2").unwrap_err().to_string();
+        assert!(e.contains("mock2/attach") && e.contains("plugged"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_root_is_empty_and_a_huge_tree_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = Sysfs::new(dir.path().join("nope")).scan().unwrap();
+        assert!(
+            none.scanned && none.functions.is_empty() && none.skipped.is_empty(),
+            "{none:?}"
+        );
+        let (_dir, s) = tree(64, 64);
+        let inv = s.scan().unwrap();
+        assert_eq!(inv.functions.len(), 64 * 65);
+        assert!(inv.skipped.is_empty());
+    }
+
+    /// Issue 18 #9: the status attribute was written with
+    /// O_CREAT|O_TRUNC: a function directory without its attribute got a
+    /// regular file, and the write "succeeded".
+    #[test]
+    fn attributes_are_written_only_where_they_are() {
+        let (_dir, s) = tree(1, 0);
+        let status = dev(&s, "mock0").join("status");
+        fs::remove_file(&status).unwrap();
+        assert!(matches!(s.set_allocated("mock0", true), Err(DeviceError::Gone)));
+        assert!(!status.exists(), "a status file was created");
+        assert!(matches!(s.allocated("mock0"), Err(DeviceError::Gone)));
+        fs::write(&status, "0\n").unwrap();
+        s.set_allocated("mock0", true).unwrap();
+        // One write at offset 0, as sysfs takes it.
+        assert_eq!(fs::read_to_string(&status).unwrap(), "1\n");
+        assert!(s.allocated("mock0").unwrap());
+        assert!(
+            matches!(s.set_attached("mock0", true), Err(DeviceError::Gone)),
+            "no attach file"
+        );
+        assert!(s.free_hint("mock0").contains("mock-accel/mock0/status"));
+    }
+
+    #[test]
+    fn hot_plug_writes_the_bus_and_the_pf() {
+        let (dir, s) = tree(1, 0);
+        let bus = dir.path().join("sys/bus/mock-accel");
+        assert!(matches!(s.add_pf(3, None), Err(DeviceError::Gone)), "no bus: no module");
+        fs::create_dir_all(&bus).unwrap();
+        for f in ["new_device", "del_device"] {
+            fs::write(bus.join(f), "").unwrap();
+        }
+        s.add_pf(3, Some(1)).unwrap();
+        assert_eq!(fs::read_to_string(bus.join("new_device")).unwrap(), "3 1");
+        s.remove_pf(3).unwrap();
+        assert_eq!(fs::read_to_string(bus.join("del_device")).unwrap(), "3");
+        s.set_vfs("mock0", 4).unwrap();
+        assert_eq!(
+            fs::read_to_string(dev(&s, "mock0").join("sriov_numvfs")).unwrap(),
+            "4\n"
+        );
+        assert!(!s.module_state().loaded);
+        fs::create_dir_all(dir.path().join("sys/module/mock_accel")).unwrap();
+        assert!(s.module_state().loaded);
+    }
+}
