@@ -3,6 +3,12 @@
 
 export RUST_BACKTRACE := "0"
 
+# The agent's features (agent/Cargo.toml): test builds compile its
+# test-only faults in (release builds never do); what runs in the guests
+# has its eBPF probes (they need bpf-linker; the host tests do not).
+test_features := "--features mock-accel-agent/failpoints"
+guest_features := "--features mock-accel-agent/failpoints,mock-accel-agent/ebpf"
+
 kver := `ls /boot/vmlinuz-* 2>/dev/null | sed 's|/boot/vmlinuz-||' | sort -V | tail -n 1`
 
 # List the recipes
@@ -15,13 +21,13 @@ test:
     @command -v bpf-linker >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/bpf-linker" ] || { echo "bpf-linker is missing: the guests need the agent's eBPF probes (./dev setup installs it)" >&2; exit 1; }
     @just builds image
     ./target/debug/guest accel
-    cargo nextest run --workspace
-    cargo test --workspace --doc -q
+    cargo nextest run --workspace {{guest_features}}
+    cargo test --workspace --doc -q {{guest_features}}
 
 # The contributor's loop: unit tests, host integration tests and the real control plane on the host (no guest, no release build, no eBPF toolchain needed); ends with nextest's summary
 test-fast:
     @just builds
-    cargo nextest run --workspace --profile fast
+    cargo nextest run --workspace --profile fast {{test_features}}
 
 # What the tests run: Kubernetes and its neighbours (Go, `just kube`) built beside the workspace and its tests (Rust) and, with `image`, the agent the guests' driver image carries (`just agent-image`). Each leaves a core idle at times (a link, the one crate or package the rest waits for), which the other fills: cold here (2 cores), 21 to 23 minutes together, about one less than one after the other
 [private]
@@ -31,9 +37,10 @@ builds image="":
     set -m   # the Go build in a process group of its own: stopped whole if a Rust build fails
     bash tests/kube/build.sh & kube=$!
     trap 'kill -- -$kube 2>/dev/null || true' EXIT
-    if [ "{{image}}" = image ]; then just agent-image; fi
-    cargo build --workspace --bins
-    cargo test --workspace --no-run -q
+    features="{{test_features}}"
+    if [ "{{image}}" = image ]; then just agent-image; features="{{guest_features}}"; fi
+    cargo build --workspace --bins $features
+    cargo test --workspace --no-run -q $features
     wait $kube || { echo "just kube failed (above)" >&2; exit 1; }
     trap - EXIT
 
@@ -52,15 +59,15 @@ kmod-sanitize seconds="900": debug-kernel build
 
 # The agent the driver's image carries in the guests (node::image_agent): the release profile at opt-level 1 (Cargo.toml: guest-image; 394 s cold here, 540 at opt-level 3)
 agent-image:
-    cargo build --profile guest-image -p mock-accel-agent --bin mock-accel-agent
+    cargo build --profile guest-image -p mock-accel-agent --bin mock-accel-agent --features failpoints,ebpf
 
-# Build the Rust workspace (agent, test API server, rig and in-guest tools)
+# Build the Rust workspace (agent, test API server, rig and in-guest tools), as the tests use it
 build:
-    cargo build --workspace --bins
+    cargo build --workspace --bins {{guest_features}}
 
 # Container images as OCI archives, without an engine: the test node's (pause, busybox) and the driver's (the agent, the KMM module per installed kernel): target/images/*.tar
 images:
-    cargo build --release -q -p mock-accel-agent --bin mock-accel-agent
+    cargo build --release -q -p mock-accel-agent --bin mock-accel-agent --features ebpf
     cargo run -q -p mock-device-testkit --bin images
 
 # Build the module against the installed guest kernel (kmod/mock-accel.ko)
@@ -108,12 +115,12 @@ bench-controller:
 
 # Benchmarks in a VM with release builds: event->slice latency p50/p99, idle API load, storm writes
 bench-vm:
-    cargo build --release --workspace --bins
+    cargo build --release --workspace --bins --features mock-accel-agent/ebpf
     MOCK_GUEST_TIMEOUT=1200 ./target/release/guest run tests/scenarios/bench.sh
 
 # The driver on the real Kubernetes node in a VM, release builds: API write cost, event->slice (ratio), hot-plug->pod Running split, the kubelet's prepare metrics, idle API load
 bench-cluster: kube
-    cargo build --release --workspace --bins
+    cargo build --release --workspace --bins --features mock-accel-agent/ebpf
     ./target/release/guest --node run tests/scenarios/bench_cluster.sh
 
 # Fuzz the agent's parsers (uevents, device names, durations, the checkpoint, CDI specs, eBPF records) with libFuzzer, each for `seconds`: executions, coverage, crashes; the corpus kept in fuzz/corpus (just test replays it)
@@ -122,23 +129,24 @@ fuzz seconds="60":
 
 # The fault suite (boots VMs): the agent SIGKILLed at each step of prepare/unprepare, full directories, the API down, unplug and rmmod under a claim, health flapping for `flap` seconds, lost uevents (faults.sh); then on the real node the kubelet retrying after those kills, the kubelet killed mid-prepare, etcd stopped 30 s, kube-apiserver restarted (faults_node.sh); tables of what was done, the outcome, what was lost
 faults flap="60": kube build
-    MOCK_FAULTS_ALL=1 MOCK_FAULTS_FLAP_SECONDS={{flap}} cargo test -p mock-accel-agent --test agent_guest -- --exact the_agent_loses_nothing_under_faults --nocapture
-    cargo test -p mock-accel-agent --test node_guest -- --ignored --exact the_agent_loses_nothing_under_faults_on_a_real_node --nocapture
+    MOCK_FAULTS_ALL=1 MOCK_FAULTS_FLAP_SECONDS={{flap}} cargo test -p mock-accel-agent --features failpoints,ebpf --test agent_guest -- --exact the_agent_loses_nothing_under_faults --nocapture
+    cargo test -p mock-accel-agent --features failpoints,ebpf --test node_guest -- --ignored --exact the_agent_loses_nothing_under_faults_on_a_real_node --nocapture
 
 # The soak (tests/scenarios/soak.sh, boots a VM, the image's agent: just agent-image): `hotplugs` hot-plug cycles beside `claims` claim cycles; RSS, descriptors and writes per change printed, leaks checked
 soak hotplugs="1000" claims="200": build agent-image
-    MOCK_SOAK_HOTPLUGS={{hotplugs}} MOCK_SOAK_CLAIMS={{claims}} cargo test -p mock-accel-agent --test agent_guest -- --exact the_agent_soaks_hotplugs_and_claims --nocapture
+    MOCK_SOAK_HOTPLUGS={{hotplugs}} MOCK_SOAK_CLAIMS={{claims}} cargo test -p mock-accel-agent --features failpoints,ebpf --test agent_guest -- --exact the_agent_soaks_hotplugs_and_claims --nocapture
 
 # Formatting, clippy with warnings as errors, the module's static checks, the chart (real Helm, official schemas) and promtool on both components' metrics
 lint: kmod-check chart-check
     cargo fmt --all --check
-    cargo clippy --workspace --all-targets -- -D warnings
-    cargo test -q -p mock-accel-agent --test agent_api metrics_pass_promtool
-    cargo test -q -p mock-accel-agent --test controller_api the_controller_follows_the_cluster_and_cleans_up
+    cargo clippy --workspace --all-targets {{test_features}} -- -D warnings
+    cargo clippy -p mock-accel-agent --all-targets -- -D warnings
+    cargo test -q -p mock-accel-agent --features failpoints --test agent_api metrics_pass_promtool
+    cargo test -q -p mock-accel-agent --features failpoints --test controller_api the_controller_follows_the_cluster_and_cleans_up
 
 # The Helm chart: lint, every seed command rendered and validated (Kubernetes 1.34-1.37), schema refusals, dashboards in sync
 chart-check:
-    cargo build -q -p mock-accel-agent --bin mock-accel-agent
+    cargo build -q -p mock-accel-agent --bin mock-accel-agent --features failpoints
     python3 tests/chart/check_chart.py
 
 # Copy dashboards/*.json (the source) into the chart (Helm reads only inside it)

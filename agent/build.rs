@@ -1,6 +1,9 @@
 //! Builds the eBPF programs (agent-ebpf/) for bpfel-unknown-none with
-//! aya-build, so that one `cargo build` produces everything; an empty
-//! object where bpf-linker is missing (said) or AYA_BUILD_SKIP is set.
+//! aya-build when the `ebpf` feature asks for them (the guests' and the
+//! images' builds do), so that one `cargo build` produces everything; an
+//! empty object otherwise, which the agent knows for "no probes in this
+//! build" (it follows uevents alone). A plain `cargo build` or `cargo test`
+//! needs no eBPF toolchain.
 
 use std::path::PathBuf;
 
@@ -10,33 +13,18 @@ const INSTALL: &str = "the eBPF toolchain is missing. Run ./dev setup, or instal
     rustup component add rust-src";
 
 fn main() -> anyhow::Result<()> {
+    if std::env::var_os("CARGO_FEATURE_EBPF").is_none() {
+        println!("cargo:rerun-if-changed=build.rs");
+        let out = PathBuf::from(std::env::var("OUT_DIR")?).join("mock-accel-ebpf");
+        std::fs::write(out, [])?;
+        return Ok(());
+    }
     let linker = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join("bpf-linker").is_file()))
         .unwrap_or(false)
         || home_cargo_bin().is_some_and(|d| d.join("bpf-linker").is_file());
-    println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
-    let skip = std::env::var_os("AYA_BUILD_SKIP").is_some();
-    if skip || !linker {
-        // An empty object, which the agent fails to load, saying so, and
-        // then follows uevents alone. Asked for (AYA_BUILD_SKIP) by builds
-        // that never load the probes (the fuzz targets, built with the
-        // fuzzer's flags, which the BPF target cannot take); else because
-        // bpf-linker is missing: `just test-fast` needs no probe (the host
-        // kernel runs none), and a contributor without LLVM can run it.
-        // Cargo's bin directory watched: installing bpf-linker there makes
-        // the next build build the probes.
-        if !skip {
-            println!(
-                "cargo:warning=bpf-linker not found: the eBPF probes are not built (an empty object; the agent \
-                 follows uevents alone). The guest tests need them: ./dev setup installs bpf-linker"
-            );
-            if let Some(dir) = home_cargo_bin().filter(|d| d.is_dir()) {
-                println!("cargo:rerun-if-changed={}", dir.display());
-            }
-        }
-        let out = PathBuf::from(std::env::var("OUT_DIR")?).join("mock-accel-ebpf");
-        std::fs::write(out, [])?;
-        return Ok(());
+    if !linker {
+        anyhow::bail!("the `ebpf` feature asks for the eBPF probes, and bpf-linker is not found: {INSTALL}");
     }
     if let Some(dir) = home_cargo_bin() {
         let path = std::env::var_os("PATH").unwrap_or_default();

@@ -25,11 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULT = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)", re.M)
 
 
-def build():
+def build(guests: bool):
     """Builds the binaries the tests start and the test executables; returns the latter."""
-    subprocess.run(["cargo", "build", "--workspace", "--bins"], cwd=ROOT, check=True)
+    # As `just test` builds them: the agent's test-only faults compiled in,
+    # and its eBPF probes where guests run.
+    features = ["--features", "mock-accel-agent/failpoints" + (",mock-accel-agent/ebpf" if guests else "")]
+    subprocess.run(["cargo", "build", "--workspace", "--bins", *features], cwd=ROOT, check=True)
     out = subprocess.run(
-        ["cargo", "test", "--workspace", "--no-run", "--message-format=json-render-diagnostics"],
+        ["cargo", "test", "--workspace", "--no-run", *features, "--message-format=json-render-diagnostics"],
         cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True,
     ).stdout
     bins = []
@@ -98,7 +101,7 @@ def main():
         signal.signal(sig, lambda n, _f: sys.exit(128 + n))
 
     only = [o for o in a.only.split(",") if o] or [""]
-    bins = [b for b in build() if any(o in b["name"] for o in only)]
+    bins = [b for b in build(a.guest_runs > 0) if any(o in b["name"] for o in only)]
     logs = ROOT / "target" / "flake-hunt"
     logs.mkdir(parents=True, exist_ok=True)
     for f in logs.glob("*.log"):

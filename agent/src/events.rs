@@ -55,13 +55,8 @@ pub async fn inventory_task(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut scanner = Scanner::default();
-    // Test-only fault (see `fail`): a first scan that takes a while.
-    let slow = (|| {
-        fail::fail_point!(&format!("first-scan/{}", backend.location()), |ms: Option<String>| ms
-            .and_then(|m| m.parse().ok()));
-        None::<u64>
-    })();
-    if let Some(ms) = slow {
+    // Test-only fault: a first scan that takes a while.
+    if let Some(ms) = crate::failpoints::value::<u64>(&format!("first-scan/{}", backend.location())) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let first = scanner.scan(&backend, "startup").await?;

@@ -2,11 +2,11 @@
 //! SIGKILL (no destructor, no flush, no reply), to show that what it was
 //! doing is completed or undone after a restart (tests/scenarios/faults.sh).
 //!
-//! They exist only in builds with `fail/failpoints` (the test builds, where
-//! the agent is a dev-dependency's user; release builds get empty macros),
-//! and act only when the `FAILPOINTS` environment variable names them
-//! (`NAME=return;…`, fail-rs's syntax): [`from_env`] refuses a `FAILPOINTS`
-//! a build without them would silently ignore.
+//! They exist only in builds with the agent's `failpoints` feature (the
+//! test builds ask for it; release builds get empty macros), and act only
+//! when the `FAILPOINTS` environment variable names them (`NAME=return;…`,
+//! fail-rs's syntax): [`from_env`] refuses a `FAILPOINTS` a build without
+//! them would silently ignore.
 
 use anyhow::{Context, bail};
 
@@ -22,29 +22,40 @@ pub fn crash(name: &str) {
     });
 }
 
-/// Whether this build evaluates failpoints at all.
-fn compiled_in() -> bool {
-    const PROBE: &str = "failpoints/compiled-in";
-    if fail::cfg(PROBE, "return").is_err() {
-        return false;
-    }
-    fn probe() -> bool {
-        fail::fail_point!(PROBE, |_| true);
-        false
-    }
-    let hit = probe();
-    fail::remove(PROBE);
-    hit
+/// The value a test gave the failpoint `name` (`return(VALUE)`), if any.
+pub fn value<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let _ = name; // unused where the build has no failpoints
+    fail::fail_point!(name, |v: Option<String>| v.and_then(|v| v.parse().ok()));
+    None
 }
+
+/// Whether a test made the failpoint `name` fail (`return`).
+pub fn fails(name: &str) -> bool {
+    let _ = name; // unused where the build has no failpoints
+    fail::fail_point!(name, |_| true);
+    false
+}
+
+/// Whether this build evaluates failpoints at all.
+pub const COMPILED_IN: bool = cfg!(feature = "failpoints");
 
 /// Sets up the failpoints `FAILPOINTS` names; an error when it is malformed
 /// or this build has none (a test must not think it injected a fault).
 pub fn from_env() -> anyhow::Result<()> {
-    let Ok(spec) = std::env::var("FAILPOINTS") else {
-        return Ok(());
-    };
-    if !compiled_in() {
-        bail!("FAILPOINTS is set ({spec:?}) but this build has no failpoints (a test build has them)");
+    match std::env::var("FAILPOINTS") {
+        Ok(spec) => set(&spec, COMPILED_IN),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Sets the failpoints of `spec` (`NAME=ACTIONS;…`) in a build that has
+/// them (`compiled_in`).
+fn set(spec: &str, compiled_in: bool) -> anyhow::Result<()> {
+    if !compiled_in {
+        bail!(
+            "FAILPOINTS is set ({spec:?}) but this build has no failpoints (build the agent with \
+             `--features failpoints`, as the test builds do)"
+        );
     }
     for item in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, actions) = item
@@ -54,4 +65,21 @@ pub fn from_env() -> anyhow::Result<()> {
         tracing::warn!(failpoint = name.trim(), actions = actions.trim(), "failpoint set");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_without_failpoints_refuses_them_and_bad_ones_are_refused() {
+        let e = set("prepare/recorded=return", false).unwrap_err().to_string();
+        assert!(e.contains("--features failpoints"), "{e}");
+        let e = set("prepare/recorded", true).unwrap_err().to_string();
+        assert!(e.contains("is not NAME=ACTIONS"), "{e}");
+        let e = set("test/x=explode(1)", true).unwrap_err().to_string();
+        assert!(e.contains("FAILPOINTS: test/x"), "{e}");
+        set(" ; test/y=off ;", true).unwrap();
+        fail::remove("test/y");
+    }
 }

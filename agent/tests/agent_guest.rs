@@ -139,8 +139,12 @@ fn the_kubelet_plugin_prepares_real_devices() {
 /// 60), lost uevents while claims come and go, rmmod under a claim. Kills
 /// at three of the nine failpoints, all of them with `MOCK_FAULTS_ALL=1`
 /// (`just faults`). Needs the agent built with failpoints (a test build:
-/// `cargo test` builds it so).
+/// `just test` asks for `--features failpoints`).
 #[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs the agent's failpoints: --features failpoints"
+)]
 fn the_agent_loses_nothing_under_faults() {
     let bins = guest_binaries();
     let flap = env_number("MOCK_FAULTS_FLAP_SECONDS", 10);

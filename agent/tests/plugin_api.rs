@@ -566,6 +566,10 @@ async fn an_unwritable_cdi_directory_fails_the_claim_and_undoes_it() {
 /// checkpoint, leaving `status=1` owned by no claim for good. It now stays
 /// recorded, as begun, and the claim's unprepare frees it.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs the agent's failpoints: --features failpoints"
+)]
 async fn a_failed_prepare_that_cannot_be_undone_stays_recorded() {
     let rig = Rig::new(1, 0).await;
     fs::write(rig.path("not-a-dir"), "").unwrap();
@@ -886,6 +890,10 @@ async fn a_hung_api_read_holds_up_no_other_call() {
 /// (the kubelet calls a remembered socket as soon as it is back) failed
 /// with "device mock0 is not on this node". It now waits for the scan.
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs the agent's failpoints: --features failpoints"
+)]
 async fn a_prepare_before_the_first_scan_waits_for_it() {
     let rig = Rig::new(1, 0).await;
     fail::cfg(format!("first-scan/{}", rig.root.display()), "return(1500)").unwrap();
@@ -1286,11 +1294,12 @@ async fn prepared_devices_are_reported_in_the_claim_status() {
 
 /// Issue 16 §4: kubelet plugins are called by tools other than the kubelet.
 /// A client on gRPC's C core (Python's grpcio, `tests/interop/`) calls both
-/// sockets with `:authority` "localhost", the socket path itself and the
-/// `unix:` target as the authority: every call is answered. (The RST_STREAM
-/// the issue reports for a path authority did not reproduce with grpcio
-/// 1.76 against tonic 0.14/h2 0.4: every authority tried, even "a b", is
-/// answered; this test keeps it that way.)
+/// sockets as `unix:PATH` and `unix://PATH`, and with the socket path itself
+/// and the `unix:` target set as the authority: every call is answered. Through the
+/// `:authority` relay (plugin/authority.rs): without it on the DRA socket,
+/// all four calls to it were reset (RST_STREAM, PROTOCOL_ERROR) — C core
+/// sends the socket path for `unix:` targets too; the relay's canary shows
+/// h2's refusal on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_c_core_client_is_answered_whatever_its_authority() {
     let rig = Rig::new(1, 0).await;

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use super::{ModuleState, Trigger};
 use crate::metrics as m;
 
-/// The eBPF object the build script built.
+/// The eBPF object the build script built (empty without the `ebpf` feature).
 static BYTECODE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mock-accel-ebpf"));
 
 /// Where the probes stand.
@@ -160,6 +160,12 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     set_attached(&attached, false);
+    if BYTECODE.is_empty() {
+        gauge!(m::EBPF_AVAILABLE).set(0.0);
+        info!("this agent was built without its eBPF probes (the `ebpf` feature): following uevents alone");
+        cancel.cancelled().await;
+        return Ok(());
+    }
     let mut probes = match Probes::load() {
         Ok(p) => p,
         Err(e) => {

@@ -10,6 +10,13 @@
 //! plugin and CSI clients, not the plugin watcher). Our own test kubelet used
 //! tonic's client, which sends `localhost`, and never showed it.
 //!
+//! The kubelet's own DRA client dials `unix:…` and sends `localhost`, but a
+//! client on gRPC's C core (grpcio) sends the socket path as `:authority`
+//! for a `unix:` target too, to either socket: without the relay all four
+//! of its calls to the DRA socket in `plugin_api`'s C-core test are reset
+//! (tried 2026-12-06, tonic 0.14.9, h2 0.4.20, grpcio 1.76). So both sockets
+//! have it; the canary below says when h2 stops refusing such an authority.
+//!
 //! [`relay`] sits between each accepted connection and the gRPC server: it
 //! passes every frame through unchanged, except request header blocks,
 //! which it decodes (HPACK, with the client's dynamic table) and encodes
@@ -20,7 +27,7 @@ use std::io;
 
 use loona_hpack::{Decoder, Encoder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
-use tracing::debug;
+use tracing::{debug, warn};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -44,11 +51,22 @@ where
 {
     let (ours, theirs) = tokio::io::duplex(PIPE);
     tokio::spawn(async move {
-        if let Err(e) = relay(client, ours).await {
-            debug!(error = %e, "gRPC connection relay ended");
+        match relay(client, ours).await {
+            Ok(()) => {}
+            // A peer that hung up, mid-frame or not: nothing was lost.
+            Err(e) if hung_up(&e) => debug!(error = %e, "gRPC connection relay ended"),
+            // A malformed frame or header block: the kubelet sees a reset.
+            Err(e) => warn!(error = %e, "the registration socket's :authority relay failed"),
         }
     });
     theirs
+}
+
+fn hung_up(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
 }
 
 /// Copies `client` ⇄ `server` until either side closes, rewriting request
@@ -231,5 +249,91 @@ mod tests {
         assert_eq!(block, b"ab");
         assert!(split_headers(PADDED, &[9, 1]).is_err());
         assert!(split_headers(PRIORITY, &[0, 0]).is_err());
+    }
+
+    /// How a raw HTTP/2 request was met.
+    #[derive(Debug, PartialEq)]
+    enum Met {
+        /// Response headers: the server took the request.
+        Answered,
+        /// RST_STREAM with this error code.
+        Reset(u32),
+        /// GOAWAY with this error code.
+        GoneAway(u32),
+    }
+
+    /// One gRPC request on a fresh connection to `socket`, `authority` as
+    /// sent (the way the kubelet's plugin watcher sends a bare path: the
+    /// http crate cannot even hold it, so the frames are written by hand).
+    async fn request(socket: &std::path::Path, authority: &str) -> Met {
+        let mut c = tokio::net::UnixStream::connect(socket).await.unwrap();
+        c.write_all(PREFACE).await.unwrap();
+        write_frame(&mut c, 0x4, 0, 0, &[]).await.unwrap(); // SETTINGS
+        let headers: [(&[u8], &[u8]); 6] = [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/pluginregistration.Registration/GetInfo"),
+            (b":authority", authority.as_bytes()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ];
+        let block = Encoder::new().encode(headers);
+        write_frame(&mut c, HEADERS, END_HEADERS | END_STREAM, 1, &block)
+            .await
+            .unwrap();
+        let met = async {
+            loop {
+                let (kind, flags, stream, payload) = read_frame(&mut c).await.unwrap().expect("the server hung up");
+                let code = || u32::from_be_bytes(payload[..4].try_into().unwrap());
+                match kind {
+                    // The server's SETTINGS: acknowledged, as a client must.
+                    0x4 if flags & 0x1 == 0 => write_frame(&mut c, 0x4, 0x1, 0, &[]).await.unwrap(),
+                    HEADERS if stream == 1 => return Met::Answered,
+                    0x3 if stream == 1 => return Met::Reset(code()),
+                    0x7 => return Met::GoneAway(u32::from_be_bytes(payload[4..8].try_into().unwrap())),
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), met)
+            .await
+            .expect("no answer, reset or GOAWAY in 10 s")
+    }
+
+    /// The canary: h2 under a bare tonic server still refuses the
+    /// percent-encoded socket path as `:authority` (hyperium/h2#487), which
+    /// is why the registration socket has the relay. When this fails, h2
+    /// accepts it and the relay can go. Through the relay it is answered.
+    #[tokio::test]
+    async fn a_bare_server_still_resets_a_path_authority_and_the_relay_fixes_it() {
+        use tokio_stream::StreamExt;
+        use tokio_stream::wrappers::UnixListenerStream;
+        use tonic::service::Routes;
+        use tonic::transport::Server;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, relayed_path) = (dir.path().join("bare.sock"), dir.path().join("relayed.sock"));
+        let listener = tokio::net::UnixListener::bind(&bare).unwrap();
+        tokio::spawn(
+            Server::builder()
+                .add_routes(Routes::default())
+                .serve_with_incoming(UnixListenerStream::new(listener)),
+        );
+        let listener = tokio::net::UnixListener::bind(&relayed_path).unwrap();
+        tokio::spawn(
+            Server::builder()
+                .add_routes(Routes::default())
+                .serve_with_incoming(UnixListenerStream::new(listener).map(|c| c.map(relayed))),
+        );
+        let path = "%2Fvar%2Flib%2Fkubelet%2Fplugins_registry%2Fmock-accel.example.com-reg.sock";
+        const PROTOCOL_ERROR: u32 = 0x1;
+        assert_eq!(request(&bare, "localhost").await, Met::Answered, "the raw client works");
+        assert_eq!(
+            request(&bare, path).await,
+            Met::Reset(PROTOCOL_ERROR),
+            "h2 now takes a path as :authority: the relay (authority.rs) can go"
+        );
+        assert_eq!(request(&relayed_path, path).await, Met::Answered);
+        assert_eq!(request(&relayed_path, "localhost").await, Met::Answered);
     }
 }

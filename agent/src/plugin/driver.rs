@@ -673,14 +673,15 @@ impl Driver {
             .iter()
             .filter(|d| !d.admin_access && !others.contains(&d.function))
         {
-            let freed = (|| {
-                // Test-only fault (see `fail`): a sysfs write that fails.
-                fail::fail_point!(&format!("release-status/{}", rec.name), |_| Err(ClaimError::new(
+            // Test-only fault: a write that fails.
+            let freed = if crate::failpoints::fails(&format!("release-status/{}", rec.name)) {
+                Err(ClaimError::new(
                     self.backend.kind(),
-                    format!("freeing {}: injected fault", d.function)
-                )));
+                    format!("freeing {}: injected fault", d.function),
+                ))
+            } else {
                 self.set_status(d, false)
-            })();
+            };
             match freed {
                 Ok(()) => {}
                 // Gone with the device: nothing left to free.

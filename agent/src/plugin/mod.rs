@@ -173,7 +173,9 @@ async fn serve_socket(
         let stop = CancellationToken::new();
         let mut server = tokio::spawn(
             // Each connection through the :authority relay (authority.rs):
-            // the real kubelet dials registration sockets by bare path.
+            // the real kubelet dials registration sockets by bare path, and
+            // gRPC's C core sends the socket path even for `unix:` targets
+            // (to either socket: plugin_api's C-core test).
             make().serve_with_incoming_shutdown(
                 UnixListenerStream::new(listener).map(|conn| conn.map(authority::relayed)),
                 stop.clone().cancelled_owned(),

@@ -4,8 +4,9 @@ Usage: grpc_c_core_client.py REGISTRATION_SOCKET DRA_SOCKET
 
 Calls the registration service's GetInfo and the DRA service's
 NodeUnprepareResources (empty: no claim) over each unix socket, the way
-C-core clients name it: `unix:PATH` (`:authority` "localhost"),
-`unix://PATH`, and with the socket path itself or the `unix:` target as the
+C-core clients name it: `unix:PATH` and `unix://PATH` (C core sends the
+socket path as `:authority` for both, which h2 refuses: the agent's relay
+mends it), and with the socket path itself or the `unix:` target as the
 `:authority` (set through grpc.default_authority, as clients that name the
 authority after their target do). Messages go as raw protobuf bytes (no generated
 code). Prints one line per call: "ok <target> <authority> <bytes>" or
