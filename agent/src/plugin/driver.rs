@@ -19,36 +19,21 @@ use metrics::{counter, gauge, histogram};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::cdi;
+use super::apply::Devices;
 use super::checkpoint::{self, Checkpoint, ClaimState, Claims, PreparedClaim, PreparedDevice};
-use crate::backend::{Backend, DeviceError};
+pub use super::resolve::ClaimError;
+use super::resolve::{self, check_ref};
+use super::{cdi, policy};
+use crate::backend::Backend;
 use crate::claims::ClaimRef;
-use crate::inventory::{Function, Inventory};
+use crate::inventory::Inventory;
 use crate::metrics as m;
-use crate::slices::device_name;
 
 /// How long a prepare waits for the first scan of the devices.
 const FIRST_SCAN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 /// A temporary file of [`cdi::write_atomic`] this old is no live writer's
 /// (a write takes milliseconds): its writer was killed before the rename.
 const TEMPORARY_FILE_AGE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Why a claim failed: a bounded reason (metric label) and the words for
-/// the kubelet's event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimError {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl ClaimError {
-    fn new(reason: &'static str, message: impl Into<String>) -> ClaimError {
-        ClaimError {
-            reason,
-            message: message.into(),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -63,8 +48,8 @@ pub struct Config {
 
 pub struct Driver {
     cfg: Config,
-    /// The devices: every read and write of them goes through it.
-    backend: Arc<dyn Backend>,
+    /// The devices and the CDI directory, as claims change them.
+    devices: Devices,
     client: kube::Client,
     inventory: watch::Receiver<Arc<Inventory>>,
     checkpoint: Checkpoint,
@@ -115,10 +100,15 @@ impl Driver {
             cfg.node.clone(),
             Checkpoint::new(&cfg.plugin_dir, &cfg.driver, &cfg.node),
         );
+        let devices = Devices {
+            backend,
+            driver: cfg.driver.clone(),
+            cdi_root: cfg.cdi_root.clone(),
+        };
         Driver {
             status,
             cfg,
-            backend,
+            devices,
             client,
             inventory,
             checkpoint,
@@ -301,35 +291,7 @@ impl Driver {
         check_ref(claim)?;
         let inv = self.inventory.borrow().clone();
         if let Some(rec) = state.0.get(&claim.uid).cloned() {
-            if rec.namespace != claim.namespace || rec.name != claim.name {
-                return Err(ClaimError::new(
-                    "uid_mismatch",
-                    format!(
-                        "claim UID {} is prepared as {}/{}, not {}/{}",
-                        claim.uid, rec.namespace, rec.name, claim.namespace, claim.name
-                    ),
-                ));
-            }
-            // Again (a kubelet restart), after a crash half-way, or after a
-            // reboot or module reload: make everything true again.
-            let spec_there = rec.cdi_spec.exists();
-            if rec.state == ClaimState::PrepareCompleted && rec.boot_id == boot && spec_there {
-                debug!(claim = %claim, "already prepared");
-            } else {
-                info!(claim = %claim, state = ?rec.state, same_boot = rec.boot_id == boot, spec_there, "completing an earlier preparation");
-            }
-            self.apply(&claim.uid, &rec, &inv)?;
-            let devices = rec.devices.clone();
-            let updated = PreparedClaim {
-                state: ClaimState::PrepareCompleted,
-                boot_id: boot.to_string(),
-                ..rec.clone()
-            };
-            if updated != rec {
-                state.0.insert(claim.uid.clone(), updated);
-                self.save(state)?;
-            }
-            return Ok(devices);
+            return self.complete(state, claim, rec, &inv, boot);
         }
         let api_claim = match fetched {
             Some(Ok(Some(c))) => c,
@@ -353,7 +315,9 @@ impl Driver {
                 ));
             }
         };
-        let rec = self.resolve(claim, &api_claim, &inv, state, boot)?;
+        let rec = resolve::resolve(&self.cfg, claim, &api_claim, &inv, boot)?;
+        policy::check_exclusive(claim, &rec.devices, state)?;
+        self.devices.check_free(claim, &rec.devices, state)?;
         // Record first: a crash from here on is completed or undone later.
         state.0.insert(claim.uid.clone(), rec.clone());
         if let Err(e) = self.save(state) {
@@ -361,7 +325,7 @@ impl Driver {
             return Err(e);
         }
         crate::failpoints::crash("prepare/recorded");
-        let done = self.apply(&claim.uid, &rec, &inv).and_then(|()| {
+        let done = self.devices.apply(&claim.uid, &rec, &inv).and_then(|()| {
             crate::failpoints::crash("prepare/applied");
             let completed = PreparedClaim {
                 state: ClaimState::PrepareCompleted,
@@ -371,341 +335,77 @@ impl Driver {
             self.save(state)
         });
         if let Err(e) = done {
-            // Undo what was done; the claim was never prepared.
-            let others = shared_by_others(state, &claim.uid);
-            if let Err(undo) = self.release(&rec, &others)
-                && self.holds_anything(&rec, &others)
-            {
-                // What cannot be undone stays recorded, as a preparation
-                // begun: the kubelet's next prepare of the claim completes
-                // it, its unprepare releases it. Dropping the record would
-                // leave `status=1` (or a CDI spec) owned by no claim.
-                state.0.insert(claim.uid.clone(), rec);
-                let kept = self.save(state);
-                warn!(claim = %claim, error = %undo.message, kept = kept.is_ok(), "could not undo a failed preparation; it stays in the checkpoint");
-                return Err(ClaimError::new(
-                    e.reason,
-                    format!(
-                        "{}; undoing it failed too ({}): the claim stays recorded and is released at its unprepare",
-                        e.message, undo.message
-                    ),
-                ));
-            }
-            state.0.remove(&claim.uid);
-            if let Err(save) = self.save(state) {
-                warn!(claim = %claim, error = %save.message, "could not drop the failed claim from the checkpoint");
-            }
-            return Err(e);
+            return Err(self.undo(state, claim, rec, e));
         }
         crate::failpoints::crash("prepare/completed");
         Ok(rec.devices)
     }
 
-    /// From the API's allocation to what this node prepares.
-    fn resolve(
+    /// A claim prepared before: again (a kubelet restart), after a crash
+    /// half-way, or after a reboot or module reload: everything made true again.
+    fn complete(
         &self,
+        state: &mut Claims,
         claim: &ClaimRef,
-        api: &ResourceClaim,
+        rec: PreparedClaim,
         inv: &Inventory,
-        state: &Claims,
         boot: &str,
-    ) -> Result<PreparedClaim, ClaimError> {
-        let (drv, node) = (&self.cfg.driver, &self.cfg.node);
-        let what = format!("ResourceClaim {}/{}", claim.namespace, claim.name);
-        let uid = api.metadata.uid.as_deref().unwrap_or("");
-        if uid != claim.uid {
+    ) -> Result<Vec<PreparedDevice>, ClaimError> {
+        if rec.namespace != claim.namespace || rec.name != claim.name {
             return Err(ClaimError::new(
                 "uid_mismatch",
                 format!(
-                    "{what} has UID {uid}, the kubelet asked for {} (deleted and created again?)",
-                    claim.uid
+                    "claim UID {} is prepared as {}/{}, not {}/{}",
+                    claim.uid, rec.namespace, rec.name, claim.namespace, claim.name
                 ),
             ));
         }
-        let results = api
-            .status
-            .as_ref()
-            .and_then(|s| s.allocation.as_ref())
-            .map(|a| a.devices.as_ref().and_then(|d| d.results.clone()).unwrap_or_default())
-            .ok_or_else(|| ClaimError::new("not_allocated", format!("{what} is not allocated")))?;
-        let ours: Vec<_> = results.iter().filter(|r| &r.driver == drv).collect();
-        if ours.is_empty() {
-            let others: Vec<String> = results
-                .iter()
-                .map(|r| format!("{}/{}/{}", r.driver, r.pool, r.device))
-                .collect();
-            return Err(ClaimError::new(
-                "wrong_driver",
-                format!(
-                    "{what} has no device of driver {drv} (allocated: [{}])",
-                    others.join(", ")
-                ),
-            ));
+        let spec_there = rec.cdi_spec.exists();
+        if rec.state == ClaimState::PrepareCompleted && rec.boot_id == boot && spec_there {
+            debug!(claim = %claim, "already prepared");
+        } else {
+            info!(claim = %claim, state = ?rec.state, same_boot = rec.boot_id == boot, spec_there, "completing an earlier preparation");
         }
-        if let Some(r) = ours.iter().find(|r| &r.pool != node) {
-            return Err(ClaimError::new(
-                "wrong_node",
-                format!(
-                    "{what}: device {} is in pool {}, another node's; this is node {node}",
-                    r.device, r.pool
-                ),
-            ));
-        }
-        let mut devices: Vec<PreparedDevice> = Vec::new();
-        for r in ours {
-            if r.device.is_empty() || r.request.is_empty() {
-                return Err(ClaimError::new(
-                    "invalid",
-                    format!("{what}: an allocation result has an empty device or request"),
-                ));
-            }
-            let f = find_function(inv, &r.device).ok_or_else(|| unknown_device(inv, &r.device))?;
-            let admin = r.admin_access.unwrap_or(false);
-            let share = r.share_id.clone();
-            if let Some(d) = devices
-                .iter_mut()
-                .find(|d| d.device == r.device && d.share_id == share && d.admin_access == admin)
-            {
-                d.requests.push(r.request.clone());
-                continue;
-            }
-            devices.push(PreparedDevice {
-                requests: vec![r.request.clone()],
-                pool: r.pool.clone(),
-                device: r.device.clone(),
-                function: f.name.clone(),
-                physfn: f.physfn.clone(),
-                admin_access: admin,
-                consumed_memory: r
-                    .consumed_capacity
-                    .as_ref()
-                    .and_then(|c| c.get("memory"))
-                    .map(|q| q.0.clone()),
-                share_id: share,
-                cdi_device_id: cdi::qualified_name(drv, &claim.uid, &r.device, r.share_id.as_deref()),
-            });
-        }
-        self.check_exclusive(claim, &devices, state)?;
-        Ok(PreparedClaim {
-            namespace: claim.namespace.clone(),
-            name: claim.name.clone(),
-            state: ClaimState::PrepareStarted,
+        self.devices.apply(&claim.uid, &rec, inv)?;
+        let devices = rec.devices.clone();
+        let updated = PreparedClaim {
+            state: ClaimState::PrepareCompleted,
             boot_id: boot.to_string(),
-            cdi_spec: cdi::spec_path(&self.cfg.cdi_root, drv, &claim.uid),
-            devices,
-        })
-    }
-
-    /// A device goes to one claim at a time (admin access aside), and a PF
-    /// and its VFs never to two claims, nor both to one.
-    fn check_exclusive(&self, claim: &ClaimRef, devices: &[PreparedDevice], state: &Claims) -> Result<(), ClaimError> {
-        let held: Vec<(&String, &PreparedClaim, &PreparedDevice)> = state
-            .0
-            .iter()
-            .flat_map(|(uid, c)| c.devices.iter().map(move |d| (uid, c, d)))
-            .filter(|(uid, _, d)| *uid != &claim.uid && !d.admin_access)
-            .collect();
-        let owner = |c: &PreparedClaim, uid: &str| format!("{}/{} ({uid})", c.namespace, c.name);
-        let exclusive: Vec<&PreparedDevice> = devices.iter().filter(|d| !d.admin_access).collect();
-        for d in &exclusive {
-            for (uid, c, h) in &held {
-                // Two shares of one device (consumable capacity): the
-                // scheduler keeps their sum within the device's memory.
-                let shares = d.share_id.is_some() && h.share_id.is_some() && d.share_id != h.share_id;
-                if h.function == d.function && !shares {
-                    return Err(ClaimError::new(
-                        "conflict",
-                        format!("device {} is already prepared for claim {}", d.device, owner(c, uid)),
-                    ));
-                }
-                if h.physfn.as_deref() == Some(d.function.as_str()) {
-                    return Err(ClaimError::new(
-                        "conflict",
-                        format!(
-                            "PF {} cannot be prepared: its VF {} is prepared for claim {}",
-                            d.device,
-                            h.device,
-                            owner(c, uid)
-                        ),
-                    ));
-                }
-                if d.physfn.as_deref() == Some(h.function.as_str()) {
-                    return Err(ClaimError::new(
-                        "conflict",
-                        format!(
-                            "VF {} cannot be prepared: its PF {} is prepared for claim {}",
-                            d.device,
-                            h.device,
-                            owner(c, uid)
-                        ),
-                    ));
-                }
-            }
-            if let Some(pf) = exclusive
-                .iter()
-                .find(|other| d.physfn.as_deref() == Some(other.function.as_str()))
-            {
-                return Err(ClaimError::new(
-                    "conflict",
-                    format!(
-                        "the claim asks for PF {} and its VF {} together: a PF is exclusive with its VFs",
-                        pf.device, d.device
-                    ),
-                ));
-            }
-            // Read now: the last scan may predate our own last release. (A
-            // device another claim holds a share of is marked already.)
-            let allocated = self.backend.allocated(&d.function).unwrap_or(false);
-            if allocated && !held.iter().any(|(_, _, h)| h.function == d.function) {
-                return Err(ClaimError::new(
-                    "conflict",
-                    format!(
-                        "device {} is marked allocated in {} (status=1) but no claim of this driver holds it: \
-                         something else uses it; {}",
-                        d.device,
-                        self.backend.kind(),
-                        self.backend.free_hint(&d.function)
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Marks a device allocated or free, with the backend's refusals in words.
-    fn set_status(&self, d: &PreparedDevice, allocated: bool) -> Result<(), ClaimError> {
-        let device = &d.device;
-        self.backend.set_allocated(&d.function, allocated).map_err(|e| match e {
-            DeviceError::Gone => ClaimError::new("device_gone", format!("device {device} is gone")),
-            DeviceError::Removing => ClaimError::new("device_gone", format!("device {device} is being removed")),
-            DeviceError::Unhealthy => ClaimError::new(
-                "unhealthy",
-                format!("device {device} is failed (health=failed): the module refuses to allocate it"),
-            ),
-            DeviceError::NotAttached => ClaimError::new(
-                "not_attached",
-                format!(
-                    "device {device} is fabric-attached and not attached (attach): the module refuses to allocate it"
-                ),
-            ),
-            e @ DeviceError::Io { .. } => ClaimError::new(self.backend.kind(), e.to_string()),
-        })
-    }
-
-    /// Marks the devices allocated and writes the claim's CDI spec.
-    fn apply(&self, uid: &str, rec: &PreparedClaim, inv: &Inventory) -> Result<(), ClaimError> {
-        let mut functions = Vec::new();
-        for d in &rec.devices {
-            let f = inv
-                .functions
-                .get(&d.function)
-                .ok_or_else(|| unknown_device(inv, &d.device))?;
-            functions.push(f);
-        }
-        for d in rec.devices.iter().filter(|d| !d.admin_access) {
-            self.set_status(d, true)?;
-        }
-        crate::failpoints::crash("prepare/status-written");
-        let spec = self.spec(uid, rec, &functions);
-        cdi::write_spec(&self.cfg.cdi_root, &rec.cdi_spec, &spec).map_err(|e| ClaimError::new("cdi", e))
-    }
-
-    fn spec(&self, uid: &str, rec: &PreparedClaim, functions: &[&Function]) -> cdi::Spec {
-        let devices = rec
-            .devices
-            .iter()
-            .zip(functions)
-            .map(|(d, f)| cdi::Device {
-                name: cdi::device_name(uid, &d.device, d.share_id.as_deref()),
-                container_edits: cdi::ContainerEdits {
-                    env: [
-                        format!("MOCK_ACCEL_UUID={}", f.uuid),
-                        format!("MOCK_ACCEL_PCI={}", f.pci_address),
-                        format!("MOCK_ACCEL_DEVICE={}", f.name),
-                        format!("MOCK_ACCEL_TYPE={}", f.kind.as_str()),
-                        format!("MOCK_ACCEL_NUMA_NODE={}", f.numa_node),
-                        // The container's share of the memory: what its
-                        // claim consumed, else the whole device's.
-                        format!(
-                            "MOCK_ACCEL_MEMORY={}",
-                            d.consumed_memory
-                                .clone()
-                                .unwrap_or_else(|| crate::slices::bytes_quantity(f.memory_bytes))
-                        ),
-                    ]
-                    .into_iter()
-                    .chain(d.share_id.as_ref().map(|s| format!("MOCK_ACCEL_SHARE_ID={s}")))
-                    .collect(),
-                    device_nodes: vec![cdi::DeviceNode {
-                        path: f.device_node(),
-                        kind: Some("c".into()),
-                        major: f.devnum.map(|(m, _)| m as i64),
-                        minor: f.devnum.map(|(_, n)| n as i64),
-                        permissions: Some(if d.admin_access { "r" } else { "rw" }.into()),
-                        host_path: None,
-                    }],
-                },
-            })
-            .collect();
-        let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
-        let mut spec = cdi::Spec {
-            cdi_version: String::new(),
-            kind: cdi::kind(&self.cfg.driver),
-            devices,
-            container_edits: cdi::ContainerEdits {
-                env: vec![format!("MOCK_ACCEL_DEVICES={}", names.join(","))],
-                device_nodes: vec![],
-            },
+            ..rec.clone()
         };
-        spec.cdi_version = cdi::minimum_version(&spec).to_string();
-        spec
-    }
-
-    /// Frees the devices and removes the spec: all it can, then the first
-    /// error. A device another claim still holds a share of (`others`)
-    /// stays marked allocated: the last share frees it.
-    fn release(&self, rec: &PreparedClaim, others: &HashSet<String>) -> Result<(), ClaimError> {
-        let spec = cdi::remove_spec(&rec.cdi_spec).map_err(|e| ClaimError::new("cdi", e));
-        crate::failpoints::crash("unprepare/spec-removed");
-        let mut first_err = spec.err();
-        for d in rec
-            .devices
-            .iter()
-            .filter(|d| !d.admin_access && !others.contains(&d.function))
-        {
-            // Test-only fault: a write that fails.
-            let freed = if crate::failpoints::fails(&format!("release-status/{}", rec.name)) {
-                Err(ClaimError::new(
-                    self.backend.kind(),
-                    format!("freeing {}: injected fault", d.function),
-                ))
-            } else {
-                self.set_status(d, false)
-            };
-            match freed {
-                Ok(()) => {}
-                // Gone with the device: nothing left to free.
-                Err(e) if e.reason == "device_gone" => {
-                    debug!(device = %d.device, "device gone; nothing to free")
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
+        if updated != rec {
+            state.0.insert(claim.uid.clone(), updated);
+            self.save(state)?;
         }
-        first_err.map_or(Ok(()), Err)
+        Ok(devices)
     }
 
-    /// Whether a device of the claim is still marked allocated, or its CDI
-    /// spec still there (after a release that failed: what it could not
-    /// undo may never have been done).
-    fn holds_anything(&self, rec: &PreparedClaim, others: &HashSet<String>) -> bool {
-        rec.cdi_spec.exists()
-            || rec
-                .devices
-                .iter()
-                .filter(|d| !d.admin_access && !others.contains(&d.function))
-                .any(|d| matches!(self.backend.allocated(&d.function), Ok(true)))
+    /// Undoes a preparation that failed with `e`; the claim was never
+    /// prepared. What cannot be undone stays recorded, as a preparation
+    /// begun: the kubelet's next prepare of the claim completes it, its
+    /// unprepare releases it. Dropping the record would leave `status=1`
+    /// (or a CDI spec) owned by no claim.
+    fn undo(&self, state: &mut Claims, claim: &ClaimRef, rec: PreparedClaim, e: ClaimError) -> ClaimError {
+        let others = policy::shared_by_others(state, &claim.uid);
+        if let Err(undo) = self.devices.release(&rec, &others)
+            && self.devices.holds_anything(&rec, &others)
+        {
+            state.0.insert(claim.uid.clone(), rec);
+            let kept = self.save(state);
+            warn!(claim = %claim, error = %undo.message, kept = kept.is_ok(), "could not undo a failed preparation; it stays in the checkpoint");
+            return ClaimError::new(
+                e.reason,
+                format!(
+                    "{}; undoing it failed too ({}): the claim stays recorded and is released at its unprepare",
+                    e.message, undo.message
+                ),
+            );
+        }
+        state.0.remove(&claim.uid);
+        if let Err(save) = self.save(state) {
+            warn!(claim = %claim, error = %save.message, "could not drop the failed claim from the checkpoint");
+        }
+        e
     }
 
     /// NodeUnprepareResources: undoes exactly what prepare recorded.
@@ -725,7 +425,8 @@ impl Driver {
                 // Never prepared here, or already released.
                 None => Ok(()),
                 Some(rec) => self
-                    .release(&rec, &shared_by_others(&state, &claim.uid))
+                    .devices
+                    .release(&rec, &policy::shared_by_others(&state, &claim.uid))
                     .and_then(|()| {
                         crate::failpoints::crash("unprepare/released");
                         state.0.remove(&claim.uid);
@@ -757,51 +458,4 @@ impl Driver {
         }
         out
     }
-}
-
-fn check_ref(c: &ClaimRef) -> Result<(), ClaimError> {
-    let mut empty = Vec::new();
-    for (field, v) in [("namespace", &c.namespace), ("name", &c.name), ("uid", &c.uid)] {
-        if v.is_empty() {
-            empty.push(field);
-        }
-    }
-    if empty.is_empty() {
-        Ok(())
-    } else {
-        Err(ClaimError::new(
-            "invalid",
-            format!("the claim's {} is empty", empty.join(" and ")),
-        ))
-    }
-}
-
-fn find_function<'a>(inv: &'a Inventory, device: &str) -> Option<&'a Function> {
-    inv.functions.values().find(|f| device_name(&f.name) == device)
-}
-
-fn unknown_device(inv: &Inventory, device: &str) -> ClaimError {
-    if let Some(s) = inv.skipped.iter().find(|s| device_name(&s.name) == device) {
-        return ClaimError::new(
-            "unknown_device",
-            format!("device {device} is on this node but unreadable: {}", s.detail),
-        );
-    }
-    ClaimError::new(
-        "unknown_device",
-        format!("device {device} is not on this node (no such function in sysfs: removed?)"),
-    )
-}
-
-/// The functions other claims than `uid` hold a share of (consumable
-/// capacity): they stay marked allocated while one of those is prepared.
-fn shared_by_others(state: &Claims, uid: &str) -> HashSet<String> {
-    state
-        .0
-        .iter()
-        .filter(|(other, _)| other.as_str() != uid)
-        .flat_map(|(_, c)| c.devices.iter())
-        .filter(|d| d.share_id.is_some() && !d.admin_access)
-        .map(|d| d.function.clone())
-        .collect()
 }

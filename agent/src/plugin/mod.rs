@@ -8,12 +8,15 @@
 //! - [`health`] turns scans into the device health stream;
 //! - [`grpc`] adapts all of it to the kubelet's protos.
 
+mod apply;
 pub mod authority;
 pub mod cdi;
 pub mod checkpoint;
 pub mod driver;
 pub mod grpc;
 pub mod health;
+mod policy;
+mod resolve;
 mod socket;
 pub mod status;
 

@@ -1,0 +1,197 @@
+//! A prepared claim made true on the node, and undone: its devices marked
+//! allocated (or freed) through the backend, its CDI spec written (or
+//! removed). Every step may be repeated: a crash at any point is completed
+//! or undone by the next call.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::cdi;
+use super::checkpoint::{Claims, PreparedClaim, PreparedDevice};
+use super::resolve::{ClaimError, unknown_device};
+use crate::backend::{Backend, DeviceError};
+use crate::claims::ClaimRef;
+use crate::inventory::{Function, Inventory};
+
+/// The node's devices and CDI directory, as the plugin changes them.
+pub(super) struct Devices {
+    pub(super) backend: Arc<dyn Backend>,
+    pub(super) driver: String,
+    pub(super) cdi_root: PathBuf,
+}
+
+impl Devices {
+    /// The devices' own word, read now (the last scan may predate our own
+    /// last release): one marked allocated that no other claim of ours
+    /// holds is something else's. (A device another claim holds a share of
+    /// is marked already.)
+    pub(super) fn check_free(
+        &self,
+        claim: &ClaimRef,
+        devices: &[PreparedDevice],
+        state: &Claims,
+    ) -> Result<(), ClaimError> {
+        let held: Vec<&PreparedDevice> = state
+            .0
+            .iter()
+            .filter(|(uid, _)| *uid != &claim.uid)
+            .flat_map(|(_, c)| c.devices.iter())
+            .filter(|d| !d.admin_access)
+            .collect();
+        for d in devices.iter().filter(|d| !d.admin_access) {
+            let allocated = self.backend.allocated(&d.function).unwrap_or(false);
+            if allocated && !held.iter().any(|h| h.function == d.function) {
+                return Err(ClaimError::new(
+                    "conflict",
+                    format!(
+                        "device {} is marked allocated in {} (status=1) but no claim of this driver holds it: \
+                         something else uses it; {}",
+                        d.device,
+                        self.backend.kind(),
+                        self.backend.free_hint(&d.function)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a device allocated or free, with the backend's refusals in words.
+    pub(super) fn set_status(&self, d: &PreparedDevice, allocated: bool) -> Result<(), ClaimError> {
+        let device = &d.device;
+        self.backend.set_allocated(&d.function, allocated).map_err(|e| match e {
+            DeviceError::Gone => ClaimError::new("device_gone", format!("device {device} is gone")),
+            DeviceError::Removing => ClaimError::new("device_gone", format!("device {device} is being removed")),
+            DeviceError::Unhealthy => ClaimError::new(
+                "unhealthy",
+                format!("device {device} is failed (health=failed): the module refuses to allocate it"),
+            ),
+            DeviceError::NotAttached => ClaimError::new(
+                "not_attached",
+                format!(
+                    "device {device} is fabric-attached and not attached (attach): the module refuses to allocate it"
+                ),
+            ),
+            e @ DeviceError::Io { .. } => ClaimError::new(self.backend.kind(), e.to_string()),
+        })
+    }
+
+    /// Marks the devices allocated and writes the claim's CDI spec.
+    pub(super) fn apply(&self, uid: &str, rec: &PreparedClaim, inv: &Inventory) -> Result<(), ClaimError> {
+        let mut functions = Vec::new();
+        for d in &rec.devices {
+            let f = inv
+                .functions
+                .get(&d.function)
+                .ok_or_else(|| unknown_device(inv, &d.device))?;
+            functions.push(f);
+        }
+        for d in rec.devices.iter().filter(|d| !d.admin_access) {
+            self.set_status(d, true)?;
+        }
+        crate::failpoints::crash("prepare/status-written");
+        let spec = self.spec(uid, rec, &functions);
+        cdi::write_spec(&self.cdi_root, &rec.cdi_spec, &spec).map_err(|e| ClaimError::new("cdi", e))
+    }
+
+    fn spec(&self, uid: &str, rec: &PreparedClaim, functions: &[&Function]) -> cdi::Spec {
+        let devices = rec
+            .devices
+            .iter()
+            .zip(functions)
+            .map(|(d, f)| cdi::Device {
+                name: cdi::device_name(uid, &d.device, d.share_id.as_deref()),
+                container_edits: cdi::ContainerEdits {
+                    env: [
+                        format!("MOCK_ACCEL_UUID={}", f.uuid),
+                        format!("MOCK_ACCEL_PCI={}", f.pci_address),
+                        format!("MOCK_ACCEL_DEVICE={}", f.name),
+                        format!("MOCK_ACCEL_TYPE={}", f.kind.as_str()),
+                        format!("MOCK_ACCEL_NUMA_NODE={}", f.numa_node),
+                        // The container's share of the memory: what its
+                        // claim consumed, else the whole device's.
+                        format!(
+                            "MOCK_ACCEL_MEMORY={}",
+                            d.consumed_memory
+                                .clone()
+                                .unwrap_or_else(|| crate::slices::bytes_quantity(f.memory_bytes))
+                        ),
+                    ]
+                    .into_iter()
+                    .chain(d.share_id.as_ref().map(|s| format!("MOCK_ACCEL_SHARE_ID={s}")))
+                    .collect(),
+                    device_nodes: vec![cdi::DeviceNode {
+                        path: f.device_node(),
+                        kind: Some("c".into()),
+                        major: f.devnum.map(|(m, _)| m as i64),
+                        minor: f.devnum.map(|(_, n)| n as i64),
+                        permissions: Some(if d.admin_access { "r" } else { "rw" }.into()),
+                        host_path: None,
+                    }],
+                },
+            })
+            .collect();
+        let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
+        let mut spec = cdi::Spec {
+            cdi_version: String::new(),
+            kind: cdi::kind(&self.driver),
+            devices,
+            container_edits: cdi::ContainerEdits {
+                env: vec![format!("MOCK_ACCEL_DEVICES={}", names.join(","))],
+                device_nodes: vec![],
+            },
+        };
+        spec.cdi_version = cdi::minimum_version(&spec).to_string();
+        spec
+    }
+
+    /// Frees the devices and removes the spec: all it can, then the first
+    /// error. A device another claim still holds a share of (`others`)
+    /// stays marked allocated: the last share frees it.
+    pub(super) fn release(&self, rec: &PreparedClaim, others: &HashSet<String>) -> Result<(), ClaimError> {
+        let spec = cdi::remove_spec(&rec.cdi_spec).map_err(|e| ClaimError::new("cdi", e));
+        crate::failpoints::crash("unprepare/spec-removed");
+        let mut first_err = spec.err();
+        for d in rec
+            .devices
+            .iter()
+            .filter(|d| !d.admin_access && !others.contains(&d.function))
+        {
+            // Test-only fault: a write that fails.
+            let freed = if crate::failpoints::fails(&format!("release-status/{}", rec.name)) {
+                Err(ClaimError::new(
+                    self.backend.kind(),
+                    format!("freeing {}: injected fault", d.function),
+                ))
+            } else {
+                self.set_status(d, false)
+            };
+            match freed {
+                Ok(()) => {}
+                // Gone with the device: nothing left to free.
+                Err(e) if e.reason == "device_gone" => {
+                    debug!(device = %d.device, "device gone; nothing to free")
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Whether a device of the claim is still marked allocated, or its CDI
+    /// spec still there (after a release that failed: what it could not
+    /// undo may never have been done).
+    pub(super) fn holds_anything(&self, rec: &PreparedClaim, others: &HashSet<String>) -> bool {
+        rec.cdi_spec.exists()
+            || rec
+                .devices
+                .iter()
+                .filter(|d| !d.admin_access && !others.contains(&d.function))
+                .any(|d| matches!(self.backend.allocated(&d.function), Ok(true)))
+    }
+}
