@@ -69,6 +69,53 @@ pub struct Options {
     pub injected: Option<mpsc::Receiver<backend::Trigger>>,
 }
 
+/// What both modes set up before their tasks: metrics, health, the admin
+/// listener and the API clients.
+struct Common {
+    health: Arc<admin::Health>,
+    listener: tokio::net::TcpListener,
+    admin_addr: SocketAddr,
+    clients: api::Clients,
+}
+
+impl Common {
+    async fn setup(args: &Args, api: Option<kube::Config>, node: &str, mode: &'static str) -> anyhow::Result<Common> {
+        let handle = metrics::install();
+        ::metrics::gauge!(metrics::INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => args.driver_name.clone(), "node" => node.to_string(), "mode" => mode).set(1.0);
+        let health = admin::Health::new(handle);
+        let listener = admin::bind(args.admin_address)
+            .await
+            .with_context(|| format!("binding the admin address {}", args.admin_address))?;
+        let admin_addr = listener.local_addr()?;
+        let clients = match api {
+            Some(c) => api::Clients::new(c, args.api_timeout)?,
+            None => api::Clients::infer(args.api_timeout).await?,
+        };
+        Ok(Common {
+            health,
+            listener,
+            admin_addr,
+            clients,
+        })
+    }
+
+    /// The agent, its tasks run by `run` until cancelled.
+    fn spawn<F>(self, run: impl FnOnce(Common, CancellationToken) -> F) -> Agent
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let cancel = CancellationToken::new();
+        let (admin_addr, health) = (self.admin_addr, self.health.clone());
+        let task = tokio::spawn(run(self, cancel.clone()));
+        Agent {
+            admin_addr,
+            health,
+            cancel,
+            task,
+        }
+    }
+}
+
 impl Agent {
     pub async fn start(opts: Options) -> anyhow::Result<Agent> {
         let args = opts.args;
@@ -84,48 +131,14 @@ impl Agent {
             .clone()
             .filter(|n| !n.is_empty())
             .context("the node name is required in node-agent mode: set NODE_NAME or --node-name")?;
-        let handle = metrics::install();
-        ::metrics::gauge!(metrics::INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => args.driver_name.clone(), "node" => node.clone(), "mode" => "node-agent").set(1.0);
-        let health = admin::Health::new(handle);
-        let listener = admin::bind(args.admin_address)
-            .await
-            .with_context(|| format!("binding the admin address {}", args.admin_address))?;
-        let admin_addr = listener.local_addr()?;
-        let clients = match opts.api {
-            Some(c) => api::Clients::new(c, args.api_timeout)?,
-            None => api::Clients::infer(args.api_timeout).await?,
-        };
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(
-            args,
-            node,
-            clients,
-            listener,
-            health.clone(),
-            opts.injected,
-            cancel.clone(),
-        ));
-        Ok(Agent {
-            admin_addr,
-            health,
-            cancel,
-            task,
-        })
+        let common = Common::setup(&args, opts.api, &node, "node-agent").await?;
+        let injected = opts.injected;
+        Ok(common.spawn(move |c, cancel| run(args, node, c, injected, cancel)))
     }
 
     async fn start_controller(args: Args, api: Option<kube::Config>) -> anyhow::Result<Agent> {
         let timing = args.leader_timing().map_err(anyhow::Error::msg)?;
-        let handle = metrics::install();
-        ::metrics::gauge!(metrics::INFO, "version" => env!("CARGO_PKG_VERSION"), "driver" => args.driver_name.clone(), "node" => "", "mode" => "controller").set(1.0);
-        let health = admin::Health::new(handle);
-        let listener = admin::bind(args.admin_address)
-            .await
-            .with_context(|| format!("binding the admin address {}", args.admin_address))?;
-        let admin_addr = listener.local_addr()?;
-        let clients = match api {
-            Some(c) => api::Clients::new(c, args.api_timeout)?,
-            None => api::Clients::infer(args.api_timeout).await?,
-        };
+        let common = Common::setup(&args, api, "", "controller").await?;
         let cfg = controller::Config {
             driver: args.driver_name.clone(),
             namespace: args.namespace.clone(),
@@ -134,20 +147,14 @@ impl Agent {
             agent_grace: args.agent_grace_period,
             audit: args.rescan(),
         };
-        let cancel = CancellationToken::new();
-        let (h, c) = (health.clone(), cancel.clone());
-        let task = tokio::spawn(async move {
+        Ok(common.spawn(move |c, cancel| async move {
             let mut tasks = JoinSet::new();
-            tasks.spawn(admin::serve(listener, h.clone(), c.clone()).instrument(info_span!("admin")));
-            tasks.spawn(controller::run(clients, cfg, h.clone(), c.clone()).instrument(info_span!("controller")));
-            supervise(tasks, &h, &c).await
-        });
-        Ok(Agent {
-            admin_addr,
-            health,
-            cancel,
-            task,
-        })
+            tasks.spawn(admin::serve(c.listener, c.health.clone(), cancel.clone()).instrument(info_span!("admin")));
+            tasks.spawn(
+                controller::run(c.clients, cfg, c.health.clone(), cancel.clone()).instrument(info_span!("controller")),
+            );
+            supervise(tasks, &c.health, &cancel).await
+        }))
     }
 
     /// Asks every task to stop and waits for them.
@@ -166,19 +173,27 @@ impl Agent {
     }
 }
 
+type Tasks = JoinSet<anyhow::Result<()>>;
+
+/// The node agent: kernel → backend → events → inventory → publisher,
+/// the kubelet plugin and the binding reporter beside it.
 async fn run(
     args: Args,
     node: String,
-    clients: api::Clients,
-    listener: tokio::net::TcpListener,
-    health: Arc<admin::Health>,
+    common: Common,
     injected: Option<mpsc::Receiver<backend::Trigger>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Common {
+        health,
+        listener,
+        clients,
+        ..
+    } = common;
     let (trigger_tx, trigger_rx) = mpsc::channel(4096);
     let (snap_tx, snap_rx) = mpsc::unbounded_channel();
     let devices: Arc<dyn backend::Backend> = Arc::new(backend::sysfs::Sysfs::new(&args.sysfs_root));
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::new();
 
     tasks.spawn(admin::serve(listener, health.clone(), cancel.clone()).instrument(info_span!("admin")));
     let sources = backend::Sources {
@@ -186,24 +201,8 @@ async fn run(
         ebpf: args.ebpf,
     };
     devices.watch(sources, trigger_tx.clone(), &mut tasks, &cancel);
-    if let Some(mut rx) = injected {
-        let (tx, cancel) = (trigger_tx.clone(), cancel.clone());
-        tasks.spawn(async move {
-            loop {
-                let t = tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    t = rx.recv() => t,
-                };
-                // The injector went away: the other sources go on.
-                let Some(t) = t else {
-                    cancel.cancelled().await;
-                    return Ok(());
-                };
-                if tx.send(t).await.is_err() {
-                    return Ok(());
-                }
-            }
-        });
+    if let Some(rx) = injected {
+        tasks.spawn(forward(rx, trigger_tx.clone(), cancel.clone()));
     }
     drop(trigger_tx);
     // Every scan goes to the publisher, and the newest to the kubelet plugin.
@@ -233,33 +232,7 @@ async fn run(
         .instrument(info_span!("binding")),
     );
     if args.kubelet_plugin {
-        let (plugin_dir, dra) = args.plugin_paths();
-        let inventory_for_health = inventory_rx.clone();
-        let driver = Arc::new(plugin::driver::Driver::new(
-            plugin::driver::Config {
-                driver: args.driver_name.clone(),
-                node: node.clone(),
-                cdi_root: args.cdi_root.clone(),
-                plugin_dir,
-                boot_id_path: args.boot_id_path.clone(),
-                // Always: two pods of a node may run side by side (a rolling
-                // update), with or without POD_UID.
-                cross_pod_lock: true,
-            },
-            devices.clone(),
-            clients.requests.clone(),
-            inventory_rx,
-        ));
-        health.plugin.store(true, Ordering::SeqCst);
-        let plugin = plugin::Plugin {
-            driver,
-            sockets: plugin::Sockets {
-                registration: args.registration_socket(),
-                dra,
-            },
-            health: health.clone(),
-            inventory: inventory_for_health,
-        };
+        let plugin = kubelet_plugin(&args, &node, &devices, &clients, &health, inventory_rx);
         tasks.spawn(plugin.run(cancel.clone()).instrument(info_span!("plugin")));
     } else {
         info!("kubelet plugin off (--kubelet-plugin=false): publishing only");
@@ -275,29 +248,10 @@ async fn run(
         )
         .instrument(info_span!("inventory")),
     );
-    let client_for_heartbeat = clients.requests.clone();
-    tasks.spawn(
-        publisher::run(
-            clients,
-            publisher::Config {
-                driver: args.driver_name.clone(),
-                node: node.clone(),
-                max_devices: args.max_devices_per_slice as usize,
-                counters: args.shared_counters,
-                taints: args.health_taints,
-                shared: args.consumable_capacity,
-                turn: turn::Turn::new(&args.plugin_paths().0, &node, turn::identity(args.pod_uid.as_deref())),
-            },
-            snap_rx,
-            health.clone(),
-            cancel.clone(),
-        )
-        .instrument(info_span!("publisher")),
-    );
     if !args.heartbeat_interval.is_zero() {
         tasks.spawn(
             heartbeat::run(
-                kube::Api::namespaced(client_for_heartbeat, &args.namespace),
+                kube::Api::namespaced(clients.requests.clone(), &args.namespace),
                 args.driver_name.clone(),
                 node.clone(),
                 args.heartbeat_interval,
@@ -306,10 +260,82 @@ async fn run(
             .instrument(info_span!("heartbeat")),
         );
     }
+    let publishing = publisher::Config {
+        driver: args.driver_name.clone(),
+        node: node.clone(),
+        max_devices: args.max_devices_per_slice as usize,
+        counters: args.shared_counters,
+        taints: args.health_taints,
+        shared: args.consumable_capacity,
+        turn: turn::Turn::new(&args.plugin_paths().0, &node, turn::identity(args.pod_uid.as_deref())),
+    };
+    tasks.spawn(
+        publisher::run(clients, publishing, snap_rx, health.clone(), cancel.clone())
+            .instrument(info_span!("publisher")),
+    );
     info!(%node, driver = %args.driver_name, devices = %devices.location(), "node agent started");
     let outcome = supervise(tasks, &health, &cancel).await;
     info!("node agent stopped");
     outcome
+}
+
+/// Injected triggers (tests) join the backend's.
+async fn forward(
+    mut rx: mpsc::Receiver<backend::Trigger>,
+    tx: mpsc::Sender<backend::Trigger>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let t = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            t = rx.recv() => t,
+        };
+        // The injector went away: the other sources go on.
+        let Some(t) = t else {
+            cancel.cancelled().await;
+            return Ok(());
+        };
+        if tx.send(t).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// The kubelet plugin of this node.
+fn kubelet_plugin(
+    args: &Args,
+    node: &str,
+    devices: &Arc<dyn backend::Backend>,
+    clients: &api::Clients,
+    health: &Arc<admin::Health>,
+    inventory: tokio::sync::watch::Receiver<Arc<inventory::Inventory>>,
+) -> plugin::Plugin {
+    let (plugin_dir, dra) = args.plugin_paths();
+    let driver = Arc::new(plugin::driver::Driver::new(
+        plugin::driver::Config {
+            driver: args.driver_name.clone(),
+            node: node.to_string(),
+            cdi_root: args.cdi_root.clone(),
+            plugin_dir,
+            boot_id_path: args.boot_id_path.clone(),
+            // Always: two pods of a node may run side by side (a rolling
+            // update), with or without POD_UID.
+            cross_pod_lock: true,
+        },
+        devices.clone(),
+        clients.requests.clone(),
+        inventory.clone(),
+    ));
+    health.plugin.store(true, Ordering::SeqCst);
+    plugin::Plugin {
+        driver,
+        sockets: plugin::Sockets {
+            registration: args.registration_socket(),
+            dra,
+        },
+        health: health.clone(),
+        inventory,
+    }
 }
 
 /// The first task to end ends them all: by cancellation, or by failure.
