@@ -152,6 +152,36 @@ fn set_attached(flag: &AtomicBool, attached: bool) {
     gauge!(m::EBPF_ATTACHED).set(if attached { 1.0 } else { 0.0 });
 }
 
+/// Follows the module: attaches, detaches or re-attaches the probes as
+/// the state machine says.
+fn follow(state: &mut Attach, probes: &mut Probes, m: ModuleState, attached: &AtomicBool) {
+    let (next, action) = state.on_module(m);
+    *state = next;
+    match action {
+        Action::Attach | Action::Reattach => {
+            probes.detach();
+            match probes.attach() {
+                Ok(()) => {
+                    counter!(m::EBPF_ATTACHES).increment(1);
+                    set_attached(attached, true);
+                    info!(?action, "eBPF probes attached to the module");
+                }
+                Err(e) => {
+                    *state = Attach::Detached;
+                    set_attached(attached, false);
+                    warn!(error = %e, "cannot attach the eBPF probes; uevents alone until the module loads again");
+                }
+            }
+        }
+        Action::Detach => {
+            probes.detach();
+            set_attached(attached, false);
+            info!("module unloaded: eBPF probes detached");
+        }
+        Action::Nothing => {}
+    }
+}
+
 /// Loads the probes, follows the module, and forwards every event.
 pub async fn run(
     tx: mpsc::Sender<Trigger>,
@@ -188,35 +218,8 @@ pub async fn run(
     let mut state = Attach::Detached;
     let mut drops_seen = 0u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let follow = |state: &mut Attach, probes: &mut Probes, m: ModuleState| {
-        let (next, action) = state.on_module(m);
-        *state = next;
-        match action {
-            Action::Attach | Action::Reattach => {
-                probes.detach();
-                match probes.attach() {
-                    Ok(()) => {
-                        counter!(m::EBPF_ATTACHES).increment(1);
-                        set_attached(&attached, true);
-                        info!(?action, "eBPF probes attached to the module");
-                    }
-                    Err(e) => {
-                        *state = Attach::Detached;
-                        set_attached(&attached, false);
-                        warn!(error = %e, "cannot attach the eBPF probes; uevents alone until the module loads again");
-                    }
-                }
-            }
-            Action::Detach => {
-                probes.detach();
-                set_attached(&attached, false);
-                info!("module unloaded: eBPF probes detached");
-            }
-            Action::Nothing => {}
-        }
-    };
     let initial = *module.borrow_and_update();
-    follow(&mut state, &mut probes, initial);
+    follow(&mut state, &mut probes, initial, &attached);
 
     loop {
         tokio::select! {
@@ -227,7 +230,7 @@ pub async fn run(
                     break;
                 }
                 let m = *module.borrow_and_update();
-                follow(&mut state, &mut probes, m);
+                follow(&mut state, &mut probes, m, &attached);
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;

@@ -273,63 +273,9 @@ struct Ctx {
 
 async fn lead(clients: Clients, cfg: Config, health: Arc<Health>, term: CancellationToken) -> anyhow::Result<()> {
     let client = clients.requests;
-    let watches = clients.watches;
     let notify = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
-    let by_driver = watcher::Config::default().fields(&format!("spec.driver={}", cfg.driver));
-    let agent_selector = heartbeat::selector(&cfg.driver);
-    let waits = Arc::new(Mutex::new(Waits::default()));
-    let driver = cfg.driver.clone();
-    let stores = Arc::new(Stores {
-        slices: reflect(
-            &mut tasks,
-            Api::all(watches.clone()),
-            by_driver,
-            "resourceslices",
-            notify.clone(),
-            |_| {},
-            term.clone(),
-        ),
-        claims: reflect(
-            &mut tasks,
-            Api::all(watches.clone()),
-            watcher::Config::default(),
-            "resourceclaims",
-            notify.clone(),
-            {
-                let waits = waits.clone();
-                move |ev| waits.lock().unwrap().observe(ev, &driver)
-            },
-            term.clone(),
-        ),
-        classes: reflect(
-            &mut tasks,
-            Api::all(watches.clone()),
-            watcher::Config::default(),
-            "deviceclasses",
-            notify.clone(),
-            |_| {},
-            term.clone(),
-        ),
-        nodes: reflect(
-            &mut tasks,
-            Api::all(watches.clone()),
-            watcher::Config::default(),
-            "nodes",
-            notify.clone(),
-            |_| {},
-            term.clone(),
-        ),
-        agents: reflect(
-            &mut tasks,
-            Api::namespaced(watches.clone(), &cfg.namespace),
-            watcher::Config::default().labels(&agent_selector),
-            "leases",
-            notify.clone(),
-            |_| {},
-            term.clone(),
-        ),
-    });
+    let stores = watch_cluster(&mut tasks, clients.watches, &cfg, &notify, &term);
     tokio::select! {
         _ = term.cancelled() => return Ok(()),
         ok = stores.ready() => if !ok { anyhow::bail!("a watch ended before it synced") },
@@ -355,6 +301,80 @@ async fn lead(clients: Clients, cfg: Config, health: Arc<Health>, term: Cancella
         term: term.clone(),
         cfg,
     };
+    reconcile(&ctx, &stores, &seen, &notify).await;
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// The caches the leader plans from, each fed by a watch task in `tasks`
+/// that pokes `notify` on every change.
+fn watch_cluster(
+    tasks: &mut JoinSet<()>,
+    watches: kube::Client,
+    cfg: &Config,
+    notify: &Arc<Notify>,
+    term: &CancellationToken,
+) -> Arc<Stores> {
+    let by_driver = watcher::Config::default().fields(&format!("spec.driver={}", cfg.driver));
+    let agent_selector = heartbeat::selector(&cfg.driver);
+    let waits = Arc::new(Mutex::new(Waits::default()));
+    let driver = cfg.driver.clone();
+    Arc::new(Stores {
+        slices: reflect(
+            tasks,
+            Api::all(watches.clone()),
+            by_driver,
+            "resourceslices",
+            notify.clone(),
+            |_| {},
+            term.clone(),
+        ),
+        claims: reflect(
+            tasks,
+            Api::all(watches.clone()),
+            watcher::Config::default(),
+            "resourceclaims",
+            notify.clone(),
+            {
+                let waits = waits.clone();
+                move |ev| waits.lock().unwrap().observe(ev, &driver)
+            },
+            term.clone(),
+        ),
+        classes: reflect(
+            tasks,
+            Api::all(watches.clone()),
+            watcher::Config::default(),
+            "deviceclasses",
+            notify.clone(),
+            |_| {},
+            term.clone(),
+        ),
+        nodes: reflect(
+            tasks,
+            Api::all(watches.clone()),
+            watcher::Config::default(),
+            "nodes",
+            notify.clone(),
+            |_| {},
+            term.clone(),
+        ),
+        agents: reflect(
+            tasks,
+            Api::namespaced(watches.clone(), &cfg.namespace),
+            watcher::Config::default().labels(&agent_selector),
+            "leases",
+            notify.clone(),
+            |_| {},
+            term.clone(),
+        ),
+    })
+}
+
+/// Plans and acts on every change (folded into passes at most every
+/// PASS_GAP), when a heartbeat outlives its grace, and audits from the
+/// API every `audit`, until the term ends.
+async fn reconcile(ctx: &Ctx, stores: &Stores, seen: &Mutex<fleet::Seen>, notify: &Notify) {
     let mut audit = ctx.cfg.audit.map(|p| {
         let mut t = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -369,7 +389,7 @@ async fn lead(clients: Clients, cfg: Config, health: Arc<Health>, term: Cancella
             && !gap.is_zero()
         {
             tokio::select! {
-                _ = term.cancelled() => break,
+                _ = ctx.term.cancelled() => break,
                 _ = tokio::time::sleep(gap) => {}
             }
         }
@@ -386,23 +406,21 @@ async fn lead(clients: Clients, cfg: Config, health: Arc<Health>, term: Cancella
             )
         };
         if !todo.is_empty() {
-            execute(&ctx, todo, false).await;
+            execute(ctx, todo, false).await;
         }
         // Wake for the next heartbeat to outlive its grace, a change, or the audit.
         let wake = deadline
             .map(|t| Duration::from_millis((t.as_millisecond() - now.as_millisecond()).max(0) as u64 + 50))
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
-            _ = term.cancelled() => break,
+            _ = ctx.term.cancelled() => break,
             _ = notify.notified() => {}
             _ = tokio::time::sleep(wake) => {}
             _ = async { match audit.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
-                run_audit(&ctx, &stores, &seen).await;
+                run_audit(ctx, stores, seen).await;
             }
         }
     }
-    tasks.shutdown().await;
-    Ok(())
 }
 
 /// Lists again from the API (not the caches), fixes what is wrong, and
