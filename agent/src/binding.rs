@@ -39,9 +39,10 @@ use tracing::{info, warn};
 use crate::backend::Backend;
 use crate::claims::ClaimRef;
 use crate::claims::status::{self, DeviceKey};
+use crate::claims::status::{ATTACH_FAILED_CONDITION, ATTACHED_CONDITION};
 use crate::inventory::{Attach, Inventory};
 use crate::metrics as m;
-use crate::slices::{ATTACH_FAILED_CONDITION, ATTACHED_CONDITION, device_name};
+use crate::slices::device_name;
 
 /// How the attach of an allocated device ended, as reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

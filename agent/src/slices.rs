@@ -39,6 +39,7 @@ use k8s_openapi::api::resource::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
+use crate::claims::status::{ATTACH_FAILED_CONDITION, ATTACHED_CONDITION};
 use crate::inventory::{Function, Health, Inventory, Kind};
 
 /// The most devices a slice may hold (resource.k8s.io/v1).
@@ -187,14 +188,6 @@ fn int(i: i64) -> DeviceAttribute {
         ..Default::default()
     }
 }
-
-/// The binding condition of a fabric-attached device (KEP-5007): the
-/// scheduler binds a pod to it only once the claim's device status says
-/// `FabricAttached` is True, and gives the allocation up (and tries again)
-/// when `FabricAttachFailed` is. The node agent reports both
-/// (`crate::binding`).
-pub const ATTACHED_CONDITION: &str = "FabricAttached";
-pub const ATTACH_FAILED_CONDITION: &str = "FabricAttachFailed";
 
 /// The device a function is published as. Unqualified attribute names
 /// belong to the driver's domain; `resource.kubernetes.io/` ones are the

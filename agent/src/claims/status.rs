@@ -12,6 +12,17 @@ use kube::api::{Api, PostParams};
 
 use super::ClaimRef;
 
+/// The condition of a prepared device (the kubelet plugin's).
+pub const READY: &str = "Ready";
+
+/// The binding condition of a fabric-attached device (KEP-5007): the
+/// scheduler binds a pod to it only once the claim's device status says
+/// `FabricAttached` is True, and gives the allocation up (and tries again)
+/// when `FabricAttachFailed` is. The node agent reports both
+/// (`crate::binding`).
+pub const ATTACHED_CONDITION: &str = "FabricAttached";
+pub const ATTACH_FAILED_CONDITION: &str = "FabricAttachFailed";
+
 /// A device of a claim as its status names it: pool, device, and the share
 /// of a device several claims hold (the API requires it to match).
 pub type DeviceKey = (String, String, Option<String>);

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use super::checkpoint::{Checkpoint, ClaimState};
 use crate::claims::ClaimRef;
-use crate::claims::status::{DeviceKey, condition, set_condition, write_devices};
+use crate::claims::status::{DeviceKey, READY, condition, set_condition, write_devices};
 use crate::metrics as m;
 
 /// A claim whose preparation on this node changed.
@@ -66,9 +66,6 @@ fn prepared_now(checkpoint: &Checkpoint, uid: &str) -> Result<Vec<DeviceKey>, ku
         })
         .unwrap_or_default())
 }
-
-/// The condition of a prepared device.
-pub const READY: &str = "Ready";
 
 /// `status.devices` with `Ready` on exactly `devices` of ours on this node
 /// (others' entries and other conditions kept).
