@@ -315,7 +315,12 @@ impl Driver {
                 ));
             }
         };
-        let rec = resolve::resolve(&self.cfg, claim, &api_claim, &inv, boot)?;
+        let here = resolve::Here {
+            driver: &self.cfg.driver,
+            node: &self.cfg.node,
+            cdi_root: &self.cfg.cdi_root,
+        };
+        let rec = resolve::resolve(&here, claim, &api_claim, &inv, boot)?;
         policy::check_exclusive(claim, &rec.devices, state)?;
         self.devices.check_free(claim, &rec.devices, state)?;
         // Record first: a crash from here on is completed or undone later.

@@ -5,7 +5,6 @@ use k8s_openapi::api::resource::v1::ResourceClaim;
 
 use super::cdi;
 use super::checkpoint::{ClaimState, PreparedClaim, PreparedDevice};
-use super::driver::Config;
 use crate::claims::ClaimRef;
 use crate::inventory::{Function, Inventory};
 use crate::slices::device_name;
@@ -28,14 +27,22 @@ impl ClaimError {
 }
 
 /// From the API's allocation to what this node prepares.
+/// Where a claim is prepared: this driver, on this node, its CDI spec
+/// under `cdi_root`.
+pub(super) struct Here<'a> {
+    pub(super) driver: &'a str,
+    pub(super) node: &'a str,
+    pub(super) cdi_root: &'a std::path::Path,
+}
+
 pub(super) fn resolve(
-    cfg: &Config,
+    here: &Here,
     claim: &ClaimRef,
     api: &ResourceClaim,
     inv: &Inventory,
     boot: &str,
 ) -> Result<PreparedClaim, ClaimError> {
-    let (drv, node) = (&cfg.driver, &cfg.node);
+    let (drv, node) = (here.driver, here.node);
     let what = format!("ResourceClaim {}/{}", claim.namespace, claim.name);
     let uid = api.metadata.uid.as_deref().unwrap_or("");
     if uid != claim.uid {
@@ -53,7 +60,7 @@ pub(super) fn resolve(
         .and_then(|s| s.allocation.as_ref())
         .map(|a| a.devices.as_ref().and_then(|d| d.results.clone()).unwrap_or_default())
         .ok_or_else(|| ClaimError::new("not_allocated", format!("{what} is not allocated")))?;
-    let ours: Vec<_> = results.iter().filter(|r| &r.driver == drv).collect();
+    let ours: Vec<_> = results.iter().filter(|r| r.driver == drv).collect();
     if ours.is_empty() {
         let others: Vec<String> = results
             .iter()
@@ -67,7 +74,7 @@ pub(super) fn resolve(
             ),
         ));
     }
-    if let Some(r) = ours.iter().find(|r| &r.pool != node) {
+    if let Some(r) = ours.iter().find(|r| r.pool != node) {
         return Err(ClaimError::new(
             "wrong_node",
             format!(
@@ -115,7 +122,7 @@ pub(super) fn resolve(
         name: claim.name.clone(),
         state: ClaimState::PrepareStarted,
         boot_id: boot.to_string(),
-        cdi_spec: cdi::spec_path(&cfg.cdi_root, drv, &claim.uid),
+        cdi_spec: cdi::spec_path(here.cdi_root, drv, &claim.uid),
         devices,
     })
 }
