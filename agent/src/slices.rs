@@ -511,6 +511,21 @@ pub struct Plan {
     pub generation: i64,
 }
 
+/// The write that makes `have` (if any) what we `want`, keeping what
+/// others added to its metadata.
+fn update(mut want: ResourceSlice, have: Option<&ResourceSlice>) -> Write {
+    let Some(have) = have else {
+        return Write::Create(want);
+    };
+    want.metadata.resource_version = have.metadata.resource_version.clone();
+    let mut labels = have.metadata.labels.clone().unwrap_or_default();
+    labels.extend(want.metadata.labels.take().unwrap_or_default());
+    want.metadata.labels = Some(labels);
+    want.metadata.annotations = have.metadata.annotations.clone();
+    want.metadata.finalizers = have.metadata.finalizers.clone();
+    Write::Update(want)
+}
+
 /// The fewest writes that make `existing` (this publisher's slices as the
 /// API holds them) say `desired`. `min_generation` is the last generation
 /// this process wrote: it never goes back.
@@ -572,22 +587,6 @@ pub fn plan(
             generation: current,
         };
     }
-    let update = |want: ResourceSlice, have: Option<&ResourceSlice>| -> Write {
-        match have {
-            Some(have) => {
-                let mut want = want;
-                want.metadata.resource_version = have.metadata.resource_version.clone();
-                // Keep what others added to the metadata.
-                let mut labels = have.metadata.labels.clone().unwrap_or_default();
-                labels.extend(want.metadata.labels.take().unwrap_or_default());
-                want.metadata.labels = Some(labels);
-                want.metadata.annotations = have.metadata.annotations.clone();
-                want.metadata.finalizers = have.metadata.finalizers.clone();
-                Write::Update(want)
-            }
-            None => Write::Create(want),
-        }
-    };
     // Changed in place, the layout unchanged: no new generation. That is
     // at most one device slice (no device moves between slices) and at
     // most one counters slice (a PF's set added or removed; no set moves

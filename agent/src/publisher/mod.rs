@@ -85,19 +85,7 @@ pub async fn run(
     gauge!(m::CONSUMABLE_CAPACITY).set(if cfg.shared { 1.0 } else { 0.0 });
     gauge!(m::HEALTH_FLAPPING).set(0.0);
     info!(node = %cfg.node, driver = %cfg.driver, "publishing this node's pool");
-    let nodes: Api<Node> = Api::all(clients.watches.clone());
-    let mut node_watch = watcher(
-        nodes,
-        watcher::Config::default().fields(&format!("metadata.name={}", cfg.node)),
-    )
-    .default_backoff()
-    .boxed();
-    let mut watch = watcher(
-        Api::<ResourceSlice>::all(clients.watches),
-        watcher::Config::default().fields(&publisher.field_selector()),
-    )
-    .default_backoff()
-    .boxed();
+    let (mut node_watch, mut watch) = watches(&clients, &cfg.node, &publisher);
     let api: Api<ResourceSlice> = Api::all(clients.requests);
     let mut state = State::new(publisher);
     loop {
@@ -166,6 +154,26 @@ pub async fn run(
             }
         }
     }
+}
+
+type Watch<K> = futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+
+/// This node's Node, and our slices of it.
+fn watches(clients: &Clients, node: &str, publisher: &Publisher) -> (Watch<Node>, Watch<ResourceSlice>) {
+    let nodes: Api<Node> = Api::all(clients.watches.clone());
+    let node_watch = watcher(
+        nodes,
+        watcher::Config::default().fields(&format!("metadata.name={node}")),
+    )
+    .default_backoff()
+    .boxed();
+    let slices = watcher(
+        Api::<ResourceSlice>::all(clients.watches.clone()),
+        watcher::Config::default().fields(&publisher.field_selector()),
+    )
+    .default_backoff()
+    .boxed();
+    (node_watch, slices)
 }
 
 /// A newer agent pod of this node asked to publish: this one stops for good.
