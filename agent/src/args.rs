@@ -73,6 +73,11 @@ pub struct Args {
         hide = true
     )]
     pub boot_id_path: PathBuf,
+    /// Prints the crash points (`failpoints.rs`) a prepare and an unprepare
+    /// reach, in order, one line each, and exits (the fault scenarios read
+    /// them from here).
+    #[arg(long, hide = true)]
+    pub print_failpoints: bool,
     /// Safety-net rescan period ("30s", "5m"); 0 turns it off. Uevents drive
     /// publishing; this only catches what they could not.
     #[arg(long, env = "RESCAN_INTERVAL", default_value = "30s", value_parser = parse_duration)]

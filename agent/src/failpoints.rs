@@ -10,6 +10,25 @@
 
 use anyhow::{Context, bail};
 
+/// The crash points a prepare reaches, in order (an atomic write: the
+/// checkpoint's record, then the CDI spec): the one list, which the fault
+/// scenarios read (`mock-accel-agent --print-failpoints`).
+pub const PREPARE: &[&str] = &[
+    "prepare/recorded",
+    "prepare/status-written",
+    "atomic-write/before-rename",
+    "prepare/applied",
+    "prepare/completed",
+];
+
+/// The crash points an unprepare reaches, in order.
+pub const UNPREPARE: &[&str] = &[
+    "unprepare/spec-removed",
+    "unprepare/released",
+    "atomic-write/before-rename",
+    "unprepare/saved",
+];
+
 /// Dies here, at once and by SIGKILL, when the failpoint `name` is set.
 pub fn crash(name: &str) {
     let _ = name; // unused where the build has no failpoints
@@ -70,6 +89,25 @@ fn set(spec: &str, compiled_in: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every crash point the code has is in the lists, and every listed one
+    /// is in the code.
+    #[test]
+    fn the_lists_name_every_crash_point() {
+        let sources = [
+            include_str!("plugin/driver.rs"),
+            include_str!("plugin/apply.rs"),
+            include_str!("plugin/cdi.rs"),
+        ]
+        .concat();
+        let used: std::collections::BTreeSet<&str> = sources
+            .split("crate::failpoints::crash(\"")
+            .skip(1)
+            .map(|rest| &rest[..rest.find('"').unwrap()])
+            .collect();
+        let listed: std::collections::BTreeSet<&str> = PREPARE.iter().chain(UNPREPARE).copied().collect();
+        assert_eq!(used, listed);
+    }
 
     #[test]
     fn a_build_without_failpoints_refuses_them_and_bad_ones_are_refused() {

@@ -7,6 +7,11 @@ use tokio::signal::unix::{SignalKind, signal};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.print_failpoints {
+        println!("prepare: {}", failpoints::PREPARE.join(" "));
+        println!("unprepare: {}", failpoints::UNPREPARE.join(" "));
+        return Ok(());
+    }
     init_tracing(&args);
     failpoints::from_env()?;
     if args.mode == Mode::Check {

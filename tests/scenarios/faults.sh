@@ -17,12 +17,22 @@ drv=mock-accel.example.com
 cdi=/var/run/cdi
 plugdir=/var/lib/kubelet/plugins/$drv
 flap_seconds=${FLAP_SECONDS:-10}
+# The crash points, in the order prepare and unprepare reach them, as the
+# agent lists them (its failpoints.rs): all, or prepare's second and third
+# (the status write, the spec's atomic write) and unprepare's second.
+failpoints=$(mock-accel-agent --print-failpoints)
+all_prepare=$(echo "$failpoints" | sed -n 's/^prepare: //p')
+all_unprepare=$(echo "$failpoints" | sed -n 's/^unprepare: //p')
+words() { echo $#; }
+[ "$(words $all_prepare)" = 5 ] && [ "$(words $all_unprepare)" = 4 ] \
+    || not_ok "the agent lists 5 prepare and 4 unprepare crash points: $failpoints"
+status_written=$(echo $all_prepare | cut -d' ' -f2)
 if [ "${ALL_POINTS:-0}" = 1 ]; then
-    prepare_points="prepare/recorded prepare/status-written atomic-write/before-rename prepare/applied prepare/completed"
-    unprepare_points="unprepare/spec-removed unprepare/released atomic-write/before-rename unprepare/saved"
+    prepare_points=$all_prepare
+    unprepare_points=$all_unprepare
 else
-    prepare_points="prepare/status-written atomic-write/before-rename"
-    unprepare_points="unprepare/released"
+    prepare_points=$(echo $all_prepare | cut -d' ' -f2,3)
+    unprepare_points=$(echo $all_unprepare | cut -d' ' -f2)
 fi
 kills=0
 
@@ -118,7 +128,7 @@ done
 
 # A claim killed mid-prepare whose pod is deleted instead: the kubelet
 # unprepares it; the device then goes to another claim, and only to it.
-start_agent prepare/status-written=return
+start_agent $status_written=return
 kills=$((kills + 1))
 c=$(newclaim mock0)
 guest-tool kubelet prepare "$c" >/dev/null 2>&1

@@ -57,7 +57,9 @@ WAIT_INTERVAL=0.5 wait_until 120 has_devices "mock0 mock1 mock2 mock3"
 # retries once the agent is back. Whatever was half-prepared is the
 # device the pod gets, and nothing else is held.
 n=0
-for fp in prepare/recorded prepare/status-written atomic-write/before-rename prepare/applied prepare/completed; do
+# The crash points, in order, as the agent lists them (its failpoints.rs).
+failpoints=$(mock-accel-agent --print-failpoints)
+for fp in $(echo "$failpoints" | sed -n 's/^prepare: //p'); do
     n=$((n + 1))
     # The spec is prepare's second atomic write (the checkpoint's record the first).
     case $fp in atomic-write/*) set_fp="$fp=1*off->return" ;; *) set_fp="$fp=return" ;; esac
@@ -81,7 +83,7 @@ done
 
 # 2. The agent SIGKILLed at each step of unprepare; the kubelet retries.
 n=0
-for fp in unprepare/spec-removed unprepare/released atomic-write/before-rename unprepare/saved; do
+for fp in $(echo "$failpoints" | sed -n 's/^unprepare: //p'); do
     n=$((n + 1))
     pod_with_claim p2-$n
     check_true "$fp: p2-$n Running" wait_running 300 p2-$n
@@ -105,7 +107,7 @@ done
 # 3. The kubelet SIGKILLed mid-prepare (the agent held in prepare for 10 s
 # by a failpoint) and restarted.
 stop agent
-agent 'prepare/recorded=1*sleep(10000)'
+agent "$(echo "$failpoints" | sed -n 's/^prepare: \([^ ]*\).*/\1/p')=1*sleep(10000)"
 pod_with_claim p3
 check_true "prepare under way (recorded in the checkpoint)" wait_until 300 grep -q '"name": "p3"' $checkpoint
 kill -9 "$(cat $LOGS/kubelet.pid)"
