@@ -326,6 +326,16 @@ mod tests {
         Event::Slices(vec![watcher::Event::Init, watcher::Event::InitDone])
     }
 
+    /// A state that knows mock0, the slices and the Node, and the actions
+    /// of the last of those (its first write).
+    fn writing(now: TokioInstant) -> (State, Vec<Action>) {
+        let mut s = state();
+        s.on(scan(&["mock0"]), now);
+        s.on(listed(), now);
+        let actions = s.on(node("uid-1"), now);
+        (s, actions)
+    }
+
     fn writes(actions: &[Action]) -> Option<&Vec<Write>> {
         actions.iter().find_map(|a| match a {
             Action::Write(w) => Some(w),
@@ -356,10 +366,8 @@ mod tests {
     #[test]
     fn a_failed_write_backs_off_and_the_timer_retries() {
         let now = TokioInstant::now();
-        let mut s = state();
-        s.on(scan(&["mock0"]), now);
-        s.on(listed(), now);
-        assert!(writes(&s.on(node("uid-1"), now)).is_some());
+        let (mut s, first) = writing(now);
+        assert!(writes(&first).is_some());
         assert_eq!(s.on(Event::Written(Err(Retry::Later)), now), [Action::Ready(false)]);
         let (retry, _) = s.timers();
         assert!(retry.is_some_and(|t| t > now), "{retry:?}");
@@ -372,10 +380,7 @@ mod tests {
     #[test]
     fn a_dropped_feature_is_given_up_and_planned_again_at_once() {
         let now = TokioInstant::now();
-        let mut s = state();
-        s.on(scan(&["mock0"]), now);
-        s.on(listed(), now);
-        s.on(node("uid-1"), now);
+        let (mut s, _) = writing(now);
         let why = "s-0: devices[].taints was dropped".to_string();
         assert!(
             s.on(Event::Written(Err(Retry::Without(Dropped::Taints, why))), now)
@@ -389,10 +394,7 @@ mod tests {
     #[test]
     fn a_deleted_node_makes_the_agent_unready_and_stops_the_writes() {
         let now = TokioInstant::now();
-        let mut s = state();
-        s.on(scan(&["mock0"]), now);
-        s.on(listed(), now);
-        s.on(node("uid-1"), now);
+        let (mut s, _) = writing(now);
         s.on(Event::Written(Ok(())), now);
         let gone = Event::Node(Box::new(watcher::Event::Delete(Node::default())));
         assert_eq!(s.on(gone, now), [Action::Ready(false)]);
