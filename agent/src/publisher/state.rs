@@ -85,8 +85,9 @@ pub(super) struct State {
     retry_at: Option<TokioInstant>,
     hold_ends: Option<TokioInstant>,
     damper: Damper,
-    /// The plan being written: its generation and what it publishes.
-    writing: Option<(i64, Vec<Content>)>,
+    /// The plan being written: its generation, what it publishes, and how
+    /// many writes it takes.
+    writing: Option<(i64, Vec<Content>, usize)>,
 }
 
 impl State {
@@ -163,19 +164,19 @@ impl State {
             return Some(Action::Ready(true));
         }
         debug!(writes = plan.writes.len(), generation = plan.generation, "publishing");
-        self.writing = Some((plan.generation, desired));
+        self.writing = Some((plan.generation, desired, plan.writes.len()));
         Some(Action::Write(plan.writes))
     }
 
     fn written(&mut self, outcome: Result<(), Retry>, now: TokioInstant) -> Vec<Action> {
-        let Some((generation, desired)) = self.writing.take() else {
+        let Some((generation, desired, writes)) = self.writing.take() else {
             return Vec::new();
         };
         match outcome {
             Ok(()) => {
                 self.generation = generation;
                 self.delays = backoff();
-                self.published(&desired);
+                self.published(&desired, writes);
                 return vec![Action::Ready(true)];
             }
             Err(Retry::Now) => {}
@@ -192,7 +193,7 @@ impl State {
         Vec::new()
     }
 
-    fn published(&mut self, desired: &[Content]) {
+    fn published(&mut self, desired: &[Content], writes: usize) {
         counter!(m::PUBLISHES, "result" => "changed").increment(1);
         gauge!(m::SLICES).set(desired.len() as f64);
         gauge!(m::POOL_GENERATION).set(self.generation as f64);
@@ -208,6 +209,7 @@ impl State {
             slices = desired.len(),
             devices = desired.iter().map(slices::Content::devices).sum::<usize>(),
             generation = self.generation,
+            writes,
             "ResourceSlices published"
         );
     }
