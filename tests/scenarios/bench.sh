@@ -54,9 +54,9 @@ guest-tool http DELETE $api/_mock/requests >/dev/null
 idle=${BENCH_IDLE_SECONDS:-65}
 sleep $idle
 guest-tool http GET $api/_mock/requests | tail -1 >/tmp/idle
-reqs=$(tr ',{}' '\n\n\n' </tmp/idle | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s + 0 }')
-writes=$(tr ',{}' '\n\n\n' </tmp/idle | grep -E '"(create|update|patch|delete)' | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s + 0 }')
-slice_writes=$(tr ',{}' '\n\n\n' </tmp/idle | grep -E '"(create|update|patch|delete) resourceslices' | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s + 0 }')
+reqs=$(guest-tool requests /tmp/idle)
+writes=$(guest-tool requests /tmp/idle --verbs create,update,patch,delete)
+slice_writes=$(guest-tool requests /tmp/idle --verbs create,update,patch,delete --resource resourceslices)
 echo "in ${idle} s: $reqs requests, $writes writes ($slice_writes to ResourceSlices; the rest the 10 s heartbeat Lease) -> $((reqs * 3600 / idle)) requests/hour, $((writes * 3600 / idle)) writes/hour, $((slice_writes * 3600 / idle)) slice writes/hour ($(cat /tmp/idle))"
 
 echo "== storm: all 4 PFs enable all 16 VFs at once (64 VFs, 192 uevents)"
@@ -69,6 +69,6 @@ done
 ms=$(guest-tool wait-devices --api $api --node $node --count 68 --timeout 120)
 wait $writers
 guest-tool http GET $api/_mock/requests | tail -1 >/tmp/storm
-writes=$(tr ',{}' '\n\n\n' </tmp/storm | grep -E '"(create|update|patch|delete)' | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s + 0 }')
+writes=$(guest-tool requests /tmp/storm --verbs create,update,patch,delete)
 slices=$(guest-tool http GET "$api/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3D$node" | grep -o '"resourceSliceCount":[0-9]*' | head -1 | cut -d: -f2)
 echo "converged in $ms ms (from the first write) with $writes slice writes for $slices changed slice(s) ($(cat /tmp/storm))"

@@ -220,8 +220,8 @@ check_true "API back: the hot-plug during the outage is published" guest-tool wa
 check_true "API back: the prepare retried succeeds" retry prepare "$c"
 sleep 20
 guest-tool http GET $api/_mock/requests | tail -1 >/tmp/after
-writes() { tr ',{}' '\n\n\n' <"$1" | grep -E '"(create|update|patch|delete)' | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s + 0 }'; }
-reqs() { tr ',{}' '\n\n\n' <"$1" | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s + 0 }'; }
+writes() { guest-tool requests "$1" --verbs create,update,patch,delete; }
+reqs() { guest-tool requests "$1"; }
 w_after=$(writes /tmp/after)
 check_true "API back: no storm of writes ($w_after in 20 s)" test "$w_after" -le 12
 # Each request retried a few times within a second, then the caller's own
@@ -269,8 +269,8 @@ check "flapping: livez" 200 "$(head -1 /tmp/livez)"
 wait_until 60 sh -c "! guest-tool http GET '$api/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3D$node' | grep -q '$drv/health'"
 check_false "flapping: the final healthy state is published (no taint)" sh -c "guest-tool http GET '$api/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3D$node' | grep -q '$drv/health'"
 guest-tool http GET $api/_mock/requests | tail -1 >/tmp/flap_end
-w=$(tr ',{}' '\n\n\n' </tmp/flap | grep -E '"(update|patch|create) resourceslices' | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s + 0 }')
-w_end=$(tr ',{}' '\n\n\n' </tmp/flap_end | grep -E '"(update|patch|create) resourceslices' | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s + 0 }')
+w=$(guest-tool requests /tmp/flap --verbs update,patch,create --resource resourceslices)
+w_end=$(guest-tool requests /tmp/flap_end --verbs update,patch,create --resource resourceslices)
 # Damped (the agent's flapping.rs): the first changes go out, then the
 # device is held failed until it has been stable for 10 s.
 check_true "flapping: damped, $w slice writes for $flips changes" test "$w" -le 6

@@ -28,8 +28,7 @@ check_true "the kubelet registers the plugin" guest-tool kubelet register
 rss() { awk '/^VmRSS/ { print $2 }' /proc/$agent/status; }
 fds() { ls /proc/$agent/fd | wc -l; }
 slice_writes() {
-    guest-tool http GET $api/_mock/requests | tail -1 | tr ',{}' '\n\n\n' |
-        grep -E '"(create|update|patch|delete) resourceslices' | grep -o '[0-9]*$' | awk '{ s += $1 } END { print s + 0 }'
+    guest-tool http GET $api/_mock/requests | tail -1 | guest-tool requests - --verbs create,update,patch,delete --resource resourceslices
 }
 # One cycle, to warm the agent up (its first claim, its first hot-plug).
 guest-tool wait-devices --api $api --node $node --count 7 --write $bus/new_device "5 1" >/dev/null

@@ -2,12 +2,14 @@
 //!
 //! - `guest-tool uevents [--subsystem S]... [--module M]... [--ready FILE]`
 //!   prints every kernel uevent (netlink group 1) of those subsystems and
-//!   modules, one per line: `ACTION DEVPATH KEY=VALUE...`. It creates FILE
+//!   modules, one per line: `ACTION DEVPATH KEY=VALUE...` (keys sorted;
+//!   the agent's crates: netlink-sys, kobject-uevent). It creates FILE
 //!   once it listens; on SIGTERM it prints what is queued, then exits.
 //! - `guest-tool write FILE VALUE` does one write(2) of VALUE to FILE and
 //!   prints `ok` or the errno name (EINVAL, ERANGE, ...), as sysfs returns it.
 //! - `guest-tool http METHOD URL [BODY]` prints the status and body of one
-//!   plain-HTTP request (the test API server, the agent's admin port).
+//!   plain-HTTP request (the test API server, the agent's admin port) made
+//!   with hyper's client, the one kube builds on.
 //! - `guest-tool wait-devices --api URL --node N --count C [--write F V]`
 //!   does the write (if any), then watches the API until this node's pool is
 //!   consistent and holds C devices, and prints the milliseconds it took.
@@ -21,17 +23,24 @@
 //!   and prints each with its series count or why it has no data;
 //!   `guest-tool promql QUERY` prints an instant query's series, one per
 //!   line: `{label="value",...} VALUE`.
+//! - `guest-tool requests FILE [--verbs V,V] [--resource R]` sums the
+//!   test API server's request counts (`/_mock/requests`) that match.
 //! - `guest-tool node-secrets` makes the node's certificates, kubeconfigs
 //!   and machine ID and writes them in place (node.sh's `node_up`).
 
-use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 #[derive(Parser)]
 #[command(about = "In-guest helper for the mock-device scenarios")]
@@ -138,6 +147,18 @@ enum Cmd {
     /// (`mock_device_testkit::node::secrets`) and write them where the
     /// node's components read them.
     NodeSecrets,
+    /// Sum the counts in the test API server's `/_mock/requests` answer
+    /// (JSON: "VERB RESOURCE" -> count) saved in FILE (- for stdin) that
+    /// match the verbs and the resource; print the sum.
+    Requests {
+        file: String,
+        /// Verbs to count, comma-separated (all when absent).
+        #[arg(long, value_delimiter = ',')]
+        verbs: Vec<String>,
+        /// Count only this resource (e.g. resourceslices).
+        #[arg(long)]
+        resource: Option<String>,
+    },
     /// Write VALUE to FILE in one write(2); print "ok" or the errno name.
     Write {
         file: String,
@@ -165,26 +186,21 @@ enum KubeletCall {
     },
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn main() -> anyhow::Result<()> {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Cmd::Uevents {
             subsystem,
             module,
             ready,
-        } => uevents(&subsystem, &module, ready.as_deref()),
+        } => uevents(&subsystem, &module, ready.as_deref()).await,
         Cmd::Http { method, url, body } => {
-            let (code, text) = http(&method, &url, body.as_deref().unwrap_or(""))?;
+            let (code, text) = http(&method, &url, body.as_deref().unwrap_or("")).await?;
             // A reader that stops early (| head) is not an error.
             let _ = writeln!(std::io::stdout(), "{code}\n{text}");
             std::process::exit(if (200..300).contains(&code) { 0 } else { 1 });
         }
-        Cmd::Slices { api, node } => print_slices(&api, &node),
+        Cmd::Slices { api, node } => print_slices(&api, &node).await,
         Cmd::WaitDevices {
             api,
             node,
@@ -192,18 +208,16 @@ fn main() -> anyhow::Result<()> {
             write,
             timeout,
         } => {
-            let ms = wait_devices(&api, &node, count, write.as_deref(), Duration::from_secs(timeout))?;
+            let ms = wait_devices(&api, &node, count, write.as_deref(), Duration::from_secs(timeout)).await?;
             println!("{ms:.1}");
             Ok(())
         }
         Cmd::Kubelet { registry, api, call } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let ok = rt.block_on(kubelet(&registry, &api, call))?;
+            let ok = kubelet(&registry, &api, call).await?;
             std::process::exit(if ok { 0 } else { 1 });
         }
         Cmd::ApiWrites { count } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (p50, p99) = rt.block_on(api_writes(count))?;
+            let (p50, p99) = api_writes(count).await?;
             println!("{p50:.2} {p99:.2}");
             Ok(())
         }
@@ -213,7 +227,7 @@ fn main() -> anyhow::Result<()> {
             node,
             rate_interval,
         } => {
-            let ok = dashboards(&prometheus, &dir, &node, &rate_interval)?;
+            let ok = dashboards(&prometheus, &dir, &node, &rate_interval).await?;
             std::process::exit(if ok { 0 } else { 1 });
         }
         Cmd::NodeSecrets => {
@@ -227,7 +241,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Promql { prometheus, query } => {
-            let v = prometheus_get(&prometheus, "/api/v1/query", &[("query", &query)])?;
+            let v = prometheus_get(&prometheus, "/api/v1/query", &[("query", &query)]).await?;
             anyhow::ensure!(v["status"] == "success", "{query}: {v}");
             for r in v["data"]["result"].as_array().into_iter().flatten() {
                 let labels: Vec<String> = r["metric"]
@@ -249,8 +263,19 @@ fn main() -> anyhow::Result<()> {
             name,
             devices,
         } => {
-            let uid = create_allocated_claim(&api, &node, &namespace, &class, &driver, &name, &devices)?;
+            let uid = create_allocated_claim(&api, &node, &namespace, &class, &driver, &name, &devices).await?;
             println!("{namespace}/{name}/{uid}");
+            Ok(())
+        }
+        Cmd::Requests { file, verbs, resource } => {
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
+            };
+            let counts: std::collections::BTreeMap<String, u64> =
+                serde_json::from_str(text.trim()).with_context(|| format!("{file}: not a request count: {text}"))?;
+            println!("{}", count_requests(&counts, &verbs, resource.as_deref()));
             Ok(())
         }
         Cmd::Write { file, value } => {
@@ -291,26 +316,24 @@ async fn api_writes(count: usize) -> anyhow::Result<(f64, f64)> {
     Ok((at(0.50), at(0.99)))
 }
 
-fn write_once(file: &str, value: &[u8]) -> Result<(), String> {
-    let path = CString::new(file).map_err(|_| "EINVAL".to_string())?;
-    // SAFETY: plain syscalls on a descriptor this function owns.
-    unsafe {
-        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return Err(errno_name(last_errno()));
-        }
-        let n = libc::write(fd, value.as_ptr().cast(), value.len());
-        let err = last_errno();
-        libc::close(fd);
-        if n < 0 {
-            return Err(errno_name(err));
-        }
-    }
-    Ok(())
+/// The sum of the counts whose key "VERB RESOURCE" has one of VERBS (any
+/// if empty) and RESOURCE (any if none).
+fn count_requests(counts: &std::collections::BTreeMap<String, u64>, verbs: &[String], resource: Option<&str>) -> u64 {
+    counts
+        .iter()
+        .filter(|(key, _)| {
+            let (verb, res) = key.split_once(' ').unwrap_or((key.as_str(), ""));
+            (verbs.is_empty() || verbs.iter().any(|v| v == verb)) && resource.is_none_or(|r| r == res)
+        })
+        .map(|(_, n)| n)
+        .sum()
 }
 
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+/// One write(2) (`File::write` is one call, not a loop) of VALUE to FILE.
+fn write_once(file: &str, value: &[u8]) -> Result<(), String> {
+    let name = |e: std::io::Error| errno_name(e.raw_os_error().unwrap_or(0));
+    let mut f = std::fs::OpenOptions::new().write(true).open(file).map_err(name)?;
+    f.write(value).map(drop).map_err(name)
 }
 
 fn errno_name(errno: i32) -> String {
@@ -337,188 +360,137 @@ fn errno_name(errno: i32) -> String {
     name.to_string()
 }
 
-fn uevents(subsystems: &[String], modules: &[String], ready: Option<&str>) -> anyhow::Result<()> {
-    // SAFETY: socket setup with plain syscalls; every struct is zeroed first.
-    let fd = unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_KOBJECT_UEVENT,
-        );
-        if fd < 0 {
-            bail!("netlink socket: {}", std::io::Error::last_os_error());
-        }
-        let size: libc::c_int = 8 << 20;
+/// The kernel's uevents (netlink group 1), with the socket and parser
+/// crates the agent uses, one line each until SIGTERM or SIGINT; then what
+/// the kernel had queued, so a stop loses nothing already sent.
+async fn uevents(subsystems: &[String], modules: &[String], ready: Option<&str>) -> anyhow::Result<()> {
+    use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket, protocols::NETLINK_KOBJECT_UEVENT};
+    use std::os::fd::AsRawFd;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let mut socket = TokioSocket::new(NETLINK_KOBJECT_UEVENT).context("netlink socket")?;
+    // 8 MiB, above rmem_max (netlink-sys offers only SO_RCVBUF, which the
+    // kernel caps): the scenarios run as root and must see every event.
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: a valid descriptor and an int option of the right size.
+    let set = unsafe {
         libc::setsockopt(
-            fd,
+            socket.socket_ref().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVBUFFORCE,
             (&size as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as u32,
-        );
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as u32,
-        );
-        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-        addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = 1; // the kernel's own events
-        if libc::bind(
-            fd,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        ) < 0
-        {
-            bail!("netlink bind: {}", std::io::Error::last_os_error());
-        }
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        fd
+        )
     };
+    if set < 0 {
+        bail!("SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+    }
+    socket
+        .socket_mut()
+        .bind(&SocketAddr::new(0, 1))
+        .context("netlink bind")?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     if let Some(path) = ready {
         std::fs::write(path, b"").with_context(|| format!("creating {path}"))?;
     }
 
     let mut out = std::io::stdout().lock();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let stopping = STOP.load(Ordering::SeqCst);
-        let flags = if stopping { libc::MSG_DONTWAIT } else { 0 };
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
-        if n < 0 {
-            match last_errno() {
-                libc::EAGAIN | libc::EINTR if stopping => break,
-                libc::EAGAIN | libc::EINTR => continue,
-                libc::ENOBUFS => {
-                    writeln!(out, "ENOBUFS events were lost")?;
-                    continue;
+    // Prints one receive's event; false once the queue is empty.
+    let mut print = |received: std::io::Result<(Vec<u8>, SocketAddr)>| -> anyhow::Result<bool> {
+        match received {
+            Ok((packet, _)) => {
+                if let Some(line) = format_event(&packet, subsystems, modules) {
+                    writeln!(out, "{line}")?;
+                    out.flush()?;
                 }
-                e => bail!("netlink recv: {}", std::io::Error::from_raw_os_error(e)),
             }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => writeln!(out, "ENOBUFS events were lost")?,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => bail!("netlink recv: {e}"),
         }
-        if let Some(line) = format_event(&buf[..n as usize], subsystems, modules) {
-            writeln!(out, "{line}")?;
-            out.flush()?;
+        Ok(true)
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            r = socket.recv_from_full() => { print(r)?; }
         }
     }
-    out.flush()?;
+    // The socket is non-blocking: this ends once the queue is empty.
+    while print(socket.socket_ref().recv_from_full())? {}
     Ok(())
 }
 
-/// `ACTION DEVPATH KEY=VALUE...` if the event passes the filters.
-fn format_event(msg: &[u8], subsystems: &[String], modules: &[String]) -> Option<String> {
-    let text = String::from_utf8_lossy(msg);
-    let mut fields = text.split('\0').filter(|f| !f.is_empty());
-    let (action, devpath) = fields.next()?.split_once('@')?;
-    let props: Vec<&str> = fields.collect();
-    let subsystem = props.iter().find_map(|p| p.strip_prefix("SUBSYSTEM="))?;
-    let keep = if subsystem == "module" {
+/// `ACTION DEVPATH KEY=VALUE...` (keys sorted) if the event passes the
+/// filters; `None` for another subsystem or a packet that is no uevent.
+fn format_event(packet: &[u8], subsystems: &[String], modules: &[String]) -> Option<String> {
+    let ev = kobject_uevent::UEvent::from_netlink_packet(packet).ok()?;
+    let devpath = ev.devpath.to_string_lossy();
+    let keep = if ev.subsystem == "module" {
         modules.iter().any(|m| devpath == format!("/module/{m}"))
     } else {
-        subsystems.is_empty() || subsystems.iter().any(|s| s == subsystem)
+        subsystems.is_empty() || subsystems.contains(&ev.subsystem)
     };
     keep.then(|| {
-        let rest: Vec<&str> = props
+        let mut props: Vec<String> = ev
+            .env
             .iter()
-            .copied()
-            .filter(|p| !p.starts_with("ACTION=") && !p.starts_with("DEVPATH="))
+            .filter(|(k, _)| *k != "ACTION" && *k != "DEVPATH")
+            .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        format!("{action} {devpath} {}", rest.join(" "))
+        props.sort();
+        let action = ev.env.get("ACTION").map_or("?", String::as_str);
+        format!("{action} {devpath} {}", props.join(" "))
     })
 }
 
-/// `http://host:port/path` → (host:port, /path)
-fn split_url(url: &str) -> anyhow::Result<(String, String)> {
-    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    Ok((host.to_string(), path))
+/// The plain-HTTP client of every request here (the test API server, the
+/// agent's admin port, Prometheus): hyper's, which kube builds on.
+fn client() -> &'static Client<HttpConnector, Full<Bytes>> {
+    static CLIENT: OnceLock<Client<HttpConnector, Full<Bytes>>> = OnceLock::new();
+    CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http())
 }
 
-fn send_request(method: &str, url: &str, body: &str) -> anyhow::Result<BufReader<TcpStream>> {
-    send_typed(method, url, "application/json", body)
+/// Sends one request; the response's body is still to be read.
+async fn send(method: &str, url: &str, content_type: &str, body: &str) -> anyhow::Result<Response<Incoming>> {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .with_context(|| format!("{method} {url}"))?;
+    client()
+        .request(request)
+        .await
+        .with_context(|| format!("{method} {url}"))
 }
 
-fn send_typed(method: &str, url: &str, content_type: &str, body: &str) -> anyhow::Result<BufReader<TcpStream>> {
-    let (host, path) = split_url(url)?;
-    let mut conn = TcpStream::connect(&host).with_context(|| format!("connecting to {host}"))?;
-    write!(
-        conn,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    Ok(BufReader::new(conn))
+/// One request with a JSON body (or none); its status and whole body.
+async fn http(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    http_typed(method, url, "application/json", body).await
 }
 
-/// Status line and headers; returns (status, chunked).
-fn read_head(r: &mut BufReader<TcpStream>) -> anyhow::Result<(u16, bool)> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let code = line.split_whitespace().nth(1).context("no status line")?.parse()?;
-    let mut chunked = false;
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        if line.trim().is_empty() {
-            return Ok((code, chunked));
-        }
-        if line.to_ascii_lowercase().starts_with("transfer-encoding: chunked") {
-            chunked = true;
-        }
-    }
-}
-
-/// The next chunk of a chunked body (None at the end).
-fn read_chunk(r: &mut BufReader<TcpStream>) -> anyhow::Result<Option<Vec<u8>>> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let size = usize::from_str_radix(line.trim(), 16).context("bad chunk size")?;
-    let mut buf = vec![0; size + 2];
-    r.read_exact(&mut buf)?;
-    buf.truncate(size);
-    Ok((size > 0).then_some(buf))
-}
-
-fn http(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    read_response(send_request(method, url, body)?)
-}
-
-fn read_response(mut r: BufReader<TcpStream>) -> anyhow::Result<(u16, String)> {
-    let (code, chunked) = read_head(&mut r)?;
-    let mut text = Vec::new();
-    if chunked {
-        while let Some(c) = read_chunk(&mut r)? {
-            text.extend(c);
-        }
-    } else {
-        r.read_to_end(&mut text)?;
-    }
+async fn http_typed(method: &str, url: &str, content_type: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    let response = send(method, url, content_type, body).await?;
+    let code = response.status().as_u16();
+    let text = response.into_body().collect().await?.to_bytes();
     Ok((code, String::from_utf8_lossy(&text).into_owned()))
 }
 
 /// One instant query or API GET against Prometheus, as JSON.
-fn prometheus_get(prometheus: &str, path: &str, params: &[(&str, &str)]) -> anyhow::Result<serde_json::Value> {
+async fn prometheus_get(prometheus: &str, path: &str, params: &[(&str, &str)]) -> anyhow::Result<serde_json::Value> {
     let query = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params)
         .finish();
-    let (code, text) = http("GET", &format!("{prometheus}{path}?{query}"), "")?;
+    let (code, text) = http("GET", &format!("{prometheus}{path}?{query}"), "").await?;
     serde_json::from_str(&text).with_context(|| format!("{code} {text}"))
 }
 
 /// Runs every dashboard query as Grafana would with NODE selected; prints a
 /// line per query; true if each returned data.
-fn dashboards(prometheus: &str, dir: &std::path::Path, node: &str, rate_interval: &str) -> anyhow::Result<bool> {
+async fn dashboards(prometheus: &str, dir: &std::path::Path, node: &str, rate_interval: &str) -> anyhow::Result<bool> {
     use mock_device_testkit::dashboards;
     let mut ok = true;
     // The node variable: `label_values(mock_accel_agent_info, node)`.
@@ -526,7 +498,8 @@ fn dashboards(prometheus: &str, dir: &std::path::Path, node: &str, rate_interval
         prometheus,
         "/api/v1/label/node/values",
         &[("match[]", "mock_accel_agent_info")],
-    )?;
+    )
+    .await?;
     if values["data"] != serde_json::json!([node]) {
         println!("FAILED the node variable offers {} (want [{node:?}])", values["data"]);
         ok = false;
@@ -535,7 +508,7 @@ fn dashboards(prometheus: &str, dir: &std::path::Path, node: &str, rate_interval
     let mut with_data = 0;
     for q in &queries {
         let promql = q.promql(rate_interval, node);
-        match dashboards::judge(&prometheus_get(prometheus, "/api/v1/query", &[("query", &promql)])?) {
+        match dashboards::judge(&prometheus_get(prometheus, "/api/v1/query", &[("query", &promql)]).await?) {
             Ok(n) => {
                 with_data += 1;
                 println!("ok {n} series: {} / {}: {promql}", q.file, q.title);
@@ -551,20 +524,21 @@ fn dashboards(prometheus: &str, dir: &std::path::Path, node: &str, rate_interval
 }
 
 /// The ResourceSliceList of NODE's slices.
-fn node_slices(api: &str, node: &str) -> anyhow::Result<serde_json::Value> {
+async fn node_slices(api: &str, node: &str) -> anyhow::Result<serde_json::Value> {
     let (code, text) = http(
         "GET",
         &format!("{api}/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3D{node}"),
         "",
-    )?;
+    )
+    .await?;
     anyhow::ensure!(code == 200, "listing slices: {code} {text}");
     Ok(serde_json::from_str(&text)?)
 }
 
 /// Devices in NODE's pool if it is consistent (every slice of the newest
 /// generation, as many as the pool says), with the list's resourceVersion.
-fn pool_devices(api: &str, node: &str) -> anyhow::Result<(Option<usize>, String)> {
-    let list = node_slices(api, node)?;
+async fn pool_devices(api: &str, node: &str) -> anyhow::Result<(Option<usize>, String)> {
+    let list = node_slices(api, node).await?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
     let generation = items
         .iter()
@@ -582,7 +556,7 @@ fn pool_devices(api: &str, node: &str) -> anyhow::Result<(Option<usize>, String)
     Ok((consistent.then_some(devices), rv))
 }
 
-fn wait_devices(
+async fn wait_devices(
     api: &str,
     node: &str,
     count: usize,
@@ -596,7 +570,7 @@ fn wait_devices(
         anyhow::bail!("writing {value:?} to {file}: {e}");
     }
     loop {
-        let (devices, rv) = pool_devices(api, node)?;
+        let (devices, rv) = pool_devices(api, node).await?;
         if devices == Some(count) {
             return Ok(start.elapsed().as_secs_f64() * 1000.0);
         }
@@ -606,21 +580,23 @@ fn wait_devices(
         );
         // Wait for the next change to our node's slices, then look again.
         let left = timeout.saturating_sub(start.elapsed()).as_secs().max(1);
-        let mut r = send_request(
+        let watch = send(
             "GET",
             &format!(
                 "{api}/apis/resource.k8s.io/v1/resourceslices?watch=1&resourceVersion={rv}&timeoutSeconds={left}&fieldSelector=spec.nodeName%3D{node}"
             ),
+            "application/json",
             "",
-        )?;
-        let (code, chunked) = read_head(&mut r)?;
-        anyhow::ensure!(code == 200 && chunked, "watch: HTTP {code}");
-        let _ = read_chunk(&mut r)?;
+        )
+        .await?;
+        anyhow::ensure!(watch.status() == 200, "watch: HTTP {}", watch.status());
+        // The first event (or the watch's end at its timeout).
+        let _ = watch.into_body().frame().await.transpose()?;
     }
 }
 
-fn print_slices(api: &str, node: &str) -> anyhow::Result<()> {
-    let list = node_slices(api, node)?;
+async fn print_slices(api: &str, node: &str) -> anyhow::Result<()> {
+    let list = node_slices(api, node).await?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
     let mut out = std::io::stdout().lock();
     if items.is_empty() {
@@ -769,7 +745,7 @@ async fn kubelet(registry: &std::path::Path, api: &str, call: KubeletCall) -> an
 
 /// The claim created, then allocated by a merge patch of its status (what
 /// the scheduler writes); returns its UID.
-fn create_allocated_claim(
+async fn create_allocated_claim(
     api: &str,
     node: &str,
     namespace: &str,
@@ -792,7 +768,7 @@ fn create_allocated_claim(
         "spec": {"devices": {"requests": requests}},
     });
     let base = format!("{api}/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaims");
-    let (code, text) = http("POST", &base, &claim.to_string())?;
+    let (code, text) = http("POST", &base, &claim.to_string()).await?;
     anyhow::ensure!(code == 201, "creating claim {namespace}/{name}: {code} {text}");
     let created: serde_json::Value = serde_json::from_str(&text)?;
     let uid = created["metadata"]["uid"]
@@ -800,12 +776,62 @@ fn create_allocated_claim(
         .context("the created claim has no UID")?
         .to_string();
     let patch = serde_json::json!({"status": {"allocation": {"devices": {"results": results}}}});
-    let (code, text) = read_response(send_typed(
+    let (code, text) = http_typed(
         "PATCH",
         &format!("{base}/{name}/status"),
         "application/merge-patch+json",
         &patch.to_string(),
-    )?)?;
+    )
+    .await?;
     anyhow::ensure!(code == 200, "allocating claim {namespace}/{name}: {code} {text}");
     Ok(uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uevent_prints_action_devpath_and_sorted_keys_when_it_passes_the_filters() {
+        let packet = b"change@/devices/mock-accel/0000:00:01.0/mock-accel/mock1\0ACTION=change\0\
+DEVPATH=/devices/mock-accel/0000:00:01.0/mock-accel/mock1\0SUBSYSTEM=mock-accel\0\
+MOCK_ACCEL_EVENT=health\0SEQNUM=42\0MOCK_ACCEL_HEALTH=failed\0";
+        let keep = |s: &[&str], m: &[&str]| {
+            let own = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+            format_event(packet, &own(s), &own(m))
+        };
+        assert_eq!(
+            keep(&["mock-accel"], &[]).as_deref(),
+            Some(
+                "change /devices/mock-accel/0000:00:01.0/mock-accel/mock1 MOCK_ACCEL_EVENT=health \
+MOCK_ACCEL_HEALTH=failed SEQNUM=42 SUBSYSTEM=mock-accel"
+            )
+        );
+        assert!(keep(&[], &[]).is_some(), "no subsystem filter keeps everything");
+        assert_eq!(keep(&["mem"], &[]), None);
+        assert_eq!(format_event(b"not a uevent", &[], &[]), None);
+
+        let module = b"add@/module/mock_accel\0ACTION=add\0DEVPATH=/module/mock_accel\0SUBSYSTEM=module\0SEQNUM=7\0";
+        assert_eq!(
+            format_event(module, &["mock-accel".into()], &["mock_accel".into()]).as_deref(),
+            Some("add /module/mock_accel SEQNUM=7 SUBSYSTEM=module")
+        );
+        assert_eq!(format_event(module, &["mock-accel".into()], &["other".into()]), None);
+    }
+
+    #[test]
+    fn request_counts_sum_by_verb_and_resource() {
+        let counts: std::collections::BTreeMap<String, u64> = serde_json::from_str(
+            r#"{"create resourceslices":2,"update resourceslices":5,"get resourceslices":9,"update leases":3}"#,
+        )
+        .unwrap();
+        let verbs = |v: &str| v.split(',').map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(count_requests(&counts, &[], None), 19);
+        assert_eq!(count_requests(&counts, &verbs("create,update,patch,delete"), None), 10);
+        assert_eq!(
+            count_requests(&counts, &verbs("create,update,patch,delete"), Some("resourceslices")),
+            7
+        );
+        assert_eq!(count_requests(&counts, &verbs("delete"), None), 0);
+    }
 }
