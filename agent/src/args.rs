@@ -18,6 +18,16 @@ pub enum Mode {
     Check,
 }
 
+/// Where the devices come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Devices {
+    /// The mock-accel kernel module, through its sysfs files.
+    Kernel,
+    /// A user-space model of the module, per node, driven through a control
+    /// socket (`mock-accel-agent ctl`): no module, no privileges.
+    Sim,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -88,9 +98,33 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// Where the module's class devices are.
+    /// Where the devices come from.
+    #[arg(long, env = "DEVICES", value_enum, default_value = "kernel")]
+    pub devices: Devices,
+    /// Where the module's class devices are (`--devices=kernel`).
     #[arg(long, env = "SYSFS_ROOT", default_value = "/sys/class/mock-accel")]
     pub sysfs_root: PathBuf,
+    /// `--devices=sim`: the state directory (devices, identity files, the
+    /// control socket). Somewhere that outlives the agent's pod but not the
+    /// node's boot (a tmpfs on the node); a state of another boot is dropped.
+    #[arg(long, env = "SIM_DIR", default_value = "/run/mock-accel-sim")]
+    pub sim_dir: PathBuf,
+    /// `--devices=sim`: PFs made at start (the module's num_pfs, 0-64).
+    #[arg(long, env = "SIM_PFS", default_value_t = 4)]
+    pub sim_pfs: u32,
+    /// `--devices=sim`: NUMA nodes the PFs spread over (numa_nodes, 1-8).
+    #[arg(long, env = "SIM_NUMA_NODES", default_value_t = 2)]
+    pub sim_numa_nodes: u32,
+    /// `--devices=sim`: VFs a PF may have (max_vfs, 0-64).
+    #[arg(long, env = "SIM_MAX_VFS", default_value_t = 8)]
+    pub sim_max_vfs: u32,
+    /// `--devices=sim`: memory of a PF in MiB (memory_mib).
+    #[arg(long, env = "SIM_MEMORY_MIB", default_value_t = 16384)]
+    pub sim_memory_mib: u64,
+    /// `--devices=sim`: 0, every device local; else fabric-attached, an
+    /// attach taking this many milliseconds (fabric_attach_ms, up to 60000).
+    #[arg(long, env = "SIM_FABRIC_ATTACH_MS", default_value_t = 0)]
+    pub sim_fabric_attach_ms: u32,
     /// Address of /livez, /readyz and /metrics.
     #[arg(long, env = "ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
     pub admin_address: SocketAddr,

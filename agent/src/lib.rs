@@ -177,6 +177,28 @@ type Tasks = JoinSet<anyhow::Result<()>>;
 
 /// The node agent: kernel → backend → events → inventory → publisher,
 /// the kubelet plugin and the binding reporter beside it.
+/// The node's devices, from the backend `--devices` names.
+fn open_devices(args: &Args, node: &str) -> anyhow::Result<Arc<dyn backend::Backend>> {
+    Ok(match args.devices {
+        args::Devices::Kernel => Arc::new(backend::sysfs::Sysfs::new(&args.sysfs_root)),
+        args::Devices::Sim => {
+            let boot_id = std::fs::read_to_string(&args.boot_id_path)
+                .with_context(|| format!("reading the boot ID from {}", args.boot_id_path.display()))?;
+            let params = backend::sim::model::Params {
+                num_pfs: args.sim_pfs,
+                numa_nodes: args.sim_numa_nodes,
+                max_vfs: args.sim_max_vfs,
+                memory_mib: args.sim_memory_mib,
+                fabric_attach_ms: args.sim_fabric_attach_ms,
+            };
+            let sim = backend::sim::Sim::open(&args.sim_dir, node, params, boot_id.trim())
+                .with_context(|| format!("opening the sim's devices in {}", args.sim_dir.display()))?;
+            info!(dir = %args.sim_dir.display(), "devices: the user-space sim (no kernel module)");
+            Arc::new(sim)
+        }
+    })
+}
+
 async fn run(
     args: Args,
     node: String,
@@ -192,7 +214,7 @@ async fn run(
     } = common;
     let (trigger_tx, trigger_rx) = mpsc::channel(4096);
     let (snap_tx, snap_rx) = mpsc::unbounded_channel();
-    let devices: Arc<dyn backend::Backend> = Arc::new(backend::sysfs::Sysfs::new(&args.sysfs_root));
+    let devices = open_devices(&args, &node)?;
     let mut tasks = Tasks::new();
 
     tasks.spawn(admin::serve(listener, health.clone(), cancel.clone()).instrument(info_span!("admin")));

@@ -24,6 +24,7 @@
 
 pub mod accel;
 pub mod apiserver;
+pub mod behaviour;
 pub mod cluster;
 pub mod dashboards;
 #[doc(hidden)]

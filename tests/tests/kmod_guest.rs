@@ -66,8 +66,12 @@ fn on_every_kernel(name: &str, cpus: u32, check: impl Fn(&GuestRun)) {
 fn scenario_on(guest: &Guest, name: &str) -> GuestRun {
     let path = workspace_root().join("tests/scenarios").join(name);
     let script = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    script_on(guest, name, &script)
+}
+
+fn script_on(guest: &Guest, name: &str, script: &str) -> GuestRun {
     let mut run = guest
-        .run(&script)
+        .run(script)
         .unwrap_or_else(|e| panic!("{name} on {}: {e}", guest.kernel().release));
     // A kernel problem logged before the module was loaded is the boot's
     // (`GuestRun::first_kernel_problem_before_module`): said on the real
@@ -81,7 +85,7 @@ fn scenario_on(guest: &Guest, name: &str) -> GuestRun {
             run.kernel_problems().join("\n")
         );
         run = guest
-            .run(&script)
+            .run(script)
             .unwrap_or_else(|e| panic!("{name} on {} (second run): {e}", guest.kernel().release));
     }
     eprintln!(
@@ -245,6 +249,27 @@ impl Event<'_> {
             s.push_str(&format!(" {kind} {value}"));
         }
         s
+    }
+}
+
+/// The module follows the behaviour table (testkit's `behaviour`) that
+/// the agent's user-space sim follows too (agent/tests/sim_behaviour.rs):
+/// each write's errno, each read, each step's uevents.
+#[test]
+fn the_module_follows_the_behaviour_table() {
+    use mock_device_testkit::behaviour;
+    let script = behaviour::guest_script();
+    for g in guests() {
+        eprintln!("the behaviour table on {}", g.kernel().release);
+        let run = script_on(g, "the behaviour table", &script);
+        run.assert_clean(0);
+        if let Err(diffs) = behaviour::check(&behaviour::guest_observed(&run.output)) {
+            panic!(
+                "the module on {} differs from the behaviour table:\n{diffs}\n--- output ---\n{}",
+                g.kernel().release,
+                run.output
+            );
+        }
     }
 }
 

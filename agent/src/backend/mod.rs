@@ -10,10 +10,12 @@
 //! the module writes them ([`sysfs::write_fake_tree`]).
 
 pub mod ebpf;
+pub mod sim;
 pub mod sysfs;
 pub mod uevents;
 
 use std::io;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use kobject_uevent::UEvent;
@@ -21,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::inventory::{Attach, Inventory};
+use crate::inventory::{Attach, Function, Inventory};
 
 /// What a backend did not do, in words the plugin and the binding reporter
 /// turn into a claim's error or a metric.
@@ -88,6 +90,16 @@ impl Trigger {
     }
 }
 
+/// How a container reaches a function (its CDI edits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// The function's character device, at `path` in the container too.
+    CharDevice { path: String, devnum: Option<(u32, u32)> },
+    /// No device node: a read-only file with what reading the device
+    /// would return, mounted at `path`.
+    File { host_path: PathBuf, path: String },
+}
+
 /// Which trigger sources to start (`--uevents`, `--ebpf`).
 #[derive(Debug, Clone, Copy)]
 pub struct Sources {
@@ -99,7 +111,7 @@ pub struct Sources {
 /// blocking (file writes, for sysfs); every method but [`Backend::watch`]
 /// may run on any thread.
 pub trait Backend: Send + Sync + 'static {
-    /// A bounded name for metric labels and reasons: `sysfs`.
+    /// A bounded name for metric labels and reasons: `sysfs`, `sim`.
     fn kind(&self) -> &'static str;
 
     /// Where the devices are, for logs.
@@ -137,6 +149,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whether the provider is there now.
     fn module_state(&self) -> ModuleState;
+
+    /// How a container reaches the function.
+    fn access(&self, f: &Function) -> Access;
 
     /// Starts the sources that say a scan is due, as tasks in `tasks`;
     /// each sends to `tx` until `cancel`.

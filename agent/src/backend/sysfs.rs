@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::uevents::{self, MODULE, SUBSYSTEM};
-use super::{Backend, DeviceError, ModuleState, Sources, Trigger, ebpf};
-use crate::inventory::{self, Attach, Attributes, Inventory, Skipped};
+use super::{Access, Backend, DeviceError, ModuleState, Sources, Trigger, ebpf};
+use crate::inventory::{self, Attach, Attributes, Function, Inventory, Skipped};
 use crate::metrics as m;
 
 /// The module's devices under a class directory: `/sys/class/mock-accel`
@@ -179,6 +179,13 @@ impl Backend for Sysfs {
         ModuleState {
             loaded: self.sys().join("module").join(MODULE).exists(),
             loads: 0,
+        }
+    }
+
+    fn access(&self, f: &Function) -> Access {
+        Access::CharDevice {
+            path: f.device_node(),
+            devnum: f.devnum,
         }
     }
 

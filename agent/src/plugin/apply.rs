@@ -12,7 +12,7 @@ use tracing::debug;
 use super::cdi;
 use super::checkpoint::{Claims, PreparedClaim, PreparedDevice};
 use super::resolve::{ClaimError, unknown_device};
-use crate::backend::{Backend, DeviceError};
+use crate::backend::{Access, Backend, DeviceError};
 use crate::claims::ClaimRef;
 use crate::inventory::{Function, Inventory};
 
@@ -97,6 +97,32 @@ impl Devices {
         cdi::write_spec(&self.cdi_root, &rec.cdi_spec, &spec).map_err(|e| ClaimError::new("cdi", e))
     }
 
+    /// The device node (kernel) or identity file (sim) of a function:
+    /// read-only for admin access.
+    fn access(&self, f: &Function, admin_access: bool) -> cdi::ContainerEdits {
+        match self.backend.access(f) {
+            Access::CharDevice { path, devnum } => cdi::ContainerEdits {
+                device_nodes: vec![cdi::DeviceNode {
+                    path,
+                    kind: Some("c".into()),
+                    major: devnum.map(|(m, _)| m as i64),
+                    minor: devnum.map(|(_, n)| n as i64),
+                    permissions: Some(if admin_access { "r" } else { "rw" }.into()),
+                    host_path: None,
+                }],
+                ..Default::default()
+            },
+            Access::File { host_path, path } => cdi::ContainerEdits {
+                mounts: vec![cdi::Mount {
+                    host_path: host_path.display().to_string(),
+                    container_path: path,
+                    options: ["ro", "nosuid", "nodev", "noexec", "bind"].map(String::from).to_vec(),
+                }],
+                ..Default::default()
+            },
+        }
+    }
+
     fn spec(&self, uid: &str, rec: &PreparedClaim, functions: &[&Function]) -> cdi::Spec {
         let devices = rec
             .devices
@@ -123,14 +149,8 @@ impl Devices {
                     .into_iter()
                     .chain(d.share_id.as_ref().map(|s| format!("MOCK_ACCEL_SHARE_ID={s}")))
                     .collect(),
-                    device_nodes: vec![cdi::DeviceNode {
-                        path: f.device_node(),
-                        kind: Some("c".into()),
-                        major: f.devnum.map(|(m, _)| m as i64),
-                        minor: f.devnum.map(|(_, n)| n as i64),
-                        permissions: Some(if d.admin_access { "r" } else { "rw" }.into()),
-                        host_path: None,
-                    }],
+                    // The module's device node, or the sim's identity file.
+                    ..self.access(f, d.admin_access)
                 },
             })
             .collect();
@@ -141,7 +161,7 @@ impl Devices {
             devices,
             container_edits: cdi::ContainerEdits {
                 env: vec![format!("MOCK_ACCEL_DEVICES={}", names.join(","))],
-                device_nodes: vec![],
+                ..Default::default()
             },
         };
         spec.cdi_version = cdi::minimum_version(&spec).to_string();

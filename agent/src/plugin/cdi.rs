@@ -40,12 +40,26 @@ pub struct ContainerEdits {
     pub env: Vec<String>,
     #[serde(rename = "deviceNodes", default, skip_serializing_if = "Vec::is_empty")]
     pub device_nodes: Vec<DeviceNode>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
 }
 
 impl ContainerEdits {
     fn is_empty(&self) -> bool {
-        self.env.is_empty() && self.device_nodes.is_empty()
+        self.env.is_empty() && self.device_nodes.is_empty() && self.mounts.is_empty()
     }
+}
+
+/// A bind mount (CDI 0.3.0; `type` would need 0.4.0 and is left out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    #[serde(rename = "hostPath")]
+    pub host_path: String,
+    #[serde(rename = "containerPath")]
+    pub container_path: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +202,14 @@ fn validate_edits(e: &ContainerEdits) -> Result<(), String> {
             ));
         }
     }
+    for m in &e.mounts {
+        if !m.container_path.starts_with('/') || !m.host_path.starts_with('/') {
+            return Err(format!(
+                "mount {} -> {}: both paths must be absolute",
+                m.host_path, m.container_path
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -304,6 +326,7 @@ mod tests {
                         permissions: Some("rw".into()),
                         host_path: None,
                     }],
+                    mounts: vec![],
                 },
             }],
             container_edits: ContainerEdits::default(),
