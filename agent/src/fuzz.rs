@@ -19,7 +19,7 @@ use crate::{args, inventory};
 /// directory are called) and its body.
 pub type Target = (&'static str, fn(&[u8]));
 
-pub const TARGETS: [Target; 7] = [
+pub const TARGETS: [Target; 8] = [
     ("uevent", uevent),
     ("device_name", device_name),
     ("sysfs", sysfs_function),
@@ -27,7 +27,65 @@ pub const TARGETS: [Target; 7] = [
     ("checkpoint", checkpoint_file),
     ("cdi_spec", cdi_spec),
     ("probe_event", probe_event),
+    ("sim_control", sim_control),
 ];
+
+/// Requests to the sim's control socket, one per line (`write PATH
+/// VALUE`, `read PATH`, anything else), applied to the model: each is
+/// taken or refused with an errno, and what the model holds stays
+/// something the module could hold.
+pub fn sim_control(data: &[u8]) {
+    use crate::backend::sim::model::{AttachState, MAX_PFS, Model, Params};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let params = Params {
+        num_pfs: 2,
+        max_vfs: 4,
+        fabric_attach_ms: u32::from(text.len() % 2 == 0) * 100,
+        ..Params::default()
+    };
+    let mut m = Model::load(params.clone()).expect("valid parameters");
+    struct Fixed;
+    impl crate::backend::sim::model::Identity for Fixed {
+        fn uuid(&self, _: u32, _: Option<u32>) -> String {
+            "u".into()
+        }
+        fn pci_address(&self, _: u32, _: Option<u32>) -> String {
+            "p".into()
+        }
+    }
+    for line in text.lines().take(256) {
+        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match verb {
+            "write" => {
+                let (path, value) = rest.split_once(' ').unwrap_or((rest, ""));
+                let before = m.clone();
+                if m.write(path, value).is_err() {
+                    assert_eq!(m, before, "a refused write changed the model: {line:?}");
+                }
+            }
+            "read" => {
+                let _ = m.read(rest, &Fixed);
+            }
+            "attach" => {
+                for (name, seq) in m.attaching() {
+                    m.complete_attach(&name, seq);
+                }
+            }
+            _ => {}
+        }
+        for (&pf, p) in &m.pfs {
+            assert!(pf < MAX_PFS && p.vfs.len() as u32 <= p.total_vfs, "{line:?}");
+            for f in std::iter::once(&p.f).chain(&p.vfs) {
+                assert!(f.status <= 1, "{line:?}");
+                assert_eq!(f.attach == AttachState::Local, params.fabric_attach_ms == 0, "{line:?}");
+                assert!(f.memory_size <= params.memory_mib << 20, "{line:?}");
+            }
+        }
+    }
+    let back: Model = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+    assert_eq!(back, m);
+    assert_eq!(m.functions(&Fixed).len(), m.names().len());
+}
 
 /// A netlink uevent packet (udev's or the kernel's): parsed or refused,
 /// and a parsed one goes through the relevance filter and the trigger.
