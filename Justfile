@@ -99,7 +99,7 @@ vm-run script: build
     cargo run -q -p mock-device-testkit --bin guest -- run {{script}}
 
 # Every benchmark: the kubelet plugin's prepare/unprepare latency, the controller at scale, the shared counters' write cost, then the VM benchmarks
-bench: bench-plugin bench-controller bench-counters bench-vm bench-cluster
+bench: bench-plugin bench-controller bench-counters bench-sim bench-vm bench-cluster
 
 # NodePrepareResources/NodeUnprepareResources p50/p99 (1- and 8-device claims), release build
 bench-plugin:
@@ -108,6 +108,11 @@ bench-plugin:
 # ResourceSlice writes per sriov_numvfs change and per PF hot-plug, shared counters off (baseline) and on, counted by the real kube-apiserver (release)
 bench-counters: kube
     cargo run --release -q -p mock-accel-agent --example bench_counters
+
+# The user-space sim (--devices=sim) against the real kube-apiserver on the host, release: device change -> slice p50/p99 against the same run's bare write of the same slice (ratio), agent RSS with 64 devices in sim and kernel mode (BENCH_CHANGES, default 200)
+bench-sim: kube
+    cargo build --release -q -p mock-accel-agent --bin mock-accel-agent
+    cargo run --release -q -p mock-accel-agent --example bench_sim
 
 # The controller at fleet scale (BENCH_NODES, default 500): start to full view, /metrics cost, Node deleted -> slice deleted, idle API load
 bench-controller:

@@ -192,6 +192,11 @@ fn check_cdi_file(path: &Path) -> Value {
             let s = env.as_str().unwrap();
             assert!(s.split_once('=').is_some_and(|(k, _)| !k.is_empty()), "{at}: env {s:?}");
         }
+        for m in e["mounts"].as_array().into_iter().flatten() {
+            keys(m, &["hostPath", "containerPath", "options", "type"], at);
+            assert!(m["hostPath"].as_str().unwrap().starts_with('/'), "{at}: {m}");
+            assert!(m["containerPath"].as_str().unwrap().starts_with('/'), "{at}: {m}");
+        }
         for n in e["deviceNodes"].as_array().into_iter().flatten() {
             keys(n, &node_fields, at);
             assert!(n["path"].as_str().unwrap().starts_with('/'));
@@ -1355,4 +1360,59 @@ async fn a_grpc_c_core_client_is_answered_whatever_its_authority() {
     for l in info {
         assert!(l.contains(&hex("DRAPlugin")) && l.contains(&hex(DRIVER)), "{l}");
     }
+}
+
+/// The sim backend (`--devices=sim`) through the kubelet's calls: a
+/// container gets the CDI env and, in place of the device node, a
+/// read-only bind mount of the function's identity file; the sim's own
+/// refusals (a failed function) reach the kubelet as the module's do.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sim_backend_prepares_with_an_identity_file() {
+    use mock_accel_agent::backend::sim::control;
+    let rig = Rig::new(0, 0).await;
+    let sim_dir = rig.path("sim");
+    let (_agent, _events) = rig
+        .agent(&["--devices=sim", &format!("--sim-dir={}", sim_dir.display()), "--sim-pfs=2"])
+        .await;
+    let kubelet = rig.kubelet().await;
+    let ctl = |line: &'static str| {
+        let socket = sim_dir.join("control.sock");
+        async move { control::request(&socket, line).await.unwrap() }
+    };
+
+    let c1 = rig.claim("c1", &[(DRIVER, NODE, "mock1")]).await;
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c1)).await.unwrap();
+    assert!(out[&c1.uid].is_ok(), "{out:?}");
+    assert_eq!(ctl("read class/mock1/status").await, Ok("1".into()));
+    let spec = check_cdi_file(&rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", c1.uid)));
+    let edits = &spec["devices"][0]["containerEdits"];
+    assert_eq!(edits.get("deviceNodes"), None, "no device node in sim mode: {edits}");
+    let identity = sim_dir.join("dev/mock1");
+    assert_eq!(
+        edits["mounts"],
+        json!([{
+            "hostPath": identity.display().to_string(),
+            "containerPath": "/dev/mock-accel/mock1",
+            "options": ["ro", "nosuid", "nodev", "noexec", "bind"]
+        }])
+    );
+    let env = env_of(&spec, 0);
+    let text = fs::read_to_string(&identity).unwrap();
+    for key in ["MOCK_ACCEL_DEVICE", "MOCK_ACCEL_UUID", "MOCK_ACCEL_PCI", "MOCK_ACCEL_TYPE", "MOCK_ACCEL_NUMA_NODE"] {
+        assert!(text.contains(&format!("{key}={}\n", env[key])), "{key}: {text} vs {env:?}");
+    }
+    assert!(!env["MOCK_ACCEL_PCI"].starts_with("0000:"), "a PCI domain of the node's own: {env:?}");
+
+    // The sim refuses a failed function, as the module does.
+    assert_eq!(ctl("write class/mock0/health failed").await, Ok(String::new()));
+    let c2 = rig.claim("c2", &[(DRIVER, NODE, "mock0")]).await;
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c2)).await.unwrap();
+    let err = out[&c2.uid].clone().unwrap_err();
+    assert!(err.contains("failed"), "{err}");
+    assert_eq!(ctl("read class/mock0/status").await, Ok("0".into()));
+
+    let out = kubelet.unprepare(DraApi::V1, &[c1.clone(), c2.clone()]).await.unwrap();
+    assert!(out.values().all(Result::is_ok), "{out:?}");
+    assert_eq!(ctl("read class/mock1/status").await, Ok("0".into()));
+    assert!(rig.cdi_files().is_empty(), "{:?}", rig.cdi_files());
 }

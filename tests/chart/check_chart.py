@@ -383,6 +383,34 @@ def main():
         check(not (left & gone), f"{sets}: still renders {sorted(left & gone)}")
         print(f"ok: {' '.join(sets)}: {len(docs)} objects, none of {sorted(gone)}")
 
+    # devices.mode=sim: the sim's flags and state directory, no /sys, no
+    # capability, the runtime's seccomp profile; refused beside KMM.
+    docs, _ = render(chart, values_for(["devices.mode=sim", "devices.sim.pfs=8",
+                                        "devices.sim.fabricAttachMs=5000"], []), "mock-device")
+    validate_builtin(docs, "sim")
+    pod = kinds(docs)[("DaemonSet", "mock-accel-node-agent")]["spec"]["template"]["spec"]
+    agent = pod["containers"][0]
+    check_args(agent["args"], {"NODE_NAME": "n", "POD_UID": "u", "POD_NAMESPACE": "ns"}, "sim: node agent")
+    for flag in ["--devices=sim", "--sim-pfs=8", "--sim-numa-nodes=2", "--sim-max-vfs=8", "--sim-memory-mib=16384",
+                 "--sim-fabric-attach-ms=5000"]:
+        check(flag in agent["args"], f"sim: {flag} in {agent['args']}")
+    check(not any(a.startswith("--ebpf") for a in agent["args"]), f"sim: no eBPF flag: {agent['args']}")
+    paths = [v["hostPath"]["path"] for v in pod["volumes"]]
+    check("/sys" not in paths and "/run/mock-accel-sim" in paths, f"sim: volumes {paths}")
+    check({"name": "sim", "mountPath": "/run/mock-accel-sim"} in agent["volumeMounts"], f"sim: mounts {agent['volumeMounts']}")
+    sc = agent["securityContext"]
+    check(sc.get("privileged") is False and sc.get("allowPrivilegeEscalation") is False
+          and sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"},
+          f"sim: securityContext {sc}")
+    check({"name": "SIM_DIR", "value": "/run/mock-accel-sim"} in agent["env"], f"sim: SIM_DIR for ctl: {agent['env']}")
+    print(f"ok: devices.mode=sim: {len(docs)} objects, no /sys, no capability")
+    try:
+        render(chart, values_for(["devices.mode=sim", "kernelModule.enabled=true"], []), "mock-device")
+        check(False, "devices.mode=sim with kernelModule.enabled=true rendered")
+    except helm.HelmError as e:
+        check("devices.mode=sim needs no kernel module" in str(e), f"sim + KMM: {e}")
+        print("ok: devices.mode=sim with KMM refused, saying why")
+
     # The schema refuses mistakes, with a message naming them.
     bad = [
         ("a misspelt key", ["draDriver.controler.enabled=false"], "controler"),
@@ -400,6 +428,9 @@ def main():
         ("an extended resource in kubernetes.io", ["deviceClasses[1].extendedResourceName=kubernetes.io/accel"],
          "extendedResourceName"),
         ("a module parameter without a value", ["kernelModule.parameters={fabric_attach_ms}"], "parameters"),
+        ("a device mode", ["devices.mode=gpu"], "mode"),
+        ("sim VFs above the module's 64", ["devices.sim.maxVfs=65"], "maxVfs"),
+        ("a relative sim state directory", ["devices.sim.stateDir=run/sim"], "stateDir"),
     ]
     for what, sets, word in bad:
         try:

@@ -51,14 +51,14 @@ pub fn states(inv: &Inventory, prepared: &Claims) -> BTreeMap<String, State> {
             device_name(&s.name),
             State {
                 health: HealthStatus::Unknown,
-                message: format!("sysfs unreadable: {}", s.detail),
+                message: format!("unreadable: {}", s.detail),
             },
         );
     }
     for d in prepared.0.values().flat_map(|c| &c.devices) {
         out.entry(d.device.clone()).or_insert_with(|| State {
             health: HealthStatus::Unhealthy,
-            message: "removed: the function is gone from sysfs".into(),
+            message: "removed: the function is gone from the node".into(),
         });
     }
     out

@@ -157,6 +157,6 @@ pub(super) fn unknown_device(inv: &Inventory, device: &str) -> ClaimError {
     }
     ClaimError::new(
         "unknown_device",
-        format!("device {device} is not on this node (no such function in sysfs: removed?)"),
+        format!("device {device} is not on this node (no such function: removed?)"),
     )
 }

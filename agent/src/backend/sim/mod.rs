@@ -192,7 +192,9 @@ impl Sim {
         let mut m = self.inner.model.lock().expect("not poisoned");
         let before = m.attaching();
         let events = m.write(path, value)?;
-        self.changed(&m, events);
+        // Saved even without an event: fail_attach arms silently.
+        self.save_or_warn(&m);
+        self.send(events);
         for started in m.attaching().into_iter().filter(|a| !before.contains(a)) {
             let _ = self.inner.attaches.send(started);
         }
@@ -213,17 +215,20 @@ impl Sim {
     fn complete_attach(&self, name: &str, seq: u64) {
         let mut m = self.inner.model.lock().expect("not poisoned");
         let events = m.complete_attach(name, seq);
-        self.changed(&m, events);
+        if !events.is_empty() {
+            self.save_or_warn(&m);
+            self.send(events);
+        }
     }
 
-    /// After a change: saved, identity files in step, uevents out.
-    fn changed(&self, m: &Model, events: Vec<Event>) {
-        if events.is_empty() {
-            return;
-        }
+    fn save_or_warn(&self, m: &Model) {
         if let Err(e) = self.save(m) {
             warn!(error = %format!("{e:#}"), "cannot save the sim's state: a restart would lose this change");
         }
+    }
+
+    /// A change's uevents, to the watch task.
+    fn send(&self, events: Vec<Event>) {
         let at = Instant::now();
         for ev in events {
             // No receiver (no watch yet) is fine: the first scan sees it all.
@@ -548,6 +553,20 @@ mod tests {
             other.scan().unwrap().functions["mock0"].uuid,
             rebooted.scan().unwrap().functions["mock0"].uuid
         );
+    }
+
+    #[test]
+    fn a_silent_change_is_kept_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = Params {
+            fabric_attach_ms: 10,
+            ..Default::default()
+        };
+        let sim = Sim::open(dir.path(), "n1", params.clone(), "b").unwrap();
+        sim.write("class/mock2/fail_attach", "3").unwrap();
+        drop(sim);
+        let again = Sim::open(dir.path(), "n1", params, "b").unwrap();
+        assert_eq!(again.read("class/mock2/fail_attach").unwrap(), "3\n");
     }
 
     #[test]

@@ -1,0 +1,303 @@
+//! The user-space sim (`--devices=sim`) against the real kube-apiserver
+//! v1.37.2 on the host, release builds, one run:
+//!
+//! 1. a sim change (a PF hot-plugged or removed, through the control socket
+//!    as `mock-accel-agent ctl` sends it) -> the node's slice with the change
+//!    seen on a watch, p50/p99, against the same run's bare API write of the
+//!    same change (the same slice replaced by a client, seen on the same
+//!    kind of watch): the ratio. Hot-plug, not health: health flipping is
+//!    damped by design (flapping.rs);
+//! 2. the agent's resident memory with 64 devices (8 PFs x 7 VFs), in sim
+//!    mode and in kernel mode (on a tree of files the module's shape: the
+//!    module's own kernel memory is not the agent's).
+//!
+//! `just bench-sim`; BENCH_CHANGES (default 200) changes each.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::resource::v1::ResourceSlice;
+use kube::api::{Api, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use mock_accel_agent::backend::sim::control;
+use mock_accel_agent::backend::sysfs::write_fake_tree;
+use mock_device_testkit::cluster::ControlPlane;
+use tokio::sync::mpsc;
+
+const PFS: u32 = 8;
+const VFS: u32 = 7;
+const DEVICES: usize = (PFS * (1 + VFS)) as usize;
+
+/// An agent process (release build), killed when dropped.
+struct AgentProcess(Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl AgentProcess {
+    fn start(kubeconfig: &Path, dir: &Path, node: &str, extra: &[String]) -> anyhow::Result<AgentProcess> {
+        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/mock-accel-agent");
+        anyhow::ensure!(bin.exists(), "{} is missing: `just bench-sim` builds it", bin.display());
+        std::fs::write(dir.join("boot_id"), "bench-boot\n")?;
+        let child = Command::new(bin)
+            .args([
+                format!("--node-name={node}"),
+                "--kubelet-plugin=false".into(),
+                "--admin-address=127.0.0.1:0".into(),
+                format!("--plugin-socket={}", dir.join("plugin").display()),
+                format!("--boot-id-path={}", dir.join("boot_id").display()),
+                "--namespace=default".into(),
+                "--heartbeat-interval=0".into(),
+                "--rescan-interval=0".into(),
+                "--ebpf=false".into(),
+                "--v=0".into(),
+            ])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(AgentProcess(child))
+    }
+
+    /// Resident and peak resident memory, KiB.
+    fn rss(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))?;
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("VmRSS:"), field("VmHWM:")))
+    }
+}
+
+/// Every slice of the watched nodes as it changes, with when it was seen.
+type Seen = mpsc::UnboundedReceiver<(Instant, ResourceSlice)>;
+
+fn watch(slices: Api<ResourceSlice>) -> Seen {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = watcher(slices, watcher::Config::default()).boxed();
+        while let Ok(Some(ev)) = stream.try_next().await {
+            if let watcher::Event::Apply(s) | watcher::Event::InitApply(s) = ev
+                && tx.send((Instant::now(), s)).is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Whether the slice has `device`; `None` for a slice of counters only.
+fn has(s: &ResourceSlice, device: &str) -> Option<bool> {
+    let devices = s.spec.devices.as_ref().filter(|d| !d.is_empty())?;
+    Some(devices.iter().any(|d| d.name == device))
+}
+
+/// Waits for a slice of `node` that has `device` (or not, `want`); when seen.
+async fn seen(rx: &mut Seen, node: &str, device: &str, want: bool) -> anyhow::Result<Instant> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (at, s) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("{node}/{device}: the change was never seen"))?
+            .ok_or_else(|| anyhow::anyhow!("the watch ended"))?;
+        if s.spec.node_name.as_deref() == Some(node) && has(&s, device) == Some(want) {
+            return Ok(at);
+        }
+    }
+}
+
+async fn devices(slices: &Api<ResourceSlice>, node: &str) -> anyhow::Result<usize> {
+    let list = slices
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await?;
+    Ok(list.items.iter().map(|s| s.spec.devices.as_ref().map_or(0, Vec::len)).sum())
+}
+
+async fn wait_devices(slices: &Api<ResourceSlice>, node: &str, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while devices(slices, node).await? != n {
+        anyhow::ensure!(Instant::now() < deadline, "{node}: never published {n} devices");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    (at(0.50), at(0.99))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let changes: usize = std::env::var("BENCH_CHANGES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let cp = tokio::task::spawn_blocking(ControlPlane::start).await??;
+    let kubeconfig = Kubeconfig::read_from(&cp.admin_kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    let client = kube::Client::try_from(config)?;
+    let slices: Api<ResourceSlice> = Api::all(client.clone());
+    for node in ["sim-node", "kernel-node", "bare-node"] {
+        cp.apply(&format!(
+            r#"{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "{node}"}}}}"#
+        ))?;
+    }
+    println!(
+        "The sim against kube-apiserver {} on this host ({changes} changes each)",
+        mock_device_testkit::cluster::VERSION
+    );
+
+    // The sim agent, 64 devices made through its control socket.
+    let sim_dir = tempfile::tempdir()?;
+    let sim = AgentProcess::start(
+        &cp.admin_kubeconfig,
+        sim_dir.path(),
+        "sim-node",
+        &[
+            "--devices=sim".into(),
+            format!("--sim-dir={}", sim_dir.path().join("sim").display()),
+            format!("--sim-pfs={PFS}"),
+            format!("--sim-max-vfs={VFS}"),
+        ],
+    )?;
+    let socket = sim_dir.path().join("sim").join("control.sock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "the sim's control socket never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ctl = |line: String| {
+        let socket = socket.clone();
+        async move {
+            control::request(&socket, &line)
+                .await?
+                .map_err(|e| anyhow::anyhow!("{line}: {e}"))
+        }
+    };
+    for pf in 0..PFS {
+        ctl(format!("write class/mock{pf}/sriov_numvfs {VFS}")).await?;
+    }
+    wait_devices(&slices, "sim-node", DEVICES).await?;
+    let (sim_rss, _) = sim.rss()?;
+
+    // Sim changes: PFs 8..63 hot-plugged, then removed, and again.
+    let mut rx = watch(slices.clone());
+    let spare = 64 - PFS as usize;
+    let change = |i: usize| (PFS as usize + i % spare, (i / spare) % 2 == 0);
+    let mut sim_ms = Vec::with_capacity(changes);
+    for i in 0..changes {
+        let (pf, add) = change(i);
+        let t = Instant::now();
+        ctl(if add {
+            format!("write bus/new_device {pf}")
+        } else {
+            format!("write bus/del_device {pf}")
+        })
+        .await?;
+        let at = seen(&mut rx, "sim-node", &format!("mock{pf}"), add).await?;
+        sim_ms.push(at.duration_since(t).as_secs_f64() * 1000.0);
+    }
+    let (sim_rss_after, sim_hwm) = sim.rss()?;
+
+    // The bare write: the sim's slice of devices, copied to another node,
+    // the same PFs added and removed by a client's replace.
+    let list = slices
+        .list(&ListParams::default().fields("spec.nodeName=sim-node"))
+        .await?;
+    let template = list
+        .items
+        .into_iter()
+        .find(|s| s.spec.devices.as_ref().is_some_and(|d| !d.is_empty()))
+        .ok_or_else(|| anyhow::anyhow!("no slice of devices"))?;
+    let mut bare = ResourceSlice {
+        metadata: kube::api::ObjectMeta {
+            name: Some("bench-bare".into()),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+    };
+    bare.spec.node_name = Some("bare-node".into());
+    bare.spec.pool.name = "bare-node".into();
+    bare.spec.pool.resource_slice_count = 1;
+    let devices = bare.spec.devices.get_or_insert_default();
+    // Only the first PFS PFs and their VFs: the hot-plugged ones go.
+    let pf_of = |name: &str| -> u32 {
+        let digits: String = name.trim_start_matches("mock").chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or(u32::MAX)
+    };
+    devices.retain(|d| pf_of(&d.name) < PFS);
+    let pf0 = devices
+        .iter()
+        .find(|d| d.name == "mock0")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no mock0 to copy"))?;
+    bare = slices.create(&PostParams::default(), &bare).await?;
+    let mut bare_ms = Vec::with_capacity(changes);
+    for i in 0..changes {
+        let (pf, add) = change(i);
+        let name = format!("mock{pf}");
+        let devices = bare.spec.devices.get_or_insert_default();
+        if add {
+            let mut d = pf0.clone();
+            d.name = name.clone();
+            devices.push(d);
+        } else {
+            devices.retain(|d| d.name != name);
+        }
+        let t = Instant::now();
+        bare = slices.replace("bench-bare", &PostParams::default(), &bare).await?;
+        let at = seen(&mut rx, "bare-node", &name, add).await?;
+        bare_ms.push(at.duration_since(t).as_secs_f64() * 1000.0);
+    }
+    drop(sim);
+
+    // The kernel backend with the same 64 devices (files of the module's shape).
+    let kernel_dir = tempfile::tempdir()?;
+    let root = kernel_dir.path().join("sys/class/mock-accel");
+    write_fake_tree(&root, PFS, VFS)?;
+    let kernel = AgentProcess::start(
+        &cp.admin_kubeconfig,
+        kernel_dir.path(),
+        "kernel-node",
+        &[format!("--sysfs-root={}", root.display()), "--uevents=false".into()],
+    )?;
+    wait_devices(&slices, "kernel-node", DEVICES).await?;
+    let (kernel_rss, _) = kernel.rss()?;
+    drop(kernel);
+
+    let (s50, s99) = percentiles(sim_ms);
+    let (b50, b99) = percentiles(bare_ms);
+    println!("{:<58} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+    println!("{:<58} {s50:>9.2} {s99:>9.2}", "sim hot-plug/removal -> slice seen on a watch");
+    println!("{:<58} {b50:>9.2} {b99:>9.2}", "bare replace of the same slice change -> seen on a watch");
+    println!(
+        "{:<58} {:>9.2} {:>9.2}",
+        "ratio (goal <= 2)",
+        s50 / b50,
+        s99 / b99
+    );
+    println!("agent RSS with {DEVICES} devices, published (KiB):");
+    println!("  sim    {sim_rss:>8} (after the {changes} changes {sim_rss_after}, peak {sim_hwm})");
+    println!("  kernel {kernel_rss:>8} (files of the module's shape, no uevents)");
+    println!(
+        "  ratio  {:>8.2}",
+        sim_rss as f64 / kernel_rss as f64
+    );
+    Ok(())
+}
