@@ -137,6 +137,11 @@ faults flap="60": kube build
     MOCK_FAULTS_ALL=1 MOCK_FAULTS_FLAP_SECONDS={{flap}} cargo test -p mock-accel-agent --features failpoints,ebpf --test agent_guest -- --exact the_agent_loses_nothing_under_faults --nocapture
     cargo test -p mock-accel-agent --features failpoints,ebpf --test node_guest -- --ignored --exact the_agent_loses_nothing_under_faults_on_a_real_node --nocapture
 
+# The user-space sim (devices.mode=sim) on the real Kubernetes node in a VM, the module not loaded: the chart under its least privileges, the seed's commands through binding conditions, hot-plug and health through `mock-accel-agent ctl` (tests/scenarios/sim_node.sh)
+sim-node: kube
+    @just builds image
+    cargo test -p mock-accel-agent --features failpoints,ebpf --test node_guest -- --ignored --exact the_sim_on_a_real_node --nocapture
+
 # The soak (tests/scenarios/soak.sh, boots a VM, the image's agent: just agent-image): `hotplugs` hot-plug cycles beside `claims` claim cycles; RSS, descriptors and writes per change printed, leaks checked
 soak hotplugs="1000" claims="200": build agent-image
     MOCK_SOAK_HOTPLUGS={{hotplugs}} MOCK_SOAK_CLAIMS={{claims}} cargo test -p mock-accel-agent --features failpoints,ebpf --test agent_guest -- --exact the_agent_soaks_hotplugs_and_claims --nocapture

@@ -124,7 +124,11 @@ async fn devices(slices: &Api<ResourceSlice>, node: &str) -> anyhow::Result<usiz
     let list = slices
         .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
         .await?;
-    Ok(list.items.iter().map(|s| s.spec.devices.as_ref().map_or(0, Vec::len)).sum())
+    Ok(list
+        .items
+        .iter()
+        .map(|s| s.spec.devices.as_ref().map_or(0, Vec::len))
+        .sum())
 }
 
 async fn wait_devices(slices: &Api<ResourceSlice>, node: &str, n: usize) -> anyhow::Result<()> {
@@ -238,7 +242,11 @@ async fn main() -> anyhow::Result<()> {
     let devices = bare.spec.devices.get_or_insert_default();
     // Only the first PFS PFs and their VFs: the hot-plugged ones go.
     let pf_of = |name: &str| -> u32 {
-        let digits: String = name.trim_start_matches("mock").chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = name
+            .trim_start_matches("mock")
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         digits.parse().unwrap_or(u32::MAX)
     };
     devices.retain(|d| pf_of(&d.name) < PFS);
@@ -284,20 +292,18 @@ async fn main() -> anyhow::Result<()> {
     let (s50, s99) = percentiles(sim_ms);
     let (b50, b99) = percentiles(bare_ms);
     println!("{:<58} {:>9} {:>9}", "", "p50 ms", "p99 ms");
-    println!("{:<58} {s50:>9.2} {s99:>9.2}", "sim hot-plug/removal -> slice seen on a watch");
-    println!("{:<58} {b50:>9.2} {b99:>9.2}", "bare replace of the same slice change -> seen on a watch");
     println!(
-        "{:<58} {:>9.2} {:>9.2}",
-        "ratio (goal <= 2)",
-        s50 / b50,
-        s99 / b99
+        "{:<58} {s50:>9.2} {s99:>9.2}",
+        "sim hot-plug/removal -> slice seen on a watch"
     );
+    println!(
+        "{:<58} {b50:>9.2} {b99:>9.2}",
+        "bare replace of the same slice change -> seen on a watch"
+    );
+    println!("{:<58} {:>9.2} {:>9.2}", "ratio (goal <= 2)", s50 / b50, s99 / b99);
     println!("agent RSS with {DEVICES} devices, published (KiB):");
     println!("  sim    {sim_rss:>8} (after the {changes} changes {sim_rss_after}, peak {sim_hwm})");
     println!("  kernel {kernel_rss:>8} (files of the module's shape, no uevents)");
-    println!(
-        "  ratio  {:>8.2}",
-        sim_rss as f64 / kernel_rss as f64
-    );
+    println!("  ratio  {:>8.2}", sim_rss as f64 / kernel_rss as f64);
     Ok(())
 }

@@ -182,6 +182,20 @@ fn the_sim_on_a_real_node() {
     run_on_node("sim_node.sh").assert_clean(34);
 }
 
+/// The user-space device backend on the real node, the module not loaded
+/// (`sim_node.sh`): the chart with devices.mode=sim under its least
+/// privileges, the seed's Verification and Testing Device Allocation
+/// through binding conditions (a sim attach delay), the identity file,
+/// hot-plug and health through `mock-accel-agent ctl` (slices, taints, the
+/// pod's resource status). Not in `./dev test` (its cold run is past its
+/// hour already): `just sim-node`. The sim's behaviour is in `./dev test`
+/// (sim_behaviour, plugin_api's sim test, kmod_guest's behaviour table).
+#[test]
+#[ignore = "minutes on the emulated node: just sim-node"]
+fn the_sim_on_a_real_node() {
+    run_on_node("sim_node.sh").assert_clean(28);
+}
+
 /// The fault suite's cases that need the real node (`faults_node.sh`): the
 /// real kubelet retrying after the agent was SIGKILLed at each of its 9
 /// prepare and unprepare failpoints, the kubelet SIGKILLed mid-prepare and restarted, etcd

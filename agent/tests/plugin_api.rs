@@ -1371,9 +1371,9 @@ async fn the_sim_backend_prepares_with_an_identity_file() {
     use mock_accel_agent::backend::sim::control;
     let rig = Rig::new(0, 0).await;
     let sim_dir = rig.path("sim");
-    let (_agent, _events) = rig
-        .agent(&["--devices=sim", &format!("--sim-dir={}", sim_dir.display()), "--sim-pfs=2"])
-        .await;
+    let sim_arg = format!("--sim-dir={}", sim_dir.display());
+    let sim_args = ["--devices=sim", sim_arg.as_str(), "--sim-pfs=2"];
+    let (agent, _events) = rig.agent(&sim_args).await;
     let kubelet = rig.kubelet().await;
     let ctl = |line: &'static str| {
         let socket = sim_dir.join("control.sock");
@@ -1398,10 +1398,34 @@ async fn the_sim_backend_prepares_with_an_identity_file() {
     );
     let env = env_of(&spec, 0);
     let text = fs::read_to_string(&identity).unwrap();
-    for key in ["MOCK_ACCEL_DEVICE", "MOCK_ACCEL_UUID", "MOCK_ACCEL_PCI", "MOCK_ACCEL_TYPE", "MOCK_ACCEL_NUMA_NODE"] {
-        assert!(text.contains(&format!("{key}={}\n", env[key])), "{key}: {text} vs {env:?}");
+    for key in [
+        "MOCK_ACCEL_DEVICE",
+        "MOCK_ACCEL_UUID",
+        "MOCK_ACCEL_PCI",
+        "MOCK_ACCEL_TYPE",
+        "MOCK_ACCEL_NUMA_NODE",
+    ] {
+        assert!(
+            text.contains(&format!("{key}={}\n", env[key])),
+            "{key}: {text} vs {env:?}"
+        );
     }
-    assert!(!env["MOCK_ACCEL_PCI"].starts_with("0000:"), "a PCI domain of the node's own: {env:?}");
+    assert!(
+        !env["MOCK_ACCEL_PCI"].starts_with("0000:"),
+        "a PCI domain of the node's own: {env:?}"
+    );
+
+    // A restarted agent finds the sim's devices as they were: the claim
+    // still held, its repeated prepare the same, the same identities.
+    assert_eq!(ctl("write bus/new_device 5").await, Ok(String::new()));
+    agent.stop().await.unwrap();
+    let (agent, _events) = rig.agent(&sim_args).await;
+    let kubelet = rig.kubelet().await;
+    assert_eq!(ctl("list").await, Ok("mock0 mock1 mock5".into()));
+    assert_eq!(ctl("read class/mock1/status").await, Ok("1".into()));
+    let again = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c1)).await.unwrap();
+    assert_eq!(again, out);
+    assert_eq!(fs::read_to_string(&identity).unwrap(), text);
 
     // The sim refuses a failed function, as the module does.
     assert_eq!(ctl("write class/mock0/health failed").await, Ok(String::new()));
@@ -1415,4 +1439,5 @@ async fn the_sim_backend_prepares_with_an_identity_file() {
     assert!(out.values().all(Result::is_ok), "{out:?}");
     assert_eq!(ctl("read class/mock1/status").await, Ok("0".into()));
     assert!(rig.cdi_files().is_empty(), "{:?}", rig.cdi_files());
+    agent.stop().await.unwrap();
 }

@@ -48,8 +48,9 @@ const fn r(path: &'static str, value: &'static str) -> Step {
     Read { path, value }
 }
 
-/// Attaches take this long in the table's second load.
-pub const ATTACH_MS: u64 = 200;
+/// Attaches take 2 s in the table's second load: long enough for the steps
+/// between an attach and its sleep (or its cancel) under the guest's
+/// software emulation, where each step costs a few hundred milliseconds.
 
 /// The table.
 pub const STEPS: &[Step] = &[
@@ -165,8 +166,8 @@ pub const STEPS: &[Step] = &[
     w("bus/del_device", "3", "ok", &["remove mock3"]),
     r("class/mock5/status", "ENOENT"),
     // Fabric-attached functions.
-    Load("num_pfs=1 max_vfs=2 fabric_attach_ms=200"),
-    r("parameters/fabric_attach_ms", "200"),
+    Load("num_pfs=1 max_vfs=2 fabric_attach_ms=2000"),
+    r("parameters/fabric_attach_ms", "2000"),
     r("class/mock0/attach", "detached"),
     w("class/mock0/status", "1", "ENOLINK", &[]),
     w(
@@ -178,7 +179,7 @@ pub const STEPS: &[Step] = &[
     w("class/mock0/attach", "attach", "ok", &[]),
     w("class/mock0/status", "1", "ENOLINK", &[]),
     Sleep {
-        ms: 1000,
+        ms: 3000,
         events: &["change mock0 attach=attached"],
     },
     r("class/mock0/attach", "attached"),
@@ -192,7 +193,7 @@ pub const STEPS: &[Step] = &[
     r("class/mock0/fail_attach", "1"),
     w("class/mock0/attach", "attach", "ok", &["change mock0 attach=attaching"]),
     Sleep {
-        ms: 1000,
+        ms: 3000,
         events: &["change mock0 attach=failed"],
     },
     r("class/mock0/fail_attach", "0"),
@@ -200,14 +201,14 @@ pub const STEPS: &[Step] = &[
     w("class/mock0/health", "failed", "ok", &["change mock0 health=failed"]),
     w("class/mock0/attach", "attach", "ok", &["change mock0 attach=attaching"]),
     Sleep {
-        ms: 1000,
+        ms: 3000,
         events: &["change mock0 attach=failed"],
     },
     w("class/mock0/health", "ok", "ok", &["change mock0 health=ok"]),
     // A detach cancels an attach under way.
     w("class/mock0/attach", "attach", "ok", &["change mock0 attach=attaching"]),
     w("class/mock0/attach", "detach", "ok", &["change mock0 attach=detached"]),
-    Sleep { ms: 1000, events: &[] },
+    Sleep { ms: 3000, events: &[] },
     r("class/mock0/attach", "detached"),
     // VFs are fabric-attached too.
     w(
