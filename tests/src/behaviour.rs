@@ -48,11 +48,9 @@ const fn r(path: &'static str, value: &'static str) -> Step {
     Read { path, value }
 }
 
-/// Attaches take 2 s in the table's second load: long enough for the steps
-/// between an attach and its sleep (or its cancel) under the guest's
+/// The table. Attaches take 2 s in its second load: long enough for the
+/// steps between an attach and its sleep (or its cancel) under the guest's
 /// software emulation, where each step costs a few hundred milliseconds.
-
-/// The table.
 pub const STEPS: &[Step] = &[
     Load("num_pfs=2 numa_nodes=2 max_vfs=4 memory_mib=1000"),
     r("parameters/max_vfs", "4"),
