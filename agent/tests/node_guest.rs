@@ -171,17 +171,6 @@ fn the_dra_features_on_a_real_node() {
     run_on_node("dra_features.sh").assert_clean(70);
 }
 
-/// The user-space device backend on the real node with the module not
-/// loaded (`sim_node.sh`): the chart with devices.mode=sim under its least
-/// privileges, the seed's Verification and Testing Device Allocation, the
-/// identity file, an agent restart keeping its devices, hot-plug and health
-/// through `mock-accel-agent ctl` (slices, taints, the pod's resource
-/// status), binding conditions with a sim attach delay.
-#[test]
-fn the_sim_on_a_real_node() {
-    run_on_node("sim_node.sh").assert_clean(34);
-}
-
 /// The user-space device backend on the real node, the module not loaded
 /// (`sim_node.sh`): the chart with devices.mode=sim under its least
 /// privileges, the seed's Verification and Testing Device Allocation
