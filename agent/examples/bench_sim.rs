@@ -203,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     // Sim changes: PFs 8..63 hot-plugged, then removed, and again.
     let mut rx = watch(slices.clone());
     let spare = 64 - PFS as usize;
-    let change = |i: usize| (PFS as usize + i % spare, (i / spare) % 2 == 0);
+    let change = |i: usize| (PFS as usize + i % spare, (i / spare).is_multiple_of(2));
     let mut sim_ms = Vec::with_capacity(changes);
     for i in 0..changes {
         let (pf, add) = change(i);
