@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use self::model::{Errno, Event, Identity, Model, Params};
+use self::model::{AttachState, Errno, Event, Identity, Model, Params};
 use super::uevents::SUBSYSTEM;
 use super::{Access, Backend, DeviceError, ModuleState, Sources, Trigger};
 use crate::inventory::{Attach, Function, Inventory};
@@ -164,7 +164,7 @@ impl Sim {
         };
         {
             let m = sim.inner.model.lock().expect("not poisoned");
-            sim.save(&m).context("saving the sim's state")?;
+            sim.save(&m, true).context("saving the sim's state")?;
             for started in m.attaching() {
                 let _ = sim.inner.attaches.send(started);
             }
@@ -190,14 +190,22 @@ impl Sim {
     /// its errno, or the change saved and its uevents sent.
     pub fn write(&self, path: &str, value: &str) -> Result<(), Errno> {
         let mut m = self.inner.model.lock().expect("not poisoned");
-        let before = m.attaching();
         let events = m.write(path, value)?;
-        // Saved even without an event: fail_attach arms silently.
-        self.save_or_warn(&m);
-        self.send(events);
-        for started in m.attaching().into_iter().filter(|a| !before.contains(a)) {
-            let _ = self.inner.attaches.send(started);
+        // Saved even without an event: fail_attach arms silently. The
+        // identity files change only with the functions.
+        let added_or_removed = events.iter().any(|e| e.change.is_none());
+        self.save_or_warn(&m, added_or_removed);
+        for e in &events {
+            if let Some(("attach", _, state)) = &e.change
+                && state == "attaching"
+            {
+                let name = model::name(e.pf, e.vf);
+                if let Some(seq) = m.attach_seq(&name) {
+                    let _ = self.inner.attaches.send((name, seq));
+                }
+            }
         }
+        self.send(events);
         Ok(())
     }
 
@@ -216,13 +224,13 @@ impl Sim {
         let mut m = self.inner.model.lock().expect("not poisoned");
         let events = m.complete_attach(name, seq);
         if !events.is_empty() {
-            self.save_or_warn(&m);
+            self.save_or_warn(&m, false);
             self.send(events);
         }
     }
 
-    fn save_or_warn(&self, m: &Model) {
-        if let Err(e) = self.save(m) {
+    fn save_or_warn(&self, m: &Model, identities: bool) {
+        if let Err(e) = self.save(m, identities) {
             warn!(error = %format!("{e:#}"), "cannot save the sim's state: a restart would lose this change");
         }
     }
@@ -241,9 +249,9 @@ impl Sim {
         }
     }
 
-    /// The state file and the identity files, written where a restarted
-    /// agent (and the container runtime) finds them.
-    fn save(&self, m: &Model) -> anyhow::Result<()> {
+    /// The state file and (`identities`) the identity files, written where
+    /// a restarted agent (and the container runtime) finds them.
+    fn save(&self, m: &Model, identities: bool) -> anyhow::Result<()> {
         let dir = &self.inner.dir;
         let saved = Saved {
             node: self.inner.identity.node.clone(),
@@ -253,6 +261,9 @@ impl Sim {
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         serde_json::to_writer(&mut tmp, &saved)?;
         tmp.persist(dir.join(STATE))?;
+        if !identities {
+            return Ok(());
+        }
         let ids = dir.join(IDENTITY_DIR);
         let mut keep = std::collections::HashSet::new();
         for f in m.functions(&self.inner.identity) {
@@ -379,10 +390,7 @@ impl Backend for Sim {
 
     fn attach_state(&self, function: &str) -> Result<Option<Attach>, DeviceError> {
         let m = self.inner.model.lock().expect("not poisoned");
-        Ok(m.functions(&self.inner.identity)
-            .into_iter()
-            .find(|f| f.name == function)
-            .and_then(|f| f.attach))
+        Ok(m.attach_state(function).and_then(AttachState::published))
     }
 
     fn set_attached(&self, function: &str, attached: bool) -> Result<(), DeviceError> {

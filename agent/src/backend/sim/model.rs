@@ -39,26 +39,6 @@ impl Errno {
             _ => "EUNKNOWN",
         }
     }
-
-    /// From a name [`Errno::name`] gives.
-    pub fn from_name(name: &str) -> Option<Errno> {
-        [
-            libc::ENOENT,
-            libc::EIO,
-            libc::EACCES,
-            libc::EBUSY,
-            libc::EEXIST,
-            libc::ENODEV,
-            libc::EINVAL,
-            libc::ERANGE,
-            libc::ENOLINK,
-            libc::EOPNOTSUPP,
-            libc::EPERM,
-        ]
-        .into_iter()
-        .map(Errno)
-        .find(|e| e.name() == name)
-    }
 }
 
 impl std::fmt::Display for Errno {
@@ -120,6 +100,17 @@ pub enum AttachState {
 }
 
 impl AttachState {
+    /// As the inventory records it (`None`: local, nothing to attach).
+    pub fn published(self) -> Option<Attach> {
+        match self {
+            AttachState::Local => None,
+            AttachState::Detached => Some(Attach::Detached),
+            AttachState::Attaching => Some(Attach::Attaching),
+            AttachState::Attached => Some(Attach::Attached),
+            AttachState::Failed => Some(Attach::Failed),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AttachState::Local => "local",
@@ -517,6 +508,17 @@ impl Model {
         Ok(events)
     }
 
+    /// Where the named function's attach stands (`None`: no such function).
+    pub fn attach_state(&self, name: &str) -> Option<AttachState> {
+        self.lookup(name).map(|id| self.get(id).attach)
+    }
+
+    /// The sequence number of the named function's attach under way.
+    pub fn attach_seq(&self, name: &str) -> Option<u64> {
+        let f = self.get(self.lookup(name)?);
+        (f.attach == AttachState::Attaching).then_some(f.attach_seq)
+    }
+
     /// Attaches under way, with the sequence number each must still have
     /// when it completes: `(function, seq)`.
     pub fn attaching(&self) -> Vec<(String, u64)> {
@@ -581,13 +583,7 @@ impl Model {
             status: f.status,
             sriov,
             devnum: None,
-            attach: match f.attach {
-                AttachState::Local => None,
-                AttachState::Detached => Some(Attach::Detached),
-                AttachState::Attaching => Some(Attach::Attaching),
-                AttachState::Attached => Some(Attach::Attached),
-                AttachState::Failed => Some(Attach::Failed),
-            },
+            attach: f.attach.published(),
         }
     }
 }
