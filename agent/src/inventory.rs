@@ -31,6 +31,13 @@ pub enum Health {
 }
 
 impl Health {
+    /// From the word the module's `health` attribute says.
+    pub fn parse(word: &str) -> Option<Health> {
+        [Health::Ok, Health::Degraded, Health::Failed]
+            .into_iter()
+            .find(|h| h.as_str() == word)
+    }
+
     /// As the module's `health` attribute says it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -245,11 +252,9 @@ pub fn read_function<A: Attributes + ?Sized>(attrs: &A, name: &str) -> Result<Fu
             format!("device: {pci_address:?} is not a PCI address"),
         ));
     }
-    let health = match r.text("health")?.as_str() {
-        "ok" => Health::Ok,
-        "degraded" => Health::Degraded,
-        "failed" => Health::Failed,
-        other => return Err((SkipReason::BadValue, format!("health: {other:?}"))),
+    let text = r.text("health")?;
+    let Some(health) = Health::parse(&text) else {
+        return Err((SkipReason::BadValue, format!("health: {text:?}")));
     };
     let fw_version = r.text("fw_version")?;
     let capabilities = r.text("capabilities")?;

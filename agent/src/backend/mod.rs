@@ -19,11 +19,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use kobject_uevent::UEvent;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::inventory::{Attach, Function, Inventory};
+use crate::inventory::{Attach, Function, Health, Inventory};
 
 /// What a backend did not do, in words the plugin and the binding reporter
 /// turn into a claim's error or a metric.
@@ -100,6 +101,52 @@ pub enum Access {
     File { host_path: PathBuf, path: String },
 }
 
+/// PF ids 0..63, VFs 0..63 per PF (the module's limits).
+pub const MAX_PFS: u32 = 64;
+pub const MAX_VFS: u32 = 64;
+
+/// The module's parameters (its load parameters: kmod/ABI.md), with its
+/// defaults and ranges; the sim takes them from its flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    pub num_pfs: u32,
+    pub numa_nodes: u32,
+    pub max_vfs: u32,
+    pub memory_mib: u64,
+    pub fabric_attach_ms: u32,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            num_pfs: 4,
+            numa_nodes: 2,
+            max_vfs: 8,
+            memory_mib: 16384,
+            fabric_attach_ms: 0,
+        }
+    }
+}
+
+impl Params {
+    /// The module's load-time checks: the parameter out of range, named.
+    pub fn check(&self) -> Result<(), String> {
+        let checks: [(&str, u64, u64, u64); 5] = [
+            ("num_pfs", self.num_pfs.into(), 0, MAX_PFS.into()),
+            ("numa_nodes", self.numa_nodes.into(), 1, 8),
+            ("max_vfs", self.max_vfs.into(), 0, MAX_VFS.into()),
+            ("memory_mib", self.memory_mib, 1, 1 << 20),
+            ("fabric_attach_ms", self.fabric_attach_ms.into(), 0, 60_000),
+        ];
+        for (name, v, lo, hi) in checks {
+            if v < lo || v > hi {
+                return Err(format!("{name}={v} is out of range ({lo}..{hi})"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Which trigger sources to start (`--uevents`, `--ebpf`).
 #[derive(Debug, Clone, Copy)]
 pub struct Sources {
@@ -146,6 +193,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// SR-IOV: gives the PF named `pf` `vfs` VFs (0 removes them).
     fn set_vfs(&self, pf: &str, vfs: u32) -> Result<(), DeviceError>;
+
+    /// Fault injection: the function's health.
+    fn set_health(&self, function: &str, health: Health) -> Result<(), DeviceError>;
+
+    /// Fault injection: the function's next `n` attaches fail (0 disarms).
+    fn fail_attaches(&self, function: &str, n: u32) -> Result<(), DeviceError>;
+
+    /// The provider's parameters now (for the module: its load
+    /// parameters); not there (the module not loaded) is an error.
+    fn parameters(&self) -> Result<Params, DeviceError>;
 
     /// Whether the provider is there now.
     fn module_state(&self) -> ModuleState;

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::uevents::{self, MODULE, SUBSYSTEM};
-use super::{Access, Backend, DeviceError, ModuleState, Sources, Trigger, ebpf};
-use crate::inventory::{self, Attach, Attributes, Function, Inventory, Skipped};
+use super::{Access, Backend, DeviceError, ModuleState, Params, Sources, Trigger, ebpf};
+use crate::inventory::{self, Attach, Attributes, Function, Health, Inventory, Skipped};
 use crate::metrics as m;
 
 /// The module's devices under a class directory: `/sys/class/mock-accel`
@@ -173,6 +173,42 @@ impl Backend for Sysfs {
 
     fn set_vfs(&self, pf: &str, vfs: u32) -> Result<(), DeviceError> {
         Self::write(&self.attribute(pf, "sriov_numvfs"), &vfs.to_string())
+    }
+
+    fn set_health(&self, function: &str, health: Health) -> Result<(), DeviceError> {
+        Self::write(&self.attribute(function, "health"), health.as_str())
+    }
+
+    fn fail_attaches(&self, function: &str, n: u32) -> Result<(), DeviceError> {
+        Self::write(&self.attribute(function, "fail_attach"), &n.to_string())
+    }
+
+    fn parameters(&self) -> Result<Params, DeviceError> {
+        let dir = self.sys().join("module").join(MODULE).join("parameters");
+        let read = |p: &str| -> Result<u64, DeviceError> {
+            let path = dir.join(p);
+            let text = fs::read_to_string(&path).map_err(|e| DeviceError::Io {
+                what: format!("reading {}", path.display()),
+                source: e,
+            })?;
+            text.trim().parse().map_err(|_| DeviceError::Io {
+                what: format!("reading {}", path.display()),
+                source: io::Error::new(io::ErrorKind::InvalidData, format!("not a number: {:?}", text.trim())),
+            })
+        };
+        let small = |p: &str| -> Result<u32, DeviceError> {
+            u32::try_from(read(p)?).map_err(|_| DeviceError::Io {
+                what: format!("reading {}", dir.join(p).display()),
+                source: io::Error::new(io::ErrorKind::InvalidData, "out of range"),
+            })
+        };
+        Ok(Params {
+            num_pfs: small("num_pfs")?,
+            numa_nodes: small("numa_nodes")?,
+            max_vfs: small("max_vfs")?,
+            memory_mib: read("memory_mib")?,
+            fabric_attach_ms: small("fabric_attach_ms")?,
+        })
     }
 
     fn module_state(&self) -> ModuleState {

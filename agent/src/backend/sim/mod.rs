@@ -30,7 +30,7 @@ use tracing::{Instrument, info, info_span, warn};
 use self::model::{AttachState, Errno, Event, Identity, Model, Params};
 use super::uevents::SUBSYSTEM;
 use super::{Access, Backend, DeviceError, ModuleState, Sources, Trigger};
-use crate::inventory::{Attach, Function, Inventory};
+use crate::inventory::{Attach, Function, Health, Inventory};
 
 /// The state file in the state directory.
 const STATE: &str = "state.json";
@@ -418,6 +418,18 @@ impl Backend for Sim {
 
     fn set_vfs(&self, pf: &str, vfs: u32) -> Result<(), DeviceError> {
         self.write_for(format!("class/{pf}/sriov_numvfs"), &vfs.to_string())
+    }
+
+    fn set_health(&self, function: &str, health: Health) -> Result<(), DeviceError> {
+        self.write_for(format!("class/{function}/health"), health.as_str())
+    }
+
+    fn fail_attaches(&self, function: &str, n: u32) -> Result<(), DeviceError> {
+        self.write_for(format!("class/{function}/fail_attach"), &n.to_string())
+    }
+
+    fn parameters(&self) -> Result<Params, DeviceError> {
+        Ok(self.inner.model.lock().expect("not poisoned").params.clone())
     }
 
     fn module_state(&self) -> ModuleState {

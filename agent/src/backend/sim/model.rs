@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::inventory::{Attach, Function, Health, Kind};
 
 /// PF ids 0..63, VFs 0..63 per PF (the module's limits).
-pub const MAX_PFS: u32 = 64;
-pub const MAX_VFS: u32 = 64;
+pub use crate::backend::{MAX_PFS, MAX_VFS};
 const MAX_FAIL_ATTACH: u32 = 1000;
 pub const FW_VERSION: &str = "1.4.2";
 
@@ -47,46 +46,7 @@ impl std::fmt::Display for Errno {
     }
 }
 
-/// The module's parameters, with its defaults and ranges.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Params {
-    pub num_pfs: u32,
-    pub numa_nodes: u32,
-    pub max_vfs: u32,
-    pub memory_mib: u64,
-    pub fabric_attach_ms: u32,
-}
-
-impl Default for Params {
-    fn default() -> Params {
-        Params {
-            num_pfs: 4,
-            numa_nodes: 2,
-            max_vfs: 8,
-            memory_mib: 16384,
-            fabric_attach_ms: 0,
-        }
-    }
-}
-
-impl Params {
-    /// The module's load-time checks: the parameter out of range, named.
-    pub fn check(&self) -> Result<(), String> {
-        let checks: [(&str, u64, u64, u64); 5] = [
-            ("num_pfs", self.num_pfs.into(), 0, MAX_PFS.into()),
-            ("numa_nodes", self.numa_nodes.into(), 1, 8),
-            ("max_vfs", self.max_vfs.into(), 0, MAX_VFS.into()),
-            ("memory_mib", self.memory_mib, 1, 1 << 20),
-            ("fabric_attach_ms", self.fabric_attach_ms.into(), 0, 60_000),
-        ];
-        for (name, v, lo, hi) in checks {
-            if v < lo || v > hi {
-                return Err(format!("{name}={v} is out of range ({lo}..{hi})"));
-            }
-        }
-        Ok(())
-    }
-}
+pub use crate::backend::Params;
 
 /// Where a function's fabric attach stands (`Local` without one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
