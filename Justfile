@@ -142,6 +142,11 @@ sim-node: kube
     @just builds image
     cargo test -p mock-accel-agent --features failpoints,ebpf --test node_guest -- --ignored --exact the_sim_on_a_real_node --nocapture
 
+# DeviceScenarios on the real node (tests/scenarios/declared.sh), in sim and kernel mode: admission, NotRealisable, a declared hot-plug with an attach delay, a declared failure and recovery, scheduled faults and their lateness
+declared-node: kube
+    @just builds image
+    cargo test -p mock-accel-agent --features failpoints,ebpf --test node_guest -- --ignored --exact the_declared_devices_on_a_real_node --nocapture
+
 # The soak (tests/scenarios/soak.sh, boots a VM, the image's agent: just agent-image): `hotplugs` hot-plug cycles beside `claims` claim cycles; RSS, descriptors and writes per change printed, leaks checked
 soak hotplugs="1000" claims="200": build agent-image
     MOCK_SOAK_HOTPLUGS={{hotplugs}} MOCK_SOAK_CLAIMS={{claims}} cargo test -p mock-accel-agent --features failpoints,ebpf --test agent_guest -- --exact the_agent_soaks_hotplugs_and_claims --nocapture

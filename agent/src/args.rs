@@ -185,6 +185,11 @@ pub struct Args {
     /// drops the fields is noticed and PFs go out exclusive again.
     #[arg(long, env = "CONSUMABLE_CAPACITY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub consumable_capacity: bool,
+    /// Apply the DeviceScenarios (hot-plug and faults declared through the
+    /// API, the driver's group) that name this node, and report them in
+    /// their status. Off: the agent neither watches nor needs them.
+    #[arg(long, env = "SCENARIOS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub scenarios: bool,
 }
 
 /// "30s", "1m30s", "250ms", or "0" (off).

@@ -40,6 +40,7 @@ use crate::backend::Backend;
 use crate::claims::ClaimRef;
 use crate::claims::status::{self, DeviceKey};
 use crate::claims::status::{ATTACH_FAILED_CONDITION, ATTACHED_CONDITION};
+use crate::declared::spec::AttachSpec;
 use crate::inventory::{Attach, Inventory};
 use crate::metrics as m;
 use crate::slices::device_name;
@@ -201,6 +202,55 @@ pub struct Config {
     pub node: String,
     /// The devices: attach and detach go through it.
     pub backend: Arc<dyn Backend>,
+    /// Attach faults declared for the node (a DeviceScenario's `attach`).
+    pub faults: watch::Receiver<AttachSpec>,
+}
+
+/// The declared attach faults between the plan and the writes: each
+/// attach the plan wants waits `delay` from when it was first wanted, and
+/// `failurePercent` of them (spread evenly: at 25, every 4th) have a
+/// failure armed just before (the module's fail_attach).
+#[derive(Debug, Default)]
+pub struct AttachGate {
+    /// Functions wanted attached: since when, and whether decided.
+    wanted: HashMap<String, (Instant, bool)>,
+    /// Attaches started so far (for the failure share).
+    started: u64,
+}
+
+/// What the gate lets through now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Gated {
+    pub attach: BTreeSet<String>,
+    /// Of those, the ones to arm a failure on first.
+    pub fail: BTreeSet<String>,
+    /// When a held one is due.
+    pub next: Option<Instant>,
+}
+
+impl AttachGate {
+    pub fn gate(&mut self, wanted: &BTreeSet<String>, faults: AttachSpec, now: Instant) -> Gated {
+        self.wanted.retain(|f, _| wanted.contains(f));
+        let mut g = Gated::default();
+        for f in wanted {
+            let (since, decided) = self.wanted.entry(f.clone()).or_insert((now, false));
+            let due = *since + faults.delay;
+            if now < due {
+                g.next = Some(g.next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            if !*decided {
+                *decided = true;
+                self.started += 1;
+                let p = u64::from(faults.failure_percent.min(100));
+                if self.started * p / 100 > (self.started - 1) * p / 100 {
+                    g.fail.insert(f.clone());
+                }
+            }
+            g.attach.insert(f.clone());
+        }
+        g
+    }
 }
 
 /// Runs until cancelled. Not critical: its failures are logged and
@@ -236,9 +286,16 @@ pub async fn run(
     let mut claims = std::pin::pin!(claims);
     let mut attempts = Attempts::default();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut gate = AttachGate::default();
+    let mut next: Option<Instant> = None;
     loop {
+        let held_until = next;
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
+            _ = async { match held_until {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            } } => {}
             ev = claims.next() => match ev {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
@@ -263,7 +320,16 @@ pub async fn run(
             Instant::now(),
         );
         gauge!(m::FABRIC_BINDING_PENDING).set(p.pending as f64);
-        carry_out(&client, &cfg, p).await;
+        let faults = *cfg.faults.borrow();
+        let g = gate.gate(&p.attach, faults, Instant::now());
+        next = g.next;
+        for f in &g.fail {
+            match cfg.backend.fail_attaches(f, 1) {
+                Ok(()) => info!(function = %f, percent = faults.failure_percent, "a declared attach failure armed"),
+                Err(e) => warn!(function = %f, error = %e, "could not arm a declared attach failure"),
+            }
+        }
+        carry_out(&client, &cfg, Plan { attach: g.attach, ..p }).await;
     }
 }
 
@@ -532,6 +598,7 @@ mod tests {
             driver: D.into(),
             node: "node-a".into(),
             backend: Arc::new(crate::backend::sysfs::Sysfs::new(sysfs.path())),
+            faults: watch::channel(AttachSpec::default()).1,
         };
         let report = || Plan {
             reports: vec![Report {
@@ -565,5 +632,46 @@ mod tests {
         let version = api.get("c").await.unwrap().resource_version();
         carry_out(&client, &cfg, report()).await;
         assert_eq!(api.get("c").await.unwrap().resource_version(), version, "said once");
+    }
+
+    #[test]
+    fn the_attach_gate_delays_and_fails_its_share_evenly() {
+        let t0 = Instant::now();
+        let wanted = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        let mut gate = AttachGate::default();
+        let faults = AttachSpec {
+            delay: Duration::from_secs(2),
+            failure_percent: 50,
+        };
+        let g = gate.gate(&wanted(&["mock1", "mock2"]), faults, t0);
+        assert!(g.attach.is_empty());
+        assert_eq!(g.next, Some(t0 + Duration::from_secs(2)));
+        // mock3 wanted later: its own delay.
+        let g = gate.gate(
+            &wanted(&["mock1", "mock2", "mock3"]),
+            faults,
+            t0 + Duration::from_secs(1),
+        );
+        assert!(g.attach.is_empty());
+        let g = gate.gate(
+            &wanted(&["mock1", "mock2", "mock3"]),
+            faults,
+            t0 + Duration::from_secs(2),
+        );
+        assert_eq!(g.attach, wanted(&["mock1", "mock2"]));
+        assert_eq!(g.fail.len(), 1, "half of two: {g:?}");
+        assert_eq!(g.next, Some(t0 + Duration::from_secs(3)));
+        // Asked again (the inventory not caught up): not decided twice.
+        let g = gate.gate(
+            &wanted(&["mock1", "mock2", "mock3"]),
+            faults,
+            t0 + Duration::from_secs(3),
+        );
+        assert_eq!(g.attach.len(), 3);
+        assert!(g.fail.is_empty(), "mock3 is the 3rd: 3*50/100 = 1 = 2*50/100: {g:?}");
+        // No faults: everything at once, nothing failed.
+        let mut plain = AttachGate::default();
+        let g = plain.gate(&wanted(&["mock1"]), AttachSpec::default(), t0);
+        assert_eq!((g.attach, g.fail, g.next), (wanted(&["mock1"]), BTreeSet::new(), None));
     }
 }

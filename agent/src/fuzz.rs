@@ -19,7 +19,7 @@ use crate::{args, inventory};
 /// directory are called) and its body.
 pub type Target = (&'static str, fn(&[u8]));
 
-pub const TARGETS: [Target; 8] = [
+pub const TARGETS: [Target; 9] = [
     ("uevent", uevent),
     ("device_name", device_name),
     ("sysfs", sysfs_function),
@@ -28,7 +28,82 @@ pub const TARGETS: [Target; 8] = [
     ("cdi_spec", cdi_spec),
     ("probe_event", probe_event),
     ("sim_control", sim_control),
+    ("scenario", scenario),
 ];
+
+/// A DeviceScenario object as the API might hold it (JSON): read or
+/// refused naming a field; one that is read plans either nothing (with a
+/// reason) or writes the module's own semantics (the sim's model, started
+/// as the plan saw it) all take; its status, summary and schedule compute.
+pub fn scenario(data: &[u8]) {
+    use crate::backend::sim::model::{Identity, Model, Params};
+    use crate::declared::plan::{Applied, Step, plan};
+    use crate::declared::schedule::Running;
+    use crate::declared::{spec, status, summary};
+    let Ok(object) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let s = match spec::parse(&object) {
+        Ok(s) => s,
+        Err(e) => {
+            assert!(!e.is_empty());
+            return;
+        }
+    };
+    struct Fixed;
+    impl Identity for Fixed {
+        fn uuid(&self, _: u32, _: Option<u32>) -> String {
+            "u".into()
+        }
+        fn pci_address(&self, pf: u32, vf: Option<u32>) -> String {
+            format!("0000:{:02x}:00.{}", 0x1a + pf, vf.map_or(0, |v| v % 8))
+        }
+    }
+    let params = Params {
+        num_pfs: 2,
+        max_vfs: 4,
+        fabric_attach_ms: u32::from(data.len() % 2 == 0) * 100,
+        ..Params::default()
+    };
+    let mut m = Model::load(params.clone()).expect("valid parameters");
+    m.write("class/mock0/sriov_numvfs", "2").expect("2 VFs");
+    let inv = inventory::Inventory {
+        scanned: true,
+        functions: m.functions(&Fixed).into_iter().map(|f| (f.name.clone(), f)).collect(),
+        skipped: vec![],
+    };
+    match plan(Some(&s.spec), &inv, &params, &Applied::default()) {
+        Err(b) => assert!(!b.message.is_empty() && !b.reason.is_empty()),
+        Ok(steps) => {
+            for step in &steps {
+                let (path, value) = match step {
+                    Step::AddPf { id, numa_node: Some(n) } => ("bus/new_device".to_string(), format!("{id} {n}")),
+                    Step::AddPf { id, numa_node: None } => ("bus/new_device".into(), id.to_string()),
+                    Step::RemovePf { id } => ("bus/del_device".into(), id.to_string()),
+                    Step::SetVfs { pf, vfs } => (format!("class/{pf}/sriov_numvfs"), vfs.to_string()),
+                    Step::SetHealth { function, health } => (format!("class/{function}/health"), health.as_str().into()),
+                    Step::FailAttaches { function, n } => (format!("class/{function}/fail_attach"), n.to_string()),
+                };
+                if let Err(e) = m.write(&path, &value) {
+                    panic!("the module refuses a planned write {step:?}: {e} (plan {steps:?})");
+                }
+            }
+            let after = Applied::after(&s.name, &s.uid, s.generation, &s.spec, 0);
+            let mut running: Running = after.running;
+            for t in [0, 150, 1_000, 60_000, 86_400_000] {
+                let _ = running.tick(&s.spec.faults, &inv, t);
+            }
+        }
+    }
+    let outcome = status::Outcome {
+        applied: data.len() % 3 == 0,
+        reason: "Applied".into(),
+        message: String::new(),
+    };
+    let entry = status::node_status("n", &s, &inv, &outcome, &[], &[], "T");
+    let body = status::apply_body("g", &s.name, Some(&entry));
+    let _ = summary::summary(&body);
+}
 
 /// Requests to the sim's control socket, one per line (`write PATH
 /// VALUE`, `read PATH`, anything else), applied to the model: each is

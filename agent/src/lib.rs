@@ -26,6 +26,7 @@ pub mod binding;
 pub mod check;
 pub mod claims;
 pub mod controller;
+pub mod declared;
 pub mod events;
 #[doc(hidden)]
 pub mod failpoints;
@@ -239,6 +240,7 @@ async fn run(
         }
         Ok(())
     });
+    let (attach_tx, attach_rx) = tokio::sync::watch::channel(declared::spec::AttachSpec::default());
     tasks.spawn(
         binding::run(
             clients.requests.clone(),
@@ -247,12 +249,31 @@ async fn run(
                 driver: args.driver_name.clone(),
                 node: node.clone(),
                 backend: devices.clone(),
+                faults: attach_rx,
             },
             inventory_rx.clone(),
             cancel.clone(),
         )
         .instrument(info_span!("binding")),
     );
+    if args.scenarios {
+        tasks.spawn(
+            declared::run(
+                clients.requests.clone(),
+                clients.watches.clone(),
+                declared::Config {
+                    driver: args.driver_name.clone(),
+                    node: node.clone(),
+                    backend: devices.clone(),
+                    state_file: args.plugin_paths().0.join("declared.json"),
+                    attach: attach_tx,
+                },
+                inventory_rx.clone(),
+                cancel.clone(),
+            )
+            .instrument(info_span!("declared")),
+        );
+    }
     if args.kubelet_plugin {
         let plugin = kubelet_plugin(&args, &node, &devices, &clients, &health, inventory_rx);
         tasks.spawn(plugin.run(cancel.clone()).instrument(info_span!("plugin")));

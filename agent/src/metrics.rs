@@ -52,6 +52,11 @@ pub const FABRIC_ATTACHES: &str = "mock_accel_fabric_attaches_total";
 pub const FABRIC_ATTACH_SECONDS: &str = "mock_accel_fabric_attach_duration_seconds";
 pub const FABRIC_BINDING_PENDING: &str = "mock_accel_fabric_binding_pending";
 pub const FABRIC_ERRORS: &str = "mock_accel_fabric_errors_total";
+pub const DECLARED_APPLIED: &str = "mock_accel_declared_applied_total";
+pub const DECLARED_STEPS: &str = "mock_accel_declared_changes_total";
+pub const DECLARED_STATUS_WRITES: &str = "mock_accel_declared_status_writes_total";
+pub const DECLARED_ERRORS: &str = "mock_accel_declared_errors_total";
+pub const DECLARED_FAULT_LATENESS: &str = "mock_accel_declared_fault_lateness_seconds";
 pub const HEARTBEAT_FAILURES: &str = "mock_accel_heartbeat_failures_total";
 pub const PUBLISHER: &str = "mock_accel_publisher";
 pub const CONTROLLER_LEADER: &str = "mock_accel_controller_leader";
@@ -102,6 +107,24 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     describe_gauge!(INFO, "Static facts about the agent (always 1).");
+    describe_counter!(DECLARED_APPLIED, "DeviceScenario generations applied on this node.");
+    describe_counter!(
+        DECLARED_STEPS,
+        "Device changes made for DeviceScenarios, by kind (DeviceAdded, HealthSet, ...)."
+    );
+    describe_histogram!(
+        DECLARED_FAULT_LATENESS,
+        Unit::Seconds,
+        "How late scheduled DeviceScenario faults started or ended against their time."
+    );
+    describe_counter!(
+        DECLARED_STATUS_WRITES,
+        "Writes of this node's entry in DeviceScenarios' status."
+    );
+    describe_counter!(
+        DECLARED_ERRORS,
+        "DeviceScenario failures, by stage (watch, parse, apply, status, event)."
+    );
     describe_gauge!(
         DEVICES,
         "mock-accel functions on this node, by type (pf/vf) and NUMA node."

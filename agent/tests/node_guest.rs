@@ -185,6 +185,19 @@ fn the_sim_on_a_real_node() {
     run_on_node("sim_node.sh").assert_clean(28);
 }
 
+/// Devices and faults declared through the API (DeviceScenario) on the
+/// real node, in both modes (`declared.sh`): refused at admission, not
+/// realisable, a declared hot-plug with an attach delay running a waiting
+/// pod, a declared failure and recovery (taint, allocatedResourcesStatus),
+/// faults on a schedule and how late they fired. Not in `./dev test` (the
+/// suite's hour; the host test `real_cluster::devices_and_faults_declared_
+/// through_the_api` is): `just declared-node`.
+#[test]
+#[ignore = "minutes on the emulated node: just declared-node"]
+fn the_declared_devices_on_a_real_node() {
+    run_on_node("declared.sh").assert_clean(33);
+}
+
 /// The fault suite's cases that need the real node (`faults_node.sh`): the
 /// real kubelet retrying after the agent was SIGKILLed at each of its 9
 /// prepare and unprepare failpoints, the kubelet SIGKILLed mid-prepare and restarted, etcd

@@ -559,3 +559,400 @@ fn with_the_capacity_gate_off_the_agent_publishes_pfs_exclusive() {
     );
     assert!(sharing(&published(&cp).1).iter().all(|d| !d.1 && d.3.is_empty()));
 }
+
+/// `kubectl` with a JSON manifest on stdin (create/apply/replace), its output or error.
+fn kubectl_stdin(cp: &ControlPlane, args: &[&str], manifest: &Value) -> Result<String, String> {
+    let out = cp
+        .kubectl_as(&cp.admin_kubeconfig, args, Some(&manifest.to_string()))
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn scenario(name: &str, spec: Value) -> Value {
+    serde_json::json!({"apiVersion": format!("{DRIVER}/v1alpha1"), "kind": "DeviceScenario", "metadata": {"name": name}, "spec": spec})
+}
+
+/// A scenario's status entry for node-a, once its Applied condition says `reason`.
+fn entry_when(cp: &ControlPlane, name: &str, reason: &str, logs: &dyn Fn() -> String) -> Value {
+    wait_for(&format!("{name}: Applied reason {reason}"), logs, || {
+        let s = kubectl_json(cp, &["get", "devicescenario", name, "-o", "json"]);
+        let e = s["status"]["nodes"]
+            .as_array()?
+            .iter()
+            .find(|e| e["node"] == "node-a")?
+            .clone();
+        let c = e["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Applied")?
+            .clone();
+        (c["reason"] == reason && e["observedGeneration"] == s["metadata"]["generation"]).then_some(e)
+    })
+}
+
+/// Hot-plug and faults declared through the API (DeviceScenario), with the
+/// chart's CRD and admission policy in the real server and a sim-mode agent:
+/// impossible specs refused at admission with the chart's limits; a
+/// declared hot-plug, VFs and a failure published; a manual change on the
+/// node reported, not fought; a removal of a held device waited for; a
+/// second scenario for the node told Conflict; the scenario deleted → what
+/// it set given back; an agent may write only its own node's entry.
+#[test]
+fn devices_and_faults_declared_through_the_api() {
+    let cp = ControlPlane::start().unwrap_or_else(|e| panic!("the real control plane: {e}"));
+    let chart = mock_device_testkit::render_chart(&serde_json::json!({"devices": {"mode": "sim"}}));
+    let rbac: Vec<Value> = chart["mock-device/templates/rbac.yaml"].clone();
+    let crd = chart["mock-device/templates/devicescenarios.yaml"].clone();
+    let list = |items: Vec<Value>| serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    cp.apply(&list(crd).to_string()).unwrap();
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mock-device"}}"#)
+        .unwrap();
+    cp.apply(&list(rbac).to_string()).unwrap();
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "labels": {"pool": "a"}}}"#)
+        .unwrap();
+    wait_for("the CRD served", &String::new, || {
+        cp.kubectl(&["get", "devicescenarios"])
+            .unwrap()
+            .status
+            .success()
+            .then_some(())
+    });
+
+    // Refused at admission, the message naming what is wrong.
+    for (spec, says) in [
+        (
+            serde_json::json!({"nodeName": "node-a", "nodeSelector": {}}),
+            "exactly one of nodeName and nodeSelector",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "pfs": [{"id": 0, "vfs": 9}]}),
+            "spec.pfs[0]: Invalid value: vfs is above max_vfs=8 (set by the chart in devices.sim)",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "pfs": [{"id": 64}]}),
+            "spec.pfs[0].id",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "pfs": [{"id": 1, "numaNode": 2}]}),
+            "numaNode is not below numa_nodes=2",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "memoryMiB": 8192}),
+            "every PF has memory_mib=16384 MiB",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "devices": [{"name": "mock1", "health": "sick"}]}),
+            "Unsupported value: \"sick\"",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "devices": [{"name": "gpu0"}]}),
+            "spec.devices[0].name",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "devices": [{"name": "mock1", "failAttaches": -1}]}),
+            "failAttaches",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "pfs": [{"id": 0, "vfs": 2}], "devices": [{"name": "mock0_vf2"}]}),
+            "every device named in devices must exist under pfs",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "faults": [{"device": "mock1", "period": "1s"}]}),
+            "a flap needs for (each fault's length) below period",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "faults": [{"device": "mock1", "period": "100ms", "for": "50ms"}]}),
+            "period of 200ms or more",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "faults": [{"device": "mock1", "after": "1s", "afterPrepares": 2}]}),
+            "after and afterPrepares are exclusive",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "faults": [{"device": "mock1_vf0", "action": "remove"}]}),
+            "remove takes a PF",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "faults": [{"device": "mock1", "after": "-1s"}]}),
+            "spec.faults[0].after in body should match",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "faults": [{"device": "mock1", "after": "25h"}]}),
+            "at most 24h",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "pfs": [{"id": 0}], "faults": [{"device": "mock1"}]}),
+            "every fault's device must exist under pfs",
+        ),
+        (
+            serde_json::json!({"nodeName": "node-a", "attach": {"failurePercent": 101}}),
+            "spec.attach.failurePercent",
+        ),
+    ] {
+        let e = kubectl_stdin(&cp, &["create", "-f", "-"], &scenario("bad", spec.clone())).unwrap_err();
+        assert!(e.contains(says), "{spec}: {e}");
+        println!("refused: {}", e.trim());
+    }
+
+    // A sim-mode agent for node-a: 2 PFs, no VFs.
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port();
+    let log = dir.path().join("agent.log");
+    let sim = dir.path().join("sim");
+    let agent = spawn_agent(
+        &cp.admin_kubeconfig,
+        &log,
+        &[
+            "--node-name=node-a".into(),
+            "--devices=sim".into(),
+            format!("--sim-dir={}", sim.display()),
+            "--sim-pfs=2".into(),
+            "--heartbeat-interval=0".into(),
+            format!("--admin-address={admin}"),
+            "--kubelet-plugin=false".into(),
+            format!("--plugin-socket={}", dir.path().join("plugin").display()),
+        ],
+    );
+    // And the controller, which sums the nodes' entries up.
+    let ctl_log = dir.path().join("controller.log");
+    let _controller = spawn_agent(
+        &cp.admin_kubeconfig,
+        &ctl_log,
+        &[
+            "--mode=controller".into(),
+            "--namespace=default".into(),
+            format!("--admin-address={}", common::free_port()),
+        ],
+    );
+    let logs = || {
+        format!(
+            "{}\n--- controller ---\n{}",
+            agent_logs(&cp, &log),
+            fs::read_to_string(&ctl_log).unwrap_or_default()
+        )
+    };
+    wait_for("the sim's devices", &logs, || {
+        (published(&cp).0 == ["mock0", "mock1"]).then_some(())
+    });
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"))
+            .arg("ctl")
+            .arg(format!("--sim-dir={}", sim.display()))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    // Declared: PF 0 with 2 VFs, PF 1 as it is, PF 5 hot-plugged on NUMA
+    // node 1 with a VF; mock0_vf1 failed.
+    let s1 = scenario(
+        "s1",
+        serde_json::json!({
+            "nodeSelector": {"matchLabels": {"pool": "a"}},
+            "pfs": [{"id": 0, "vfs": 2}, {"id": 1}, {"id": 5, "numaNode": 1, "vfs": 1}],
+            "devices": [{"name": "mock0_vf1", "health": "failed"}]
+        }),
+    );
+    kubectl_stdin(&cp, &["create", "-f", "-"], &s1).unwrap();
+    let e = entry_when(&cp, "s1", "Applied", &logs);
+    assert_eq!(e["applied"], true, "{e}");
+    let (names, items) = wait_for("the declared devices", &logs, || {
+        let (names, items) = published(&cp);
+        (names.len() == 6 && !taints(&items).is_empty()).then_some((names, items))
+    });
+    assert_eq!(
+        names,
+        ["mock0", "mock0-vf0", "mock0-vf1", "mock1", "mock5", "mock5-vf0"]
+    );
+    let t = taints(&items);
+    assert_eq!((t[0].0.as_str(), t[0].1.as_str()), ("mock0-vf1", "failed"), "{t:?}");
+    let mock5 = items
+        .iter()
+        .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+        .find(|d| d["name"] == "mock5")
+        .unwrap();
+    assert_eq!(mock5["attributes"]["numaNode"]["int"], 1, "{mock5}");
+    let e = entry_when(&cp, "s1", "Applied", &logs);
+    let devices = e["devices"].as_array().unwrap();
+    assert!(
+        devices.iter().any(|d| d["name"] == "mock5" && d["present"] == true),
+        "{e}"
+    );
+    // An Event per change, in `default`, about the scenario.
+    let events = kubectl_json(&cp, &["get", "events.events.k8s.io", "-n", "default", "-o", "json"]);
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["regarding"]["name"] == "s1")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    for r in ["DeviceAdded", "VFsSet", "HealthSet"] {
+        assert!(reasons.contains(&r), "{reasons:?}");
+    }
+    // `kubectl get` columns: the controller's summary.
+    let table = wait_for("the summary", &logs, || {
+        let t = String::from_utf8(cp.kubectl(&["get", "devicescenarios"]).unwrap().stdout).unwrap();
+        let row: Vec<&str> = t.lines().nth(1)?.split_whitespace().collect();
+        // NAME NODE SELECTOR NODES APPLIED WAITING AGE (no node name: a selector)
+        (row[0] == "s1" && row.contains(&r#"{"pool":"a"}"#) && row[row.len() - 3..row.len() - 1] == ["1", "1"])
+            .then_some(t)
+    });
+    println!("{table}");
+
+    // A manual change on the node: reported as drift, not fought.
+    assert_eq!(ctl(&["write", "class/mock0_vf1/health", "ok"]), "ok");
+    let drifted = wait_for("the drift reported", &logs, || {
+        let s = kubectl_json(&cp, &["get", "devicescenario", "s1", "-o", "json"]);
+        let c = s["status"]["nodes"][0]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Drifted" && c["status"] == "True")?
+            .clone();
+        Some(c)
+    });
+    assert!(
+        drifted["message"]
+            .as_str()
+            .unwrap()
+            .contains("mock0_vf1: health is ok on the node"),
+        "{drifted}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        ctl(&["read", "class/mock0_vf1/health"]),
+        "ok",
+        "the agent fought a manual change"
+    );
+
+    // mock5's VF held (as a prepared claim marks it): a spec without mock5
+    // waits for it, applying nothing; released, it is applied.
+    assert_eq!(ctl(&["write", "class/mock5_vf0/status", "1"]), "ok");
+    let mut s1b = s1.clone();
+    s1b["spec"]["pfs"] = serde_json::json!([{"id": 0, "vfs": 2}, {"id": 1}]);
+    s1b["spec"]["devices"] = serde_json::json!([{"name": "mock1", "health": "degraded"}]);
+    kubectl_stdin(&cp, &["apply", "-f", "-"], &s1b).unwrap();
+    let e = entry_when(&cp, "s1", "DeviceInUse", &logs);
+    let c = &e["conditions"][0];
+    assert!(c["message"].as_str().unwrap().contains("mock5_vf0"), "{e}");
+    assert_eq!(ctl(&["read", "class/mock1/health"]), "ok", "half applied: {e}");
+    assert!(published(&cp).0.contains(&"mock5".to_string()));
+    assert_eq!(ctl(&["write", "class/mock5_vf0/status", "0"]), "ok");
+    entry_when(&cp, "s1", "Applied", &logs);
+    wait_for("mock5 gone, mock1 degraded", &logs, || {
+        let (names, items) = published(&cp);
+        let t = taints(&items);
+        (!names.contains(&"mock5".to_string()) && t.iter().any(|t| t.0 == "mock1" && t.1 == "degraded")).then_some(())
+    });
+    // mock0_vf1's failure is no longer asked for, and it was changed on
+    // the node anyway: left as it is (ok).
+    assert_eq!(ctl(&["read", "class/mock0_vf1/health"]), "ok");
+
+    // A second, newer scenario for node-a: Conflict, naming the one followed.
+    let s2 = scenario(
+        "s2",
+        serde_json::json!({"nodeName": "node-a", "devices": [{"name": "mock0", "health": "failed"}]}),
+    );
+    kubectl_stdin(&cp, &["create", "-f", "-"], &s2).unwrap();
+    let e = entry_when(&cp, "s2", "Conflict", &logs);
+    assert!(e["conditions"][0]["message"].as_str().unwrap().contains("s1"), "{e}");
+    let table = wait_for("s2 waiting in the summary", &logs, || {
+        let t = String::from_utf8(cp.kubectl(&["get", "devicescenarios", "s2"]).unwrap().stdout).unwrap();
+        t.contains("node-a: Conflict").then_some(t)
+    });
+    println!("{table}");
+
+    // Only a node's own agent writes its entry (the chart's admission
+    // policy, with a service account token's node claim, impersonated).
+    let sa = "--as=system:serviceaccount:mock-device:mock-accel-node-agent";
+    let patch = r#"[{"op": "add", "path": "/status/nodes/-", "value": {"node": "node-b", "applied": true}}]"#;
+    let as_node = |n: &str| {
+        cp.kubectl(&[
+            sa,
+            &format!("--as-user-extra=authentication.kubernetes.io/node-name={n}"),
+            "patch",
+            "devicescenario",
+            "s1",
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            patch,
+        ])
+        .unwrap()
+    };
+    let refused = as_node("node-a");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("may write only its own node's entry"),
+        "{err}"
+    );
+    assert!(as_node("node-b").status.success());
+
+    // s1 deleted: mock1's degraded health (set by the agent) given back,
+    // and s2 followed now.
+    cp.kubectl(&["delete", "devicescenario", "s1"]).unwrap();
+    entry_when(&cp, "s2", "Applied", &logs);
+    wait_for("mock1 ok again, mock0 failed", &logs, || {
+        let t = taints(&published(&cp).1);
+        (t.len() == 1 && t[0].0 == "mock0" && t[0].1 == "failed").then_some(())
+    });
+    assert!(fs::read_to_string(&log).unwrap().contains("scenario applied"));
+
+    // Faults on a schedule: mock1 failed 1 s after the apply, for 1.5 s;
+    // mock0_vf0 degraded, flapping (300 ms every second).
+    let mut s2b = s2.clone();
+    s2b["spec"]["faults"] = serde_json::json!([
+        {"device": "mock1", "after": "1s", "for": "1500ms"},
+        {"device": "mock0_vf0", "action": "degraded", "after": "500ms", "for": "300ms", "period": "1s"}
+    ]);
+    kubectl_stdin(&cp, &["apply", "-f", "-"], &s2b).unwrap();
+    entry_when(&cp, "s2", "Applied", &logs);
+    wait_for("mock1 failed by the schedule", &logs, || {
+        taints(&published(&cp).1)
+            .iter()
+            .any(|t| t.0 == "mock1" && t.1 == "failed")
+            .then_some(())
+    });
+    wait_for("and recovered by it", &logs, || {
+        (!taints(&published(&cp).1).iter().any(|t| t.0 == "mock1")).then_some(())
+    });
+    let starts = wait_for("the flap's third start", &logs, || {
+        let events = kubectl_json(&cp, &["get", "events.events.k8s.io", "-n", "default", "-o", "json"]);
+        let notes: Vec<String> = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == "FaultStarted")
+            .filter_map(|e| e["note"].as_str().map(str::to_string))
+            .collect();
+        // One Event for the flapping device, its series counting the starts.
+        let flaps =
+            events["items"].as_array().unwrap().iter().find(|e| {
+                e["reason"] == "FaultStarted" && e["note"].as_str().is_some_and(|n| n.contains("mock0_vf0"))
+            })?;
+        (flaps["series"]["count"].as_i64() >= Some(3)).then_some(notes)
+    });
+    println!("scheduled faults: {starts:?}");
+    // How late the agent turned them on and off, by its own clock.
+    let metrics = admin_get(admin, "/metrics");
+    let lateness: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("mock_accel_declared_fault_lateness_seconds"))
+        .collect();
+    println!("{}", lateness.join("\n"));
+    assert!(
+        lateness.iter().any(|l| l.contains("_count") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // The scenario deleted: every fault ends, mock0's failure given back.
+    cp.kubectl(&["delete", "devicescenario", "s2"]).unwrap();
+    wait_for("no taints once s2 is gone", &logs, || {
+        taints(&published(&cp).1).is_empty().then_some(())
+    });
+    drop(agent);
+}

@@ -411,6 +411,38 @@ def main():
         check("devices.mode=sim needs no kernel module" in str(e), f"sim + KMM: {e}")
         print("ok: devices.mode=sim with KMM refused, saying why")
 
+    # DeviceScenarios (scenarios.enabled, on by default): the CRD (its CEL
+    # compiled by the real API server in real_cluster's test), the agents'
+    # and the controller's rights, the status policy, --scenarios. Off:
+    # none of them, and the agent told so.
+    docs, _ = render(chart, values_for([], []), "mock-device")
+    k = kinds(docs)
+    crd = k.get(("CustomResourceDefinition", "devicescenarios.mock-accel.example.com"))
+    check(crd is not None and crd["spec"]["group"] == "mock-accel.example.com", "scenarios: the CRD in the driver's group")
+    role = k[("ClusterRole", "mock-accel-node-agent")]
+    check({"apiGroups": ["mock-accel.example.com"], "resources": ["devicescenarios/status"], "verbs": ["get", "patch"]}
+          in role["rules"], f"scenarios: the agent may patch the status: {role['rules']}")
+    check(("ValidatingAdmissionPolicy", "mock-accel-node-agent-devicescenarios-status") in k,
+          "scenarios: the status policy")
+    check(("Role", "mock-accel-node-agent-events") in k, "scenarios: the agent's Events role in default")
+    agent = next(d for _, d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    check("--scenarios=true" in agent["args"], f"scenarios: --scenarios=true: {agent['args']}")
+    docs, _ = render(chart, values_for(["scenarios.enabled=false"], []), "mock-device")
+    k = kinds(docs)
+    check(not any(kind == "CustomResourceDefinition" for kind, _ in k), "scenarios off: no CRD")
+    check(not any("devicescenarios" in str(d) for _, d in docs if d["kind"] != "DaemonSet"),
+          "scenarios off: no rights or policy for them")
+    agent = next(d for _, d in docs if d["kind"] == "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    check("--scenarios=false" in agent["args"], f"scenarios off: --scenarios=false: {agent['args']}")
+    docs, _ = render(chart, values_for(["kernelModule.enabled=true"], ['kernelModule.parameters=["max_vfs=16", "numa_nodes=4"]']),
+                     "mock-device")
+    crd = kinds(docs)[("CustomResourceDefinition", "devicescenarios.mock-accel.example.com")]
+    pf = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["pfs"]["items"]
+    rules = [r["rule"] for r in pf.get("x-kubernetes-validations", [])]
+    check("!has(self.vfs) || self.vfs <= 16" in rules and "!has(self.numaNode) || self.numaNode < 4" in rules,
+          f"scenarios: the KMM parameters' limits at admission: {rules}")
+    print("ok: scenarios: CRD, rights, status policy and --scenarios; off: none; KMM parameters' limits")
+
     # The schema refuses mistakes, with a message naming them.
     bad = [
         ("a misspelt key", ["draDriver.controler.enabled=false"], "controler"),

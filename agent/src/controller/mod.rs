@@ -275,7 +275,11 @@ async fn lead(clients: Clients, cfg: Config, health: Arc<Health>, term: Cancella
     let client = clients.requests;
     let notify = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
-    let stores = watch_cluster(&mut tasks, clients.watches, &cfg, &notify, &term);
+    let stores = watch_cluster(&mut tasks, clients.watches.clone(), &cfg, &notify, &term);
+    tasks.spawn(
+        crate::declared::summary::run(client.clone(), clients.watches, cfg.driver.clone(), term.clone())
+            .instrument(info_span!("scenarios")),
+    );
     tokio::select! {
         _ = term.cancelled() => return Ok(()),
         ok = stores.ready() => if !ok { anyhow::bail!("a watch ended before it synced") },
