@@ -237,7 +237,10 @@ async fn main() -> anyhow::Result<()> {
     let ar = mock_accel_agent::declared::api_resource("mock-accel.example.com");
     let scenarios: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
     let pfs = |vfs: &[u32]| -> serde_json::Value {
-        vfs.iter().enumerate().map(|(id, v)| serde_json::json!({"id": id, "vfs": v})).collect()
+        vfs.iter()
+            .enumerate()
+            .map(|(id, v)| serde_json::json!({"id": id, "vfs": v}))
+            .collect()
     };
     let mut vfs = vec![VFS; PFS as usize];
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -269,7 +272,11 @@ async fn main() -> anyhow::Result<()> {
         let patch = serde_json::json!({"spec": {"pfs": pfs(&vfs)}});
         let t = Instant::now();
         scenarios
-            .patch("bench", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .patch(
+                "bench",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
             .await?;
         let at = seen(&mut rx, "sim-node", &format!("mock{pf}-vf0"), add).await?;
         declared_ms.push(at.duration_since(t).as_secs_f64() * 1000.0);
@@ -351,7 +358,12 @@ async fn main() -> anyhow::Result<()> {
         "{:<58} {d50:>9.2} {d99:>9.2}",
         "declared (DeviceScenario vfs patched) -> slice seen"
     );
-    println!("{:<58} {:>9.2} {:>9.2}", "ratio to the bare replace (goal <= 2)", d50 / b50, d99 / b99);
+    println!(
+        "{:<58} {:>9.2} {:>9.2}",
+        "ratio to the bare replace (goal <= 2)",
+        d50 / b50,
+        d99 / b99
+    );
     println!("agent RSS with {DEVICES} devices, published (KiB):");
     println!("  sim    {sim_rss:>8} (after the {changes} changes {sim_rss_after}, peak {sim_hwm})");
     println!("  kernel {kernel_rss:>8} (files of the module's shape, no uevents)");

@@ -62,7 +62,7 @@ pub fn scenario(data: &[u8]) {
     let params = Params {
         num_pfs: 2,
         max_vfs: 4,
-        fabric_attach_ms: u32::from(data.len() % 2 == 0) * 100,
+        fabric_attach_ms: u32::from(data.len().is_multiple_of(2)) * 100,
         ..Params::default()
     };
     let mut m = Model::load(params.clone()).expect("valid parameters");
@@ -81,7 +81,9 @@ pub fn scenario(data: &[u8]) {
                     Step::AddPf { id, numa_node: None } => ("bus/new_device".into(), id.to_string()),
                     Step::RemovePf { id } => ("bus/del_device".into(), id.to_string()),
                     Step::SetVfs { pf, vfs } => (format!("class/{pf}/sriov_numvfs"), vfs.to_string()),
-                    Step::SetHealth { function, health } => (format!("class/{function}/health"), health.as_str().into()),
+                    Step::SetHealth { function, health } => {
+                        (format!("class/{function}/health"), health.as_str().into())
+                    }
                     Step::FailAttaches { function, n } => (format!("class/{function}/fail_attach"), n.to_string()),
                 };
                 if let Err(e) = m.write(&path, &value) {
@@ -96,7 +98,7 @@ pub fn scenario(data: &[u8]) {
         }
     }
     let outcome = status::Outcome {
-        applied: data.len() % 3 == 0,
+        applied: data.len().is_multiple_of(3),
         reason: "Applied".into(),
         message: String::new(),
     };
