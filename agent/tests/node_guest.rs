@@ -195,7 +195,7 @@ fn the_sim_on_a_real_node() {
 #[test]
 #[ignore = "minutes on the emulated node: just declared-node"]
 fn the_declared_devices_on_a_real_node() {
-    run_on_node("declared.sh").assert_clean(33);
+    run_on_node("declared.sh").assert_clean(37);
 }
 
 /// The fault suite's cases that need the real node (`faults_node.sh`): the

@@ -78,7 +78,7 @@ mode() {
     # Refused at admission: the message a user sees.
     _e=$(scenario "  pfs: [{id: 64}]")
     echo "# $_e"
-    check_true "$m: a PF id above 63 refused at admission" has "$_e" "spec.pfs[0].id: Invalid value: 64"
+    check_true "$m: a PF id above 63 refused at admission" has "$_e" "id in body should be less than or equal to 63"
     if [ "$m" = sim ]; then
         _e=$(scenario "  pfs: [{id: 0, vfs: 9}]")
         echo "# $_e"
@@ -127,6 +127,17 @@ mode() {
     check "$m: declared failed: mock4 carries the health taint" "failed NoSchedule" "$(taint mock4 value) $(taint mock4 effect)"
     WAIT_INTERVAL=1 wait_until 120 res_is h-pod Unhealthy
     check "$m: h-pod's allocatedResourcesStatus: Unhealthy" Unhealthy "$(res_health h-pod)"
+    # A manual write on the node (an operator's echo, or ctl in sim mode):
+    # reported as drift, not fought.
+    if [ "$m" = kernel ]; then put $cls/mock4/health ok; else kubectl exec -n $ns ds/$agent -- mock-accel-agent ctl write class/mock4/health ok >/dev/null; fi
+    drifted() { [ "$(entry 'conditions[?(@.type=="Drifted")].status')" = True ]; }
+    WAIT_INTERVAL=0.5 wait_until 60 drifted
+    _d=$(entry 'conditions[?(@.type=="Drifted")].message')
+    echo "# $_d"
+    check_true "$m: a manual write of health ok reported (Drifted)" has "$_d" "mock4: health is ok on the node, the scenario says failed"
+    sleep 2
+    _h=$(if [ "$m" = kernel ]; then cat $cls/mock4/health; else kubectl exec -n $ns ds/$agent -- mock-accel-agent ctl read class/mock4/health; fi)
+    check "$m: and not fought: mock4 still ok" ok "$_h"
     _out=$(scenario "  pfs: [{id: 0}, {id: 1}, {id: 4}]")
     WAIT_INTERVAL=0.5 wait_until 60 untainted mock4
     WAIT_INTERVAL=1 wait_until 120 res_is h-pod Healthy
