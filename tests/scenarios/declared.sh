@@ -143,21 +143,23 @@ mode() {
     WAIT_INTERVAL=1 wait_until 120 res_is h-pod Healthy
     check "$m: declared recovery: no taint, h-pod Healthy again" ":Healthy" "$(taint mock4 key):$(res_health h-pod)"
 
-    # Faults on a schedule: mock1 failed 3 s after the apply, for 3 s.
+    # Faults on a schedule: mock1 failed 3 s after the apply, for 10 s (a
+    # look from here takes a kubectl, ~2 s of the guest's CPU: a shorter
+    # fault can fall between two looks).
     _t=$(uptime_s)
     _out=$(scenario "  pfs: [{id: 0}, {id: 1}, {id: 4}]
-  faults: [{device: mock1, after: 3s, for: 3s}]")
+  faults: [{device: mock1, after: 3s, for: 10s}]")
     WAIT_INTERVAL=0.2 wait_until 60 tainted mock1 failed NoSchedule || not_ok "$m: the scheduled fault"
     _on=$(since "$_t")
     WAIT_INTERVAL=0.2 wait_until 60 untainted mock1 || not_ok "$m: the scheduled recovery"
     _off=$(since "$_t")
-    echo "# $m: kubectl apply -> mock1's taint in the API: $_on s (due at 3 s), gone at $_off s (due at 6 s)"
+    echo "# $m: kubectl apply -> mock1's taint in the API: $_on s (due at 3 s), gone at $_off s (due at 13 s)"
     _late=$(notes FaultStarted | grep "on mock1" | tail -n 1)
     echo "# $m: the agent: $_late"
     check_true "$m: the fault fired by the agent's clock within 500 ms of its time" \
         sh -c "echo '$_late' | grep -Eq ', ([0-9]{1,2}|[1-4][0-9]{2}) ms after its time'"
-    check_true "$m: seen in the API after its time (3 s) and ended after 6 s" \
-        awk "BEGIN { exit !($_on >= 3 && $_off >= 6) }"
+    check_true "$m: seen in the API after its time (3 s) and ended after 13 s" \
+        awk "BEGIN { exit !($_on >= 3 && $_off >= 13) }"
 
     kubectl delete devicescenario s >/dev/null
     delete_pod h-pod
