@@ -953,15 +953,21 @@ fn devices_and_faults_declared_through_the_api() {
     // plugged back 1.5 s later (the flap's faults end first: a new
     // generation ends what the last one started).
     let mut s2c = s2.clone();
-    s2c["spec"]["faults"] = serde_json::json!([{"device": "mock1", "action": "remove", "after": "200ms", "for": "1500ms"}]);
+    s2c["spec"]["faults"] =
+        serde_json::json!([{"device": "mock1", "action": "remove", "after": "200ms", "for": "1500ms"}]);
     kubectl_stdin(&cp, &["apply", "-f", "-"], &s2c).unwrap();
     let e = wait_for("mock1 removed by the schedule", &logs, || {
         let s = kubectl_json(&cp, &["get", "devicescenario", "s2", "-o", "json"]);
         let e = s["status"]["nodes"][0].clone();
         (!published(&cp).0.contains(&"mock1".to_string()) && e["activeFaults"][0] == "mock1: remove").then_some(e)
     });
-    assert!(e["devices"].as_array().unwrap().iter().all(|d| d["drift"].is_null()), "a fault's removal is no drift: {e}");
-    wait_for("and plugged back", &logs, || published(&cp).0.contains(&"mock1".to_string()).then_some(()));
+    assert!(
+        e["devices"].as_array().unwrap().iter().all(|d| d["drift"].is_null()),
+        "a fault's removal is no drift: {e}"
+    );
+    wait_for("and plugged back", &logs, || {
+        published(&cp).0.contains(&"mock1".to_string()).then_some(())
+    });
     // The scenario deleted: every fault ends, mock0's failure given back.
     cp.kubectl(&["delete", "devicescenario", "s2"]).unwrap();
     wait_for("no taints once s2 is gone", &logs, || {
