@@ -212,7 +212,8 @@ impl<F: std::future::Future> ReadyNow for F {
     }
 }
 
-/// Runs a reflected watch, waking the loop on each event. An API without
+/// Runs a reflected watch, waking the loop on each event (the agent's
+/// and the controller's summary alike). An API without
 /// the resource (the CRD not installed, or no right to it) is said once.
 async fn drive<S, K>(stream: S, changed: Arc<Notify>, what: &'static str, driver: String)
 where
@@ -232,7 +233,7 @@ where
             Err(e) => {
                 counter!(m::DECLARED_ERRORS, "stage" => "watch").increment(1);
                 if !failing {
-                    warn!(what, error = %e, hint = %format!("is the {} DeviceScenario CRD installed (chart value scenarios.enabled) and may this agent watch it?", driver), "cannot watch; declared devices wait");
+                    warn!(what, error = %e, hint = %format!("is the {} DeviceScenario CRD installed (chart value scenarios.enabled) and may this agent watch it?", driver), "cannot watch; scenarios wait for it");
                     failing = true;
                 } else {
                     debug!(what, error = %e, "still cannot watch");

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -15,7 +14,7 @@ use metrics::counter;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::api_resource;
 use super::spec::{KIND, VERSION};
@@ -67,25 +66,7 @@ pub async fn run(requests: Client, watches: Client, driver: String, term: Cancel
         .default_backoff()
         .reflect(writer);
     let api: Api<DynamicObject> = Api::all_with(requests, &ar);
-    let poke = changed.clone();
-    let watching = async move {
-        let mut stream = std::pin::pin!(stream);
-        let mut failing = false;
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => {
-                    failing = false;
-                    poke.notify_one();
-                }
-                Err(e) if !failing => {
-                    failing = true;
-                    counter!(m::CONTROLLER_WATCH_ERRORS, "resource" => "devicescenarios").increment(1);
-                    info!(error = %e, "DeviceScenarios cannot be watched (the CRD not installed?): no summaries");
-                }
-                Err(e) => debug!(error = %e, "DeviceScenarios still cannot be watched"),
-            }
-        }
-    };
+    let watching = super::drive(stream, changed.clone(), "DeviceScenarios", driver.clone());
     let summarising = async {
         loop {
             changed.notified().await;
