@@ -87,6 +87,7 @@ int mock_accel_class_uevent(MOCK_ACCEL_CLASS_DEV *dev,
 {
 	const struct mock_accel_fn *fn = to_mock_accel_chr(dev)->fn;
 	bool vf = mock_accel_is_vf(fn);
+	char owner[MOCK_ACCEL_OWNER_LEN];
 	int err;
 
 	err = add_uevent_var(env, "MOCK_ACCEL_TYPE=%s", vf ? "vf" : "pf");
@@ -105,6 +106,9 @@ int mock_accel_class_uevent(MOCK_ACCEL_CLASS_DEV *dev,
 		err = add_uevent_var(env, "MOCK_ACCEL_VF_INDEX=%u", fn->vf_index);
 	if (!err && vf)
 		err = add_uevent_var(env, "MOCK_ACCEL_PHYSFN=mock%u", fn->pf_index);
+	mock_accel_owner_get(fn, owner);
+	if (!err && owner[0])
+		err = add_uevent_var(env, "MOCK_ACCEL_OWNER=%s", owner);
 	return err;
 }
 

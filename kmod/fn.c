@@ -14,6 +14,7 @@
 #include <linux/siphash.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
+#include <linux/string.h>
 #include <linux/version.h>
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)
 #include <linux/unaligned.h>	/* moved from asm/ in 6.12 */
@@ -100,7 +101,7 @@ static void mock_accel_fn_uuid(struct mock_accel_fn *fn)
 struct mock_accel_fn *mock_accel_fn_create(u32 pf_index, u32 vf_index,
 					   struct mock_accel_fn *pf,
 					   u32 numa_node, u64 memory_size,
-					   u32 total_vfs)
+					   u32 total_vfs, const char *owner)
 {
 	struct mock_accel_fn *fn;
 	u32 devfn;
@@ -129,6 +130,9 @@ struct mock_accel_fn *mock_accel_fn_create(u32 pf_index, u32 vf_index,
 	fn->numa_node = numa_node;
 	fn->memory_size = memory_size;
 	fn->total_vfs = total_vfs;
+	/* Before device_add: the first uevent already names the owner. */
+	if (owner)
+		strscpy(fn->owner, owner, sizeof(fn->owner));
 	fn->attach = mock_accel_fabric_attach_ms ? MOCK_ACCEL_ATTACH_DETACHED :
 						   MOCK_ACCEL_ATTACH_LOCAL;
 	INIT_DELAYED_WORK(&fn->attach_work, mock_accel_attach_work);
@@ -308,7 +312,7 @@ static int mock_accel_sriov_enable(struct mock_accel_fn *pf, u32 num_vfs)
 
 	for (i = 0; i < num_vfs; i++) {
 		vf = mock_accel_fn_create(pf->pf_index, i, pf, pf->numa_node,
-					  share, 0);
+					  share, 0, NULL);
 		if (IS_ERR(vf)) {
 			mock_accel_sriov_disable(pf);
 			return PTR_ERR(vf);

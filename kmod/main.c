@@ -58,7 +58,7 @@ int mock_accel_probe_fault(void)
 }
 
 /* Must be called with mock_accel_pfs_lock held. */
-static int mock_accel_pf_add(u32 id, u32 numa_node)
+static int mock_accel_pf_add(u32 id, u32 numa_node, const char *owner)
 {
 	struct mock_accel_fn *pf;
 
@@ -66,7 +66,7 @@ static int mock_accel_pf_add(u32 id, u32 numa_node)
 		return -EEXIST;
 
 	pf = mock_accel_fn_create(id, MOCK_ACCEL_VF_NONE, NULL, numa_node,
-				  (u64)memory_mib << 20, mock_accel_max_vfs);
+				  (u64)memory_mib << 20, mock_accel_max_vfs, owner);
 	if (IS_ERR(pf))
 		return PTR_ERR(pf);
 
@@ -88,16 +88,16 @@ static int mock_accel_pf_del(u32 id)
 }
 
 /*
- * Splits "A [B ...]" into at most @max unsigned integers. Returns how many
- * were read, or -EINVAL / -ERANGE.
+ * Splits a line of at most @size - 1 bytes into at most @max words (spaces
+ * or tabs between them), in place in @line. Returns how many, or -EINVAL.
  */
-static int mock_accel_parse_u32s(const char *buf, size_t count, u32 *vals,
-				 int max)
+static int mock_accel_split(const char *buf, size_t count, char *line,
+			    size_t size, char **words, int max)
 {
-	char line[64], *cur, *tok;
-	int n = 0, err;
+	char *cur, *tok;
+	int n = 0;
 
-	if (count >= sizeof(line))
+	if (count >= size)
 		return -EINVAL;
 	memcpy(line, buf, count);
 	line[count] = '\0';
@@ -108,33 +108,44 @@ static int mock_accel_parse_u32s(const char *buf, size_t count, u32 *vals,
 			continue;
 		if (n == max)
 			return -EINVAL;
-		err = kstrtou32(tok, 0, &vals[n]);
-		if (err)
-			return err;
-		n++;
+		words[n++] = tok;
 	}
 	return n ? n : -EINVAL;
 }
 
-/* new_device: "ID [NUMA_NODE]" adds PF ID (on node ID % numa_nodes by default). */
+/*
+ * new_device: "ID [NUMA_NODE [OWNER]]" adds PF ID (on node ID % numa_nodes
+ * by default), owned by node OWNER if given.
+ */
 static ssize_t new_device_store(MOCK_ACCEL_BUS_TYPE *bus, const char *buf,
 				size_t count)
 {
-	u32 vals[2];
+	char line[16 + MOCK_ACCEL_OWNER_LEN], owner[MOCK_ACCEL_OWNER_LEN];
+	char *words[3];
+	u32 id, numa_node;
 	int n, err;
 
-	n = mock_accel_parse_u32s(buf, count, vals, ARRAY_SIZE(vals));
+	n = mock_accel_split(buf, count, line, sizeof(line), words,
+			     ARRAY_SIZE(words));
 	if (n < 0)
 		return n;
-	if (vals[0] >= MOCK_ACCEL_MAX_PFS)
+	err = kstrtou32(words[0], 0, &id);
+	if (!err && n > 1)
+		err = kstrtou32(words[1], 0, &numa_node);
+	if (!err && n > 2)
+		err = mock_accel_owner_parse(words[2], strlen(words[2]), owner);
+	if (err)
+		return err;
+	if (id >= MOCK_ACCEL_MAX_PFS)
 		return -ERANGE;
 	if (n < 2)
-		vals[1] = vals[0] % numa_nodes;
-	else if (vals[1] >= numa_nodes)
+		numa_node = id % numa_nodes;
+	else if (numa_node >= numa_nodes)
 		return -ERANGE;
 
 	mutex_lock(&mock_accel_pfs_lock);
-	err = mock_accel_live ? mock_accel_pf_add(vals[0], vals[1]) : -ENODEV;
+	err = mock_accel_live ?
+		mock_accel_pf_add(id, numa_node, n > 2 ? owner : NULL) : -ENODEV;
 	mutex_unlock(&mock_accel_pfs_lock);
 
 	return err ? err : count;
@@ -145,12 +156,16 @@ static BUS_ATTR_WO(new_device);
 static ssize_t del_device_store(MOCK_ACCEL_BUS_TYPE *bus, const char *buf,
 				size_t count)
 {
+	char line[64], *word;
 	u32 id;
 	int n, err;
 
-	n = mock_accel_parse_u32s(buf, count, &id, 1);
+	n = mock_accel_split(buf, count, line, sizeof(line), &word, 1);
 	if (n < 0)
 		return n;
+	err = kstrtou32(word, 0, &id);
+	if (err)
+		return err;
 	if (id >= MOCK_ACCEL_MAX_PFS)
 		return -ERANGE;
 
@@ -292,7 +307,7 @@ static int __init mock_accel_init(void)
 
 	mutex_lock(&mock_accel_pfs_lock);
 	for (id = 0; id < num_pfs && !err; id++)
-		err = mock_accel_pf_add(id, id % numa_nodes);
+		err = mock_accel_pf_add(id, id % numa_nodes, NULL);
 	mock_accel_live = !err;
 	mutex_unlock(&mock_accel_pfs_lock);
 	if (err)

@@ -12,6 +12,7 @@
 #include <linux/cdev.h>
 #include <linux/device.h>
 #include <linux/mutex.h>
+#include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/uuid.h>
 #include <linux/version.h>
@@ -36,6 +37,8 @@
 #define MOCK_ACCEL_FW_VERSION		"1.4.2"
 #define MOCK_ACCEL_MAX_ATTACH_MS	60000	/* fabric_attach_ms limit */
 #define MOCK_ACCEL_MAX_FAIL_ATTACH	1000	/* fail_attach limit */
+/* A PF's owner: a node name (RFC 1123 subdomain), at most 253 characters. */
+#define MOCK_ACCEL_OWNER_LEN		254
 
 /* Kernels after 6.1 made these callbacks take const pointers. */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 2, 0)
@@ -104,6 +107,8 @@ struct mock_accel_fn {
 	struct delayed_work attach_work; /* ends an attach */
 
 	/* PF only */
+	char owner[MOCK_ACCEL_OWNER_LEN]; /* "" or the node owning it and its VFs,
+					   * under mock_accel_owner_lock */
 	u32 total_vfs;
 	u32 num_vfs;
 	struct mock_accel_fn **vfs;	/* total_vfs entries */
@@ -144,7 +149,7 @@ int mock_accel_probe_fault(void);
 struct mock_accel_fn *mock_accel_fn_create(u32 pf_index, u32 vf_index,
 					   struct mock_accel_fn *pf,
 					   u32 numa_node, u64 memory_size,
-					   u32 total_vfs);
+					   u32 total_vfs, const char *owner);
 int mock_accel_bus_match(struct device *dev, MOCK_ACCEL_DRIVER *drv);
 int mock_accel_bus_uevent(MOCK_ACCEL_BUS_DEV *dev, struct kobj_uevent_env *env);
 int mock_accel_bus_probe(struct device *dev);
@@ -179,6 +184,9 @@ __printf(3, 4)
 void mock_accel_notify(struct mock_accel_fn *fn, const char *event,
 		       const char *fmt, ...);
 const char *mock_accel_health_name(enum mock_accel_health health);
+extern spinlock_t mock_accel_owner_lock;
+void mock_accel_owner_get(const struct mock_accel_fn *fn, char *owner);
+int mock_accel_owner_parse(const char *buf, size_t len, char *owner);
 void mock_accel_attach_work(struct work_struct *work);
 
 #endif /* _MOCK_ACCEL_H */

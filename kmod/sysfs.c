@@ -5,6 +5,7 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/ctype.h>
 #include <linux/kernel.h>
 #include <linux/kobject.h>
 #include <linux/string.h>
@@ -39,7 +40,7 @@ static const char * const mock_accel_attach_names[] = {
 void mock_accel_notify(struct mock_accel_fn *fn, const char *event,
 		       const char *fmt, ...)
 {
-	char ev[32], kv[64];
+	char ev[32], kv[32 + MOCK_ACCEL_OWNER_LEN];
 	char *envp[] = { ev, kv, NULL };
 	va_list args;
 
@@ -307,6 +308,112 @@ static ssize_t fail_attach_store(struct device *dev,
 	return err ? err : count;
 }
 
+/* ---- the owner: which node a PF and its VFs belong to (shared kernels) ---- */
+
+DEFINE_SPINLOCK(mock_accel_owner_lock);
+
+/*
+ * Copies the owner of @fn ("" if none; a VF's is its PF's) into @owner,
+ * MOCK_ACCEL_OWNER_LEN bytes. The spinlock, not fn->lock: a PF drains its
+ * VFs' attributes under its own lock, so a VF's reader must not take it.
+ */
+void mock_accel_owner_get(const struct mock_accel_fn *fn, char *owner)
+{
+	const struct mock_accel_fn *pf = mock_accel_is_vf(fn) ? fn->pf : fn;
+
+	spin_lock(&mock_accel_owner_lock);
+	strscpy(owner, pf->owner, MOCK_ACCEL_OWNER_LEN);
+	spin_unlock(&mock_accel_owner_lock);
+}
+
+/*
+ * Reads a node name from @len bytes of @buf (one trailing newline allowed)
+ * into @owner: a Kubernetes node name, i.e. an RFC 1123 subdomain: 1..253
+ * characters, dot-separated labels of [a-z0-9-] that start and end with a
+ * letter or digit. Returns 0 or -EINVAL.
+ */
+int mock_accel_owner_parse(const char *buf, size_t len, char *owner)
+{
+	size_t i;
+
+	if (len && buf[len - 1] == '\n')
+		len--;
+	if (!len || len >= MOCK_ACCEL_OWNER_LEN)
+		return -EINVAL;
+	for (i = 0; i < len; i++) {
+		char c = buf[i];
+		bool edge = i == 0 || i == len - 1 || buf[i - 1] == '.' ||
+			    buf[i + 1] == '.';
+
+		if (isdigit(c) || (c >= 'a' && c <= 'z'))
+			continue;
+		if ((c == '-' || c == '.') && !edge)
+			continue;
+		return -EINVAL;
+	}
+	memcpy(owner, buf, len);
+	owner[len] = '\0';
+	return 0;
+}
+
+static ssize_t owner_show(struct device *dev, struct device_attribute *attr,
+			  char *buf)
+{
+	char owner[MOCK_ACCEL_OWNER_LEN];
+
+	mock_accel_owner_get(attr_fn(dev), owner);
+	return sysfs_emit(buf, "%s\n", owner);
+}
+
+/*
+ * PF only, compare-and-set: "NAME" takes an unowned PF (a no-op if NAME
+ * owns it already, -EBUSY if another node does); "-NAME" gives it back (a
+ * no-op if unowned, -EBUSY if another node owns it). Two writers racing
+ * for one unowned PF: exactly one wins. A change sends a change uevent
+ * with the previous owner; every class uevent names the current one.
+ */
+static ssize_t owner_store(struct device *dev, struct device_attribute *attr,
+			   const char *buf, size_t count)
+{
+	struct mock_accel_fn *fn = attr_fn(dev);
+	char name[MOCK_ACCEL_OWNER_LEN], prev[MOCK_ACCEL_OWNER_LEN];
+	bool release = count && buf[0] == '-';
+	bool changed = false;
+	int err;
+
+	err = mock_accel_owner_parse(buf + release, count - release, name);
+	if (err)
+		return err;
+
+	mutex_lock(&fn->lock);
+	if (!fn->chr) {
+		err = -ENODEV;
+		goto out;
+	}
+	spin_lock(&mock_accel_owner_lock);
+	strscpy(prev, fn->owner, sizeof(prev));
+	if (release) {
+		if (!strcmp(fn->owner, name)) {
+			fn->owner[0] = '\0';
+			changed = true;
+		} else if (fn->owner[0]) {
+			err = -EBUSY;
+		}
+	} else if (!fn->owner[0]) {
+		strscpy(fn->owner, name, sizeof(fn->owner));
+		changed = true;
+	} else if (strcmp(fn->owner, name)) {
+		err = -EBUSY;
+	}
+	spin_unlock(&mock_accel_owner_lock);
+	if (changed)
+		mock_accel_notify(fn, "owner", "MOCK_ACCEL_PREVIOUS_OWNER=%s", prev);
+out:
+	mutex_unlock(&fn->lock);
+	return err ? err : count;
+}
+static DEVICE_ATTR_RW(owner);
+
 /* ---- SR-IOV (PFs only), PCI-core names and meanings ---- */
 
 static ssize_t sriov_totalvfs_show(struct device *dev,
@@ -363,6 +470,8 @@ static struct device_attribute dev_attr_pf_fail_attach =
 	__ATTR(fail_attach, 0644, fail_attach_show, fail_attach_store);
 static struct device_attribute dev_attr_vf_fail_attach =
 	__ATTR(fail_attach, 0644, fail_attach_show, fail_attach_store);
+static struct device_attribute dev_attr_vf_owner =
+	__ATTR(owner, 0444, owner_show, NULL);
 
 #define MOCK_ACCEL_IDENTITY_ATTRS			\
 	&dev_attr_uuid.attr,				\
@@ -378,6 +487,7 @@ static struct attribute *mock_accel_pf_common_attrs[] = {
 	&dev_attr_health.attr,
 	&dev_attr_pf_attach.attr,
 	&dev_attr_pf_fail_attach.attr,
+	&dev_attr_owner.attr,
 	NULL,
 };
 
@@ -391,6 +501,7 @@ static struct attribute *mock_accel_vf_common_attrs[] = {
 	&dev_attr_vf_health.attr,
 	&dev_attr_vf_attach.attr,
 	&dev_attr_vf_fail_attach.attr,
+	&dev_attr_vf_owner.attr,
 	NULL,
 };
 

@@ -5,7 +5,7 @@
 . /guest/lib.sh
 
 modprobe mock-accel
-long=$(printf '%0100d' 1)
+long=$(printf '%0300d' 1)
 
 # file                     value           errno
 while read -r file value expected; do
@@ -22,7 +22,12 @@ $bus/new_device            -1              EINVAL
 $bus/new_device            64              ERANGE
 $bus/new_device            4294967296      ERANGE
 $bus/new_device            99999999999999999999  ERANGE
-$bus/new_device            1_1_1           EINVAL
+$bus/new_device            1_1_node-a_x    EINVAL
+$bus/new_device            5_1_Node-A      EINVAL
+$bus/new_device            5_1_-a          EINVAL
+$bus/new_device            5_1_a..b        EINVAL
+$bus/new_device            5_2_node-a      ERANGE
+$bus/new_device            1_1_node-a      EEXIST
 $bus/new_device            5_x             EINVAL
 $bus/new_device            5_2             ERANGE
 $bus/new_device            LONG            EINVAL
@@ -47,6 +52,15 @@ $cls/mock0/health          broken          EINVAL
 $cls/mock0/health          NL              EINVAL
 $cls/mock0/health          OK              EINVAL
 $cls/mock0/health          ok_ok           EINVAL
+$cls/mock0/owner           NL              EINVAL
+$cls/mock0/owner           -               EINVAL
+$cls/mock0/owner           Node-A          EINVAL
+$cls/mock0/owner           node_a          EINVAL
+$cls/mock0/owner           .a              EINVAL
+$cls/mock0/owner           a.              EINVAL
+$cls/mock0/owner           a-.b            EINVAL
+$cls/mock0/owner           --a             EINVAL
+$cls/mock0/owner           LONG            EINVAL
 $cls/mock0/sriov_numvfs    9               ERANGE
 $cls/mock0/sriov_numvfs    -1              EINVAL
 $cls/mock0/sriov_numvfs    abc             EINVAL
@@ -61,6 +75,7 @@ check "still four PFs" "mock0 mock1 mock2 mock3" "$(list $cls)"
 check "mock0 untouched: status" 0 "$(cat $cls/mock0/status)"
 check "mock0 untouched: health" ok "$(cat $cls/mock0/health)"
 check "mock0 untouched: VFs" 0 "$(cat $cls/mock0/sriov_numvfs)"
+check "mock0 untouched: owner" "" "$(cat $cls/mock0/owner)"
 check "no probe failure armed" 0 "$(cat $bus/fail_probe)"
 
 # PCI-core sriov_numvfs rules

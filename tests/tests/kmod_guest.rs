@@ -133,6 +133,14 @@ fn races_with_probe_and_unload_keep_the_promises() {
     on_every_kernel("kmod_races.sh", 2, |r| r.assert_clean(11));
 }
 
+/// Issue 35: a PF's owner (many nodes on one kernel): compare-and-set,
+/// VFs following their PF, new_device with an owner, the uevents, and
+/// eight writers racing for each unowned PF with one winner. Two vCPUs.
+#[test]
+fn an_owner_per_pf_with_one_winner_among_racing_writers() {
+    on_every_kernel("kmod_owner.sh", 2, |r| r.assert_clean(30));
+}
+
 /// Random hot-plug, SR-IOV, status/health, bind/unbind, character-device
 /// reads while devices go, and unloads racing it all, in rounds (the short
 /// run; `just kmod-sanitize` runs it for long on the sanitizing kernel).
