@@ -190,6 +190,21 @@ pub struct Args {
     /// their status. Off: the agent neither watches nor needs them.
     #[arg(long, env = "SCENARIOS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub scenarios: bool,
+    /// Many nodes on one kernel (kind): publish and prepare only the PFs
+    /// this node owns (the module's `owner`, kmod/ABI.md), never an
+    /// unowned one. Off (one node per kernel): unowned PFs are this
+    /// node's too; another node's never are.
+    #[arg(long, env = "SHARED_KERNEL", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub shared_kernel: bool,
+    /// With --shared-kernel: at each load of the module, take unowned PFs
+    /// (lowest ids first) until this node owns this many (3 nodes with 4
+    /// each split 12 PFs with no per-node setting). 0: take none (PFs come
+    /// with an owner: `new_device "ID NUMA NODE"`, a DeviceScenario).
+    #[arg(long, env = "TAKE_PFS", default_value_t = 0)]
+    pub take_pfs: u32,
+    /// With --shared-kernel: take exactly these PF ids instead (comma-separated).
+    #[arg(long, env = "TAKE_PF_IDS", value_delimiter = ',', conflicts_with = "take_pfs")]
+    pub take_pf_ids: Vec<u32>,
 }
 
 /// "30s", "1m30s", "250ms", or "0" (off).

@@ -147,6 +147,9 @@ impl Agent {
             timing,
             agent_grace: args.agent_grace_period,
             audit: args.rescan(),
+            // On a shared kernel the controller gives back gone nodes' PFs.
+            shared_kernel: (args.shared_kernel && args.devices == args::Devices::Kernel)
+                .then(|| Arc::new(backend::sysfs::Sysfs::new(&args.sysfs_root))),
         };
         Ok(common.spawn(move |c, cancel| async move {
             let mut tasks = JoinSet::new();
@@ -181,7 +184,26 @@ type Tasks = JoinSet<anyhow::Result<()>>;
 /// The node's devices, from the backend `--devices` names.
 fn open_devices(args: &Args, node: &str) -> anyhow::Result<Arc<dyn backend::Backend>> {
     Ok(match args.devices {
-        args::Devices::Kernel => Arc::new(backend::sysfs::Sysfs::new(&args.sysfs_root)),
+        args::Devices::Kernel => {
+            if !args.shared_kernel && (args.take_pfs > 0 || !args.take_pf_ids.is_empty()) {
+                anyhow::bail!("--take-pfs and --take-pf-ids need --shared-kernel");
+            }
+            if args.shared_kernel {
+                info!(
+                    take = args.take_pfs,
+                    ids = ?args.take_pf_ids,
+                    "devices: a shared kernel, only the PFs this node owns"
+                );
+            }
+            Arc::new(
+                backend::sysfs::Sysfs::new(&args.sysfs_root).owned_by(backend::owner::Ownership {
+                    node: node.to_string(),
+                    shared: args.shared_kernel,
+                    take: args.take_pfs,
+                    take_ids: args.take_pf_ids.clone(),
+                }),
+            )
+        }
         args::Devices::Sim => {
             let boot_id = std::fs::read_to_string(&args.boot_id_path)
                 .with_context(|| format!("reading the boot ID from {}", args.boot_id_path.display()))?;

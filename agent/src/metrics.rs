@@ -53,6 +53,9 @@ pub const FABRIC_ATTACH_SECONDS: &str = "mock_accel_fabric_attach_duration_secon
 pub const FABRIC_BINDING_PENDING: &str = "mock_accel_fabric_binding_pending";
 pub const FABRIC_ERRORS: &str = "mock_accel_fabric_errors_total";
 pub const DECLARED_APPLIED: &str = "mock_accel_declared_applied_total";
+pub const OWNER_TAKEN: &str = "mock_accel_owner_taken_total";
+pub const OWNER_REFUSED: &str = "mock_accel_owner_refused_total";
+pub const OWNER_RELEASED: &str = "mock_accel_owner_released_total";
 pub const DECLARED_STEPS: &str = "mock_accel_declared_changes_total";
 pub const DECLARED_STATUS_WRITES: &str = "mock_accel_declared_status_writes_total";
 pub const DECLARED_ERRORS: &str = "mock_accel_declared_errors_total";
@@ -108,6 +111,18 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     describe_gauge!(INFO, "Static facts about the agent (always 1).");
     describe_counter!(DECLARED_APPLIED, "DeviceScenario generations applied on this node.");
+    describe_counter!(
+        OWNER_TAKEN,
+        "PFs this node took on a shared kernel (at each load of the module)."
+    );
+    describe_counter!(
+        OWNER_REFUSED,
+        "PFs asked for by id on a shared kernel that another node owns."
+    );
+    describe_counter!(
+        OWNER_RELEASED,
+        "PFs of nodes gone from the cluster given back by the controller (shared kernel)."
+    );
     describe_counter!(
         DECLARED_STEPS,
         "Device changes made for DeviceScenarios, by kind (DeviceAdded, HealthSet, ...)."

@@ -117,6 +117,13 @@ fn ebpf_probes_see_every_probe_and_remove_and_follow_reloads() {
     run.assert_clean(26);
 }
 
+/// Issue 35: two node agents and the controller on one kernel (kind's
+/// shape): each node's pool holds only the PFs it owns.
+#[test]
+fn nodes_sharing_a_kernel_publish_only_their_own_devices() {
+    run_scenario("shared_kernel.sh", &guest_binaries()).assert_clean(25);
+}
+
 /// The kubelet plugin with the real module: sysfs status, the real device
 /// node in the CDI spec, PF/VF exclusivity, a failed device, and rmmod
 /// under a prepared claim.

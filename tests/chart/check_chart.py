@@ -443,6 +443,40 @@ def main():
           f"scenarios: the KMM parameters' limits at admission: {rules}")
     print("ok: scenarios: CRD, rights, status policy and --scenarios; off: none; KMM parameters' limits")
 
+    # devices.sharedKernel (many nodes on one kernel, issue 35): the agent's
+    # flags (parsed by the real agent), the controller as root with /sys to
+    # give back gone nodes' PFs; off: neither; refused with the sim or with
+    # both a count and ids.
+    for sets, want in [(["devices.sharedKernel.enabled=true", "devices.sharedKernel.pfsPerNode=4"],
+                        ["--shared-kernel", "--take-pfs=4"]),
+                       (["devices.sharedKernel.enabled=true", "devices.sharedKernel.pfIds={0,5}"],
+                        ["--shared-kernel", "--take-pf-ids=0,5"])]:
+        docs, _ = render(chart, values_for(sets, []), "mock-device")
+        validate_builtin(docs, f"shared kernel {sets}")
+        objs = kinds(docs)
+        agent = objs[("DaemonSet", "mock-accel-node-agent")]["spec"]["template"]["spec"]["containers"][0]
+        check(all(w in agent["args"] for w in want), f"shared kernel: agent args {agent['args']}")
+        check_args(agent["args"], {"NODE_NAME": "n", "POD_UID": "u", "POD_NAMESPACE": "ns"}, "shared kernel: node agent")
+        ctl = objs[("Deployment", "mock-accel-controller")]["spec"]["template"]["spec"]
+        check("--shared-kernel" in ctl["containers"][0]["args"], f"shared kernel: controller args {ctl['containers'][0]['args']}")
+        check_args(ctl["containers"][0]["args"], {"POD_NAME": "p", "POD_NAMESPACE": "ns"}, "shared kernel: controller")
+        check(ctl["securityContext"].get("runAsUser") == 0 and {"name": "sys", "mountPath": "/sys"} in ctl["containers"][0]["volumeMounts"],
+              f"shared kernel: the controller as root with /sys: {ctl['securityContext']}")
+    docs, _ = render(chart, values_for([], []), "mock-device")
+    objs = kinds(docs)
+    ctl = objs[("Deployment", "mock-accel-controller")]["spec"]["template"]["spec"]
+    check(ctl["securityContext"].get("runAsUser") == 65532 and "volumes" not in ctl
+          and not any("shared-kernel" in a for a in objs[("DaemonSet", "mock-accel-node-agent")]["spec"]["template"]["spec"]["containers"][0]["args"]),
+          "shared kernel off: the controller non-root without /sys, no --shared-kernel")
+    for sets, says in [(["devices.sharedKernel.enabled=true", "devices.mode=sim"], "devices.sharedKernel.enabled"),
+                       (["devices.sharedKernel.pfsPerNode=2", "devices.sharedKernel.pfIds={1}"], "exclude each other")]:
+        try:
+            render(chart, values_for(sets, []), "mock-device")
+            check(False, f"{sets} rendered")
+        except helm.HelmError as e:
+            check(says in str(e), f"{sets}: {e}")
+    print("ok: devices.sharedKernel: the agent's and the controller's flags, the controller's rights; off: none; refused with the sim")
+
     # The schema refuses mistakes, with a message naming them.
     bad = [
         ("a misspelt key", ["draDriver.controler.enabled=false"], "controler"),
@@ -463,6 +497,8 @@ def main():
         ("a device mode", ["devices.mode=gpu"], "mode"),
         ("sim VFs above the module's 64", ["devices.sim.maxVfs=65"], "maxVfs"),
         ("a relative sim state directory", ["devices.sim.stateDir=run/sim"], "stateDir"),
+        ("a PF id above 63", ["devices.sharedKernel.pfIds={64}"], "pfIds"),
+        ("PFs per node above 64", ["devices.sharedKernel.pfsPerNode=65"], "pfsPerNode"),
     ]
     for what, sets, word in bad:
         try:

@@ -10,6 +10,7 @@
 //! the module writes them ([`sysfs::write_fake_tree`]).
 
 pub mod ebpf;
+pub mod owner;
 pub mod sim;
 pub mod sysfs;
 pub mod uevents;

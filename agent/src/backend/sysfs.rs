@@ -5,32 +5,108 @@
 //! of the module the agent uses is built here, and every errno the module
 //! answers is put in words here.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::owner::{self, Ownership};
 use super::uevents::{self, MODULE, SUBSYSTEM};
 use super::{Access, Backend, DeviceError, ModuleState, Params, Sources, Trigger, ebpf};
 use crate::inventory::{self, Attach, Attributes, Function, Health, Inventory, Skipped};
 use crate::metrics as m;
 
 /// The module's devices under a class directory: `/sys/class/mock-accel`
-/// on a node, a tree of [`write_fake_tree`] in tests.
-#[derive(Debug, Clone)]
+/// on a node, a tree of [`write_fake_tree`] in tests. With an
+/// [`Ownership`], only this node's functions (see [`super::owner`]).
+#[derive(Debug)]
 pub struct Sysfs {
     class: PathBuf,
+    owner: Option<Ownership>,
+    /// The module load whose PFs were taken (its directory's inode: a new
+    /// one per load), so a reload, which forgets every owner, takes again.
+    taken_at: Mutex<Option<u64>>,
 }
 
 impl Sysfs {
     pub fn new(class: impl Into<PathBuf>) -> Sysfs {
-        Sysfs { class: class.into() }
+        Sysfs {
+            class: class.into(),
+            owner: None,
+            taken_at: Mutex::new(None),
+        }
+    }
+
+    /// This node's functions only, by their owners.
+    pub fn owned_by(mut self, o: Ownership) -> Sysfs {
+        self.owner = Some(o);
+        self
+    }
+
+    /// On a shared kernel, at the first scan after each load of the module:
+    /// takes what the ownership asks for.
+    fn take_if_loaded_anew(&self, o: &Ownership) {
+        if !o.shared || (o.take == 0 && o.take_ids.is_empty()) {
+            return;
+        }
+        let module = self.sys().join("module").join(MODULE);
+        let Ok(load) = fs::metadata(&module)
+            .or_else(|_| fs::metadata(&self.class))
+            .map(|m| m.ino())
+        else {
+            return; // not loaded
+        };
+        let mut taken_at = self.taken_at.lock().unwrap();
+        if *taken_at == Some(load) {
+            return;
+        }
+        match owner::take_at_load(&self.class, o) {
+            Ok(r) => {
+                *taken_at = Some(load);
+                ::metrics::counter!(m::OWNER_TAKEN).increment(r.taken.len() as u64);
+                info!(node = %o.node, had = ?r.had, taken = ?r.taken, "shared kernel: this node's PFs");
+                for (id, who) in &r.refused {
+                    ::metrics::counter!(m::OWNER_REFUSED).increment(1);
+                    warn!(pf = id, owner = %who, "shared kernel: PF {id} was asked for but node {who} owns it");
+                }
+                for id in &r.missing {
+                    warn!(pf = id, "shared kernel: PF {id} was asked for but does not exist");
+                }
+                if r.had.len() + r.taken.len() < o.take as usize {
+                    warn!(
+                        want = o.take,
+                        have = r.had.len() + r.taken.len(),
+                        "shared kernel: fewer unowned PFs than asked for"
+                    );
+                }
+            }
+            Err(e) => warn!(error = %e, "shared kernel: taking PFs failed; trying again at the next scan"),
+        }
+    }
+
+    /// Gives back every PF `node` owns (a node gone from the cluster; the
+    /// controller decides when), its functions freed first.
+    pub fn release(&self, node: &str) -> io::Result<Vec<u32>> {
+        owner::release(&self.class, node)
+    }
+
+    /// The owners of the PFs on this kernel, with their PF ids.
+    pub fn owners(&self) -> io::Result<BTreeMap<String, Vec<u32>>> {
+        let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (id, who) in owner::pfs(&self.class)? {
+            if !who.is_empty() {
+                out.entry(who).or_default().push(id);
+            }
+        }
+        Ok(out)
     }
 
     /// The class directory.
@@ -99,6 +175,9 @@ impl Backend for Sysfs {
     /// missing or broken attribute is skipped, with the reason, and the
     /// rest are kept.
     fn scan(&self) -> io::Result<Inventory> {
+        if let Some(o) = &self.owner {
+            self.take_if_loaded_anew(o);
+        }
         let mut inv = Inventory {
             scanned: true,
             ..Default::default()
@@ -111,6 +190,21 @@ impl Backend for Sysfs {
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(o) = &self.owner {
+                match owner::read(&entry.path()) {
+                    Ok(who) if o.mine(&who) => {}
+                    Ok(_) => continue, // another node's (or nobody's, shared)
+                    Err(_) if !entry.path().exists() => continue,
+                    Err(e) => {
+                        inv.skipped.push(Skipped {
+                            name,
+                            reason: inventory::SkipReason::BadValue,
+                            detail: format!("owner: {e}"),
+                        });
+                        continue;
+                    }
+                }
+            }
             // Class entries are symlinks to the device directories.
             match inventory::read_function(entry.path().as_path(), &name) {
                 Ok(f) => {
@@ -159,12 +253,38 @@ impl Backend for Sysfs {
         format!("write 0 to {} to free it", self.attribute(function, "status").display())
     }
 
+    /// On a shared kernel the PF is added with this node as its owner (from
+    /// its first uevent on); one that exists unowned is taken instead, one
+    /// of another node is refused, naming it.
     fn add_pf(&self, pf: u32, numa_node: Option<u32>) -> Result<(), DeviceError> {
-        let value = match numa_node {
-            Some(n) => format!("{pf} {n}"),
-            None => pf.to_string(),
+        let Some(o) = self.owner.as_ref().filter(|o| o.shared) else {
+            let value = match numa_node {
+                Some(n) => format!("{pf} {n}"),
+                None => pf.to_string(),
+            };
+            return Self::write(&self.bus_file("new_device"), &value);
         };
-        Self::write(&self.bus_file("new_device"), &value)
+        let numa_node = match numa_node {
+            Some(n) => n,
+            None => pf % self.parameters()?.numa_nodes.max(1),
+        };
+        match Self::write(&self.bus_file("new_device"), &format!("{pf} {numa_node} {}", o.node)) {
+            Err(DeviceError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
+                match owner::take(&self.class, pf, &o.node) {
+                    Ok(owner::Taken::Yes) => Ok(()),
+                    Ok(owner::Taken::Gone) => Err(DeviceError::Gone),
+                    Ok(owner::Taken::Busy(who)) => Err(DeviceError::Io {
+                        what: format!("adding PF {pf}"),
+                        source: io::Error::other(format!("it exists and belongs to node {who}")),
+                    }),
+                    Err(e) => Err(DeviceError::Io {
+                        what: format!("taking the existing PF {pf}"),
+                        source: e,
+                    }),
+                }
+            }
+            r => r,
+        }
     }
 
     fn remove_pf(&self, pf: u32) -> Result<(), DeviceError> {
@@ -324,6 +444,7 @@ pub fn write_fake_function(root: &Path, devices: &Path, pf: u32, vf: Option<u32>
         ("status", "0".into()),
         ("health", "ok".into()),
         ("dev", format!("240:{}", pf * 256 + vf.map_or(0, |v| v + 1))),
+        ("owner", String::new()),
     ];
     for (attr, value) in attrs {
         fs::write(dir.join(attr), format!("{value}\n"))?;
@@ -348,6 +469,7 @@ pub fn write_fake_function(root: &Path, devices: &Path, pf: u32, vf: Option<u32>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::owner::Ownership;
     use crate::inventory::{Kind, SkipReason};
 
     fn tree(pfs: u32, vfs: u32) -> (tempfile::TempDir, Sysfs) {
@@ -456,6 +578,46 @@ mod tests {
             "no attach file"
         );
         assert!(s.free_hint("mock0").contains("mock-accel/mock0/status"));
+    }
+
+    /// Issue 35: another node's functions are never scanned; on a shared
+    /// kernel unowned ones are not either, and the PFs asked for are taken
+    /// at the first scan of a load.
+    #[test]
+    fn only_this_nodes_functions_are_scanned() {
+        let (_dir, s) = tree(4, 1);
+        let class = s.class().to_path_buf();
+        for (f, who) in [
+            ("mock1", "node-b"),
+            ("mock1_vf0", "node-b"),
+            ("mock2", "node-a"),
+            ("mock2_vf0", "node-a"),
+        ] {
+            fs::write(class.join(f).join("owner"), format!("{who}\n")).unwrap();
+        }
+        let scan = |shared: bool, take: u32| {
+            Sysfs::new(&class)
+                .owned_by(Ownership {
+                    node: "node-a".into(),
+                    shared,
+                    take,
+                    take_ids: vec![],
+                })
+                .scan()
+                .unwrap()
+                .functions
+                .into_keys()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            scan(false, 0),
+            ["mock0", "mock0_vf0", "mock2", "mock2_vf0", "mock3", "mock3_vf0"]
+        );
+        assert_eq!(scan(true, 0), ["mock2", "mock2_vf0"]);
+        // Taking one more: the lowest unowned PF (on files a VF does not
+        // follow its PF as it does in the kernel).
+        assert_eq!(scan(true, 2), ["mock0", "mock2", "mock2_vf0"]);
+        assert_eq!(fs::read_to_string(class.join("mock0/owner")).unwrap().trim(), "node-a");
     }
 
     #[test]

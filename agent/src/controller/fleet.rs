@@ -629,6 +629,39 @@ pub fn plan(c: &Cluster, p: &Policy, seen: &Seen, now: Timestamp) -> Vec<Cleanup
     out
 }
 
+/// Of `owners` (the nodes owning PFs on a shared kernel), those whose Node
+/// is gone and whose agent is gone too, with why: no heartbeat, or one
+/// expired longer ago than the grace period (the rules slices are deleted
+/// by; a Node deleted while its agent still runs keeps its PFs until the
+/// agent stops).
+pub fn gone_owners<'a>(
+    c: &Cluster,
+    p: &Policy,
+    seen: &Seen,
+    now: Timestamp,
+    owners: impl IntoIterator<Item = &'a str>,
+) -> Vec<(String, String)> {
+    let nodes: BTreeSet<String> = c.nodes.iter().map(|n| n.name_any()).collect();
+    let agents = seen.heartbeats(c, now);
+    let grace = SignedDuration::try_from(p.agent_grace).unwrap_or_default();
+    owners
+        .into_iter()
+        .filter(|o| !nodes.contains(*o))
+        .filter_map(|o| {
+            let why = match agents.get(o) {
+                Some(beat) if later(beat.expiry, grace) >= now => return None,
+                Some(beat) => format!(
+                    "its Node is gone and its agent has not renewed its heartbeat for {:.0}s past its lease (grace {}s)",
+                    secs_since(beat.expiry, now),
+                    p.agent_grace.as_secs()
+                ),
+                None => "its Node is gone and no heartbeat of its agent is there".to_string(),
+            };
+            Some((o.to_string(), why))
+        })
+        .collect()
+}
+
 /// When the next heartbeat outlives its grace period, or the next pool
 /// without a heartbeat has been at a newer generation for it (time-driven
 /// clean-ups no watch event announces).
@@ -970,6 +1003,30 @@ mod tests {
         gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
         c.slices[3] = Arc::new(gone);
         assert!(!plan_at(&c, now()).iter().any(|x| x.slice == "gone-a"));
+    }
+
+    /// Issue 35: on a shared kernel, a node's PFs are given back only once
+    /// its Node is gone and its agent is gone too (no heartbeat, or one
+    /// past its grace); a deleted Node whose agent still renews keeps them.
+    #[test]
+    fn gone_owners_are_nodes_gone_with_their_agents() {
+        let mut c = cluster();
+        c.nodes.retain(|n| n.name_any() != "n2");
+        c.agents.push(agent("x", "2026-11-26T11:59:50Z", 40));
+        let seen = watched(&c);
+        let gone = |now| {
+            gone_owners(&c, &policy(), &seen, now, ["n1", "n2", "x", "nobody"])
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        // n1 has its Node; x's agent renewed 10 s ago; n2's heartbeat
+        // expired at 11:50:40 and the grace is 300 s; nobody has neither.
+        assert_eq!(gone(now()), ["n2", "nobody"]);
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(gone(t("2026-11-26T11:55:39Z")), ["nobody"]);
+        let why = gone_owners(&c, &policy(), &seen, now(), ["n2"]);
+        assert!(why[0].1.contains("past its lease"), "{why:?}");
     }
 
     /// Issue 18 #5: Lease values at the end of the calendar (an agent may

@@ -62,6 +62,10 @@ pub struct Config {
     pub agent_grace: Duration,
     /// Full audit period (None: off).
     pub audit: Option<Duration>,
+    /// Many nodes on this kernel (kind): the PFs of a node that left the
+    /// cluster, once its agent is gone too (the slices' grace rules), are
+    /// given back here, so other nodes can take them.
+    pub shared_kernel: Option<Arc<crate::backend::sysfs::Sysfs>>,
 }
 
 impl Config {
@@ -412,6 +416,9 @@ async fn reconcile(ctx: &Ctx, stores: &Stores, seen: &Mutex<fleet::Seen>, notify
         if !todo.is_empty() {
             execute(ctx, todo, false).await;
         }
+        if let Some(kernel) = &ctx.cfg.shared_kernel {
+            release_gone_owners(kernel, &cluster, &ctx.policy, seen, now);
+        }
         // Wake for the next heartbeat to outlive its grace, a change, or the audit.
         let wake = deadline
             .map(|t| Duration::from_millis((t.as_millisecond() - now.as_millisecond()).max(0) as u64 + 50))
@@ -423,6 +430,40 @@ async fn reconcile(ctx: &Ctx, stores: &Stores, seen: &Mutex<fleet::Seen>, notify
             _ = async { match audit.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
                 run_audit(ctx, stores, seen).await;
             }
+        }
+    }
+}
+
+/// On a shared kernel: gives back the PFs of nodes gone from the cluster
+/// whose agents are gone too ([`fleet::gone_owners`]).
+fn release_gone_owners(
+    kernel: &crate::backend::sysfs::Sysfs,
+    cluster: &Cluster,
+    policy: &Policy,
+    seen: &Mutex<fleet::Seen>,
+    now: Timestamp,
+) {
+    let owners = match kernel.owners() {
+        Ok(o) => o,
+        Err(e) => {
+            warn!(error = %e, "shared kernel: cannot read the PFs' owners");
+            return;
+        }
+    };
+    let gone = fleet::gone_owners(
+        cluster,
+        policy,
+        &seen.lock().unwrap(),
+        now,
+        owners.keys().map(String::as_str),
+    );
+    for (node, why) in gone {
+        match kernel.release(&node) {
+            Ok(ids) => {
+                counter!(m::OWNER_RELEASED).increment(ids.len() as u64);
+                info!(node = %node, pfs = ?ids, "shared kernel: gave back the PFs of a gone node: {why}");
+            }
+            Err(e) => warn!(node = %node, error = %e, "shared kernel: giving back a gone node's PFs failed"),
         }
     }
 }
