@@ -141,7 +141,7 @@ pub const STEPS: &[Step] = &[
     w("bus/new_device", "5", "EEXIST", &[]),
     w("bus/new_device", "64", "ERANGE", &[]),
     w("bus/new_device", "3 2", "ERANGE", &[]),
-    w("bus/new_device", "1 2 3", "EINVAL", &[]),
+    w("bus/new_device", "1 1 node-a x", "EINVAL", &[]),
     w("bus/new_device", "x", "EINVAL", &[]),
     w("bus/new_device", "3", "ok", &["add mock3"]),
     r("class/mock3/numa_node", "1"),
