@@ -477,6 +477,37 @@ def main():
             check(says in str(e), f"{sets}: {e}")
     print("ok: devices.sharedKernel: the agent's and the controller's flags, the controller's rights; off: none; refused with the sim")
 
+    # kernelModule.loader (no KMM, issue 35): the agent's init container
+    # with the loader image (every kernel's build: v<appVersion>), the
+    # parameters, CAP_SYS_MODULE only, the node's /lib/modules and /usr/src
+    # read-only; off: no init container; refused beside KMM or the sim.
+    docs, _ = render(chart, values_for(["kernelModule.loader.enabled=true"],
+                                       ['kernelModule.parameters=["num_pfs=3", "max_vfs=16"]']), "mock-device")
+    validate_builtin(docs, "loader")
+    pod = kinds(docs)[("DaemonSet", "mock-accel-node-agent")]["spec"]["template"]["spec"]
+    init = pod.get("initContainers", [{}])[0]
+    check(init.get("name") == "load-module" and init["image"].startswith("ghcr.io/fabiendupont/mock-accel-module:v")
+          and init["command"] == ["/usr/bin/mock-accel-load"] and init["args"] == ["num_pfs=3", "max_vfs=16"],
+          f"loader: the init container {init}")
+    sc = init.get("securityContext", {})
+    check(sc.get("capabilities") == {"drop": ["ALL"], "add": ["SYS_MODULE"]} and sc.get("privileged") is False
+          and sc.get("readOnlyRootFilesystem") is True, f"loader: CAP_SYS_MODULE only: {sc}")
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in init.get("volumeMounts", [])}
+    check(mounts == {"/sys": True, "/lib/modules": True, "/usr/src": True, "/tmp": False}, f"loader: mounts {mounts}")
+    check(init.get("terminationMessagePolicy") == "FallbackToLogsOnError", "loader: its log is the pod's termination message")
+    docs, _ = render(chart, values_for([], []), "mock-device")
+    pod = kinds(docs)[("DaemonSet", "mock-accel-node-agent")]["spec"]["template"]["spec"]
+    check("initContainers" not in pod and not any(v["name"] == "modules" for v in pod["volumes"]),
+          "loader off: no init container, no /lib/modules")
+    for sets, says in [(["kernelModule.loader.enabled=true", "kernelModule.enabled=true"], "choose one"),
+                       (["kernelModule.loader.enabled=true", "devices.mode=sim"], "needs no kernel module")]:
+        try:
+            render(chart, values_for(sets, []), "mock-device")
+            check(False, f"{sets} rendered")
+        except helm.HelmError as e:
+            check(says in str(e), f"{sets}: {e}")
+    print("ok: kernelModule.loader: the init container, its rights and mounts; off: none; refused beside KMM or the sim")
+
     # The schema refuses mistakes, with a message naming them.
     bad = [
         ("a misspelt key", ["draDriver.controler.enabled=false"], "controler"),

@@ -289,4 +289,56 @@ check_true "verbosity (KMM): refused, naming what is missing" \
 check "verbosity (KMM): nothing installed" "" "$(helm list -A -q)"
 section KMM
 
+# --- Without KMM: the chart's module loader (kernelModule.loader), an init
+# container of the node agent, on a node where mock_accel is not loaded:
+# the build for this kernel from the loader's image (every kernel's build),
+# with the chart's parameters; a second start does nothing; an image
+# without this kernel's build, on a node without headers: a clear error in
+# the pod's log and status, the controller unaffected.
+LOADER_SETS="--set kernelModule.loader.enabled=true --set kernelModule.loader.image.repository=$REGISTRY/mock-accel-module"
+kver=$(uname -r)
+modprobe -r mock-accel
+check "loader: the module unloaded first" no "$([ -d /sys/module/mock_accel ] && echo yes || echo no)"
+_out=$(helm install mock-device $CHART_REF --version "$VERSION" $LOADER_SETS --set 'kernelModule.parameters={num_pfs=3}' $REG_SETS 2>&1)
+check_true "loader: helm install" has "$_out" "STATUS: deployed"
+loader_devices="mock0 mock1 mock2"
+WAIT_INTERVAL=1 wait_until 300 has_devices "$loader_devices"
+check "loader: the module loaded by the init container, the agent publishing its 3 PFs" "$loader_devices" "$(devices)"
+check "loader: with the chart's parameters" 3 "$(cat /sys/module/mock_accel/parameters/num_pfs 2>/dev/null)"
+_log=$(kubectl logs -n $ns -l app=$agent -c load-module 2>&1)
+echo "# loader: $_log"
+check_true "loader: its log says what it did" has "$_log" "loaded the build for $kver shipped in this image"
+_old=$(kubectl get pods -n $ns -l app=$agent -o name)
+kubectl delete -n $ns "$_old" --wait=true >/dev/null 2>&1
+# (the old pod gone: the pods now are the new one)
+new_agent_ready() { [ "$(kubectl get pods -n $ns -l app=$agent -o jsonpath='{.items[*].status.containerStatuses[0].ready}')" = true ]; }
+WAIT_INTERVAL=1 wait_until 180 new_agent_ready
+_log=$(kubectl logs -n $ns -l app=$agent -c load-module 2>&1)
+echo "# loader, again: $_log"
+check_true "loader: a second start does nothing, saying so" has "$_log" "mock_accel is loaded already on $kver; nothing to do"
+helm uninstall mock-device --wait --timeout 120s >/dev/null 2>&1
+
+modprobe -r mock-accel
+_other=$(ls /guest/driver-images | sed -n 's/^mock-accel-module-\(v.*-.*\)\.tar$/\1/p' | grep -v -- "-$kver\$" | head -1)
+check_true "loader: an image for another kernel ($_other)" test -n "$_other"
+_out=$(helm install mock-device $CHART_REF --version "$VERSION" $LOADER_SETS --set kernelModule.loader.image.tag=$_other $REG_SETS 2>&1)
+check_true "loader: helm install with it" has "$_out" "STATUS: deployed"
+loader_message() {
+    kubectl get pods -n $ns -l app=$agent \
+        -o jsonpath='{.items[0].status.initContainerStatuses[0].state.terminated.message}{.items[0].status.initContainerStatuses[0].lastState.terminated.message}' 2>/dev/null
+}
+WAIT_INTERVAL=1 wait_until 180 sh -c "[ -n \"\$(kubectl get pods -n $ns -l app=$agent -o jsonpath='{.items[0].status.initContainerStatuses[0].lastState.terminated.message}{.items[0].status.initContainerStatuses[0].state.terminated.message}' 2>/dev/null)\" ]"
+_msg=$(loader_message)
+echo "# loader, refused: $_msg"
+check_true "loader: the pod's status says there is no build for this kernel" has "$_msg" "this image has no build for the running kernel $kver"
+check_true "loader: and no headers to build one" has "$_msg" "no kernel headers at /lib/modules/$kver/build"
+check_true "loader: kubectl get pods shows the init container failing" \
+    has "$(kubectl get pods -n $ns -l app=$agent --no-headers 2>&1)" "Init:"
+check "loader: nothing loaded" no "$([ -d /sys/module/mock_accel ] && echo yes || echo no)"
+WAIT_INTERVAL=1 wait_until 120 kubectl rollout status deployment/mock-accel-controller -n $ns --timeout=5s >/dev/null 2>&1
+check_true "loader: the controller is unaffected (rolled out)" kubectl rollout status deployment/mock-accel-controller -n $ns --timeout=5s
+helm uninstall mock-device --wait --timeout 120s >/dev/null 2>&1
+check "loader: nothing of the driver left" "" "$(echo $(leftovers $ns))"
+section loader
+
 finish

@@ -364,6 +364,15 @@ registry_up() {
         not_ok "ctr push $REGISTRY/mock-accel-dra-driver:$VERSION: $(tail -n 5 /tmp/ctr-push.log)"
         return 1
     fi
+    # The module images (KMM's per kernel, the loader's with every build).
+    for _img in $(ctr -n push images ls -q | grep mock-accel-module); do
+        # (a tag takes no "+": Debian's 6.12.107+deb12-amd64 is pushed as _deb12)
+        _to=$REGISTRY/mock-accel-module:$(echo "${_img##*:}" | tr + _)
+        ctr -n push images tag "$_img" "$_to" >/dev/null
+        ctr -n push images push "$_to" >/tmp/ctr-push.log 2>&1 ||
+            { not_ok "ctr push $_to: $(tail -n 5 /tmp/ctr-push.log)"; return 1; }
+    done
+    ok "ctr push the module images: $(ctr -n push images ls -q | grep -c "^$REGISTRY/mock-accel-module")"
     ctr -n push images rm --sync $(ctr -n push images ls -q) >/dev/null
     check "containerd holds no driver image before the first install" "" "$(ctr -n k8s.io images ls -q | grep mock-accel)"
     touch $LOGS/registry-pushed

@@ -99,13 +99,16 @@ check "node-a's untouched" "${a_pfs}mock6 " "$(owned_by node-a)"
 check "the controller said so" 1 "$(grep -c 'gave back the PFs of a gone node' /tmp/controller.log)"
 check "and its metric counts them" 3 "$(guest-tool http GET http://127.0.0.1:8090/metrics | grep '^mock_accel_owner_released_total' | awk '{print $2}')"
 
-# A new node takes what was given back.
+# A PF given to a running node by hand: its agent hears the owner change.
+wait_dev "mock5 given to node-a (echo node-a > owner): node-a's pool" node-a 6 $cls/mock5/owner node-a
+# A new node takes what is left.
 echo ok > $cls/$b0/health
 agent node-c 8083 --take-pfs=3
 agent_c=$!
-wait_dev "node-c takes the three free PFs" node-c 3
-check "the kernel agrees" "${b_pfs}mock5 " "$(owned_by node-c)"
-check "node-a still has its own" 5 "$(devices node-a)"
+wait_dev "node-c takes the two free PFs" node-c 2
+check "the kernel agrees" "$b_pfs" "$(owned_by node-c)"
+check "node-c's agent says it wanted more" 1 "$(grep -c 'fewer unowned PFs than asked for' /tmp/agent-node-c.log)"
+check "node-a still has its own" 6 "$(devices node-a)"
 
 kill $agent_a $agent_c $controller
 wait $agent_a $agent_c $controller 2>/dev/null

@@ -272,8 +272,19 @@ fn build(binaries: &[(&str, &Path)], agent: &Path) -> Result<Guest> {
 
     // The images, as `ctr images import` takes them.
     // (Written to the build directory, read when the payload is packed.)
+    // With the module images: the node kernel's build, and another
+    // installed kernel's (an image without the node's build, for the
+    // chart's loader to refuse: helm.sh).
+    let mut builds = vec![(kernel.release.clone(), ko.clone())];
+    if let Some(other) = Kernel::all()?.into_iter().find(|k| k.release != kernel.release) {
+        let dir = build.path().join(format!("kmod-{}", other.release));
+        builds.push((
+            other.release.clone(),
+            other.build_module(&workspace_root().join("kmod"), &dir)?,
+        ));
+    }
     let mut images = Vec::new();
-    for image in crate::oci::driver_images(agent, &[])? {
+    for image in crate::oci::driver_images(agent, &builds)? {
         add_image(&mut p, build.path(), &image, "/guest/driver-images")?;
     }
     p.host_file("/usr/local/bin/registry", EXEC, &kube.join("registry"));
@@ -326,7 +337,11 @@ fn build(binaries: &[(&str, &Path)], agent: &Path) -> Result<Guest> {
 /// `image` as `ctr images import` takes it, at `<guest_dir>/<short name>.tar`
 /// (written to `build`, read when the payload is packed): its short name.
 fn add_image(p: &mut Initramfs, build: &Path, image: &crate::oci::Image, guest_dir: &str) -> Result<String> {
-    let short = image.short_name().to_string();
+    // The module images share a repository: their tags tell them apart.
+    let short = match image.name.rsplit_once(':') {
+        Some((repo, tag)) if repo == crate::oci::MODULE_REPOSITORY => format!("{}-{tag}", image.short_name()),
+        _ => image.short_name().to_string(),
+    };
     let name = format!("{}-{short}.tar", guest_dir.trim_start_matches('/').replace('/', "-"));
     let path = build.join(name);
     image.write(&path)?;

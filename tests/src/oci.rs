@@ -386,6 +386,11 @@ pub fn driver_version() -> Result<String> {
 /// Where the driver's images live (the chart's defaults, chart/values.yaml).
 pub const DRIVER_REPOSITORY: &str = "ghcr.io/fabiendupont/mock-accel-dra-driver";
 pub const MODULE_REPOSITORY: &str = "ghcr.io/fabiendupont/mock-accel-module";
+/// The busybox applets of the module images: what KMM's loader runs
+/// (`modprobe`, `sleep`) and what `images/mock-accel-load` does.
+pub const MODULE_IMAGE_APPLETS: &[&str] = &[
+    "sh", "modprobe", "insmod", "sleep", "cat", "ls", "tr", "mktemp", "cp", "tail", "uname",
+];
 
 /// The chart's images, what `images/*.Containerfile` build with an engine
 /// (a test checks that both describe the same files, user, entrypoint and
@@ -397,7 +402,9 @@ pub const MODULE_REPOSITORY: &str = "ghcr.io/fabiendupont/mock-accel-module";
 /// - `<MODULE_REPOSITORY>:v<appVersion>-<kernel release>` per built module:
 ///   the layout of KMM's ModuleLoader images (`/opt/lib/modules/<release>/
 ///   extra/mock-accel.ko` with depmod's index), busybox for `modprobe`,
-///   `sleep` and `sh`.
+///   `sleep` and `sh`, and the chart's loader (`/usr/bin/mock-accel-load`);
+/// - `<MODULE_REPOSITORY>:v<appVersion>`: all of those builds in one image,
+///   for the loader (kernelModule.loader), whose command it is.
 pub fn driver_images(agent: &Path, modules: &[(String, std::path::PathBuf)]) -> Result<Vec<Image>> {
     let version = driver_version()?;
     let mut root = Layer::default();
@@ -422,16 +429,38 @@ pub fn driver_images(agent: &Path, modules: &[(String, std::path::PathBuf)]) -> 
         layers: vec![root],
         ..Default::default()
     }];
-    let bb = match modules {
-        [] => Vec::new(),
-        _ => busybox()?.0,
-    };
+    if modules.is_empty() {
+        return Ok(images);
+    }
+    let bb = busybox()?.0;
+    let root = crate::workspace_root();
+    let loader =
+        fs::read(root.join("images/mock-accel-load")).map_err(RigError::io("reading images/mock-accel-load"))?;
+    let mut tools = Layer::default();
+    tools.file("bin/busybox", 0o755, bb);
+    for applet in MODULE_IMAGE_APPLETS {
+        tools.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    tools.file("usr/bin/mock-accel-load", 0o755, loader);
+    // The module's sources, for the loader's build against a node's headers
+    // (where the image has a toolchain).
+    let mut sources: Vec<_> = fs::read_dir(root.join("kmod"))
+        .map_err(RigError::io("listing kmod/"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name == "Makefile" || name.ends_with(".c") || name.ends_with(".h")
+        })
+        .collect();
+    sources.sort();
+    for path in sources {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let data = fs::read(&path).map_err(RigError::io(format!("reading {}", path.display())))?;
+        tools.file(&format!("usr/local/src/mock-accel/{name}"), 0o644, data);
+    }
+    tools.dir("tmp", 0o1777);
+    let mut all = Vec::new();
     for (release, ko) in modules {
-        let mut tools = Layer::default();
-        tools.file("bin/busybox", 0o755, bb.clone());
-        for applet in ["modprobe", "sleep", "sh"] {
-            tools.symlink(&format!("bin/{applet}"), "busybox");
-        }
         // Debug information out (as Debian installs its modules): smaller,
         // and the same bytes whatever directory the module was built in.
         let scratch = tempfile::tempdir().map_err(RigError::io("creating a scratch directory"))?;
@@ -441,14 +470,27 @@ pub fn driver_images(agent: &Path, modules: &[(String, std::path::PathBuf)]) -> 
         for (path, data) in crate::initramfs::module_tree(&[plain.as_path()], release, &[])? {
             tree.file(&format!("opt/lib/modules/{release}/{path}"), 0o644, data);
         }
+        all.push(tree.clone());
         images.push(Image {
             name: format!("{MODULE_REPOSITORY}:v{version}-{release}"),
             cmd: vec!["sleep".into(), "infinity".into()],
-            env: vec!["PATH=/bin".into()],
-            layers: vec![tools, tree],
+            env: vec!["PATH=/bin:/usr/bin".into()],
+            layers: vec![tools.clone(), tree],
             ..Default::default()
         });
     }
+    // The loader's image: every build, one image for a cluster of mixed
+    // kernels (the chart's kernelModule.loader; a DaemonSet's pods share one
+    // image, so it cannot pick a tag per node as KMM does).
+    let mut layers = vec![tools];
+    layers.extend(all);
+    images.push(Image {
+        name: format!("{MODULE_REPOSITORY}:v{version}"),
+        cmd: vec!["/usr/bin/mock-accel-load".into()],
+        env: vec!["PATH=/bin:/usr/bin".into()],
+        layers,
+        ..Default::default()
+    });
     Ok(images)
 }
 
