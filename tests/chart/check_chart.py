@@ -205,6 +205,16 @@ def check_args(args, env, where):
     check(r.returncode == 0, f"{where}: the agent refuses the chart's arguments {args}: {r.stderr.strip()}")
 
 
+def refused(chart, cases):
+    """Each (--set values, words): the chart refuses to render, saying the words."""
+    for sets, says in cases:
+        try:
+            render(chart, values_for(sets, []), "mock-device")
+            check(False, f"{sets} rendered")
+        except helm.HelmError as e:
+            check(says in str(e), f"{sets}: {e}")
+
+
 def get(values, dotted):
     cur = values
     for part in dotted.replace("[", ".").replace("]", "").split("."):
@@ -468,13 +478,8 @@ def main():
     check(ctl["securityContext"].get("runAsUser") == 65532 and "volumes" not in ctl
           and not any("shared-kernel" in a for a in objs[("DaemonSet", "mock-accel-node-agent")]["spec"]["template"]["spec"]["containers"][0]["args"]),
           "shared kernel off: the controller non-root without /sys, no --shared-kernel")
-    for sets, says in [(["devices.sharedKernel.enabled=true", "devices.mode=sim"], "devices.sharedKernel.enabled"),
-                       (["devices.sharedKernel.pfsPerNode=2", "devices.sharedKernel.pfIds={1}"], "exclude each other")]:
-        try:
-            render(chart, values_for(sets, []), "mock-device")
-            check(False, f"{sets} rendered")
-        except helm.HelmError as e:
-            check(says in str(e), f"{sets}: {e}")
+    refused(chart, [(["devices.sharedKernel.enabled=true", "devices.mode=sim"], "devices.sharedKernel.enabled"),
+                    (["devices.sharedKernel.pfsPerNode=2", "devices.sharedKernel.pfIds={1}"], "exclude each other")])
     print("ok: devices.sharedKernel: the agent's and the controller's flags, the controller's rights; off: none; refused with the sim")
 
     # kernelModule.loader (no KMM, issue 35): the agent's init container
@@ -499,13 +504,8 @@ def main():
     pod = kinds(docs)[("DaemonSet", "mock-accel-node-agent")]["spec"]["template"]["spec"]
     check("initContainers" not in pod and not any(v["name"] == "modules" for v in pod["volumes"]),
           "loader off: no init container, no /lib/modules")
-    for sets, says in [(["kernelModule.loader.enabled=true", "kernelModule.enabled=true"], "choose one"),
-                       (["kernelModule.loader.enabled=true", "devices.mode=sim"], "needs no kernel module")]:
-        try:
-            render(chart, values_for(sets, []), "mock-device")
-            check(False, f"{sets} rendered")
-        except helm.HelmError as e:
-            check(says in str(e), f"{sets}: {e}")
+    refused(chart, [(["kernelModule.loader.enabled=true", "kernelModule.enabled=true"], "choose one"),
+                    (["kernelModule.loader.enabled=true", "devices.mode=sim"], "needs no kernel module")])
     print("ok: kernelModule.loader: the init container, its rights and mounts; off: none; refused beside KMM or the sim")
 
     # The schema refuses mistakes, with a message naming them.
