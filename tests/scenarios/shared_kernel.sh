@@ -110,6 +110,10 @@ check "the kernel agrees" "$b_pfs" "$(owned_by node-c)"
 check "node-c's agent says it wanted more" 1 "$(grep -c 'fewer unowned PFs than asked for' /tmp/agent-node-c.log)"
 check "node-a still has its own" 6 "$(devices node-a)"
 
+# (The test API server has no DeviceScenario API: said once, not at every retry.)
+check "node-a's agent said once that scenarios wait for their API" 1 "$(grep -c 'cannot watch; scenarios wait for it' /tmp/agent-node-a.log)"
+check "and never that it was watching again" 0 "$(grep -c 'watching again' /tmp/agent-node-a.log)"
+
 kill $agent_a $agent_c $controller
 wait $agent_a $agent_c $controller 2>/dev/null
 check_true "modprobe -r" modprobe -r mock-accel

@@ -212,6 +212,32 @@ impl<F: std::future::Future> ReadyNow for F {
     }
 }
 
+/// What a watch's health changed to, said once per change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Said {
+    Failing,
+    Recovered,
+}
+
+/// Whether a watch is failing, from its events. The start of a relist
+/// (`Init`) is no sign of recovery: kube's watcher sends one before each
+/// retry's list, so an API without the resource would otherwise be said
+/// to fail and recover at every retry.
+#[derive(Debug, Default)]
+struct WatchHealth {
+    failing: bool,
+}
+
+impl WatchHealth {
+    fn on<K>(&mut self, ev: &Result<watcher::Event<K>, watcher::Error>) -> Option<Said> {
+        match ev {
+            Ok(watcher::Event::Init) => None,
+            Ok(_) => std::mem::take(&mut self.failing).then_some(Said::Recovered),
+            Err(_) => (!std::mem::replace(&mut self.failing, true)).then_some(Said::Failing),
+        }
+    }
+}
+
 /// Runs a reflected watch, waking the loop on each event (the agent's
 /// and the controller's summary alike). An API without
 /// the resource (the CRD not installed, or no right to it) is said once.
@@ -220,21 +246,20 @@ where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
-    let mut failing = false;
+    let mut health = WatchHealth::default();
     while let Some(ev) = stream.next().await {
+        let said = health.on(&ev);
         match ev {
             Ok(_) => {
-                if failing {
+                if said == Some(Said::Recovered) {
                     info!(what, "watching again");
-                    failing = false;
                 }
                 changed.notify_one();
             }
             Err(e) => {
                 counter!(m::DECLARED_ERRORS, "stage" => "watch").increment(1);
-                if !failing {
+                if said == Some(Said::Failing) {
                     warn!(what, error = %e, hint = %format!("is the {} DeviceScenario CRD installed (chart value scenarios.enabled) and may this agent watch it?", driver), "cannot watch; scenarios wait for it");
-                    failing = true;
                 } else {
                     debug!(what, error = %e, "still cannot watch");
                 }
@@ -618,5 +643,50 @@ pub(crate) fn test_function(pf: u32, vf: Option<u32>, vfs: u32) -> crate::invent
         sriov: vf.is_none().then_some((vfs, 8)),
         devnum: None,
         attach: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_found() -> Result<watcher::Event<()>, watcher::Error> {
+        Err(watcher::Error::InitialListFailed(kube::Error::Api(Box::new(
+            kube::core::Status::failure("the server could not find the requested resource", "NotFound").with_code(404),
+        ))))
+    }
+
+    /// An API without the resource: said once, not at every retry (each
+    /// retry's relist starts with `Init`); recovered once a list is in.
+    #[test]
+    fn a_failing_watch_is_said_once_and_its_recovery_once() {
+        let mut h = WatchHealth::default();
+        let evs = [
+            not_found(),
+            Ok(watcher::Event::Init),
+            not_found(),
+            Ok(watcher::Event::Init),
+            not_found(),
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Apply(())),
+            not_found(),
+        ];
+        let said: Vec<Option<Said>> = evs.iter().map(|e| h.on(e)).collect();
+        use Said::*;
+        assert_eq!(
+            said,
+            [
+                Some(Failing),
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some(Recovered),
+                None,
+                Some(Failing)
+            ]
+        );
     }
 }
