@@ -327,7 +327,8 @@ loader_message() {
     kubectl get pods -n $ns -l app=$agent \
         -o jsonpath='{.items[0].status.initContainerStatuses[0].state.terminated.message}{.items[0].status.initContainerStatuses[0].lastState.terminated.message}' 2>/dev/null
 }
-WAIT_INTERVAL=1 wait_until 180 sh -c "[ -n \"\$(kubectl get pods -n $ns -l app=$agent -o jsonpath='{.items[0].status.initContainerStatuses[0].lastState.terminated.message}{.items[0].status.initContainerStatuses[0].state.terminated.message}' 2>/dev/null)\" ]"
+has_loader_message() { [ -n "$(loader_message)" ]; }
+WAIT_INTERVAL=1 wait_until 180 has_loader_message
 _msg=$(loader_message)
 echo "# loader, refused: $_msg"
 check_true "loader: the pod's status says there is no build for this kernel" has "$_msg" "this image has no build for the running kernel $kver"

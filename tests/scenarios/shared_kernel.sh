@@ -73,7 +73,8 @@ wait_dev "2 VFs on node-a's $a0" node-a 4 $cls/$a0/sriov_numvfs 2
 check "node-b's pool unchanged" 3 "$(devices node-b)"
 # A fault on node-b's PF: the taint in node-b's pool only.
 echo failed > $cls/$b0/health
-WAIT_INTERVAL=0.5 wait_until 60 sh -c "guest-tool http GET '$api/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.nodeName%3Dnode-b' | grep -q taints"
+tainted() { slices "$1" | grep -q taints; }
+WAIT_INTERVAL=0.5 wait_until 60 tainted node-b
 check "node-b's pool has the taint" 1 "$(slices node-b | grep -c taints)"
 check "node-a's pool has none" 0 "$(slices node-a | grep -c taints)"
 
@@ -92,7 +93,8 @@ controller=$!
 sleep 3
 check "the controller leaves a node's PFs while its Node exists" "${b_pfs}mock5 " "$(owned_by node-b)"
 guest-tool http DELETE $api/api/v1/nodes/node-b >/dev/null
-WAIT_INTERVAL=0.5 wait_until 90 sh -c "[ -z \"\$(for pf in 0 1 2 3 5; do grep -lx node-b $cls/mock\$pf/owner; done 2>/dev/null)\" ]"
+owns_none() { [ -z "$(owned_by "$1")" ]; }
+WAIT_INTERVAL=0.5 wait_until 90 owns_none node-b
 check "node-b's Node gone and its agent too: its PFs given back" "" "$(owned_by node-b)"
 check "and freed" 0 "$(cat $cls/mock5/status)"
 check "node-a's untouched" "${a_pfs}mock6 " "$(owned_by node-a)"

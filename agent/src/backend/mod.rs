@@ -102,6 +102,16 @@ pub enum Access {
     File { host_path: PathBuf, path: String },
 }
 
+/// One write of `value` to an existing attribute file: never created,
+/// never truncated (sysfs takes one write at offset 0).
+pub(crate) fn write_attribute(path: &std::path::Path, value: &str) -> io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+}
+
 /// PF ids 0..63, VFs 0..63 per PF (the module's limits).
 pub const MAX_PFS: u32 = 64;
 pub const MAX_VFS: u32 = 64;

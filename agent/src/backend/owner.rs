@@ -9,8 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
+
+use super::write_attribute as write;
 
 /// Whose functions a node agent publishes and prepares.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -79,14 +81,6 @@ pub enum Taken {
     Busy(String),
     /// No such PF.
     Gone,
-}
-
-/// One write of `value` to an existing file (sysfs: one write at offset 0).
-fn write(path: &Path, value: &str) -> io::Result<()> {
-    fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(value.as_bytes()))
 }
 
 /// Takes PF `id` for `node`: the kernel's compare-and-set.
@@ -159,20 +153,21 @@ pub fn take_at_load(class: &Path, o: &Ownership) -> io::Result<TakeReport> {
 /// Returns the PF ids given back.
 pub fn release(class: &Path, owner: &str) -> io::Result<Vec<u32>> {
     let mut out = Vec::new();
-    for (id, who) in pfs(class)? {
-        if who != owner {
-            continue;
-        }
+    let mine: Vec<u32> = pfs(class)?
+        .into_iter()
+        .filter(|(_, who)| who == owner)
+        .map(|(id, _)| id)
+        .collect();
+    if mine.is_empty() {
+        return Ok(out);
+    }
+    let names: Vec<String> = fs::read_dir(class)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<io::Result<_>>()?;
+    for id in mine {
         let pf = format!("mock{id}");
         let vf_prefix = format!("mock{id}_vf");
-        let mut functions = vec![pf.clone()];
-        for entry in fs::read_dir(class)? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&vf_prefix) {
-                functions.push(name);
-            }
-        }
-        for f in &functions {
+        for f in names.iter().filter(|n| **n == pf || n.starts_with(&vf_prefix)) {
             let dir = class.join(f);
             // Best effort: a function already free, local or gone refuses.
             let _ = write(&dir.join("status"), "0");

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -134,20 +134,16 @@ impl Sysfs {
     /// Writes `value` to an existing attribute file: never created, never
     /// truncated (sysfs takes one write at offset 0).
     fn write(path: &Path, value: &str) -> Result<(), DeviceError> {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .and_then(|mut f| f.write_all(value.as_bytes()))
-            .map_err(|e| match (e.kind(), e.raw_os_error()) {
-                (io::ErrorKind::NotFound, _) => DeviceError::Gone,
-                (_, Some(libc::ENODEV)) => DeviceError::Removing,
-                (_, Some(libc::EIO)) => DeviceError::Unhealthy,
-                (_, Some(libc::ENOLINK)) => DeviceError::NotAttached,
-                _ => DeviceError::Io {
-                    what: format!("writing {value} to {}", path.display()),
-                    source: e,
-                },
-            })
+        super::write_attribute(path, value).map_err(|e| match (e.kind(), e.raw_os_error()) {
+            (io::ErrorKind::NotFound, _) => DeviceError::Gone,
+            (_, Some(libc::ENODEV)) => DeviceError::Removing,
+            (_, Some(libc::EIO)) => DeviceError::Unhealthy,
+            (_, Some(libc::ENOLINK)) => DeviceError::NotAttached,
+            _ => DeviceError::Io {
+                what: format!("writing {value} to {}", path.display()),
+                source: e,
+            },
+        })
     }
 }
 
