@@ -147,6 +147,11 @@ declared-node: kube
     @just builds image
     cargo test -p mock-accel-agent --features failpoints,ebpf --test node_guest -- --ignored --exact the_declared_devices_on_a_real_node --nocapture
 
+# Three nodes on one kernel, kind's way, in the node VM (tests/scenarios/shared_nodes.sh): two more kubelets in namespaces of their own beside the node's, the chart with devices.sharedKernel, 10 claims placed by the real scheduler, a hot-plug and a fault on one node, an agent killed, a node gone; what each node costs the guest
+shared-nodes: kube
+    @just builds image
+    cargo test -p mock-accel-agent --features failpoints,ebpf --test node_guest -- --ignored --exact nodes_sharing_a_kernel_with_the_real_scheduler --nocapture
+
 # The soak (tests/scenarios/soak.sh, boots a VM, the image's agent: just agent-image): `hotplugs` hot-plug cycles beside `claims` claim cycles; RSS, descriptors and writes per change printed, leaks checked
 soak hotplugs="1000" claims="200": build agent-image
     MOCK_SOAK_HOTPLUGS={{hotplugs}} MOCK_SOAK_CLAIMS={{claims}} cargo test -p mock-accel-agent --features failpoints,ebpf --test agent_guest -- --exact the_agent_soaks_hotplugs_and_claims --nocapture

@@ -198,6 +198,22 @@ fn the_declared_devices_on_a_real_node() {
     run_on_node("declared.sh").assert_clean(37);
 }
 
+/// Nodes that share a kernel, kind's way (`shared_nodes.sh`): two more
+/// kubelets, each with its containerd, kube-proxy, directories, cgroup,
+/// network namespace and a read-only `/sys` with the module's directories
+/// writable over it, beside the node's, on its one kernel with 12 PFs; the
+/// chart with `devices.sharedKernel`: each pool only its node's devices
+/// (distinct UUIDs), 10 claims at once each Running on the node that owns
+/// its device, a hot-plug with an owner and a fault on that node only, a
+/// node's agent killed with the others unaffected, a node gone and its PFs
+/// given back; what each more node costs the guest, printed. Not in `./dev
+/// test` (minutes of the emulated guest): `just shared-nodes`.
+#[test]
+#[ignore = "minutes on the emulated node: just shared-nodes"]
+fn nodes_sharing_a_kernel_with_the_real_scheduler() {
+    run_on_node("shared_nodes.sh").assert_clean(40);
+}
+
 /// The fault suite's cases that need the real node (`faults_node.sh`): the
 /// real kubelet retrying after the agent was SIGKILLed at each of its 9
 /// prepare and unprepare failpoints, the kubelet SIGKILLed mid-prepare and restarted, etcd

@@ -37,6 +37,12 @@ pub const REGISTRY_HOST: &str = "registry.mock.test";
 pub const REGISTRY: &str = "registry.mock.test:5000";
 /// The API server's port inside the guest.
 pub const API_PORT: u16 = 6443;
+/// The nodes that share the guest's kernel with it, kind's way
+/// (`tests/scenarios/shared_nodes.sh`): each a kubelet, containerd and
+/// kube-proxy of its own in mount, network and UTS namespaces of its own,
+/// bridged to the guest at this address. Their credentials are made with
+/// the node's ([`secrets`]); nothing of them runs until a scenario starts it.
+pub const SHARED_NODES: [(&str, &str); 2] = [("mock-guest-b", "10.99.1.2"), ("mock-guest-c", "10.99.1.3")];
 /// Where the configuration lives in the guest.
 const ETC: &str = "/etc/kubernetes";
 const PKI: &str = "/etc/kubernetes/pki";
@@ -412,6 +418,25 @@ pub fn secrets() -> Vec<(String, String)> {
             kubeconfig_text(&server, &ca.pem.cert, &ca.client(user, groups)),
         ));
     }
+    // The nodes sharing the kernel: a kubelet's client and serving
+    // certificates each (NodeRestriction holds each to its own Node), the
+    // API server at the node's address (their loopback is their own).
+    let remote = format!("https://{NODE_IP}:{API_PORT}");
+    for (name, ip) in SHARED_NODES {
+        let dir = format!("{ETC}/nodes/{name}");
+        let user = format!("system:node:{name}");
+        out.push((
+            format!("{dir}/kubelet.conf"),
+            kubeconfig_text(&remote, &ca.pem.cert, &ca.client(&user, &["system:nodes"])),
+        ));
+        let serving = ca.server(&[name, ip]);
+        out.push((format!("{dir}/kubelet.crt"), serving.cert));
+        out.push((format!("{dir}/kubelet.key"), serving.key));
+        out.push((
+            format!("{dir}/kube-proxy.conf"),
+            kubeconfig_text(&remote, &ca.pem.cert, &ca.client("system:kube-proxy", &[])),
+        ));
+    }
     // The node's CA is the only one the guest trusts (Go's clients, Helm's
     // and containerd's among them, read this file): the registry's TLS.
     out.push(("/etc/ssl/certs/ca-certificates.crt".into(), ca.pem.cert.clone()));
@@ -434,9 +459,12 @@ fn files(images: &[(String, String)]) -> Vec<(String, String)> {
     ));
     out.push(("/etc/containerd/config.toml".into(), CONTAINERD_CONFIG.into()));
     out.push(("/etc/cni/net.d/10-mock.conflist".into(), CNI_CONFIG.into()));
+    // (the API server reaches a kubelet by its node's hostname first:
+    // the shared nodes' are here as kind's are in Docker's DNS)
+    let shared: String = SHARED_NODES.iter().map(|(name, ip)| format!("{ip} {name}\n")).collect();
     out.push((
         "/etc/hosts".into(),
-        format!("127.0.0.1 localhost\n{NODE_IP} {NODE_NAME} {REGISTRY_HOST}\n"),
+        format!("127.0.0.1 localhost\n{NODE_IP} {NODE_NAME} {REGISTRY_HOST}\n{shared}"),
     ));
     // The command lines, from the same functions as the host's control plane.
     // No argument has a space in it: the guest's shell splits them on spaces.
@@ -452,7 +480,7 @@ fn files(images: &[(String, String)]) -> Vec<(String, String)> {
             .unwrap_or_default()
     };
     let env = format!(
-        "PAUSE_IMAGE={}\nBUSYBOX_IMAGE={}\nNODE_NAME={NODE_NAME}\nNODE_IP={NODE_IP}\nREGISTRY={REGISTRY}\nKUBECONFIG={ETC}/admin.conf\nexport KUBECONFIG\n\
+        "PAUSE_IMAGE={}\nBUSYBOX_IMAGE={}\nNODE_NAME={NODE_NAME}\nNODE_IP={NODE_IP}\nREGISTRY={REGISTRY}\nSHARED_NODES=\"{}\"\nKUBECONFIG={ETC}/admin.conf\nexport KUBECONFIG\n\
          ETCD_ARGS=\"{}\"\nAPISERVER_ARGS=\"{}\"\n\
          CONTROLLER_MANAGER_ARGS=\"{}\"\nSCHEDULER_ARGS=\"--config={ETC}/scheduler.yaml --v=1\"\n\
          KUBE_PROXY_ARGS=\"--config={ETC}/kube-proxy.yaml --v=1\"\n\
@@ -460,6 +488,7 @@ fn files(images: &[(String, String)]) -> Vec<(String, String)> {
          --hostname-override={NODE_NAME} --node-ip={NODE_IP} --v=1\"\n",
         image("pause"),
         image("busybox"),
+        SHARED_NODES.map(|(name, ip)| format!("{name}={ip}")).join(" "),
         quote(etcd_args(
             "/var/lib/etcd",
             "http://127.0.0.1:2379",
