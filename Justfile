@@ -123,7 +123,7 @@ bench-vm:
     cargo build --release --workspace --bins --features mock-accel-agent/ebpf
     MOCK_GUEST_TIMEOUT=1200 ./target/release/guest run tests/scenarios/bench.sh
 
-# The driver on the real Kubernetes node in a VM, release builds: API write cost, event->slice (ratio), hot-plug->pod Running split, the kubelet's prepare metrics, idle API load
+# The driver on the real Kubernetes node in a VM, release builds: API write cost (a ConfigMap, one slice, the agent's writes made bare; before and after), event->slice (ratios) and where its time goes step by step, with and without shared counters, hot-plug->pod Running split, the kubelet's prepare metrics, idle API load
 bench-cluster: kube
     cargo build --release --workspace --bins --features mock-accel-agent/ebpf
     ./target/release/guest --node run tests/scenarios/bench_cluster.sh

@@ -25,6 +25,26 @@ pub struct Snapshot {
     pub first_event: Option<Instant>,
     /// `first_event` is a kernel timestamp (from eBPF), not a receipt time.
     pub kernel_clock: bool,
+    /// Each step the snapshot's events went through (none for a scan no
+    /// event asked for).
+    pub steps: Option<Steps>,
+}
+
+/// When the events a snapshot answers went through each step on their way
+/// to the publisher: the parts of event → slice (`just bench-cluster`
+/// prints them; the publisher adds its own, [`crate::publisher`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    /// The kernel's time of the oldest event the probes saw (eBPF's clock).
+    pub kernel: Option<Instant>,
+    /// The oldest uevent's receipt (the netlink socket read).
+    pub uevent: Option<Instant>,
+    /// The first trigger taken by the inventory task (a burst opened).
+    pub taken: Instant,
+    /// The burst coalesced: the scan started.
+    pub scan_started: Instant,
+    /// The scan done, the snapshot sent.
+    pub scanned: Instant,
 }
 
 /// How a burst is coalesced: a scan waits until triggers stop for `quiet`,
@@ -64,6 +84,7 @@ pub async fn inventory_task(
         inventory: first,
         first_event: None,
         kernel_clock: false,
+        steps: None,
     };
     if out.send(startup).is_err() {
         return Ok(());
@@ -88,6 +109,7 @@ pub async fn inventory_task(
                 // No event source left (uevents off): rescans only, until cancelled.
                 let Some(t) = t else { open = false; continue };
                 let mut batch = Batch::new(reason_of(&t));
+                batch.taken = Some(Instant::now());
                 let deadline = tokio::time::Instant::now() + coalesce.max_wait;
                 let mut next = Some(t);
                 // Coalesce the burst.
@@ -102,11 +124,20 @@ pub async fn inventory_task(
                 batch
             }
         };
+        let scan_started = Instant::now();
         let inventory = scanner.scan(&backend, batch.reason).await?;
+        let steps = batch.taken.map(|taken| Steps {
+            kernel: batch.first_probe,
+            uevent: batch.first_uevent,
+            taken,
+            scan_started,
+            scanned: Instant::now(),
+        });
         let snapshot = Snapshot {
             inventory,
             first_event: batch.first,
             kernel_clock: batch.kernel_clock,
+            steps,
         };
         if out.send(snapshot).is_err() {
             return Ok(());
@@ -114,11 +145,16 @@ pub async fn inventory_task(
     }
 }
 
-/// The triggers of one scan: why, and the oldest event it answers.
+/// The triggers of one scan: why, and the oldest event it answers (of
+/// either source, and of each).
 struct Batch {
     reason: &'static str,
     first: Option<Instant>,
     kernel_clock: bool,
+    first_probe: Option<Instant>,
+    first_uevent: Option<Instant>,
+    /// When its first trigger was taken (none: a periodic rescan).
+    taken: Option<Instant>,
 }
 
 impl Batch {
@@ -127,6 +163,9 @@ impl Batch {
             reason,
             first: None,
             kernel_clock: false,
+            first_probe: None,
+            first_uevent: None,
+            taken: None,
         }
     }
 
@@ -138,6 +177,12 @@ impl Batch {
         if self.first.is_none_or(|f| t.at() < f) {
             self.first = Some(t.at());
             self.kernel_clock = matches!(t, Trigger::Probe { .. });
+        }
+        let oldest = |slot: &mut Option<Instant>| *slot = Some(slot.map_or(t.at(), |s| s.min(t.at())));
+        match t {
+            Trigger::Probe { .. } => oldest(&mut self.first_probe),
+            Trigger::Uevent { .. } => oldest(&mut self.first_uevent),
+            Trigger::Overflow { .. } => {}
         }
     }
 }

@@ -286,9 +286,11 @@ claim_pod() {
     seed_pod "$1" "  - name: c
     resourceClaimName: $2" "      - name: c" >/dev/null
 }
-# seed_claim NAME: the seed's ResourceClaim for one PF
-seed_claim() {
-    kubectl apply -f - <<EOF
+# seed_claim NAME: the seed's ResourceClaim for one PF (seed_claim_yaml:
+# its manifest, printed)
+seed_claim() { seed_claim_yaml "$1" | kubectl apply -f -; }
+seed_claim_yaml() {
+    cat <<EOF
 apiVersion: resource.k8s.io/v1
 kind: ResourceClaim
 metadata:
@@ -307,7 +309,9 @@ EOF
 # seed_pod NAME CLAIMS-YAML REFS-YAML [LIMITS]: the seed's test pod, with
 # these spec.resourceClaims entries and container claim references (none
 # if empty), and these resource limits (`name: n, ...`), in $NS if set
-seed_pod() {
+# (seed_pod_yaml: its manifest, printed)
+seed_pod() { seed_pod_yaml "$@" | kubectl apply -f -; }
+seed_pod_yaml() {
     {
         cat <<EOF
 apiVersion: v1
@@ -329,7 +333,7 @@ EOF
 EOF
         [ -z "$3" ] || printf '      claims:\n%s\n' "$3"
         [ -z "${4:-}" ] || printf '      limits: {%s}\n' "$4"
-    } | kubectl apply -f -
+    }
 }
 
 # The chart as Helm packaged it, and its version (tests/src/node.rs).

@@ -226,33 +226,11 @@ check "no PF unowned" "" "$(owned_by '')"
 # placed by the scheduler where their claims' devices can be allocated.
 t0=$(uptime_s)
 for c in 0 1 2 3 4 5 6 7 8 9; do
-    cat <<EOF
-apiVersion: resource.k8s.io/v1
-kind: ResourceClaim
-metadata: {name: pf-$c, namespace: default}
-spec:
-  devices:
-    requests:
-    - name: accel
-      exactly: {deviceClassName: mock-accel-pf, count: 1}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: pod-$c, namespace: default}
-spec:
-  terminationGracePeriodSeconds: 1
-  resourceClaims:
-  - {name: accel, resourceClaimName: pf-$c}
-  containers:
-  - name: test
-    image: $BUSYBOX_IMAGE
-    imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", "env | grep MOCK_ACCEL && sleep 3600"]
-    resources:
-      claims:
-      - name: accel
----
-EOF
+    seed_claim_yaml pf-$c
+    echo ---
+    seed_pod_yaml pod-$c "  - name: accel
+    resourceClaimName: pf-$c" "      - name: accel"
+    echo ---
 done >/tmp/claims.yaml
 check_true "10 claims and their pods created by one kubectl apply" sh -c "kubectl apply -f /tmp/claims.yaml >/dev/null"
 for c in 0 1 2 3 4 5 6 7 8 9; do

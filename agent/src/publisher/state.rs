@@ -16,7 +16,7 @@ use tracing::{debug, error, info};
 
 use super::dropped::Dropped;
 use super::view::{NodeUid, View};
-use crate::events::Snapshot;
+use crate::events::{Snapshot, Steps};
 use crate::flapping::Damper;
 use crate::inventory::Inventory;
 use crate::metrics as m;
@@ -32,6 +32,39 @@ pub(super) enum Retry {
     Now,
     /// The API failed: back off.
     Later,
+}
+
+/// Where the time of event → slice went, in milliseconds per step, as
+/// `name=ms` words: the uevent after the kernel's own time of the event
+/// (`uevent`; only when the probes saw it), the first trigger taken by the
+/// inventory task after the oldest event (`taken`: the socket or ring
+/// buffer and the channel), the burst coalesced (`coalesce`), the backend
+/// scanned (`scan`), the snapshot handed to the publisher (`handoff`),
+/// planned up to the write (`plan`: the flapping damper and the slice plan),
+/// and the write itself (`write`: the API's answer, the last attempt's).
+fn split(steps: &Steps, received: Instant, began: Instant, done: Instant) -> String {
+    let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1000.0;
+    let oldest = [steps.kernel, steps.uevent]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(steps.taken);
+    let mut out = Vec::new();
+    if let (Some(k), Some(u)) = (steps.kernel, steps.uevent) {
+        out.push(("uevent", ms(k, u)));
+    }
+    out.extend([
+        ("taken", ms(oldest, steps.taken)),
+        ("coalesce", ms(steps.taken, steps.scan_started)),
+        ("scan", ms(steps.scan_started, steps.scanned)),
+        ("handoff", ms(steps.scanned, received)),
+        ("plan", ms(received, began)),
+        ("write", ms(began, done)),
+    ]);
+    out.iter()
+        .map(|(name, v)| format!("{name}={v:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What happened.
@@ -80,6 +113,10 @@ pub(super) struct State {
     inventory: Option<Arc<Inventory>>,
     /// The oldest event not yet published, and whether its time is the kernel's.
     pending_since: Option<(Instant, bool)>,
+    /// The steps of the oldest scan an event asked for, not yet published,
+    /// and when its snapshot reached us; when the last write began.
+    pending_steps: Option<(Steps, Instant)>,
+    write_started: Option<Instant>,
     generation: i64,
     delays: Box<dyn Iterator<Item = Duration> + Send>,
     retry_at: Option<TokioInstant>,
@@ -99,6 +136,8 @@ impl State {
             synced: false,
             inventory: None,
             pending_since: None,
+            pending_steps: None,
+            write_started: None,
             generation: 0,
             delays: backoff(),
             retry_at: None,
@@ -120,6 +159,9 @@ impl State {
                 for snap in snaps {
                     let this = snap.first_event.map(|t| (t, snap.kernel_clock));
                     self.pending_since = [self.pending_since, this].into_iter().flatten().min_by_key(|(t, _)| *t);
+                    if self.pending_steps.is_none() {
+                        self.pending_steps = snap.steps.map(|s| (s, Instant::now()));
+                    }
                     self.inventory = Some(snap.inventory);
                 }
             }
@@ -160,11 +202,13 @@ impl State {
             set_tainted(&desired);
             counter!(m::PUBLISHES, "result" => "unchanged").increment(1);
             self.pending_since = None;
+            self.pending_steps = None;
             self.generation = plan.generation;
             return Some(Action::Ready(true));
         }
         debug!(writes = plan.writes.len(), generation = plan.generation, "publishing");
         self.writing = Some((plan.generation, desired, plan.writes.len()));
+        self.write_started = Some(Instant::now());
         Some(Action::Write(plan.writes))
     }
 
@@ -203,9 +247,15 @@ impl State {
             histogram!(m::EVENT_TO_SLICE, "clock" => clock).record(t.elapsed().as_secs_f64());
             (t.elapsed().as_secs_f64() * 1000.0, clock)
         });
+        let steps = self
+            .pending_steps
+            .take()
+            .zip(self.write_started)
+            .map(|((steps, received), began)| split(&steps, received, began, Instant::now()));
         info!(
             latency_ms = latency.map(|(ms, _)| (ms * 10.0).round() / 10.0),
             clock = latency.map(|(_, c)| c),
+            steps,
             slices = desired.len(),
             devices = desired.iter().map(slices::Content::devices).sum::<usize>(),
             generation = self.generation,
@@ -280,6 +330,37 @@ mod tests {
     use super::*;
     use crate::inventory::testing::function;
 
+    #[test]
+    fn the_split_names_each_step_of_event_to_slice() {
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        let steps = Steps {
+            kernel: Some(at(0)),
+            uevent: Some(at(2)),
+            taken: at(3),
+            scan_started: at(6),
+            scanned: at(10),
+        };
+        assert_eq!(
+            split(&steps, at(11), at(12), at(62)),
+            "uevent=2.00 taken=3.00 coalesce=3.00 scan=4.00 handoff=1.00 plan=1.00 write=50.00"
+        );
+        // Uevents alone: no kernel step; taken counts from the uevent.
+        let uevents = Steps { kernel: None, ..steps };
+        assert_eq!(
+            split(&uevents, at(11), at(12), at(62)),
+            "taken=1.00 coalesce=3.00 scan=4.00 handoff=1.00 plan=1.00 write=50.00"
+        );
+        // The probe's event read after the uevent (the ring buffer is the
+        // slower path): taken still counts from the kernel's time.
+        let late = Steps {
+            kernel: Some(at(1)),
+            uevent: Some(at(0)),
+            ..steps
+        };
+        assert!(split(&late, at(11), at(12), at(62)).starts_with("uevent=0.00 taken=3.00 "));
+    }
+
     fn state() -> State {
         State::new(Publisher {
             driver: "mock-accel.example.com".into(),
@@ -310,6 +391,7 @@ mod tests {
             }),
             first_event: Some(Instant::now()),
             kernel_clock: false,
+            steps: None,
         }])
     }
 

@@ -13,9 +13,11 @@
 //! - `guest-tool wait-devices --api URL --node N --count C [--write F V]`
 //!   does the write (if any), then watches the API until this node's pool is
 //!   consistent and holds C devices, and prints the milliseconds it took.
-//! - `guest-tool api-writes --count N` makes N writes (a ConfigMap replaced)
-//!   with the agent's kind of client (kube-rs, `KUBECONFIG`) and prints the
-//!   p50 and p99 milliseconds each took: the bare cost of one API write.
+//! - `guest-tool api-writes --count N` makes N writes (a ConfigMap replaced;
+//!   with `--slice-like NAME...`, a copy of each of those ResourceSlices, a
+//!   device or counter set more every other round) with the agent's kind of client (kube-rs,
+//!   `KUBECONFIG`) and prints the p50 and p99 milliseconds each took: the
+//!   bare cost of one API write.
 //! - `guest-tool kubelet register|prepare|unprepare|health` plays the
 //!   kubelet towards the agent's plugin sockets (see `kubelet` below).
 //! - `guest-tool dashboards --node N` runs every query of the Grafana
@@ -105,6 +107,12 @@ enum Cmd {
     ApiWrites {
         #[arg(long, default_value_t = 200)]
         count: usize,
+        /// Replace a copy of each of these ResourceSlices instead, in this
+        /// order (a pool and node `mock-bench-writes`), one device
+        /// or counter set more every other round: the agent's own writes;
+        /// a round is one sample.
+        #[arg(long, num_args = 1..)]
+        slice_like: Vec<String>,
     },
     /// Every dashboard query against Prometheus; exit 1 unless each
     /// returns data and the `node` variable offers exactly NODE.
@@ -216,8 +224,12 @@ async fn main() -> anyhow::Result<()> {
             let ok = kubelet(&registry, &api, call).await?;
             std::process::exit(if ok { 0 } else { 1 });
         }
-        Cmd::ApiWrites { count } => {
-            let (p50, p99) = api_writes(count).await?;
+        Cmd::ApiWrites { count, slice_like } => {
+            let (p50, p99) = if slice_like.is_empty() {
+                api_writes(count).await?
+            } else {
+                slice_writes(count, &slice_like).await?
+            };
             println!("{p50:.2} {p99:.2}");
             Ok(())
         }
@@ -310,6 +322,86 @@ async fn api_writes(count: usize) -> anyhow::Result<(f64, f64)> {
         if i > 0 {
             took.push(t.elapsed().as_secs_f64() * 1000.0);
         }
+    }
+    took.sort_by(f64::total_cmp);
+    let at = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
+    Ok((at(0.50), at(0.99)))
+}
+
+/// `count` rounds of replaces of a copy of each ResourceSlice of `like`
+/// (its spec, in a pool of its own on a node of its own), in that order, each alternately with
+/// one entry more (a copy of its last device or counter set, renamed) and
+/// without: the writes the agent makes for a hot-plug (with shared
+/// counters, the counter sets' slice, then the devices'). The time of a
+/// round is one sample.
+async fn slice_writes(count: usize, like: &[String]) -> anyhow::Result<(f64, f64)> {
+    use k8s_openapi::api::resource::v1::{CounterSet, Device, ResourceSlice, ResourceSliceSpec};
+    use kube::api::{Api, DeleteParams, PostParams};
+    anyhow::ensure!(count > 0, "--count must be at least 1");
+    let client = kube::Client::try_default().await.context("KUBECONFIG")?;
+    let api: Api<ResourceSlice> = Api::all(client);
+    let pp = PostParams::default();
+    // (name, spec without, spec with one entry more)
+    let mut copies: Vec<(String, ResourceSliceSpec, ResourceSliceSpec)> = Vec::new();
+    for (i, source) in like.iter().enumerate() {
+        let name = format!("mock-bench-writes-{i}");
+        let mut spec = api
+            .get(source)
+            .await
+            .with_context(|| format!("ResourceSlice {source}"))?
+            .spec;
+        spec.pool.name = "mock-bench-writes".into();
+        // On no real node: the agent owns every slice of its driver on its
+        // node, and would delete these copies as stale (which it did to
+        // this benchmark's first version, inflating both its figures).
+        if spec.node_name.is_some() {
+            spec.node_name = Some("mock-bench-writes".into());
+        }
+        spec.pool.generation = 1;
+        spec.pool.resource_slice_count = like.len() as i64;
+        let mut more = spec.clone();
+        if let Some(last) = spec.devices.as_ref().and_then(|d| d.last()) {
+            let extra = Device {
+                name: "bench-extra".into(),
+                ..last.clone()
+            };
+            more.devices.get_or_insert_with(Vec::new).push(extra);
+        } else if let Some(last) = spec.shared_counters.as_ref().and_then(|c| c.last()) {
+            let extra = CounterSet {
+                name: "bench-extra".into(),
+                ..last.clone()
+            };
+            more.shared_counters.get_or_insert_with(Vec::new).push(extra);
+        } else {
+            bail!("ResourceSlice {source} has neither devices nor counter sets to copy");
+        }
+        let _ = api.delete(&name, &DeleteParams::default()).await;
+        copies.push((name, spec, more));
+    }
+    let mut stored = Vec::new();
+    for (name, spec, _) in &copies {
+        let slice = ResourceSlice {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            spec: spec.clone(),
+        };
+        stored.push(api.create(&pp, &slice).await.context("creating the copy")?);
+    }
+    let mut took = Vec::with_capacity(count);
+    for i in 0..=count {
+        let t = Instant::now();
+        for ((name, without, with), slice) in copies.iter().zip(stored.iter_mut()) {
+            slice.spec = if i % 2 == 0 { with.clone() } else { without.clone() };
+            *slice = api.replace(name, &pp, slice).await?;
+        }
+        if i > 0 {
+            took.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    for (name, _, _) in &copies {
+        api.delete(name, &DeleteParams::default()).await?;
     }
     took.sort_by(f64::total_cmp);
     let at = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
