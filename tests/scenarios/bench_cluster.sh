@@ -35,6 +35,11 @@ pctl() { sort -n | awk -v q="$1" '{ a[NR] = $1 } END { i = int(NR * q); if (i < 
 published() { grep -c 'ResourceSlices published latency_ms=' $LOGS/agent.log; }
 more_than() { [ "$(published)" -gt "$1" ]; }
 latencies() { grep -o 'latency_ms=[0-9.]*' $LOGS/agent.log | cut -d= -f2 | tail -n "$1"; }
+# writes_per_publish: how many API writes the last 2N publishes took, counted
+writes_per_publish() {
+    grep 'ResourceSlices published' $LOGS/agent.log | tail -n $((2 * N)) | grep -o 'writes=[0-9]*' |
+        sort | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }'
+}
 
 # (a), run before (b) and again after it: the same run's baselines, each
 # side of it (the emulated node is not equally loaded from minute to minute)
@@ -77,7 +82,7 @@ clock=$(grep -o 'clock="[a-z]*"' $LOGS/agent.log | tail -n 1)
 b50=$(latencies $((2 * N)) | pctl 0.50)
 b99=$(latencies $((2 * N)) | pctl 0.99)
 echo "BENCH (b) kernel event -> slice in the real API server ($((2 * N)) hot-plug changes, $clock): p50 $b50 ms  p99 $b99 ms"
-echo "BENCH (b) API writes per publish: $(grep 'ResourceSlices published' $LOGS/agent.log | tail -n $((2 * N)) | grep -o 'writes=[0-9]*' | sort | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')"
+echo "BENCH (b) API writes per publish: $(writes_per_publish)"
 ratio() { [ -n "$2" ] && awk -v b="$1" -v a="$2" 'BEGIN { printf "%.2f", b / a }' || echo -; }
 # ratios WHAT P50 P99: against the last baselines
 ratios() {
@@ -180,7 +185,7 @@ WAIT_INTERVAL=0.5 wait_until 60 no_counters || echo "# the counter slice is stil
 hotplugs
 f50=$(latencies $((2 * N)) | pctl 0.50)
 f99=$(latencies $((2 * N)) | pctl 0.99)
-echo "BENCH (f) as (b) without shared counters: p50 $f50 ms  p99 $f99 ms; API writes per publish: $(grep 'ResourceSlices published' $LOGS/agent.log | tail -n $((2 * N)) | grep -o 'writes=[0-9]*' | sort | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep = ", " }')"
+echo "BENCH (f) as (b) without shared counters: p50 $f50 ms  p99 $f99 ms; API writes per publish: $(writes_per_publish)"
 print_steps "(f)"
 # (one write per publish: the one-slice baseline is the same writes made bare)
 baselines "after (f)"

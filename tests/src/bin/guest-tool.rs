@@ -323,9 +323,7 @@ async fn api_writes(count: usize) -> anyhow::Result<(f64, f64)> {
             took.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
-    took.sort_by(f64::total_cmp);
-    let at = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
-    Ok((at(0.50), at(0.99)))
+    Ok(p50_p99(took))
 }
 
 /// `count` rounds of replaces of a copy of each ResourceSlice of `like`
@@ -403,9 +401,14 @@ async fn slice_writes(count: usize, like: &[String]) -> anyhow::Result<(f64, f64
     for (name, _, _) in &copies {
         api.delete(name, &DeleteParams::default()).await?;
     }
+    Ok(p50_p99(took))
+}
+
+/// The p50 and p99 (nearest rank) of samples (at least one).
+fn p50_p99(mut took: Vec<f64>) -> (f64, f64) {
     took.sort_by(f64::total_cmp);
     let at = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
-    Ok((at(0.50), at(0.99)))
+    (at(0.50), at(0.99))
 }
 
 /// The sum of the counts whose key "VERB RESOURCE" has one of VERBS (any
