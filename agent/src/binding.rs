@@ -11,7 +11,9 @@
 //!
 //! This task is the node's part. From the claims allocated on this node's
 //! fabric-attached devices and the inventory it plans, level-triggered on
-//! every claim event, inventory change and a timer: attach what a claim
+//! every event of such a claim (an index of them, [`Mine`], kept from the
+//! watch: the cluster's other claims are never walked), inventory change
+//! and a timer: attach what a claim
 //! holds (`attach`), report the outcome in the claim's `status.devices`
 //! once the module says attached or failed, and detach what no claim
 //! holds any more and is not allocated.
@@ -25,10 +27,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use metrics::{counter, gauge, histogram};
@@ -279,11 +280,24 @@ pub async fn run(
         }
     }
     info!("fabric-attached devices on the node: reporting their binding conditions");
-    let (store, writer): (Store<ResourceClaim>, _) = reflector::store();
-    let claims = watcher(Api::<ResourceClaim>::all(watches), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
+    let claims = watcher(Api::<ResourceClaim>::all(watches), watcher::Config::default()).default_backoff();
+    follow(client, cfg, claims, inventory, cancel).await
+}
+
+/// Reports from the claims' events (this node's own watch, or a fleet's
+/// shared one routed to it) until cancelled.
+pub async fn follow<S>(
+    client: Client,
+    cfg: Config,
+    claims: S,
+    mut inventory: watch::Receiver<Arc<Inventory>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: futures::Stream<Item = Result<watcher::Event<ResourceClaim>, watcher::Error>>,
+{
     let mut claims = std::pin::pin!(claims);
+    let mut mine = Mine::default();
     let mut attempts = Attempts::default();
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut gate = AttachGate::default();
@@ -297,7 +311,8 @@ pub async fn run(
                 None => std::future::pending().await,
             } } => {}
             ev = claims.next() => match ev {
-                Some(Ok(_)) => {}
+                // Another node's claim (most of a cluster's): nothing to plan.
+                Some(Ok(ev)) => if !mine.apply(ev, &cfg.driver, &cfg.node) { continue },
                 Some(Err(e)) => {
                     counter!(m::FABRIC_ERRORS, "kind" => "watch").increment(1);
                     warn!(error = %e, "watching ResourceClaims failed; it resumes with backoff");
@@ -309,9 +324,9 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let inv = inventory.borrow().clone();
-        let listed = store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+        let listed = mine.listed;
         let p = plan(
-            &store.state(),
+            &mine.claims(),
             &inv,
             &cfg.driver,
             &cfg.node,
@@ -330,6 +345,63 @@ pub async fn run(
             }
         }
         carry_out(&client, &cfg, Plan { attach: g.attach, ..p }).await;
+    }
+}
+
+/// The claims holding a device of this driver on this node, kept from
+/// the watch's events: a plan walks these, not the cluster's every claim
+/// (5000 claims elsewhere cost each event one look at its claim, not a
+/// walk over all of them).
+#[derive(Default)]
+struct Mine {
+    claims: HashMap<String, Arc<ResourceClaim>>,
+    relist: Option<HashMap<String, Arc<ResourceClaim>>>,
+    /// The first list is in.
+    listed: bool,
+}
+
+impl Mine {
+    fn ours(claim: &ResourceClaim, driver: &str, node: &str) -> bool {
+        crate::claims::results(claim, driver).any(|r| r.pool == node)
+    }
+
+    /// Applies a watch event; says whether a plan may change.
+    fn apply(&mut self, ev: watcher::Event<ResourceClaim>, driver: &str, node: &str) -> bool {
+        match ev {
+            watcher::Event::Init => {
+                self.relist = Some(HashMap::new());
+                false
+            }
+            watcher::Event::InitApply(c) => {
+                if let (Some(r), Some(uid)) = (self.relist.as_mut(), c.uid())
+                    && Self::ours(&c, driver, node)
+                {
+                    r.insert(uid, Arc::new(c));
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                if let Some(r) = self.relist.take() {
+                    self.claims = r;
+                }
+                self.listed = true;
+                true
+            }
+            watcher::Event::Apply(c) => {
+                let Some(uid) = c.uid() else { return false };
+                if Self::ours(&c, driver, node) {
+                    self.claims.insert(uid, Arc::new(c));
+                    true
+                } else {
+                    self.claims.remove(&uid).is_some()
+                }
+            }
+            watcher::Event::Delete(c) => c.uid().is_some_and(|uid| self.claims.remove(&uid).is_some()),
+        }
+    }
+
+    fn claims(&self) -> Vec<Arc<ResourceClaim>> {
+        self.claims.values().cloned().collect()
     }
 }
 
@@ -440,6 +512,61 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    /// Only events of this node's claims reach a plan; a claim that stops
+    /// being this node's leaves the index (and plans once more); a relist
+    /// replaces it.
+    #[test]
+    fn only_this_nodes_claims_are_indexed_and_planned() {
+        let ours = |uid: &str| (*claim(uid, "", "mock1", json!([]))).clone();
+        let elsewhere = |uid: &str| {
+            let mut c = ours(uid);
+            let results = &mut c
+                .status
+                .as_mut()
+                .unwrap()
+                .allocation
+                .as_mut()
+                .unwrap()
+                .devices
+                .as_mut()
+                .unwrap()
+                .results;
+            results.as_mut().unwrap()[0].pool = "node-b".into();
+            c
+        };
+        let unallocated = |uid: &str| {
+            let mut c = ours(uid);
+            c.status = None;
+            c
+        };
+        let mut mine = Mine::default();
+        assert!(!mine.apply(watcher::Event::Init, D, "node-a"));
+        assert!(!mine.apply(watcher::Event::InitApply(ours("1")), D, "node-a"));
+        assert!(!mine.apply(watcher::Event::InitApply(elsewhere("2")), D, "node-a"));
+        assert!(!mine.listed);
+        assert!(mine.apply(watcher::Event::InitDone, D, "node-a"));
+        assert!(mine.listed);
+        assert_eq!(mine.claims().len(), 1);
+        // Another node's claim changing, a claim nobody holds: no plan.
+        assert!(!mine.apply(watcher::Event::Apply(elsewhere("2")), D, "node-a"));
+        assert!(!mine.apply(watcher::Event::Apply(unallocated("3")), D, "node-a"));
+        assert!(!mine.apply(watcher::Event::Delete(elsewhere("2")), D, "node-a"));
+        // Ours: added, changed, deallocated (leaves, planned once more).
+        assert!(mine.apply(watcher::Event::Apply(ours("4")), D, "node-a"));
+        assert_eq!(mine.claims().len(), 2);
+        assert!(mine.apply(watcher::Event::Apply(unallocated("4")), D, "node-a"));
+        assert_eq!(mine.claims().len(), 1);
+        assert!(mine.apply(watcher::Event::Delete(ours("1")), D, "node-a"));
+        assert!(mine.claims().is_empty());
+        // A relist is the truth.
+        mine.apply(watcher::Event::Apply(ours("5")), D, "node-a");
+        mine.apply(watcher::Event::Init, D, "node-a");
+        mine.apply(watcher::Event::InitApply(ours("6")), D, "node-a");
+        assert!(mine.apply(watcher::Event::InitDone, D, "node-a"));
+        let uids: Vec<String> = mine.claims().iter().filter_map(|c| c.uid()).collect();
+        assert_eq!(uids, ["6"]);
     }
 
     fn outcomes(p: &Plan) -> Vec<(&str, Outcome)> {
