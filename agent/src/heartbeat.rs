@@ -76,6 +76,7 @@ pub async fn run(
         };
         match result.map(|written| last = Some(written)) {
             Ok(()) => {
+                counter!(m::HEARTBEATS).increment(1);
                 if first {
                     info!(lease = %name, namespace = ?api.resource_url(), "heartbeat Lease renewed");
                     first = false;

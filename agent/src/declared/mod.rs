@@ -126,19 +126,10 @@ pub async fn run(
     requests: Client,
     watches: Client,
     cfg: Config,
-    mut inventory: watch::Receiver<Arc<Inventory>>,
+    inventory: watch::Receiver<Arc<Inventory>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ar = api_resource(&cfg.driver);
-    let changed = Arc::new(Notify::new());
-    let w = reflector::store::Writer::<DynamicObject>::new(ar.clone());
-    let store = w.as_reader();
-    let stream = watcher(
-        Api::<DynamicObject>::all_with(watches.clone(), &ar),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(w);
+    let (scenarios, stream) = scenario_watch(watches.clone(), &cfg.driver);
     let (nodes, nw) = reflector::store::<Node>();
     let node_stream = watcher(
         Api::<Node>::all(watches),
@@ -146,10 +137,71 @@ pub async fn run(
     )
     .default_backoff()
     .reflect(nw);
+    let changed = Arc::new(Notify::new());
     let mut watching = tokio::task::JoinSet::new();
-    watching.spawn(drive(stream, changed.clone(), "DeviceScenarios", cfg.driver.clone()));
-    watching.spawn(drive(node_stream, changed.clone(), "the Node", cfg.driver.clone()));
+    let wake = changed.clone();
+    watching.spawn(drive(
+        stream,
+        move || wake.notify_one(),
+        "DeviceScenarios",
+        cfg.driver.clone(),
+    ));
+    let wake = changed.clone();
+    watching.spawn(drive(
+        node_stream,
+        move || wake.notify_one(),
+        "the Node",
+        cfg.driver.clone(),
+    ));
+    let seen = Seen {
+        scenarios,
+        nodes,
+        changed,
+    };
+    follow(requests, cfg, seen, inventory, cancel).await
+}
 
+/// The scenarios' reflector: its store, and the stream to drive (with
+/// [`drive`]) that fills it.
+pub fn scenario_watch(
+    watches: Client,
+    driver: &str,
+) -> (
+    Store<DynamicObject>,
+    impl futures::Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send + 'static,
+) {
+    let ar = api_resource(driver);
+    let w = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+    let store = w.as_reader();
+    let stream = watcher(Api::<DynamicObject>::all_with(watches, &ar), watcher::Config::default())
+        .default_backoff()
+        .reflect(w);
+    (store, stream)
+}
+
+/// What one node's reconciler reads: the scenarios, the Nodes (its own
+/// among them: its labels select), and a wake-up when either changed.
+pub struct Seen {
+    pub scenarios: Store<DynamicObject>,
+    pub nodes: Store<Node>,
+    pub changed: Arc<Notify>,
+}
+
+/// One node's reconciler, until cancelled: the node agent's, and each of
+/// a fleet's nodes' (whose stores are shared by all of them).
+pub async fn follow(
+    requests: Client,
+    cfg: Config,
+    seen: Seen,
+    mut inventory: watch::Receiver<Arc<Inventory>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let ar = api_resource(&cfg.driver);
+    let Seen {
+        scenarios: store,
+        nodes,
+        changed,
+    } = seen;
     let mut agent = Reconciler {
         api: Api::all_with(requests.clone(), &ar),
         group: cfg.driver.clone(),
@@ -241,7 +293,7 @@ impl WatchHealth {
 /// Runs a reflected watch, waking the loop on each event (the agent's
 /// and the controller's summary alike). An API without
 /// the resource (the CRD not installed, or no right to it) is said once.
-async fn drive<S, K>(stream: S, changed: Arc<Notify>, what: &'static str, driver: String)
+pub async fn drive<S, K>(stream: S, mut changed: impl FnMut(), what: &'static str, driver: String)
 where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
@@ -254,7 +306,7 @@ where
                 if said == Some(Said::Recovered) {
                     info!(what, "watching again");
                 }
-                changed.notify_one();
+                changed();
             }
             Err(e) => {
                 counter!(m::DECLARED_ERRORS, "stage" => "watch").increment(1);
@@ -285,7 +337,10 @@ struct Reconciler {
 impl Reconciler {
     async fn pass(&mut self, store: &Store<DynamicObject>, nodes: &Store<Node>, inv: &Inventory) {
         let node = self.cfg.node.clone();
-        let labels: BTreeMap<String, String> = nodes.state().first().map(|n| n.labels().clone()).unwrap_or_default();
+        let labels: BTreeMap<String, String> = nodes
+            .get(&reflector::ObjectRef::new(&node))
+            .map(|n| n.labels().clone())
+            .unwrap_or_default();
         let objects = store.state();
         let mut mine: Vec<(Arc<DynamicObject>, Scenario)> = Vec::new();
         for obj in &objects {

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use metrics::counter;
 use serde_json::{Value, json};
@@ -59,14 +57,11 @@ pub fn summary(object: &Value) -> Value {
 /// controller's lead). A cluster without the CRD: said once, then quiet.
 pub async fn run(requests: Client, watches: Client, driver: String, term: CancellationToken) {
     let ar = api_resource(&driver);
-    let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
-    let store: Store<DynamicObject> = writer.as_reader();
+    let (store, stream) = super::scenario_watch(watches, &driver);
     let changed = Arc::new(Notify::new());
-    let stream = watcher(Api::<DynamicObject>::all_with(watches, &ar), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
     let api: Api<DynamicObject> = Api::all_with(requests, &ar);
-    let watching = super::drive(stream, changed.clone(), "DeviceScenarios", driver.clone());
+    let wake = changed.clone();
+    let watching = super::drive(stream, move || wake.notify_one(), "DeviceScenarios", driver.clone());
     let summarising = async {
         loop {
             changed.notified().await;

@@ -60,7 +60,7 @@ pub struct Config {
 pub async fn run(
     clients: Clients,
     cfg: Config,
-    mut snapshots: mpsc::UnboundedReceiver<Snapshot>,
+    snapshots: mpsc::UnboundedReceiver<Snapshot>,
     health: Arc<Health>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -69,8 +69,6 @@ pub async fn run(
         return Ok(());
     };
     gauge!(m::PUBLISHER).set(1.0);
-    let mut check = tokio::time::interval(Duration::from_millis(500));
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let publisher = Publisher {
         driver: cfg.driver.clone(),
         node: cfg.node.clone(),
@@ -80,13 +78,55 @@ pub async fn run(
         taints: cfg.taints,
         shared: cfg.shared,
     };
-    gauge!(m::SHARED_COUNTERS).set(if cfg.counters { 1.0 } else { 0.0 });
-    gauge!(m::HEALTH_TAINTS).set(if cfg.taints == TaintEffect::Off { 0.0 } else { 1.0 });
-    gauge!(m::CONSUMABLE_CAPACITY).set(if cfg.shared { 1.0 } else { 0.0 });
-    gauge!(m::HEALTH_FLAPPING).set(0.0);
+    gauges(&publisher);
     info!(node = %cfg.node, driver = %cfg.driver, "publishing this node's pool");
-    let (mut node_watch, mut watch) = watches(&clients, &cfg.node, &publisher);
-    let api: Api<ResourceSlice> = Api::all(clients.requests);
+    let (node_watch, watch) = watches(&clients, &cfg.node, &publisher);
+    let inputs = Inputs {
+        snapshots,
+        slices: watch,
+        node: node_watch,
+    };
+    let ready = |r: bool| health.ready.store(r, Ordering::SeqCst);
+    serve(clients.requests, publisher, inputs, ready, Some(held), cancel).await
+}
+
+/// The publishing settings as gauges (one per process: a fleet's pools
+/// share them).
+pub fn gauges(p: &Publisher) {
+    gauge!(m::SHARED_COUNTERS).set(if p.counters { 1.0 } else { 0.0 });
+    gauge!(m::HEALTH_TAINTS).set(if p.taints == TaintEffect::Off { 0.0 } else { 1.0 });
+    gauge!(m::CONSUMABLE_CAPACITY).set(if p.shared { 1.0 } else { 0.0 });
+    gauge!(m::HEALTH_FLAPPING).set(0.0);
+}
+
+/// What one pool's publisher hears: its node's scans, its slices' watch
+/// events and its Node's (a node agent's own watches; a fleet's shared
+/// watches, routed to each of its pools).
+pub struct Inputs {
+    pub snapshots: mpsc::UnboundedReceiver<Snapshot>,
+    pub slices: Watch<ResourceSlice>,
+    pub node: Watch<Node>,
+}
+
+/// One pool's publishing loop, until cancelled: the node agent's, and
+/// each of a fleet's nodes'. `ready` gets `/readyz`'s answer for this pool;
+/// `held`, the node agent's turn, is checked twice a second.
+pub async fn serve(
+    requests: kube::Client,
+    publisher: Publisher,
+    inputs: Inputs,
+    mut ready: impl FnMut(bool),
+    held: Option<crate::turn::Held>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let Inputs {
+        mut snapshots,
+        slices: mut watch,
+        node: mut node_watch,
+    } = inputs;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let api: Api<ResourceSlice> = Api::all(requests);
     let mut state = State::new(publisher);
     loop {
         let (retry_at, hold_ends) = state.timers();
@@ -129,8 +169,8 @@ pub async fn run(
             _ = async { tokio::time::sleep_until(retry_at.unwrap()).await }, if retry_at.is_some() => Event::RetryDue,
             _ = async { tokio::time::sleep_until(hold_ends.unwrap()).await }, if hold_ends.is_some() => Event::HoldEnded,
             // Only the turn to check: nothing else changed.
-            _ = check.tick() => {
-                if step_aside(&held) {
+            _ = check.tick(), if held.is_some() => {
+                if held.as_ref().is_some_and(step_aside) {
                     drop(held);
                     cancel.cancelled().await;
                     return Ok(());
@@ -138,7 +178,7 @@ pub async fn run(
                 continue;
             }
         };
-        if step_aside(&held) {
+        if held.as_ref().is_some_and(step_aside) {
             drop(held);
             cancel.cancelled().await;
             return Ok(());
@@ -146,7 +186,7 @@ pub async fn run(
         let mut actions: VecDeque<Action> = state.on(event, tokio::time::Instant::now()).into();
         while let Some(action) = actions.pop_front() {
             match action {
-                Action::Ready(ready) => health.ready.store(ready, Ordering::SeqCst),
+                Action::Ready(r) => ready(r),
                 Action::Write(writes) => {
                     let outcome = execute(&api, &writes, &mut state.view).await;
                     actions.extend(state.on(Event::Written(outcome), tokio::time::Instant::now()));
@@ -156,7 +196,7 @@ pub async fn run(
     }
 }
 
-type Watch<K> = futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+pub type Watch<K> = futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
 
 /// This node's Node, and our slices of it.
 fn watches(clients: &Clients, node: &str, publisher: &Publisher) -> (Watch<Node>, Watch<ResourceSlice>) {

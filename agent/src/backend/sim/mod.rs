@@ -36,6 +36,8 @@ use crate::inventory::{Attach, Function, Health, Inventory};
 const STATE: &str = "state.json";
 /// The control socket in the state directory.
 pub const SOCKET: &str = "control.sock";
+/// How many change events a node agent's sim buffers for its watch task.
+const EVENTS: usize = 4096;
 /// The identity files mounted into containers, in the state directory.
 const IDENTITY_DIR: &str = "dev";
 
@@ -118,6 +120,13 @@ impl Sim {
     /// saved on this boot for this node with these parameters, else a
     /// fresh load (as the module's state goes with a reboot).
     pub fn open(dir: &Path, node: &str, params: Params, boot_id: &str) -> anyhow::Result<Sim> {
+        Sim::open_with(dir, node, params, boot_id, EVENTS)
+    }
+
+    /// As [`Sim::open`], its change events buffered `events` deep (the
+    /// buffer is allocated whole: a fleet of a thousand nodes keeps each
+    /// small; a burst beyond it is a full rescan, never a lost change).
+    pub fn open_with(dir: &Path, node: &str, params: Params, boot_id: &str, events: usize) -> anyhow::Result<Sim> {
         fs::create_dir_all(dir.join(IDENTITY_DIR)).with_context(|| format!("creating {}", dir.display()))?;
         let saved = match fs::read(dir.join(STATE)) {
             Ok(bytes) => match serde_json::from_slice::<Saved>(&bytes) {
@@ -149,7 +158,7 @@ impl Sim {
             }
             None => Model::load(params).map_err(anyhow::Error::msg)?,
         };
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(events.max(1));
         let (attaches, attaches_rx) = mpsc::unbounded_channel();
         let sim = Sim {
             inner: Arc::new(Inner {
@@ -218,6 +227,71 @@ impl Sim {
     /// Every function's name.
     pub fn names(&self) -> Vec<String> {
         self.inner.model.lock().expect("not poisoned").names()
+    }
+
+    /// The sources of a scan but the control socket: the changes (as the
+    /// module's uevents) and the attach timers. A fleet's nodes are driven
+    /// through the API (DeviceScenarios), not a socket each.
+    pub fn watch_changes(
+        &self,
+        tx: mpsc::Sender<Trigger>,
+        tasks: &mut JoinSet<anyhow::Result<()>>,
+        cancel: &CancellationToken,
+    ) {
+        let mut rx = self.inner.events.subscribe();
+        let c = cancel.clone();
+        tasks.spawn(
+            async move {
+                loop {
+                    let t = tokio::select! {
+                        _ = c.cancelled() => return Ok(()),
+                        r = rx.recv() => match r {
+                            Ok(t) => t,
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                warn!(lost = n, "the sim's events overflowed: rescanning everything");
+                                Trigger::Overflow { at: Instant::now() }
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                        },
+                    };
+                    if tx.send(t).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            .instrument(info_span!("sim-events")),
+        );
+        if let Some(mut started) = self.inner.attaches_rx.lock().expect("not poisoned").take() {
+            let (sim, c) = (self.clone(), cancel.clone());
+            let delay = Duration::from_millis(
+                self.inner
+                    .model
+                    .lock()
+                    .expect("not poisoned")
+                    .params
+                    .fabric_attach_ms
+                    .into(),
+            );
+            tasks.spawn(
+                async move {
+                    let mut timers = JoinSet::new();
+                    loop {
+                        tokio::select! {
+                            _ = c.cancelled() => return Ok(()),
+                            Some((name, seq)) = started.recv() => {
+                                let sim = sim.clone();
+                                timers.spawn(async move {
+                                    tokio::time::sleep(delay).await;
+                                    tokio::task::spawn_blocking(move || sim.complete_attach(&name, seq)).await
+                                });
+                            }
+                            Some(_) = timers.join_next() => {}
+                        }
+                    }
+                }
+                .instrument(info_span!("sim-attach")),
+            );
+        }
     }
 
     fn complete_attach(&self, name: &str, seq: u64) {
@@ -452,60 +526,7 @@ impl Backend for Sim {
         tasks: &mut JoinSet<anyhow::Result<()>>,
         cancel: &CancellationToken,
     ) {
-        let mut rx = self.inner.events.subscribe();
-        let c = cancel.clone();
-        tasks.spawn(
-            async move {
-                loop {
-                    let t = tokio::select! {
-                        _ = c.cancelled() => return Ok(()),
-                        r = rx.recv() => match r {
-                            Ok(t) => t,
-                            Err(broadcast::error::RecvError::Lagged(n)) => {
-                                warn!(lost = n, "the sim's events overflowed: rescanning everything");
-                                Trigger::Overflow { at: Instant::now() }
-                            }
-                            Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                        },
-                    };
-                    if tx.send(t).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            .instrument(info_span!("sim-events")),
-        );
-        if let Some(mut started) = self.inner.attaches_rx.lock().expect("not poisoned").take() {
-            let (sim, c) = (self.clone(), cancel.clone());
-            let delay = Duration::from_millis(
-                self.inner
-                    .model
-                    .lock()
-                    .expect("not poisoned")
-                    .params
-                    .fabric_attach_ms
-                    .into(),
-            );
-            tasks.spawn(
-                async move {
-                    let mut timers = JoinSet::new();
-                    loop {
-                        tokio::select! {
-                            _ = c.cancelled() => return Ok(()),
-                            Some((name, seq)) = started.recv() => {
-                                let sim = sim.clone();
-                                timers.spawn(async move {
-                                    tokio::time::sleep(delay).await;
-                                    tokio::task::spawn_blocking(move || sim.complete_attach(&name, seq)).await
-                                });
-                            }
-                            Some(_) = timers.join_next() => {}
-                        }
-                    }
-                }
-                .instrument(info_span!("sim-attach")),
-            );
-        }
+        self.watch_changes(tx, tasks, cancel);
         let (sim, c) = (self.clone(), cancel.clone());
         tasks.spawn(control::serve(sim, self.inner.dir.join(SOCKET), c).instrument(info_span!("sim-control")));
     }
