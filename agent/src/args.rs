@@ -13,6 +13,9 @@ use crate::slices::TaintEffect;
 pub enum Mode {
     NodeAgent,
     Controller,
+    /// Publish the pools of many nodes without agents (kwok's), each from
+    /// its own sim, from one process (`--fleet-node-selector`).
+    Fleet,
     /// List this driver's ResourceSlices and fail when none has a device
     /// (the chart's `helm test`).
     Check,
@@ -205,6 +208,19 @@ pub struct Args {
     /// With --shared-kernel: take exactly these PF ids instead (comma-separated).
     #[arg(long, env = "TAKE_PF_IDS", value_delimiter = ',', conflicts_with = "take_pfs")]
     pub take_pf_ids: Vec<u32>,
+    /// `--mode=fleet`: the Nodes served (a label selector; kwok's nodes
+    /// carry `type=kwok`). Each gets the sim's devices (`--sim-*`), its
+    /// state in `--sim-dir/<node>`.
+    #[arg(long, env = "FLEET_NODE_SELECTOR", default_value = "type=kwok")]
+    pub fleet_node_selector: String,
+    /// `--mode=fleet`: most nodes served at once (memory grows with them);
+    /// more selected wait, said and counted, until served ones leave.
+    #[arg(long, env = "FLEET_MAX_NODES", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub fleet_max_nodes: u32,
+    /// `--mode=fleet`: VFs each PF of a node gets when its devices are
+    /// first made (up to --sim-max-vfs); DeviceScenarios change them after.
+    #[arg(long, env = "FLEET_VFS", default_value_t = 0)]
+    pub fleet_vfs: u32,
 }
 
 /// "30s", "1m30s", "250ms", or "0" (off).

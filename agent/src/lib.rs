@@ -16,6 +16,9 @@
 //! - [`heartbeat`] keeps a Lease per node agent, for the controller;
 //! - [`controller`] (`--mode=controller`) is the cluster-wide view: fleet
 //!   metrics and the clean-up of slices whose node or agent is gone;
+//! - [`fleet`] (`--mode=fleet`) serves many agentless nodes (kwok's) from
+//!   one process, each with its own sim, through the same inventory,
+//!   publisher, declared-devices and heartbeat code as a node agent;
 //! - [`admin`] serves `/livez`, `/readyz` and `/metrics`.
 
 pub mod admin;
@@ -31,6 +34,7 @@ pub mod events;
 #[doc(hidden)]
 pub mod failpoints;
 pub mod flapping;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod heartbeat;
@@ -127,6 +131,9 @@ impl Agent {
         if args.mode == Mode::Controller {
             return Agent::start_controller(args, opts.api).await;
         }
+        if args.mode == Mode::Fleet {
+            return Agent::start_fleet(args, opts.api).await;
+        }
         let node = args
             .node_name
             .clone()
@@ -157,6 +164,52 @@ impl Agent {
             tasks.spawn(
                 controller::run(c.clients, cfg, c.health.clone(), cancel.clone()).instrument(info_span!("controller")),
             );
+            supervise(tasks, &c.health, &cancel).await
+        }))
+    }
+
+    async fn start_fleet(args: Args, api: Option<kube::Config>) -> anyhow::Result<Agent> {
+        anyhow::ensure!(
+            args.devices == args::Devices::Sim,
+            "--mode=fleet serves simulated nodes: it needs --devices=sim (kwok's nodes have no kernel of their own)"
+        );
+        let boot_id = std::fs::read_to_string(&args.boot_id_path)
+            .with_context(|| format!("reading the boot ID from {}", args.boot_id_path.display()))?;
+        let params = backend::sim::model::Params {
+            num_pfs: args.sim_pfs,
+            numa_nodes: args.sim_numa_nodes,
+            max_vfs: args.sim_max_vfs,
+            memory_mib: args.sim_memory_mib,
+            fabric_attach_ms: args.sim_fabric_attach_ms,
+        };
+        params.check().map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            args.fleet_vfs <= args.sim_max_vfs,
+            "--fleet-vfs={} is above --sim-max-vfs={}",
+            args.fleet_vfs,
+            args.sim_max_vfs
+        );
+        let cfg = fleet::Config {
+            driver: args.driver_name.clone(),
+            selector: args.fleet_node_selector.clone(),
+            max_nodes: args.fleet_max_nodes as usize,
+            sim_dir: args.sim_dir.clone(),
+            params,
+            vfs: args.fleet_vfs,
+            boot_id: boot_id.trim().to_string(),
+            max_devices: args.max_devices_per_slice as usize,
+            counters: args.shared_counters,
+            taints: args.health_taints,
+            shared: args.consumable_capacity,
+            scenarios: args.scenarios,
+            heartbeat: (!args.heartbeat_interval.is_zero()).then_some(args.heartbeat_interval),
+            namespace: args.namespace.clone(),
+        };
+        let common = Common::setup(&args, api, "", "fleet").await?;
+        Ok(common.spawn(move |c, cancel| async move {
+            let mut tasks = JoinSet::new();
+            tasks.spawn(admin::serve(c.listener, c.health.clone(), cancel.clone()).instrument(info_span!("admin")));
+            tasks.spawn(fleet::run(c.clients, cfg, c.health.clone(), cancel.clone()).instrument(info_span!("fleet")));
             supervise(tasks, &c.health, &cancel).await
         }))
     }

@@ -52,6 +52,8 @@ pub const FABRIC_ATTACHES: &str = "mock_accel_fabric_attaches_total";
 pub const FABRIC_ATTACH_SECONDS: &str = "mock_accel_fabric_attach_duration_seconds";
 pub const FABRIC_BINDING_PENDING: &str = "mock_accel_fabric_binding_pending";
 pub const FABRIC_ERRORS: &str = "mock_accel_fabric_errors_total";
+pub const FLEET_NODES: &str = "mock_accel_fleet_pools";
+pub const FLEET_POOL_FAILURES: &str = "mock_accel_fleet_pool_failures_total";
 pub const DECLARED_APPLIED: &str = "mock_accel_declared_applied_total";
 pub const OWNER_TAKEN: &str = "mock_accel_owner_taken_total";
 pub const OWNER_REFUSED: &str = "mock_accel_owner_refused_total";
@@ -60,6 +62,7 @@ pub const DECLARED_STEPS: &str = "mock_accel_declared_changes_total";
 pub const DECLARED_STATUS_WRITES: &str = "mock_accel_declared_status_writes_total";
 pub const DECLARED_ERRORS: &str = "mock_accel_declared_errors_total";
 pub const DECLARED_FAULT_LATENESS: &str = "mock_accel_declared_fault_lateness_seconds";
+pub const HEARTBEATS: &str = "mock_accel_heartbeats_total";
 pub const HEARTBEAT_FAILURES: &str = "mock_accel_heartbeat_failures_total";
 pub const PUBLISHER: &str = "mock_accel_publisher";
 pub const CONTROLLER_LEADER: &str = "mock_accel_controller_leader";
@@ -111,6 +114,14 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     describe_gauge!(INFO, "Static facts about the agent (always 1).");
     describe_counter!(DECLARED_APPLIED, "DeviceScenario generations applied on this node.");
+    describe_gauge!(
+        FLEET_NODES,
+        "--mode=fleet: selected nodes by state (served: a pool runs; published: its slices are as its devices are; waiting: beyond --fleet-max-nodes)."
+    );
+    describe_counter!(
+        FLEET_POOL_FAILURES,
+        "--mode=fleet: node pools that could not start or whose task failed (restarted 5 s later)."
+    );
     describe_counter!(
         OWNER_TAKEN,
         "PFs this node took on a shared kernel (at each load of the module)."
@@ -288,6 +299,10 @@ fn describe() {
     describe_counter!(
         CLAIM_STATUS_UPDATES,
         "Reports of prepared devices in ResourceClaim status.devices, by result (written/unchanged/error)."
+    );
+    describe_counter!(
+        HEARTBEATS,
+        "Heartbeat Lease renewals written (a fleet: all its nodes')."
     );
     describe_counter!(
         HEARTBEAT_FAILURES,

@@ -975,3 +975,308 @@ fn devices_and_faults_declared_through_the_api() {
     });
     drop(agent);
 }
+
+/// The pool of each node of the driver's slices: node → device names.
+fn pools(items: &[Value]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for s in items {
+        let node = s["spec"]["nodeName"].as_str().unwrap_or_default().to_string();
+        let names = s["spec"]["devices"].as_array().cloned().unwrap_or_default();
+        let entry = out.entry(node).or_default();
+        entry.extend(names.iter().map(|d| d["name"].as_str().unwrap().to_string()));
+        entry.sort();
+    }
+    out
+}
+
+fn fleet_pools(admin: std::net::SocketAddr, state: &str) -> Option<f64> {
+    let text = admin_get(admin, "/metrics");
+    text.lines()
+        .find(|l| l.starts_with(&format!("mock_accel_fleet_pools{{state=\"{state}\"}}")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// `--mode=fleet` under the real API server, with the chart's fleet RBAC
+/// (its ServiceAccount's name as the client certificate's user): only the
+/// selected Nodes get pools, each with its own devices (UUIDs, PCI
+/// addresses) and Lease; a node beyond `--fleet-max-nodes` waits and is
+/// served when another leaves; a node leaving loses its slices and Lease; a
+/// DeviceScenario naming one node changes that node's pool only; a claim
+/// allocated on a fabric-attached device gets its binding condition; every
+/// write a slice written (no conflict, no retry).
+#[test]
+fn fleet_mode_serves_the_selected_nodes() {
+    let cp = ControlPlane::start().unwrap_or_else(|e| panic!("the real control plane: {e}"));
+    // Fabric-attached devices: the fleet also watches claims and reports
+    // their binding conditions.
+    let chart = mock_device_testkit::render_chart(
+        &serde_json::json!({"fleet": {"enabled": true}, "devices": {"sim": {"fabricAttachMs": 200}}}),
+    );
+    let fleet: Vec<Value> = chart["mock-device/templates/fleet.yaml"].clone();
+    let crd = chart["mock-device/templates/devicescenarios.yaml"].clone();
+    let list = |items: Vec<Value>| serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let args: Vec<String> = fleet
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .map(|d| {
+            d["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap();
+    assert!(
+        args.contains(&"--fleet-node-selector=type=kwok".to_string()),
+        "{args:?}"
+    );
+    cp.apply(&list(crd).to_string()).unwrap();
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mock-device"}}"#)
+        .unwrap();
+    let rbac: Vec<Value> = fleet.iter().filter(|o| o["kind"] != "Deployment").cloned().collect();
+    cp.apply(&list(rbac).to_string()).unwrap();
+    let node = |name: &str, kwok: bool| {
+        let labels = if kwok {
+            serde_json::json!({"type": "kwok"})
+        } else {
+            serde_json::json!({})
+        };
+        cp.apply(
+            &serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
+                .to_string(),
+        )
+        .unwrap();
+    };
+    for n in ["kwok-1", "kwok-2", "kwok-3"] {
+        node(n, true);
+    }
+    node("real-node", false);
+    wait_for("the CRD served", &String::new, || {
+        cp.kubectl(&["get", "devicescenarios"])
+            .unwrap()
+            .status
+            .success()
+            .then_some(())
+    });
+
+    let kubeconfig = cp
+        .kubeconfig_for(
+            "fleet",
+            "system:serviceaccount:mock-device:mock-accel-fleet",
+            &["system:serviceaccounts", "system:serviceaccounts:mock-device"],
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = common::free_port();
+    let log = dir.path().join("fleet.log");
+    // The chart's arguments, but where the test puts things.
+    let mut fleet_args: Vec<String> = args
+        .into_iter()
+        .filter(|a| {
+            !a.starts_with("--sim-dir=")
+                && !a.starts_with("--admin-address=")
+                && !a.starts_with("--fleet-max-nodes=")
+                && !a.starts_with("--heartbeat-interval=")
+                && !a.starts_with("--sim-pfs=")
+        })
+        .collect();
+    fleet_args.extend([
+        format!("--sim-dir={}", dir.path().join("sim").display()),
+        format!("--admin-address={admin}"),
+        "--fleet-max-nodes=3".into(),
+        "--heartbeat-interval=2s".into(),
+        "--sim-pfs=2".into(),
+    ]);
+    let writes_before = slice_writes(&cp);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mock-accel-agent"));
+    cmd.args(&fleet_args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", "mock-device")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    let _fleet = common::Killed(mock_device_testkit::process::spawn(cmd).unwrap());
+    let logs = || agent_logs(&cp, &log);
+
+    // Three pools of two PFs, one per selected node; none for the other.
+    let two = vec!["mock0".to_string(), "mock1".to_string()];
+    wait_for("three pools", &logs, || {
+        let p = pools(&published(&cp).1);
+        (p.len() == 3 && p.values().all(|d| *d == two)).then_some(())
+    });
+    let items = published(&cp).1;
+    assert!(items.iter().all(|s| s["spec"]["nodeName"] != "real-node"));
+    let mut ids = std::collections::BTreeSet::new();
+    for s in &items {
+        for d in s["spec"]["devices"].as_array().cloned().unwrap_or_default() {
+            let a = &d["attributes"];
+            assert!(ids.insert(a["uuid"]["string"].to_string()), "a UUID twice: {a}");
+            assert!(
+                ids.insert(a["pciAddress"]["string"].to_string()),
+                "a PCI address twice: {a}"
+            );
+        }
+    }
+    assert_eq!(ids.len(), 12, "6 devices, each its own UUID and PCI address");
+    // Each node's slices are owned by its Node, as a node agent's are.
+    for s in &items {
+        assert_eq!(s["metadata"]["ownerReferences"][0]["kind"], "Node", "{s}");
+        assert_eq!(s["metadata"]["ownerReferences"][0]["name"], s["spec"]["nodeName"]);
+    }
+    wait_for("a Lease per served node", &logs, || {
+        let l = kubectl_json(&cp, &["get", "leases", "-n", "mock-device", "-o", "json"]);
+        let holders: std::collections::BTreeSet<String> = l["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .collect();
+        (holders == std::collections::BTreeSet::from(["kwok-1", "kwok-2", "kwok-3"].map(String::from))).then_some(())
+    });
+    let settled = slice_writes(&cp) - writes_before;
+    // With counters (1.37 default): a counters slice and a devices slice
+    // per node, each created once.
+    assert_eq!(settled, 6, "every write a slice written\n{}", logs());
+    wait_for("all published, ready", &logs, || {
+        (fleet_pools(admin, "published") == Some(3.0) && admin_get(admin, "/readyz").trim() == "ok").then_some(())
+    });
+
+    // A fourth selected node: beyond the bound, it waits.
+    node("kwok-4", true);
+    wait_for("kwok-4 waiting", &logs, || {
+        (fleet_pools(admin, "waiting") == Some(1.0)).then_some(())
+    });
+    assert!(!pools(&published(&cp).1).contains_key("kwok-4"));
+    assert!(
+        fs::read_to_string(&log)
+            .unwrap()
+            .contains("more nodes are selected than --fleet-max-nodes")
+    );
+
+    // kwok-1 leaves: its slices go, kwok-4 is served.
+    let out = cp.kubectl(&["delete", "node", "kwok-1"]).unwrap();
+    assert!(out.status.success());
+    wait_for("kwok-1 gone, kwok-4 served", &logs, || {
+        let p = pools(&published(&cp).1);
+        (!p.contains_key("kwok-1") && p.get("kwok-4") == Some(&two) && p.len() == 3).then_some(())
+    });
+    wait_for("none waiting", &logs, || {
+        (fleet_pools(admin, "waiting") == Some(0.0)).then_some(())
+    });
+    wait_for("kwok-1's Lease gone, kwok-4's there", &logs, || {
+        let l = kubectl_json(&cp, &["get", "leases", "-n", "mock-device", "-o", "json"]);
+        let holders: std::collections::BTreeSet<String> = l["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .collect();
+        (holders == std::collections::BTreeSet::from(["kwok-2", "kwok-3", "kwok-4"].map(String::from))).then_some(())
+    });
+
+    // A DeviceScenario for kwok-2: a VF on PF 0, mock1 failed — in
+    // kwok-2's pool only.
+    let before: Vec<Value> = published(&cp)
+        .1
+        .into_iter()
+        .filter(|s| s["spec"]["nodeName"] != "kwok-2")
+        .collect();
+    kubectl_stdin(
+        &cp,
+        &["create", "-f", "-"],
+        &scenario(
+            "fleet-fault",
+            serde_json::json!({
+                "nodeName": "kwok-2",
+                "pfs": [{"id": 0, "vfs": 1}, {"id": 1}],
+                "devices": [{"name": "mock1", "health": "failed"}]
+            }),
+        ),
+    )
+    .unwrap();
+    wait_for("kwok-2's VF and taint", &logs, || {
+        let items = published(&cp).1;
+        let p = pools(&items);
+        let tainted: Vec<String> = taints(&items).into_iter().map(|t| t.0).collect();
+        (p.get("kwok-2") == Some(&vec!["mock0".into(), "mock0-vf0".into(), "mock1".into()]) && tainted == ["mock1"])
+            .then_some(())
+    });
+    let items = published(&cp).1;
+    let tainted_pools: Vec<&str> = items
+        .iter()
+        .filter(|s| {
+            s["spec"]["devices"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d.get("taints").is_some()))
+        })
+        .map(|s| s["spec"]["nodeName"].as_str().unwrap())
+        .collect();
+    assert_eq!(tainted_pools, ["kwok-2"]);
+    let after: Vec<Value> = items
+        .into_iter()
+        .filter(|s| s["spec"]["nodeName"] != "kwok-2")
+        .collect();
+    let rvs = |v: &[Value]| -> Vec<String> { v.iter().map(|s| s["metadata"]["resourceVersion"].to_string()).collect() };
+    assert_eq!(rvs(&before), rvs(&after), "the other nodes' slices untouched");
+    wait_for("the scenario's entry Applied", &logs, || {
+        let s = kubectl_json(&cp, &["get", "devicescenario", "fleet-fault", "-o", "json"]);
+        let e = s["status"]["nodes"]
+            .as_array()?
+            .iter()
+            .find(|e| e["node"] == "kwok-2")?
+            .clone();
+        e["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Applied" && c["status"] == "True")
+            .then_some(())
+    });
+    // A claim allocated on kwok-3's mock1, as the scheduler allocates a
+    // fabric-attached device (with its binding conditions): the fleet
+    // attaches it in kwok-3's sim and reports FabricAttached, as kwok-3's
+    // agent would.
+    kubectl_stdin(
+        &cp,
+        &["create", "-f", "-"],
+        &serde_json::json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": "on-kwok-3", "namespace": "default"},
+            "spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "mock-accel-pf"}}]}}}),
+    )
+    .unwrap();
+    let allocation = serde_json::json!({"status": {"allocation": {"devices": {"results": [{
+        "request": "r", "driver": DRIVER, "pool": "kwok-3", "device": "mock1",
+        "bindingConditions": ["FabricAttached"], "bindingFailureConditions": ["FabricAttachFailed"]}]}}}});
+    let out = cp
+        .kubectl(&[
+            "patch",
+            "resourceclaim",
+            "on-kwok-3",
+            "-n",
+            "default",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &allocation.to_string(),
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("FabricAttached on the claim", &logs, || {
+        let c = kubectl_json(
+            &cp,
+            &["get", "resourceclaim", "on-kwok-3", "-n", "default", "-o", "json"],
+        );
+        let d = c["status"]["devices"]
+            .as_array()?
+            .iter()
+            .find(|d| d["device"] == "mock1")?
+            .clone();
+        (d["pool"] == "kwok-3"
+            && d["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "FabricAttached" && c["status"] == "True"))
+        .then_some(())
+    });
+
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("conflict"), "no conflicts: {text}");
+    assert!(!text.contains(" ERROR "), "no errors: {text}");
+}

@@ -22,6 +22,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{- define "mock-device.controllerName" -}}mock-accel-controller{{- end -}}
 {{- define "mock-device.nodeAgentName" -}}mock-accel-node-agent{{- end -}}
+{{- define "mock-device.fleetName" -}}mock-accel-fleet{{- end -}}
 
 {{/* global.imagePullSecrets: Secret names, or {name: x} as the seed passed them through. */}}
 {{- define "mock-device.pullSecretNames" -}}

@@ -508,8 +508,37 @@ def main():
                     (["kernelModule.loader.enabled=true", "devices.mode=sim"], "needs no kernel module")])
     print("ok: kernelModule.loader: the init container, its rights and mounts; off: none; refused beside KMM or the sim")
 
+    # fleet (--mode=fleet, issue 36): a Deployment of one, its own
+    # ServiceAccount and rights (slices of any node, not the node agent's
+    # admission policy), the sim's settings; off: nothing.
+    docs, _ = render(chart, values_for(["fleet.enabled=true", "fleet.vfsPerPf=8", "devices.sim.pfs=2"], []),
+                     "mock-device")
+    validate_builtin(docs, "fleet")
+    objs = kinds(docs)
+    dep = objs[("Deployment", "mock-accel-fleet")]
+    fargs = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    for want in ("--mode=fleet", "--devices=sim", "--fleet-node-selector=type=kwok", "--fleet-vfs=8",
+                 "--sim-pfs=2", "--fleet-max-nodes=2000", "--heartbeat-interval=60s"):
+        check(want in fargs, f"fleet: {want} in {fargs}")
+    check(dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate",
+          "fleet: one replica, never two at once")
+    check(dep["spec"]["template"]["spec"]["serviceAccountName"] == "mock-accel-fleet", "fleet: its own ServiceAccount")
+    check_args(fargs, {"POD_NAMESPACE": "ns"}, "fleet")
+    frules = objs[("ClusterRole", "mock-accel-fleet")]["rules"]
+    check(any("resourceslices" in r["resources"] and {"create", "update", "delete"} <= set(r["verbs"]) for r in frules),
+          "fleet: writes slices")
+    check(not any(k == "ValidatingAdmissionPolicyBinding" and "fleet" in n for k, n in objs),
+          "fleet: no per-node admission policy (it serves many nodes)")
+    docs, _ = render(chart, values_for([], []), "mock-device")
+    check(not any(d["metadata"]["name"].startswith("mock-accel-fleet") for _, d in docs), "fleet off: nothing of it")
+    refused(chart, [(["fleet.enabled=true", "fleet.nodeSelector="], "fleet.nodeSelector"),
+                    (["fleet.enabled=true", "fleet.vfsPerPf=9"], "above devices.sim.maxVfs")])
+    print("ok: fleet: the Deployment of one, its flags (parsed by the agent), its rights; off: none; refused without a selector")
+
     # The schema refuses mistakes, with a message naming them.
     bad = [
+        ("fleet max nodes 0", ["fleet.maxNodes=0"], "maxNodes"),
+        ("a fleet selector with a quote", ["fleet.nodeSelector=a\"b"], "nodeSelector"),
         ("a misspelt key", ["draDriver.controler.enabled=false"], "controler"),
         ("verbosity 11", ["draDriver.nodeAgent.verbosity=11"], "verbosity"),
         ("a pull policy", ["draDriver.controller.image.pullPolicy=Sometimes"], "pullPolicy"),
