@@ -99,7 +99,7 @@ vm-run script: build
     cargo run -q -p mock-device-testkit --bin guest -- run {{script}}
 
 # Every benchmark: the kubelet plugin's prepare/unprepare latency, the controller at scale, the shared counters' write cost, then the VM benchmarks
-bench: bench-plugin bench-controller bench-counters bench-sim bench-vm bench-cluster
+bench: bench-plugin bench-controller bench-counters bench-sim bench-fleet bench-vm bench-cluster
 
 # NodePrepareResources/NodeUnprepareResources p50/p99 (1- and 8-device claims), release build
 bench-plugin:
@@ -113,6 +113,12 @@ bench-counters: kube
 bench-sim: kube
     cargo build --release -q -p mock-accel-agent --bin mock-accel-agent
     cargo run --release -q -p mock-accel-agent --example bench_sim
+
+# --mode=fleet with kwok against the real kube-apiserver on the host, release: BENCH_NODES (1000) nodes x 36 devices from start to all published (writes, API server CPU per node), BENCH_IDLE_SECONDS (600) idle (writes, Leases), BENCH_DYNAMICS_SECONDS (120) of declared failures, recoveries and hot-plugs against the same run's bare slice write (ratio)
+bench-fleet: kube
+    bash tests/kube/build.sh kwok
+    cargo build --release -q -p mock-accel-agent --bin mock-accel-agent
+    cargo run --release -q -p mock-accel-agent --example bench_fleet
 
 # The controller at fleet scale (BENCH_NODES, default 500): start to full view, /metrics cost, Node deleted -> slice deleted, idle API load
 bench-controller:

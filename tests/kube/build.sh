@@ -36,6 +36,61 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-buildvcs=false -gcflags=all=-dw
 k8s_version=v1.37.2
 containerd_version=v2.4.2
 
+# `build.sh kwok`: kwok v0.8.0 alone (kwok/go.mod, its own module and its
+# own key, so that adding or changing it rebuilds nothing else and `just
+# test`, which never needs it, never builds it), with the Stages its users
+# run (kwokctl's defaults: nodes Ready at once with a Lease heartbeat, pods
+# Running at once), copied from its module into one config file. Into
+# ~/.cache/mock-device/kwok/<key>, linked as target/kube/kwok.
+if [ "${1:-}" = kwok ]; then
+    kstamp=$( (go version; cat "$0" "$here/kwok/go.mod" "$here/kwok/go.sum") | sha256sum | cut -c1-16)
+    kcache=${XDG_CACHE_HOME:-$HOME/.cache}/mock-device/kwok
+    kout=$kcache/$kstamp
+    klink=$root/target/kube/kwok
+    mkdir -p "$kcache" "$root/target/kube"
+    exec 9>"$kcache/lock"
+    flock 9
+    if ! [ -f "$kout/.stamp" ] || [ "$(cat "$kout/.stamp")" != "$kstamp" ]; then
+        rm -rf "$kout"
+        mkdir -p "$kout"
+        kt0=$SECONDS
+        total=$(cd "$here/kwok" && go list -deps sigs.k8s.io/kwok/cmd/kwok 2>/dev/null | wc -l)
+        echo "kwok: building ($total packages when nothing is cached; cold, it takes about 6 minutes on 2 cores)"
+        n=0 last=$SECONDS
+        (cd "$here/kwok" && go build -v -trimpath -o "$kout/kwok" \
+            -ldflags "-s -w" sigs.k8s.io/kwok/cmd/kwok 2>&1) |
+            while IFS= read -r line; do
+                case $line in
+                    *" "* | *":"*) echo "$line" ;;
+                    *)
+                        n=$((n + 1))
+                        if ((SECONDS - last >= 20)); then
+                            echo "kwok: $n/$total packages compiled, $((SECONDS - kt0)) s"
+                            last=$SECONDS
+                        fi
+                        ;;
+                esac
+            done
+        [ "${PIPESTATUS[0]}" = 0 ] || { echo "kwok: build failed" >&2; exit 1; }
+        src=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage
+        for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+            pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+            printf -- '---\n'
+            cat "$src/$f"
+        done > "$kout/stages.yaml"
+        echo "$kstamp" > "$kout/.stamp"
+        for old in "$kcache"/*/; do
+            [ "${old%/}" = "$kout" ] || rm -rf "$old"
+        done
+        echo "kwok: built in $((SECONDS - kt0)) s into $kout"
+    else
+        echo "kwok: up to date ($kout)"
+    fi
+    [ -L "$klink" ] || rm -rf "$klink"
+    ln -sfn "$kout" "$klink"
+    exit 0
+fi
+
 stamp=$( (go version; cat "$0" "$here/go.mod" "$here/go.sum" "$here/cmd/kube/main.go" \
     "$here/containerd/go.mod" "$here/containerd/go.sum" "$here/helm/go.mod" "$here/helm/go.sum" \
     "$here/registry/go.mod" "$here/registry/go.sum" "$here/registry/main.go" \

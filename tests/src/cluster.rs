@@ -196,6 +196,8 @@ pub struct ControlPlane {
     /// A kubeconfig for `system:masters` (cluster-admin).
     pub admin_kubeconfig: PathBuf,
     pub bin: PathBuf,
+    /// kube-apiserver's command line (a restart runs it again).
+    apiserver_args: Vec<String>,
     // Dropped in this order: the API server before its etcd.
     pub apiserver: Process,
     pub etcd: Process,
@@ -241,9 +243,10 @@ impl ControlPlane {
 
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut args = apiserver_args(&d.to_string_lossy(), &etcd_url, port);
+        args.extend(extra_flags.iter().map(|f| f.to_string()));
         let mut cmd = Command::new(bin.join("kube-apiserver"));
-        cmd.args(apiserver_args(&d.to_string_lossy(), &etcd_url, port));
-        cmd.args(extra_flags);
+        cmd.args(&args);
         let apiserver = Process::spawn("kube-apiserver", cmd, d.join("kube-apiserver.log"))?;
 
         let admin = ca.client("mock-device-admin", &["system:masters"]);
@@ -257,6 +260,7 @@ impl ControlPlane {
             addr,
             admin_kubeconfig,
             bin,
+            apiserver_args: args,
             apiserver,
             etcd,
         };
@@ -292,6 +296,21 @@ impl ControlPlane {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// Stops kube-apiserver (SIGKILL), waits `down`, starts it again with
+    /// the same flags (port, etcd, certificates) and waits until it is
+    /// ready: a restart as its clients see it (connections reset, then
+    /// refused, then a server with fresh metrics).
+    pub fn restart_apiserver(&mut self, down: Duration) -> Result<()> {
+        let _ = self.apiserver.child.kill();
+        let _ = self.apiserver.child.wait();
+        std::thread::sleep(down);
+        let mut cmd = Command::new(self.bin.join("kube-apiserver"));
+        cmd.args(&self.apiserver_args);
+        let log = self.dir.path().join("kube-apiserver.restarted.log");
+        self.apiserver = Process::spawn("kube-apiserver", cmd, log)?;
+        self.wait_ready()
     }
 
     /// A kubeconfig for this user and groups, signed by the run's CA.
