@@ -256,6 +256,17 @@ impl Args {
         self.registry_dir.join(name)
     }
 
+    /// The sim's parameters (`--sim-*`), as the module's.
+    pub fn sim_params(&self) -> crate::backend::Params {
+        crate::backend::Params {
+            num_pfs: self.sim_pfs,
+            numa_nodes: self.sim_numa_nodes,
+            max_vfs: self.sim_max_vfs,
+            memory_mib: self.sim_memory_mib,
+            fabric_attach_ms: self.sim_fabric_attach_ms,
+        }
+    }
+
     pub fn rescan(&self) -> Option<Duration> {
         (!self.rescan_interval.is_zero()).then_some(self.rescan_interval)
     }

@@ -64,6 +64,33 @@ impl Default for Coalesce {
     }
 }
 
+/// Every scan to the publisher, and the newest inventory to the tasks that
+/// read it (the kubelet plugin, the binding and declared-devices tasks): a
+/// task in `tasks`. Returns where the inventory task sends its scans, the
+/// publisher's end, and the newest inventory.
+#[allow(clippy::type_complexity)]
+pub fn tee(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> (
+    mpsc::UnboundedSender<Snapshot>,
+    mpsc::UnboundedReceiver<Snapshot>,
+    tokio::sync::watch::Receiver<Arc<Inventory>>,
+) {
+    let (tee_tx, mut tee_rx) = mpsc::unbounded_channel::<Snapshot>();
+    let (snap_tx, snap_rx) = mpsc::unbounded_channel();
+    let (inventory_tx, inventory_rx) = tokio::sync::watch::channel(Arc::new(Inventory::default()));
+    tasks.spawn(async move {
+        while let Some(snap) = tee_rx.recv().await {
+            inventory_tx.send_replace(snap.inventory.clone());
+            if snap_tx.send(snap).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    (tee_tx, snap_rx, inventory_rx)
+}
+
 /// Scans the backend at start, on every (coalesced) burst of triggers,
 /// and every `rescan` (if set); sends each scan to the publisher.
 pub async fn inventory_task(

@@ -175,13 +175,7 @@ impl Agent {
         );
         let boot_id = std::fs::read_to_string(&args.boot_id_path)
             .with_context(|| format!("reading the boot ID from {}", args.boot_id_path.display()))?;
-        let params = backend::sim::model::Params {
-            num_pfs: args.sim_pfs,
-            numa_nodes: args.sim_numa_nodes,
-            max_vfs: args.sim_max_vfs,
-            memory_mib: args.sim_memory_mib,
-            fabric_attach_ms: args.sim_fabric_attach_ms,
-        };
+        let params = args.sim_params();
         params.check().map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             args.fleet_vfs <= args.sim_max_vfs,
@@ -260,13 +254,7 @@ fn open_devices(args: &Args, node: &str) -> anyhow::Result<Arc<dyn backend::Back
         args::Devices::Sim => {
             let boot_id = std::fs::read_to_string(&args.boot_id_path)
                 .with_context(|| format!("reading the boot ID from {}", args.boot_id_path.display()))?;
-            let params = backend::sim::model::Params {
-                num_pfs: args.sim_pfs,
-                numa_nodes: args.sim_numa_nodes,
-                max_vfs: args.sim_max_vfs,
-                memory_mib: args.sim_memory_mib,
-                fabric_attach_ms: args.sim_fabric_attach_ms,
-            };
+            let params = args.sim_params();
             let sim = backend::sim::Sim::open(&args.sim_dir, node, params, boot_id.trim())
                 .with_context(|| format!("opening the sim's devices in {}", args.sim_dir.display()))?;
             info!(dir = %args.sim_dir.display(), "devices: the user-space sim (no kernel module)");
@@ -289,7 +277,6 @@ async fn run(
         ..
     } = common;
     let (trigger_tx, trigger_rx) = mpsc::channel(4096);
-    let (snap_tx, snap_rx) = mpsc::unbounded_channel();
     let devices = open_devices(&args, &node)?;
     let mut tasks = Tasks::new();
 
@@ -304,17 +291,7 @@ async fn run(
     }
     drop(trigger_tx);
     // Every scan goes to the publisher, and the newest to the kubelet plugin.
-    let (tee_tx, mut tee_rx) = mpsc::unbounded_channel::<events::Snapshot>();
-    let (inventory_tx, inventory_rx) = tokio::sync::watch::channel(Arc::new(inventory::Inventory::default()));
-    tasks.spawn(async move {
-        while let Some(snap) = tee_rx.recv().await {
-            inventory_tx.send_replace(snap.inventory.clone());
-            if snap_tx.send(snap).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    });
+    let (tee_tx, snap_rx, inventory_rx) = events::tee(&mut tasks);
     let (attach_tx, attach_rx) = tokio::sync::watch::channel(declared::spec::AttachSpec::default());
     tasks.spawn(
         binding::run(

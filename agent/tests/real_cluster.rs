@@ -989,6 +989,19 @@ fn pools(items: &[Value]) -> std::collections::BTreeMap<String, Vec<String>> {
     out
 }
 
+/// The holders of the heartbeat Leases in mock-device, sorted.
+fn lease_holders(cp: &ControlPlane) -> Vec<String> {
+    let l = kubectl_json(cp, &["get", "leases", "-n", "mock-device", "-o", "json"]);
+    let mut holders: Vec<String> = l["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+        .collect();
+    holders.sort();
+    holders
+}
+
 fn fleet_pools(admin: std::net::SocketAddr, state: &str) -> Option<f64> {
     let text = admin_get(admin, "/metrics");
     text.lines()
@@ -1124,13 +1137,7 @@ fn fleet_mode_serves_the_selected_nodes() {
         assert_eq!(s["metadata"]["ownerReferences"][0]["name"], s["spec"]["nodeName"]);
     }
     wait_for("a Lease per served node", &logs, || {
-        let l = kubectl_json(&cp, &["get", "leases", "-n", "mock-device", "-o", "json"]);
-        let holders: std::collections::BTreeSet<String> = l["items"]
-            .as_array()?
-            .iter()
-            .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
-            .collect();
-        (holders == std::collections::BTreeSet::from(["kwok-1", "kwok-2", "kwok-3"].map(String::from))).then_some(())
+        (lease_holders(&cp) == ["kwok-1", "kwok-2", "kwok-3"]).then_some(())
     });
     let settled = slice_writes(&cp) - writes_before;
     // With counters (1.37 default): a counters slice and a devices slice
@@ -1163,13 +1170,7 @@ fn fleet_mode_serves_the_selected_nodes() {
         (fleet_pools(admin, "waiting") == Some(0.0)).then_some(())
     });
     wait_for("kwok-1's Lease gone, kwok-4's there", &logs, || {
-        let l = kubectl_json(&cp, &["get", "leases", "-n", "mock-device", "-o", "json"]);
-        let holders: std::collections::BTreeSet<String> = l["items"]
-            .as_array()?
-            .iter()
-            .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
-            .collect();
-        (holders == std::collections::BTreeSet::from(["kwok-2", "kwok-3", "kwok-4"].map(String::from))).then_some(())
+        (lease_holders(&cp) == ["kwok-2", "kwok-3", "kwok-4"]).then_some(())
     });
 
     // A DeviceScenario for kwok-2: a VF on PF 0, mock1 failed — in

@@ -36,6 +36,36 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-buildvcs=false -gcflags=all=-dw
 k8s_version=v1.37.2
 containerd_version=v2.4.2
 
+# go build -v names each package it compiles: count them against the total.
+# $1: label, $2: module dir, the rest: go build arguments.
+build() {
+    local label=$1 dir=$2
+    shift 2
+    local pkgs=("${@: -1}") tags=() prev=
+    for a in "$@"; do
+        [ "$prev" = -tags ] && tags=(-tags "$a")
+        prev=$a
+    done
+    local total
+    total=$(cd "$dir" && go list -deps "${tags[@]}" "${pkgs[@]}" 2>/dev/null | wc -l)
+    local start=$SECONDS n=0 last=$SECONDS
+    echo "$label: building ($total packages when nothing is cached${cold:+; cold, it takes about $cold on 2 cores})"
+    (cd "$dir" && go build -v "$@" 2>&1) | while IFS= read -r line; do
+        case $line in
+            *" "* | *":"*) echo "$line" ;;  # a compiler message, not a package name
+            *)
+                n=$((n + 1))
+                if ((SECONDS - last >= 20)); then
+                    echo "$label: $n/$total packages compiled, $((SECONDS - start)) s"
+                    last=$SECONDS
+                fi
+                ;;
+        esac
+    done
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "$label: build failed" >&2; return 1; }
+    echo "$label: done in $((SECONDS - start)) s"
+}
+
 # `build.sh kwok`: kwok v0.8.0 alone (kwok/go.mod, its own module and its
 # own key, so that adding or changing it rebuilds nothing else and `just
 # test`, which never needs it, never builds it), with the Stages its users
@@ -54,24 +84,7 @@ if [ "${1:-}" = kwok ]; then
         rm -rf "$kout"
         mkdir -p "$kout"
         kt0=$SECONDS
-        total=$(cd "$here/kwok" && go list -deps sigs.k8s.io/kwok/cmd/kwok 2>/dev/null | wc -l)
-        echo "kwok: building ($total packages when nothing is cached; cold, it takes about 6 minutes on 2 cores)"
-        n=0 last=$SECONDS
-        (cd "$here/kwok" && go build -v -trimpath -o "$kout/kwok" \
-            -ldflags "-s -w" sigs.k8s.io/kwok/cmd/kwok 2>&1) |
-            while IFS= read -r line; do
-                case $line in
-                    *" "* | *":"*) echo "$line" ;;
-                    *)
-                        n=$((n + 1))
-                        if ((SECONDS - last >= 20)); then
-                            echo "kwok: $n/$total packages compiled, $((SECONDS - kt0)) s"
-                            last=$SECONDS
-                        fi
-                        ;;
-                esac
-            done
-        [ "${PIPESTATUS[0]}" = 0 ] || { echo "kwok: build failed" >&2; exit 1; }
+        cold="6 minutes" build kwok "$here/kwok" -trimpath -o "$kout/kwok" -ldflags "-s -w" sigs.k8s.io/kwok/cmd/kwok
         src=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage
         for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
             pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
@@ -121,35 +134,6 @@ if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
     exit 0
 fi
 
-# go build -v names each package it compiles: count them against the total.
-# $1: label, $2: module dir, the rest: go build arguments.
-build() {
-    local label=$1 dir=$2
-    shift 2
-    local pkgs=("${@: -1}") tags=() prev=
-    for a in "$@"; do
-        [ "$prev" = -tags ] && tags=(-tags "$a")
-        prev=$a
-    done
-    local total
-    total=$(cd "$dir" && go list -deps "${tags[@]}" "${pkgs[@]}" 2>/dev/null | wc -l)
-    local start=$SECONDS n=0 last=$SECONDS
-    echo "$label: building ($total packages when nothing is cached${cold:+; cold, it takes about $cold on 2 cores})"
-    (cd "$dir" && go build -v "$@" 2>&1) | while IFS= read -r line; do
-        case $line in
-            *" "* | *":"*) echo "$line" ;;  # a compiler message, not a package name
-            *)
-                n=$((n + 1))
-                if ((SECONDS - last >= 20)); then
-                    echo "$label: $n/$total packages compiled, $((SECONDS - start)) s"
-                    last=$SECONDS
-                fi
-                ;;
-        esac
-    done
-    [ "${PIPESTATUS[0]}" = 0 ] || { echo "$label: build failed" >&2; return 1; }
-    echo "$label: done in $((SECONDS - start)) s"
-}
 
 t0=$SECONDS
 cv=k8s.io/component-base/version

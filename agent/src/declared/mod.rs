@@ -142,14 +142,14 @@ pub async fn run(
     let wake = changed.clone();
     watching.spawn(drive(
         stream,
-        move || wake.notify_one(),
+        move |_| wake.notify_one(),
         "DeviceScenarios",
         cfg.driver.clone(),
     ));
     let wake = changed.clone();
     watching.spawn(drive(
         node_stream,
-        move || wake.notify_one(),
+        move |_| wake.notify_one(),
         "the Node",
         cfg.driver.clone(),
     ));
@@ -293,7 +293,7 @@ impl WatchHealth {
 /// Runs a reflected watch, waking the loop on each event (the agent's
 /// and the controller's summary alike). An API without
 /// the resource (the CRD not installed, or no right to it) is said once.
-pub async fn drive<S, K>(stream: S, mut changed: impl FnMut(), what: &'static str, driver: String)
+pub async fn drive<S, K>(stream: S, mut changed: impl FnMut(&watcher::Event<K>), what: &'static str, driver: String)
 where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
@@ -302,11 +302,11 @@ where
     while let Some(ev) = stream.next().await {
         let said = health.on(&ev);
         match ev {
-            Ok(_) => {
+            Ok(ev) => {
                 if said == Some(Said::Recovered) {
                     info!(what, "watching again");
                 }
-                changed();
+                changed(&ev);
             }
             Err(e) => {
                 counter!(m::DECLARED_ERRORS, "stage" => "watch").increment(1);

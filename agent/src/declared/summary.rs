@@ -61,7 +61,7 @@ pub async fn run(requests: Client, watches: Client, driver: String, term: Cancel
     let changed = Arc::new(Notify::new());
     let api: Api<DynamicObject> = Api::all_with(requests, &ar);
     let wake = changed.clone();
-    let watching = super::drive(stream, move || wake.notify_one(), "DeviceScenarios", driver.clone());
+    let watching = super::drive(stream, move |_| wake.notify_one(), "DeviceScenarios", driver.clone());
     let summarising = async {
         loop {
             changed.notified().await;

@@ -51,7 +51,7 @@ use crate::backend::{self, Backend};
 use crate::metrics as m;
 use crate::publisher::{self, Inputs, Watch};
 use crate::slices::{Publisher, TaintEffect};
-use crate::{binding, declared, events, heartbeat, inventory};
+use crate::{binding, declared, events, heartbeat};
 
 pub struct Config {
     pub driver: String,
@@ -106,6 +106,28 @@ impl Pool {
 /// Watch events from a channel, as a watch stream.
 fn stream_of<K: Send + 'static>(rx: mpsc::UnboundedReceiver<watcher::Event<K>>) -> Watch<K> {
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) }).boxed()
+}
+
+/// The nodes a scenario selects now (of the fleet's), and those with an
+/// entry in its status (the entry must go when it stops selecting them).
+fn scenario_nodes(obj: &kube::api::DynamicObject, nodes: &Store<Node>) -> BTreeSet<String> {
+    let json = serde_json::to_value(obj).unwrap_or_default();
+    let mut out: BTreeSet<String> = json["status"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["node"].as_str().map(str::to_string))
+        .collect();
+    if let Ok(s) = declared::spec::parse(&json) {
+        out.extend(
+            nodes
+                .state()
+                .iter()
+                .filter(|n| s.selects(&n.name_any(), n.labels()))
+                .map(|n| n.name_any()),
+        );
+    }
+    out
 }
 
 /// A node's fixed place in a period, from its name.
@@ -193,12 +215,49 @@ pub async fn run(clients: Clients, cfg: Config, health: Arc<Health>, cancel: Can
     let scenarios = if cfg.scenarios {
         let (store, stream) = declared::scenario_watch(clients.watches.clone(), &cfg.driver);
         let w = wakes.clone();
+        let nodes = nodes_store.clone();
+        // Which nodes each scenario selected when last seen: a change wakes
+        // those it selects now and those it selected (a thousand pools
+        // each reading every scenario at every change saturated the
+        // fleet: `just bench-fleet`, 1000 nodes).
+        let mut selected: HashMap<String, BTreeSet<String>> = HashMap::new();
         background.spawn(
             declared::drive(
                 stream,
-                move || {
-                    for n in w.lock().expect("not poisoned").values() {
-                        n.notify_one();
+                move |ev: &watcher::Event<kube::api::DynamicObject>| {
+                    let wakes = w.lock().expect("not poisoned");
+                    let (obj, gone) = match ev {
+                        watcher::Event::Apply(o) => (o, false),
+                        watcher::Event::Delete(o) => (o, true),
+                        watcher::Event::Init => {
+                            selected.clear();
+                            return;
+                        }
+                        watcher::Event::InitApply(o) => {
+                            selected.insert(o.uid().unwrap_or_default(), scenario_nodes(o, &nodes));
+                            return;
+                        }
+                        // A relist: every pool looks once.
+                        watcher::Event::InitDone => {
+                            wakes.values().for_each(|n| n.notify_one());
+                            return;
+                        }
+                    };
+                    let uid = obj.uid().unwrap_or_default();
+                    let now = if gone {
+                        BTreeSet::new()
+                    } else {
+                        scenario_nodes(obj, &nodes)
+                    };
+                    let before = if gone {
+                        selected.remove(&uid)
+                    } else {
+                        selected.insert(uid, now.clone())
+                    };
+                    for n in before.unwrap_or_default().union(&now) {
+                        if let Some(w) = wakes.get(n) {
+                            w.notify_one();
+                        }
                     }
                 },
                 "DeviceScenarios",
@@ -490,18 +549,7 @@ fn start_pool(shared: &Shared, node: &str, serial: u64) -> anyhow::Result<Pool> 
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let (trigger_tx, trigger_rx) = mpsc::channel(256);
     sim.watch_changes(trigger_tx, &mut tasks, &cancel);
-    let (tee_tx, mut tee_rx) = mpsc::unbounded_channel::<events::Snapshot>();
-    let (snap_tx, snap_rx) = mpsc::unbounded_channel();
-    let (inventory_tx, inventory_rx) = tokio::sync::watch::channel(Arc::new(inventory::Inventory::default()));
-    tasks.spawn(async move {
-        while let Some(snap) = tee_rx.recv().await {
-            inventory_tx.send_replace(snap.inventory.clone());
-            if snap_tx.send(snap).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    });
+    let (tee_tx, snap_rx, inventory_rx) = events::tee(&mut tasks);
     // The sim says every change: no periodic rescan.
     tasks.spawn(events::inventory_task(
         devices.clone(),
