@@ -42,7 +42,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,48 +55,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use mock_device_testkit::cluster::{ControlPlane, free_port};
 use serde_json::json;
 
+mod common;
+use common::{Proc, env_or, percentiles};
+
 const DRIVER: &str = "mock-accel.example.com";
 const PFS: u32 = 4;
 const VFS: u32 = 8;
 const DEVICES: usize = (PFS * (1 + VFS)) as usize;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-/// A process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    /// Resident memory (KiB) and CPU seconds (user + system) so far.
-    fn usage(&self) -> anyhow::Result<(u64, f64)> {
-        let pid = self.0.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command's closing parenthesis: utime is the 14th
-        // field of the line, stime the 15th.
-        let rest: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = rest[11].parse::<f64>()? + rest[12].parse::<f64>()?;
-        Ok((rss, ticks / 100.0))
-    }
-}
 
 /// A series' value (summed over its label sets) in Prometheus text.
 fn metric(text: &str, name: &str, with: &[&str]) -> f64 {
@@ -122,12 +87,6 @@ fn admin_metrics(port: u16) -> String {
     let mut out = String::new();
     let _ = c.read_to_string(&mut out);
     out
-}
-
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-    (at(0.50), at(0.99))
 }
 
 /// What the watch shows of each pool: devices, tainted devices.
@@ -732,12 +691,39 @@ async fn main() -> anyhow::Result<()> {
     // live, then with the same slices left static (the fleet and the
     // controller stopped), the same pods.
     let pods_n = env_or("BENCH_PODS", 5000) as usize;
-    let scheduling = Scheduling::start(&cp, dir.path()).await?;
+    let scheduling = Scheduling::start(&cp).await?;
+    // CPU seconds each process spends during a run (0 for one not running).
+    let pids = [
+        scheduling.procs.scheduler.child.id(),
+        cp.apiserver.child.id(),
+        cp.etcd.child.id(),
+        fleet.0.id(),
+        controller.0.id(),
+    ];
+    let cpu = || -> Vec<f64> {
+        pids.iter()
+            .map(|p| common::usage(*p).map(|u| u.1).unwrap_or(0.0))
+            .collect()
+    };
+    let spent = |before: &[f64], after: &[f64]| -> String {
+        ["kube-scheduler", "kube-apiserver", "etcd", "fleet", "controller"]
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|(name, (b, a))| format!("{name} {:.1}", (a - b).max(0.0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let c0 = cpu();
+    let t = Instant::now();
     let live = scheduling.run(client.clone(), pods_n, "live").await?;
+    let live_cpu = (spent(&c0, &cpu()), t.elapsed().as_secs_f64());
     scheduling.clean(client.clone(), pods_n).await?;
     drop(fleet);
     drop(controller);
+    let c0 = cpu();
+    let t = Instant::now();
     let fixed = scheduling.run(client.clone(), pods_n, "static").await?;
+    let static_cpu = (spent(&c0, &cpu()), t.elapsed().as_secs_f64());
     drop(scheduling);
     println!(
         "\n4. {pods_n} pods, each a claim from a ResourceClaimTemplate (one VF), onto the {} kwok nodes by kube-scheduler {} (client QPS 1000)",
@@ -750,6 +736,8 @@ async fn main() -> anyhow::Result<()> {
         "   ratio                           {:>8.2} (goal >= 0.95; the perf harness's DRA template threshold, 56 pods/s on its machines, as context)",
         live / fixed
     );
+    println!("   CPU s in the live run ({:.0} s):   {}", live_cpu.1, live_cpu.0);
+    println!("   CPU s in the static run ({:.0} s): {}", static_cpu.1, static_cpu.0);
 
     // 6. One node agent among many claims.
     claims_cost(&cp, &client, &bin, dir.path()).await
@@ -758,59 +746,15 @@ async fn main() -> anyhow::Result<()> {
 /// kube-scheduler and kube-controller-manager (its ResourceClaim and node
 /// lifecycle controllers) on the host.
 struct Scheduling {
-    _procs: Vec<Proc>,
+    procs: mock_device_testkit::cluster::Scheduling,
 }
 
-const SCHEDULER_CONFIG: &str = "apiVersion: kubescheduler.config.k8s.io/v1
-kind: KubeSchedulerConfiguration
-clientConnection:
-  kubeconfig: @KUBECONFIG@
-  qps: 1000
-  burst: 1000
-leaderElection:
-  leaderElect: false
-";
-
 impl Scheduling {
-    async fn start(cp: &ControlPlane, dir: &Path) -> anyhow::Result<Scheduling> {
-        let bin = &cp.bin;
-        let config = dir.join("scheduler.yaml");
-        std::fs::write(
-            &config,
-            SCHEDULER_CONFIG.replace("@KUBECONFIG@", &cp.admin_kubeconfig.display().to_string()),
-        )?;
-        let spawn = |name: &str, args: Vec<String>| -> anyhow::Result<Proc> {
-            Ok(Proc(
-                Command::new(bin.join(name))
-                    .args(args)
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
-                    .spawn()?,
-            ))
-        };
-        let scheduler = spawn(
-            "kube-scheduler",
-            vec![
-                format!("--config={}", config.display()),
-                "--secure-port=0".into(),
-                "--v=1".into(),
-            ],
-        )?;
-        let kcm = spawn(
-            "kube-controller-manager",
-            vec![
-                format!("--kubeconfig={}", cp.admin_kubeconfig.display()),
-                // Claims from templates; and the node lifecycle, which
-                // lifts a new Node's not-ready taint once kwok says it is
-                // Ready (as in any cluster kwok runs in).
-                "--controllers=resourceclaim-controller,node-lifecycle-controller".into(),
-                "--leader-elect=false".into(),
-                "--secure-port=0".into(),
-                "--kube-api-qps=1000".into(),
-                "--kube-api-burst=1000".into(),
-                "--v=1".into(),
-            ],
-        )?;
+    async fn start(cp: &ControlPlane) -> anyhow::Result<Scheduling> {
+        // Claims from templates; and the node lifecycle, which lifts a new
+        // Node's not-ready taint once kwok says it is Ready (as in any
+        // cluster kwok runs in). Clients at 1000 QPS.
+        let procs = cp.start_scheduling(&["resourceclaim-controller", "node-lifecycle-controller"], "", 1000)?;
         let classes = mock_device_testkit::render_chart(&json!({}))["mock-device/templates/deviceclasses.yaml"].clone();
         cp.apply(&json!({"apiVersion": "v1", "kind": "List", "items": classes}).to_string())?;
         cp.apply(r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "sched"}}"#)?;
@@ -824,9 +768,7 @@ impl Scheduling {
                 "spec": {"spec": {"devices": {"requests": [{"name": "vf", "exactly": {"deviceClassName": "mock-accel-vf"}}]}}}})
             .to_string(),
         )?;
-        Ok(Scheduling {
-            _procs: vec![scheduler, kcm],
-        })
+        Ok(Scheduling { procs })
     }
 
     /// Creates the pods and waits until every one is bound: pods/s.

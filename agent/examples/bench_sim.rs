@@ -21,7 +21,7 @@
 //! `just bench-sim`; BENCH_CHANGES (default 200) changes each.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -34,59 +34,37 @@ use mock_accel_agent::backend::sysfs::write_fake_tree;
 use mock_device_testkit::cluster::ControlPlane;
 use tokio::sync::mpsc;
 
+mod common;
+use common::{Proc, percentiles};
+
 const PFS: u32 = 8;
 const VFS: u32 = 7;
 const DEVICES: usize = (PFS * (1 + VFS)) as usize;
 
 /// An agent process (release build), killed when dropped.
-struct AgentProcess(Child);
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl AgentProcess {
-    fn start(kubeconfig: &Path, dir: &Path, node: &str, extra: &[String]) -> anyhow::Result<AgentProcess> {
-        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/mock-accel-agent");
-        anyhow::ensure!(bin.exists(), "{} is missing: `just bench-sim` builds it", bin.display());
-        std::fs::write(dir.join("boot_id"), "bench-boot\n")?;
-        let child = Command::new(bin)
-            .args([
-                format!("--node-name={node}"),
-                "--kubelet-plugin=false".into(),
-                "--admin-address=127.0.0.1:0".into(),
-                format!("--plugin-socket={}", dir.join("plugin").display()),
-                format!("--boot-id-path={}", dir.join("boot_id").display()),
-                "--namespace=default".into(),
-                "--heartbeat-interval=0".into(),
-                "--rescan-interval=0".into(),
-                "--ebpf=false".into(),
-                "--v=0".into(),
-            ])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        Ok(AgentProcess(child))
-    }
-
-    /// Resident and peak resident memory, KiB.
-    fn rss(&self) -> anyhow::Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))?;
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((field("VmRSS:"), field("VmHWM:")))
-    }
+fn start_agent(kubeconfig: &Path, dir: &Path, node: &str, extra: &[String]) -> anyhow::Result<Proc> {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/mock-accel-agent");
+    anyhow::ensure!(bin.exists(), "{} is missing: `just bench-sim` builds it", bin.display());
+    std::fs::write(dir.join("boot_id"), "bench-boot\n")?;
+    let child = Command::new(bin)
+        .args([
+            format!("--node-name={node}"),
+            "--kubelet-plugin=false".into(),
+            "--admin-address=127.0.0.1:0".into(),
+            format!("--plugin-socket={}", dir.join("plugin").display()),
+            format!("--boot-id-path={}", dir.join("boot_id").display()),
+            "--namespace=default".into(),
+            "--heartbeat-interval=0".into(),
+            "--rescan-interval=0".into(),
+            "--ebpf=false".into(),
+            "--v=0".into(),
+        ])
+        .args(extra)
+        .env("KUBECONFIG", kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Proc(child))
 }
 
 /// Every slice of the watched nodes as it changes, with when it was seen.
@@ -147,12 +125,6 @@ async fn wait_devices(slices: &Api<ResourceSlice>, node: &str, n: usize) -> anyh
     Ok(())
 }
 
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-    (at(0.50), at(0.99))
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let changes: usize = std::env::var("BENCH_CHANGES")
@@ -176,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The sim agent, 64 devices made through its control socket.
     let sim_dir = tempfile::tempdir()?;
-    let sim = AgentProcess::start(
+    let sim = start_agent(
         &cp.admin_kubeconfig,
         sim_dir.path(),
         "sim-node",
@@ -205,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
         ctl(format!("write class/mock{pf}/sriov_numvfs {VFS}")).await?;
     }
     wait_devices(&slices, "sim-node", DEVICES).await?;
-    let (sim_rss, _) = sim.rss()?;
+    let (sim_rss, _) = sim.memory()?;
 
     // Sim changes: each PF's VFs disabled in turn, then enabled, and again.
     let mut rx = watch(slices.clone());
@@ -222,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
         let at = seen(&mut rx, "sim-node", &format!("mock{pf}-vf0"), add).await?;
         sim_ms.push(at.duration_since(t).as_secs_f64() * 1000.0);
     }
-    let (sim_rss_after, sim_hwm) = sim.rss()?;
+    let (sim_rss_after, sim_hwm) = sim.memory()?;
 
     // Declared: a DeviceScenario for sim-node (the chart's CRD), each
     // change a patch of one PF's vfs.
@@ -331,14 +303,14 @@ async fn main() -> anyhow::Result<()> {
     let kernel_dir = tempfile::tempdir()?;
     let root = kernel_dir.path().join("sys/class/mock-accel");
     write_fake_tree(&root, PFS, VFS)?;
-    let kernel = AgentProcess::start(
+    let kernel = start_agent(
         &cp.admin_kubeconfig,
         kernel_dir.path(),
         "kernel-node",
         &[format!("--sysfs-root={}", root.display()), "--uevents=false".into()],
     )?;
     wait_devices(&slices, "kernel-node", DEVICES).await?;
-    let (kernel_rss, _) = kernel.rss()?;
+    let (kernel_rss, _) = kernel.memory()?;
     drop(kernel);
 
     let (s50, s99) = percentiles(sim_ms);

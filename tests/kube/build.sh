@@ -66,119 +66,109 @@ build() {
     echo "$label: done in $((SECONDS - start)) s"
 }
 
-# `build.sh kwok`: kwok v0.8.0 alone (kwok/go.mod, its own module and its
-# own key, so that adding or changing it rebuilds nothing else and `just
-# test`, which never needs it, never builds it), with the Stages its users
-# run (kwokctl's defaults: nodes Ready at once with a Lease heartbeat, pods
-# Running at once), copied from its module into one config file. Into
-# ~/.cache/mock-device/kwok/<key>, linked as target/kube/kwok.
-if [ "${1:-}" = kwok ]; then
-    kstamp=$( (go version; cat "$0" "$here/kwok/go.mod" "$here/kwok/go.sum") | sha256sum | cut -c1-16)
-    kcache=${XDG_CACHE_HOME:-$HOME/.cache}/mock-device/kwok
-    kout=$kcache/$kstamp
-    klink=$root/target/kube/kwok
-    mkdir -p "$kcache" "$root/target/kube"
-    exec 9>"$kcache/lock"
-    flock 9
-    if ! [ -f "$kout/.stamp" ] || [ "$(cat "$kout/.stamp")" != "$kstamp" ]; then
-        rm -rf "$kout"
-        mkdir -p "$kout"
-        kt0=$SECONDS
-        cold="6 minutes" build kwok "$here/kwok" -trimpath -o "$kout/kwok" -ldflags "-s -w" sigs.k8s.io/kwok/cmd/kwok
-        src=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage
-        for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
-            pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
-            printf -- '---\n'
-            cat "$src/$f"
-        done > "$kout/stages.yaml"
-        echo "$kstamp" > "$kout/.stamp"
-        for old in "$kcache"/*/; do
-            [ "${old%/}" = "$kout" ] || rm -rf "$old"
-        done
-        echo "kwok: built in $((SECONDS - kt0)) s into $kout"
-    else
-        echo "kwok: up to date ($kout)"
-    fi
-    [ -L "$klink" ] || rm -rf "$klink"
-    ln -sfn "$kout" "$klink"
-    exit 0
-fi
-
-stamp=$( (go version; cat "$0" "$here/go.mod" "$here/go.sum" "$here/cmd/kube/main.go" \
-    "$here/containerd/go.mod" "$here/containerd/go.sum" "$here/helm/go.mod" "$here/helm/go.sum" \
-    "$here/registry/go.mod" "$here/registry/go.sum" "$here/registry/main.go" \
-    "$here/prometheus/go.mod" "$here/prometheus/go.sum") | sha256sum | cut -c1-16)
-link=
-if [ -n "${1:-}" ]; then
-    out=$1
-else
-    cache=${XDG_CACHE_HOME:-$HOME/.cache}/mock-device/kube
-    out=$cache/$stamp
-    link=$root/target/kube/bin
-    mkdir -p "$cache" "$root/target/kube"
-    # One build at a time (two clones' test runs).
+# cached NAME KEY LINK FUNCTION: FUNCTION builds into $out =
+# ~/.cache/mock-device/NAME/KEY unless a build of that key is there, one
+# build at a time (two clones' test runs); LINK then names it (a directory
+# there, from before the cache, goes) and builds of older keys, of no
+# further use, are removed.
+cached() {
+    local name=$1 key=$2 link=$3 fn=$4
+    local cache=${XDG_CACHE_HOME:-$HOME/.cache}/mock-device/$name
+    out=$cache/$key
+    mkdir -p "$cache" "$(dirname "$link")"
     exec 9>"$cache/lock"
     flock 9
-fi
-mkdir -p "$out"
-# link_out: target/kube/bin names this build (a directory there, from
-# before the cache, goes)
-link_out() {
-    [ -n "$link" ] || return 0
+    if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$key" ]; then
+        echo "$name: up to date ($out)"
+    else
+        rm -rf "$out"
+        mkdir -p "$out"
+        local t0=$SECONDS
+        "$fn"
+        echo "$key" > "$out/.stamp"
+        for old in "$cache"/*/; do
+            [ "${old%/}" = "$out" ] || rm -rf "$old"
+        done
+        echo "$name: everything built in $((SECONDS - t0)) s into $out"
+    fi
     [ -L "$link" ] || rm -rf "$link"
     ln -sfn "$out" "$link"
 }
-if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ]; then
-    link_out
-    echo "kube: up to date ($out)"
+
+# kwok v0.8.0 (kwok/go.mod, its own module), with the Stages its users run
+# (kwokctl's defaults: nodes Ready at once with a Lease heartbeat, pods
+# Running at once), copied from its module into one config file.
+build_kwok() {
+    cold="6 minutes" build kwok "$here/kwok" -trimpath -o "$out/kwok" -ldflags "-s -w" sigs.k8s.io/kwok/cmd/kwok
+    local src
+    src=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage
+    for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+        pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+        printf -- '---\n'
+        cat "$src/$f"
+    done > "$out/stages.yaml"
+}
+
+build_kube() {
+    local cv=k8s.io/component-base/version
+    cold="15 minutes" build kube "$here" -trimpath -o "$out/kube" -ldflags "-s -w \
+        -X $cv.gitVersion=$k8s_version -X $cv.gitMajor=1 -X $cv.gitMinor=37 \
+        -X $cv.gitTreeState=clean -X $cv.buildDate=2026-10-27T12:01:04Z" ./cmd/kube
+    for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy etcd; do
+        ln -sf kube "$out/$c"
+    done
+
+    local cdv=github.com/containerd/containerd/v2/version
+    for tool in containerd containerd-shim-runc-v2 ctr; do
+        build "$tool" "$here/containerd" -trimpath -tags no_btrfs -o "$out/$tool" \
+            -ldflags "-s -w -X $cdv.Version=$containerd_version -X $cdv.Package=github.com/containerd/containerd/v2" \
+            "github.com/containerd/containerd/v2/cmd/$tool"
+    done
+    mkdir -p "$out/cni"
+    for p in main/bridge main/loopback ipam/host-local; do
+        build "cni ${p#*/}" "$here/containerd" -trimpath -o "$out/cni/${p#*/}" -ldflags "-s -w" \
+            "github.com/containernetworking/plugins/plugins/$p"
+    done
+
+    local helm_version=v4.3.1
+    cold="6 minutes" build helm "$here/helm" -trimpath -o "$out/helm" \
+        -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" helm.sh/helm/v4/cmd/helm
+
+    local registry_version=v3.1.2
+    cold="3 minutes" build registry "$here/registry" -trimpath -o "$out/registry" \
+        -ldflags "-s -w -X github.com/distribution/distribution/v3/version.version=$registry_version" .
+
+    # Tags: every service discovery left out but Kubernetes' (file and HTTP
+    # stay); the web UI's assets are not embedded (the API is all a test uses).
+    local prometheus_version=3.16.0 pv=github.com/prometheus/common/version
+    cold="8 minutes" build prometheus "$here/prometheus" -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+        -o "$out/prometheus" -ldflags "-s -w -X $pv.Version=$prometheus_version -X $pv.Branch=HEAD" \
+        github.com/prometheus/prometheus/cmd/prometheus
+    ls -l "$out" | awk 'NR > 1 && $1 !~ /^l/ {printf "  %-28s %5.1f MB\n", $9, $5 / 1e6}'
+}
+
+# `build.sh kwok`: kwok alone, with its own key (so that adding or changing
+# it rebuilds nothing else and `just test`, which never needs it, never
+# builds it), linked as target/kube/kwok.
+if [ "${1:-}" = kwok ]; then
+    key=$( (go version; cat "$0" "$here/kwok/go.mod" "$here/kwok/go.sum") | sha256sum | cut -c1-16)
+    cached kwok "$key" "$root/target/kube/kwok" build_kwok
     exit 0
 fi
 
-
-t0=$SECONDS
-cv=k8s.io/component-base/version
-cold="15 minutes" build kube "$here" -trimpath -o "$out/kube" -ldflags "-s -w \
-    -X $cv.gitVersion=$k8s_version -X $cv.gitMajor=1 -X $cv.gitMinor=37 \
-    -X $cv.gitTreeState=clean -X $cv.buildDate=2026-10-27T12:01:04Z" ./cmd/kube
-for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy etcd; do
-    ln -sf kube "$out/$c"
-done
-
-cdv=github.com/containerd/containerd/v2/version
-for tool in containerd containerd-shim-runc-v2 ctr; do
-    build "$tool" "$here/containerd" -trimpath -tags no_btrfs -o "$out/$tool" \
-        -ldflags "-s -w -X $cdv.Version=$containerd_version -X $cdv.Package=github.com/containerd/containerd/v2" \
-        "github.com/containerd/containerd/v2/cmd/$tool"
-done
-mkdir -p "$out/cni"
-for p in main/bridge main/loopback ipam/host-local; do
-    build "cni ${p#*/}" "$here/containerd" -trimpath -o "$out/cni/${p#*/}" -ldflags "-s -w" \
-        "github.com/containernetworking/plugins/plugins/$p"
-done
-
-helm_version=v4.3.1
-cold="6 minutes" build helm "$here/helm" -trimpath -o "$out/helm" \
-    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" helm.sh/helm/v4/cmd/helm
-
-registry_version=v3.1.2
-cold="3 minutes" build registry "$here/registry" -trimpath -o "$out/registry" \
-    -ldflags "-s -w -X github.com/distribution/distribution/v3/version.version=$registry_version" .
-
-# Tags: every service discovery left out but Kubernetes' (file and HTTP
-# stay); the web UI's assets are not embedded (the API is all a test uses).
-prometheus_version=3.16.0
-pv=github.com/prometheus/common/version
-cold="8 minutes" build prometheus "$here/prometheus" -trimpath -tags remove_all_sd,enable_kubernetes_sd \
-    -o "$out/prometheus" -ldflags "-s -w -X $pv.Version=$prometheus_version -X $pv.Branch=HEAD" \
-    github.com/prometheus/prometheus/cmd/prometheus
-
-echo "$stamp" > "$out/.stamp"
-link_out
-# Builds of older keys are of no further use.
-if [ -n "$link" ]; then
-    for old in "$cache"/*/; do
-        [ "${old%/}" = "$out" ] || rm -rf "$old"
-    done
+key=$( (go version; cat "$0" "$here/go.mod" "$here/go.sum" "$here/cmd/kube/main.go" \
+    "$here/containerd/go.mod" "$here/containerd/go.sum" "$here/helm/go.mod" "$here/helm/go.sum" \
+    "$here/registry/go.mod" "$here/registry/go.sum" "$here/registry/main.go" \
+    "$here/prometheus/go.mod" "$here/prometheus/go.sum") | sha256sum | cut -c1-16)
+if [ -n "${1:-}" ]; then
+    out=$1
+    if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$key" ]; then
+        echo "kube: up to date ($out)"
+    else
+        mkdir -p "$out"
+        build_kube
+        echo "$key" > "$out/.stamp"
+    fi
+else
+    cached kube "$key" "$root/target/kube/bin" build_kube
 fi
-echo "kube: everything built in $((SECONDS - t0)) s into $out"
-ls -l "$out" | awk 'NR > 1 && $1 !~ /^l/ {printf "  %-28s %5.1f MB\n", $9, $5 / 1e6}'

@@ -393,6 +393,71 @@ impl ControlPlane {
     }
 }
 
+/// kube-scheduler and kube-controller-manager beside a [`ControlPlane`],
+/// as cluster-admin, running until dropped: what a test needs for pods to
+/// be scheduled with the real DRA allocator and claims made from templates
+/// (and, with the controllers named, evicted or their nodes' taints lifted).
+pub struct Scheduling {
+    pub scheduler: Process,
+    pub controller_manager: Process,
+}
+
+impl ControlPlane {
+    /// Starts kube-scheduler (`qps` and burst for its client; no leader
+    /// election) and kube-controller-manager with only `controllers`,
+    /// both with `feature_gates` (`""` for the release's defaults).
+    pub fn start_scheduling(&self, controllers: &[&str], feature_gates: &str, qps: u32) -> Result<Scheduling> {
+        let d = self.dir.path();
+        let kubeconfig = self.admin_kubeconfig.display().to_string();
+        let config = d.join("kube-scheduler.yaml");
+        fs::write(
+            &config,
+            format!(
+                "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n\
+                 clientConnection:\n  kubeconfig: {kubeconfig}\n  qps: {qps}\n  burst: {qps}\n\
+                 leaderElection:\n  leaderElect: false\n"
+            ),
+        )
+        .map_err(RigError::io("writing the scheduler's configuration"))?;
+        let gates = |args: &mut Vec<String>| {
+            if !feature_gates.is_empty() {
+                args.push(format!("--feature-gates={feature_gates}"));
+            }
+        };
+        let mut args = vec![
+            format!("--config={}", config.display()),
+            "--secure-port=0".into(),
+            "--v=1".into(),
+        ];
+        gates(&mut args);
+        let mut cmd = Command::new(self.bin.join("kube-scheduler"));
+        cmd.args(&args);
+        let mut scheduler = Process::spawn("kube-scheduler", cmd, d.join("kube-scheduler.log"))?;
+        let mut args = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--controllers={}", controllers.join(",")),
+            "--leader-elect=false".into(),
+            "--secure-port=0".into(),
+            format!("--kube-api-qps={qps}"),
+            format!("--kube-api-burst={qps}"),
+            "--v=1".into(),
+        ];
+        gates(&mut args);
+        let mut cmd = Command::new(self.bin.join("kube-controller-manager"));
+        cmd.args(&args);
+        let mut controller_manager =
+            Process::spawn("kube-controller-manager", cmd, d.join("kube-controller-manager.log"))?;
+        // (it schedules once its informers have synced: a pod created
+        // before that waits in its queue)
+        scheduler.check_alive()?;
+        controller_manager.check_alive()?;
+        Ok(Scheduling {
+            scheduler,
+            controller_manager,
+        })
+    }
+}
+
 /// The control plane's keys and certificates, as (file name, PEM) pairs:
 /// the CA (`ca.crt`, `ca.key`: it also signs the controller-manager's
 /// certificates), the API server's serving certificate for loopback, the
