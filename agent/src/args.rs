@@ -188,6 +188,15 @@ pub struct Args {
     /// drops the fields is noticed and PFs go out exclusive again.
     #[arg(long, env = "CONSUMABLE_CAPACITY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub consumable_capacity: bool,
+    /// Publish list-typed attributes (KEP-5491, DRAListTypeAttributes;
+    /// alpha, off by default in 1.36/1.37): `capabilityList`, the device's
+    /// capabilities as a list of strings, beside the scalar `capabilities`
+    /// (kept for selectors and clusters that use it), for selectors like
+    /// `device.attributes["<driver>"].capabilityList.includes("sriov")`.
+    /// Slices then hold at most 64 devices. A cluster that drops or refuses
+    /// the field is noticed and the devices go out without it.
+    #[arg(long, env = "LIST_ATTRIBUTES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub list_attributes: bool,
     /// Apply the DeviceScenarios (hot-plug and faults declared through the
     /// API, the driver's group) that name this node, and report them in
     /// their status. Off: the agent neither watches nor needs them.

@@ -195,6 +195,7 @@ impl Agent {
             counters: args.shared_counters,
             taints: args.health_taints,
             shared: args.consumable_capacity,
+            lists: args.list_attributes,
             scenarios: args.scenarios,
             heartbeat: (!args.heartbeat_interval.is_zero()).then_some(args.heartbeat_interval),
             namespace: args.namespace.clone(),
@@ -362,6 +363,7 @@ async fn run(
         counters: args.shared_counters,
         taints: args.health_taints,
         shared: args.consumable_capacity,
+        lists: args.list_attributes,
         turn: turn::Turn::new(&args.plugin_paths().0, &node, turn::identity(args.pod_uid.as_deref())),
     };
     tasks.spawn(

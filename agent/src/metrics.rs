@@ -24,6 +24,7 @@ pub const POOL_GENERATION: &str = "mock_accel_pool_generation";
 pub const SHARED_COUNTERS: &str = "mock_accel_shared_counters";
 pub const HEALTH_TAINTS: &str = "mock_accel_health_taints";
 pub const CONSUMABLE_CAPACITY: &str = "mock_accel_consumable_capacity";
+pub const LIST_ATTRIBUTES: &str = "mock_accel_list_attributes";
 pub const TAINTED_DEVICES: &str = "mock_accel_tainted_devices";
 pub const HEALTH_FLAPPING: &str = "mock_accel_health_flapping_devices";
 pub const EBPF_AVAILABLE: &str = "mock_accel_ebpf_available";
@@ -201,6 +202,10 @@ fn describe() {
     describe_gauge!(
         CONSUMABLE_CAPACITY,
         "1 while PFs are published shared by memory (consumable capacity), 0 when off or dropped by the cluster."
+    );
+    describe_gauge!(
+        LIST_ATTRIBUTES,
+        "1 while devices are published with list-typed attributes (capabilityList), 0 when off or dropped by the cluster."
     );
     describe_gauge!(
         TAINTED_DEVICES,

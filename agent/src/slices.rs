@@ -47,6 +47,9 @@ pub const MAX_DEVICES_PER_SLICE: usize = 128;
 /// The most devices a slice may hold when they consume counters or carry
 /// taints.
 pub const MAX_DEVICES_WITH_COUNTERS: usize = 64;
+
+/// The list-typed attribute published with `--list-attributes`.
+pub const LIST_ATTRIBUTE: &str = "capabilityList";
 /// The most counter sets a slice may hold.
 pub const MAX_COUNTER_SETS_PER_SLICE: usize = 8;
 /// The counter every PF's set holds: its memory, shared by its VFs.
@@ -115,6 +118,8 @@ pub struct Publisher {
     /// PFs shared by memory (consumable capacity), unless the cluster
     /// drops the fields.
     pub shared: bool,
+    /// List-typed attributes (`capabilityList`), 64 devices to a slice.
+    pub lists: bool,
 }
 
 /// What one slice holds: devices, or counter sets (never both, 1.35+).
@@ -243,6 +248,28 @@ pub fn device(f: &Function) -> Device {
     }
 }
 
+/// The list-typed attributes (KEP-5491): `capabilityList`, the
+/// capabilities (`compute,dma,sriov`) as a list of strings.
+pub fn list_attributes(d: &mut Device, f: &Function) {
+    let list: Vec<String> = f
+        .capabilities
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect();
+    if list.is_empty() {
+        return;
+    }
+    d.attributes.get_or_insert_default().insert(
+        LIST_ATTRIBUTE.to_string(),
+        DeviceAttribute {
+            strings: Some(list),
+            ..Default::default()
+        },
+    );
+}
+
 /// The grain in which a shared PF's memory is handed out: 1Gi, or 1Mi
 /// when the memory is not whole GiB (the module gives whole MiB).
 pub fn memory_grain(bytes: u64) -> u64 {
@@ -305,6 +332,7 @@ pub fn consumption(f: &Function, inv: &Inventory) -> Option<DeviceCounterConsump
     Some(DeviceCounterConsumption {
         counter_set: device_name(pf),
         counters: memory_counter(f.memory_bytes),
+        compatibility_groups: None,
     })
 }
 
@@ -372,8 +400,14 @@ pub fn pack(inv: &Inventory, max_devices: usize, counters: bool, taints: Option<
 impl Publisher {
     /// The inventory as this publisher lays it out.
     pub fn pack(&self, inv: &Inventory) -> Vec<Content> {
-        let mut slices = pack(inv, self.max_devices, self.counters, Some((&self.driver, self.taints)));
-        if self.shared {
+        // Devices with list attributes are 64 to a slice, as with counters.
+        let max = if self.lists {
+            self.max_devices.min(MAX_DEVICES_WITH_COUNTERS)
+        } else {
+            self.max_devices
+        };
+        let mut slices = pack(inv, max, self.counters, Some((&self.driver, self.taints)));
+        if self.shared || self.lists {
             let functions: BTreeMap<String, &Function> =
                 inv.functions.values().map(|f| (device_name(&f.name), f)).collect();
             for d in slices.iter_mut().flat_map(|c| match c {
@@ -381,7 +415,12 @@ impl Publisher {
                 Content::Counters(_) => &mut [],
             }) {
                 if let Some(f) = functions.get(&d.name) {
-                    share_by_memory(d, f);
+                    if self.shared {
+                        share_by_memory(d, f);
+                    }
+                    if self.lists {
+                        list_attributes(d, f);
+                    }
                 }
             }
         }
@@ -674,6 +713,50 @@ mod tests {
             counters: false,
             taints: TaintEffect::Off,
             shared: false,
+            lists: false,
+        }
+    }
+
+    /// List attributes: every device's capabilities as a list beside the
+    /// scalar, and at most 64 devices to a slice; nothing without the choice.
+    #[test]
+    fn list_attributes_carry_the_capabilities_64_devices_to_a_slice() {
+        let inv = inventory(10, 8);
+        let mut p = publisher(128);
+        let lists = |p: &Publisher| {
+            p.pack(&inv)
+                .into_iter()
+                .map(|c| match c {
+                    Content::Devices(d) => d,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        let plain = lists(&p);
+        assert_eq!(plain.iter().map(Vec::len).collect::<Vec<_>>(), [90]);
+        assert!(
+            plain[0]
+                .iter()
+                .all(|d| !d.attributes.as_ref().unwrap().contains_key(LIST_ATTRIBUTE))
+        );
+        p.lists = true;
+        let listed = lists(&p);
+        assert!(
+            listed.iter().all(|s| s.len() <= MAX_DEVICES_WITH_COUNTERS),
+            "{:?}",
+            listed.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert_eq!(listed.iter().map(Vec::len).sum::<usize>(), 90);
+        for d in listed.iter().flatten() {
+            let attrs = d.attributes.as_ref().unwrap();
+            let list = attrs[LIST_ATTRIBUTE].strings.clone().unwrap();
+            let scalar = attrs["capabilities"].string.clone().unwrap();
+            assert_eq!(list.join(","), scalar, "{}", d.name);
+            assert!(
+                list.contains(&"sriov".to_string()) != d.name.contains("-vf"),
+                "{}: {list:?}",
+                d.name
+            );
         }
     }
 

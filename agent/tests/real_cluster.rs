@@ -601,19 +601,15 @@ fn entry_when(cp: &ControlPlane, name: &str, reason: &str, logs: &dyn Fn() -> St
 /// node reported, not fought; a removal of a held device waited for; a
 /// second scenario for the node told Conflict; the scenario deleted → what
 /// it set given back; an agent may write only its own node's entry.
-#[test]
-fn devices_and_faults_declared_through_the_api() {
-    let cp = ControlPlane::start().unwrap_or_else(|e| panic!("the real control plane: {e}"));
-    let chart = mock_device_testkit::render_chart(&serde_json::json!({"devices": {"mode": "sim"}}));
-    let rbac: Vec<Value> = chart["mock-device/templates/rbac.yaml"].clone();
+/// Objects as one `kind: List` for `kubectl apply`.
+fn list(items: Vec<Value>) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+/// The chart's DeviceScenario CRD applied and served.
+fn scenarios_served(cp: &ControlPlane, chart: &std::collections::BTreeMap<String, Vec<Value>>) {
     let crd = chart["mock-device/templates/devicescenarios.yaml"].clone();
-    let list = |items: Vec<Value>| serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
     cp.apply(&list(crd).to_string()).unwrap();
-    cp.apply(r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mock-device"}}"#)
-        .unwrap();
-    cp.apply(&list(rbac).to_string()).unwrap();
-    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "labels": {"pool": "a"}}}"#)
-        .unwrap();
     wait_for("the CRD served", &String::new, || {
         cp.kubectl(&["get", "devicescenarios"])
             .unwrap()
@@ -621,6 +617,19 @@ fn devices_and_faults_declared_through_the_api() {
             .success()
             .then_some(())
     });
+}
+
+#[test]
+fn devices_and_faults_declared_through_the_api() {
+    let cp = ControlPlane::start().unwrap_or_else(|e| panic!("the real control plane: {e}"));
+    let chart = mock_device_testkit::render_chart(&serde_json::json!({"devices": {"mode": "sim"}}));
+    let rbac: Vec<Value> = chart["mock-device/templates/rbac.yaml"].clone();
+    scenarios_served(&cp, &chart);
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mock-device"}}"#)
+        .unwrap();
+    cp.apply(&list(rbac).to_string()).unwrap();
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a", "labels": {"pool": "a"}}}"#)
+        .unwrap();
 
     // Refused at admission, the message naming what is wrong.
     for (spec, says) in [
@@ -1026,8 +1035,6 @@ fn fleet_mode_serves_the_selected_nodes() {
         &serde_json::json!({"fleet": {"enabled": true}, "devices": {"sim": {"fabricAttachMs": 200}}}),
     );
     let fleet: Vec<Value> = chart["mock-device/templates/fleet.yaml"].clone();
-    let crd = chart["mock-device/templates/devicescenarios.yaml"].clone();
-    let list = |items: Vec<Value>| serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
     let args: Vec<String> = fleet
         .iter()
         .find(|o| o["kind"] == "Deployment")
@@ -1044,7 +1051,7 @@ fn fleet_mode_serves_the_selected_nodes() {
         args.contains(&"--fleet-node-selector=type=kwok".to_string()),
         "{args:?}"
     );
-    cp.apply(&list(crd).to_string()).unwrap();
+    scenarios_served(&cp, &chart);
     cp.apply(r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mock-device"}}"#)
         .unwrap();
     let rbac: Vec<Value> = fleet.iter().filter(|o| o["kind"] != "Deployment").cloned().collect();
@@ -1065,13 +1072,6 @@ fn fleet_mode_serves_the_selected_nodes() {
         node(n, true);
     }
     node("real-node", false);
-    wait_for("the CRD served", &String::new, || {
-        cp.kubectl(&["get", "devicescenarios"])
-            .unwrap()
-            .status
-            .success()
-            .then_some(())
-    });
 
     let kubeconfig = cp
         .kubeconfig_for(
@@ -1280,4 +1280,375 @@ fn fleet_mode_serves_the_selected_nodes() {
     let text = fs::read_to_string(&log).unwrap();
     assert!(!text.contains("conflict"), "no conflicts: {text}");
     assert!(!text.contains(" ERROR "), "no errors: {text}");
+}
+
+/// node-a made schedulable with no kubelet: room for pods in its status,
+/// and no not-ready taint (no node lifecycle controller runs to lift it).
+/// The namespace `dra` with its default ServiceAccount (no ServiceAccount
+/// controller either), and the chart's DeviceClasses.
+fn schedulable(cp: &ControlPlane) {
+    let status = serde_json::json!({"status": {
+        "capacity": {"pods": "110", "cpu": "4", "memory": "8Gi"},
+        "allocatable": {"pods": "110", "cpu": "4", "memory": "8Gi"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Test", "message": "no kubelet",
+                        "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    }});
+    let patch = |args: &[&str], body: &Value| {
+        let out = cp
+            .kubectl(
+                &[
+                    &["patch", "node", "node-a", "--type=merge", "-p", &body.to_string()],
+                    args,
+                ]
+                .concat(),
+            )
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    patch(&["--subresource=status"], &status);
+    patch(&[], &serde_json::json!({"spec": {"taints": null}}));
+    let classes =
+        mock_device_testkit::render_chart(&serde_json::json!({}))["mock-device/templates/deviceclasses.yaml"].clone();
+    cp.apply(&list(classes).to_string()).unwrap();
+    cp.apply(r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dra"}}"#)
+        .unwrap();
+    cp.apply(r#"{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "dra"}}"#)
+        .unwrap();
+}
+
+/// The agent's, the API server's, the scheduler's and the
+/// controller-manager's complaints (for failures).
+fn scheduled_logs(cp: &ControlPlane, node: &FakeNode, s: &mock_device_testkit::cluster::Scheduling) -> String {
+    format!(
+        "{}\n--- kube-scheduler ---\n{}\n--- kube-controller-manager ---\n{}",
+        agent_logs(cp, &node.log),
+        s.scheduler.problems(),
+        s.controller_manager.problems()
+    )
+}
+
+/// A claim in `dra` for one device of `class`, with CEL `selector` if any,
+/// and a pod using it.
+fn claim_and_pod(cp: &ControlPlane, name: &str, class: &str, selector: Option<&str>) {
+    let mut exactly = serde_json::json!({"deviceClassName": class});
+    if let Some(cel) = selector {
+        exactly["selectors"] = serde_json::json!([{"cel": {"expression": cel}}]);
+    }
+    let objects = list(vec![
+        serde_json::json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": name, "namespace": "dra"},
+            "spec": {"devices": {"requests": [{"name": "r", "exactly": exactly}]}}}),
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "dra"},
+            "spec": {"automountServiceAccountToken": false,
+                     "resourceClaims": [{"name": "acc", "resourceClaimName": name}],
+                     "containers": [{"name": "c", "image": "registry.example/none:1", "resources": {"claims": [{"name": "acc"}]}}]}}),
+    ]);
+    cp.apply(&objects.to_string()).unwrap();
+}
+
+/// The devices allocated to a claim in `dra`.
+fn allocated(cp: &ControlPlane, claim: &str) -> Vec<String> {
+    let c = kubectl_json(cp, &["get", "resourceclaim", "-n", "dra", claim, "-o", "json"]);
+    c["status"]["allocation"]["devices"]["results"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r["device"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A pod in `dra`, as the API server has it.
+fn pod(cp: &ControlPlane, name: &str) -> Value {
+    kubectl_json(cp, &["get", "pod", "-n", "dra", name, "-o", "json"])
+}
+
+/// Why the scheduler left a pod unscheduled, once it has said so.
+fn unschedulable(p: &Value) -> Option<String> {
+    p["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "PodScheduled" && c["status"] == "False" && c["reason"] == "Unschedulable")
+        .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+}
+
+fn taint_rule(name: &str, device: &str, effect: &str) -> Value {
+    serde_json::json!({"apiVersion": "resource.k8s.io/v1", "kind": "DeviceTaintRule",
+        "metadata": {"name": name},
+        "spec": {"deviceSelector": {"driver": DRIVER, "pool": "node-a", "device": device},
+                 "taint": {"key": "example.com/maintenance", "value": "planned", "effect": effect}}})
+}
+
+/// An administrator's DeviceTaintRules (KEP-5055, GA in 1.37) beside the
+/// driver's own health taints, with the real scheduler and the real
+/// controller-manager's eviction (no kubelet: pods are bound, not run):
+/// both kinds keep a pod off, a NoExecute rule evicts the pod holding the
+/// device, removing the rule makes the device usable again; the driver
+/// never writes a slice because of a rule, and its own taint stays its own.
+#[test]
+fn device_taint_rules_beside_the_drivers_own_taints() {
+    let cp = with_node_a(&[]);
+    schedulable(&cp);
+    let scheduling = cp
+        .start_scheduling(
+            &["resourceclaim-controller", "device-taint-eviction-controller"],
+            "",
+            100,
+        )
+        .unwrap_or_else(|e| panic!("the scheduler: {e}"));
+    let node = FakeNode::start(&cp, &[]);
+    let logs = || scheduled_logs(&cp, &node, &scheduling);
+    wait_for("the devices", &logs, || (published(&cp).0.len() == 6).then_some(()));
+    // The driver's taint on mock0 (failed), the administrator's on mock1.
+    fs::write(node.root.join("mock0/health"), "failed\n").unwrap();
+    wait_for("the driver's taint", &logs, || {
+        (taints(&published(&cp).1).len() == 1).then_some(())
+    });
+    let writes = slice_writes(&cp);
+    cp.apply(&taint_rule("maintenance", "mock1", "NoSchedule").to_string())
+        .unwrap();
+    claim_and_pod(&cp, "one", "mock-accel-pf", None);
+    let why = wait_for("the pod left unscheduled", &logs, || unschedulable(&pod(&cp, "one")));
+    println!("the scheduler, both PFs tainted: {why}");
+    assert!(allocated(&cp, "one").is_empty());
+    // The rule removed: the pod gets mock1.
+    assert!(
+        cp.kubectl(&["delete", "devicetaintrule", "maintenance"])
+            .unwrap()
+            .status
+            .success()
+    );
+    wait_for("the pod scheduled", &logs, || {
+        pod(&cp, "one")["spec"]["nodeName"].as_str().map(|_| ())
+    });
+    assert_eq!(allocated(&cp, "one"), ["mock1"]);
+    // NoExecute on mock1: the controller-manager evicts the pod holding it.
+    cp.apply(&taint_rule("evict", "mock1", "NoExecute").to_string())
+        .unwrap();
+    let evicted = wait_for("the pod evicted", &logs, || {
+        let p = pod(&cp, "one");
+        p["metadata"]["deletionTimestamp"].is_string().then_some(p)
+    });
+    let disruption = evicted["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "DisruptionTarget")
+        .cloned();
+    println!("evicted: {disruption:?}");
+    assert_eq!(
+        disruption.as_ref().map(|c| c["reason"].clone()),
+        Some(Value::from("DeletionByDeviceTaintManager")),
+        "{evicted}"
+    );
+    // The driver wrote nothing because of the rules, and its own taint is
+    // the only one in its slices.
+    assert_eq!(
+        slice_writes(&cp),
+        writes,
+        "the driver wrote because of a rule\n{}",
+        logs()
+    );
+    let own: Vec<_> = taints(&published(&cp).1).into_iter().map(|t| (t.0, t.1)).collect();
+    assert_eq!(own, [("mock0".to_string(), "failed".to_string())]);
+    // No kubelet finishes the eviction: the pod goes at once, then a new
+    // pod: mock0 is failed, mock1 under the NoExecute rule.
+    assert!(
+        cp.kubectl(&["delete", "pod", "-n", "dra", "one", "--grace-period=0", "--force"])
+            .unwrap()
+            .status
+            .success()
+    );
+    claim_and_pod(&cp, "two", "mock-accel-pf", None);
+    wait_for("the second pod unscheduled", &logs, || unschedulable(&pod(&cp, "two")));
+    // mock0 recovers (the driver's taint goes): the pod gets it.
+    fs::write(node.root.join("mock0/health"), "ok\n").unwrap();
+    wait_for("the second pod scheduled", &logs, || {
+        pod(&cp, "two")["spec"]["nodeName"].as_str().map(|_| ())
+    });
+    assert_eq!(allocated(&cp, "two"), ["mock0"]);
+    // The rule removed: mock1 is usable again.
+    assert!(
+        cp.kubectl(&["delete", "devicetaintrule", "evict"])
+            .unwrap()
+            .status
+            .success()
+    );
+    claim_and_pod(&cp, "three", "mock-accel-pf", None);
+    wait_for("the third pod scheduled", &logs, || {
+        pod(&cp, "three")["spec"]["nodeName"].as_str().map(|_| ())
+    });
+    assert_eq!(allocated(&cp, "three"), ["mock1"]);
+}
+
+/// The capability lists of the published devices: device → list.
+fn capability_lists(items: &[Value]) -> std::collections::BTreeMap<String, Vec<String>> {
+    items
+        .iter()
+        .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+        .filter_map(|d| {
+            let list = d["attributes"]["capabilityList"]["strings"].as_array()?.clone();
+            Some((
+                d["name"].as_str().unwrap().to_string(),
+                list.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
+            ))
+        })
+        .collect()
+}
+
+/// The first device of the slices (the counter sets' slices have none).
+fn first_device(items: &[Value]) -> Value {
+    items
+        .iter()
+        .find_map(|s| s["spec"]["devices"].as_array()?.first().cloned())
+        .unwrap_or_default()
+}
+
+/// List-typed attributes (KEP-5491, alpha: DRAListTypeAttributes on in the
+/// API server and the scheduler): every device carries `capabilityList`
+/// beside the scalar `capabilities`, and the real scheduler allocates by
+/// `includes()` on it, from a DeviceClass and from a claim's own selector.
+#[test]
+fn list_attributes_under_the_real_scheduler() {
+    let gate = "DRAListTypeAttributes=true";
+    let cp = with_node_a(&[&format!("--feature-gates={gate}")]);
+    schedulable(&cp);
+    let _scheduling = cp
+        .start_scheduling(&["resourceclaim-controller"], gate, 100)
+        .unwrap_or_else(|e| panic!("the scheduler: {e}"));
+    let node = FakeNode::start(&cp, &["--list-attributes"]);
+    let logs = || agent_logs(&cp, &node.log);
+    let lists = wait_for("the devices", &logs, || {
+        let (names, items) = published(&cp);
+        (names.len() == 6).then(|| capability_lists(&items))
+    });
+    assert_eq!(lists.len(), 6, "{lists:?}");
+    for (device, list) in &lists {
+        let want: &[&str] = if device.contains("-vf") {
+            &["compute", "dma"]
+        } else {
+            &["compute", "dma", "sriov"]
+        };
+        assert_eq!(list, want, "{device}");
+    }
+    let scalar = first_device(&published(&cp).1)["attributes"]["capabilities"]["string"].clone();
+    assert!(scalar.is_string(), "the scalar attribute is kept: {scalar}");
+    assert!(admin_get(node.admin, "/metrics").contains("mock_accel_list_attributes 1"));
+    let attrs = format!("device.attributes[\"{DRIVER}\"]");
+    // A class by the list, and a claim's own selector on it.
+    cp.apply(
+        &serde_json::json!({"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass",
+            "metadata": {"name": "sriov-capable"},
+            "spec": {"selectors": [{"cel": {"expression":
+                format!("device.driver == \"{DRIVER}\" && {attrs}.capabilityList.includes(\"sriov\")")}}]}})
+        .to_string(),
+    )
+    .unwrap();
+    claim_and_pod(&cp, "sriov", "sriov-capable", None);
+    claim_and_pod(
+        &cp,
+        "plain",
+        "mock-accel-vf",
+        Some(&format!(
+            "{attrs}.capabilityList.includes(\"dma\") && !{attrs}.capabilityList.includes(\"sriov\")"
+        )),
+    );
+    for name in ["sriov", "plain"] {
+        wait_for("the pods scheduled", &logs, || {
+            pod(&cp, name)["spec"]["nodeName"].as_str().map(|_| ())
+        });
+    }
+    let (pf, vf) = (allocated(&cp, "sriov"), allocated(&cp, "plain"));
+    println!("by capabilityList: sriov → {pf:?}, dma without sriov → {vf:?}");
+    assert!(pf.len() == 1 && !pf[0].contains("-vf"), "{pf:?}");
+    assert!(vf.len() == 1 && vf[0].contains("-vf"), "{vf:?}");
+}
+
+/// With DRAListTypeAttributes off (1.37's default) the real server refuses
+/// or drops the list: the agent notices, says so, and publishes without it
+/// (the scalar `capabilities` stays), no write storm.
+#[test]
+fn with_the_list_gate_off_the_agent_publishes_without_lists() {
+    let cp = with_node_a(&[]);
+    let node = FakeNode::start(&cp, &["--list-attributes"]);
+    let logs = || agent_logs(&cp, &node.log);
+    noticed_and_settled(
+        &cp,
+        &node,
+        "mock_accel_list_attributes 0",
+        "does not keep list-typed attributes",
+    );
+    let (names, items) = wait_for("the devices", &logs, || {
+        let p = published(&cp);
+        (p.0.len() == 6).then_some(p)
+    });
+    assert_eq!(names.len(), 6);
+    assert!(capability_lists(&items).is_empty(), "{items:?}");
+    assert!(first_device(&items)["attributes"]["capabilities"]["string"].is_string());
+}
+
+/// ResourcePoolStatusRequest (KEP-5677, alpha: DRAResourcePoolStatus and
+/// resource.k8s.io/v1alpha3; its partition summary DRAPartitionableDevicesType
+/// too): the real controller-manager's view of the driver's pool after the
+/// real scheduler allocated a PF — the totals and the allocation. Its
+/// partition summary by `deviceType` is refused for our pools
+/// (`PartitionCostMismatch`): it wants every device of a type to consume
+/// the same counters of the same set, and ours are one set per PF (each
+/// physical device's memory), as KEP-4815 models them.
+#[test]
+fn the_pool_status_an_administrator_asks_for() {
+    let gate = "DRAResourcePoolStatus=true,DRAPartitionableDevicesType=true";
+    let cp = with_node_a(&[
+        &format!("--feature-gates={gate}"),
+        "--runtime-config=resource.k8s.io/v1alpha3=true",
+    ]);
+    schedulable(&cp);
+    let scheduling = cp
+        .start_scheduling(
+            &["resourceclaim-controller", "resourcepoolstatusrequest-controller"],
+            gate,
+            100,
+        )
+        .unwrap_or_else(|e| panic!("the scheduler: {e}"));
+    let node = FakeNode::start(&cp, &[]);
+    let logs = || scheduled_logs(&cp, &node, &scheduling);
+    wait_for("the devices", &logs, || (published(&cp).0.len() == 6).then_some(()));
+    claim_and_pod(&cp, "one", "mock-accel-pf", None);
+    wait_for("the pod scheduled", &logs, || {
+        pod(&cp, "one")["spec"]["nodeName"].as_str().map(|_| ())
+    });
+    let ask = |name: &str, by_type: bool| -> Value {
+        let mut spec = serde_json::json!({"driver": DRIVER});
+        if by_type {
+            spec["defaultPartitionTypeAttribute"] = Value::from(format!("{DRIVER}/deviceType"));
+        }
+        cp.apply(
+            &serde_json::json!({"apiVersion": "resource.k8s.io/v1alpha3", "kind": "ResourcePoolStatusRequest",
+                "metadata": {"name": name}, "spec": spec})
+            .to_string(),
+        )
+        .unwrap();
+        wait_for("the request answered", &logs, || {
+            let r = kubectl_json(&cp, &["get", "resourcepoolstatusrequest", name, "-o", "json"]);
+            r["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Complete" && c["status"] == "True"))
+                .then(|| r["status"].clone())
+        })
+    };
+    let status = ask("ours", false);
+    println!("the controller-manager's view: {status}");
+    assert_eq!(status["poolCount"], 1, "{status}");
+    let pool = &status["pools"][0];
+    assert_eq!(pool["poolName"], "node-a", "{status}");
+    assert_eq!(pool["nodeName"], "node-a", "{status}");
+    assert_eq!(pool["generation"], 1, "{status}");
+    assert!(pool["validationError"].is_null(), "{status}");
+    assert_eq!(pool["totalDevices"], 6, "{status}");
+    assert_eq!(pool["allocatedDevices"], 1, "{status}");
+    assert_eq!(pool["unavailableDevices"], 0, "{status}");
+    let by_type = ask("by-type", true);
+    println!("by deviceType: {by_type}");
+    let error = by_type["pools"][0]["validationError"].as_str().unwrap_or_default();
+    assert!(error.starts_with("PartitionCostMismatch:"), "{by_type}");
 }

@@ -549,6 +549,7 @@ def main():
         ("a device type", ["deviceClasses[0].deviceType=gpu"], "deviceType"),
         ("a taint effect", ["draDriver.nodeAgent.healthTaints=PreferNoSchedule"], "healthTaints"),
         ("consumable capacity not a boolean", ["draDriver.nodeAgent.consumableCapacity=yes"], "consumableCapacity"),
+        ("list attributes not a boolean", ["draDriver.nodeAgent.listAttributes=yes"], "listAttributes"),
         ("an extended resource without a domain", ["deviceClasses[0].extendedResourceName=accel"],
          "extendedResourceName"),
         ("an extended resource in kubernetes.io", ["deviceClasses[1].extendedResourceName=kubernetes.io/accel"],

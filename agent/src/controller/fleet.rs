@@ -73,7 +73,7 @@ fn secs_since(t: Timestamp, now: Timestamp) -> f64 {
 /// selectors compares `device.driver` with our name.
 pub fn class_is_ours(class: &DeviceClass, driver: &str) -> bool {
     let quoted = [format!("\"{driver}\""), format!("'{driver}'")];
-    class.spec.selectors.iter().flatten().any(|s| {
+    class.spec.iter().flat_map(|s| s.selectors.iter().flatten()).any(|s| {
         s.cel.as_ref().is_some_and(|c| {
             c.expression.contains("device.driver") && quoted.iter().any(|q| c.expression.contains(q.as_str()))
         })
@@ -83,7 +83,12 @@ pub fn class_is_ours(class: &DeviceClass, driver: &str) -> bool {
 /// The DeviceClasses a claim requests (exact requests and alternatives).
 pub fn claim_classes(claim: &ResourceClaim) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    for r in claim.spec.devices.iter().flat_map(|d| d.requests.iter().flatten()) {
+    for r in claim
+        .spec
+        .iter()
+        .flat_map(|s| s.devices.iter())
+        .flat_map(|d| d.requests.iter().flatten())
+    {
         if let Some(e) = &r.exactly {
             out.insert(e.device_class_name.clone());
         }

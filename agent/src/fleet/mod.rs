@@ -69,6 +69,7 @@ pub struct Config {
     pub counters: bool,
     pub taints: TaintEffect,
     pub shared: bool,
+    pub lists: bool,
     pub scenarios: bool,
     /// Each node's heartbeat Lease (None: none).
     pub heartbeat: Option<Duration>,
@@ -410,49 +411,13 @@ pub async fn run(clients: Clients, cfg: Config, health: Arc<Health>, cancel: Can
         let present: BTreeSet<String> = nodes.keys().cloned().collect();
         let (stop, start) = admission.update(&present, cfg.max_nodes);
         for node in stop {
-            let mut finished = None;
-            if let Some(pool) = pools.remove(&node) {
-                pool.cancel.cancel();
-                finished = Some(pool.finished);
+            let pool = pools.remove(&node);
+            if pool.is_some() {
                 wakes.lock().expect("not poisoned").remove(&node);
             }
-            let gone = slices.on(&node);
-            // Out of the way at once (a node of that name may come back
-            // before the old pool's tasks end), removed after.
             serial += 1;
-            let dir = cfg.sim_dir.join(format!(".gone-{serial}"));
-            if let Err(e) = std::fs::rename(cfg.sim_dir.join(&node), &dir) {
-                debug!(%node, error = %e, "fleet: a gone node's devices were not set aside");
-            }
-            let (deletes, leases) = (deletes.clone(), leases.clone());
-            let lease = heartbeat::lease_name(&cfg.driver, &node);
-            // Its slices go now (the garbage collector would, later), its
-            // Lease, and its devices: a node of that name again is a new node.
-            tokio::spawn(async move {
-                // After its tasks end: a write in flight must not bring
-                // back what is deleted here.
-                if let Some(mut f) = finished {
-                    let _ = tokio::time::timeout(Duration::from_secs(30), f.wait_for(|done| *done)).await;
-                }
-                let _ = leases.delete(&lease, &DeleteParams::default()).await;
-                for s in gone {
-                    let name = s.name_any();
-                    let dp = DeleteParams::default().preconditions(Preconditions {
-                        uid: s.metadata.uid.clone(),
-                        resource_version: None,
-                    });
-                    match deletes.delete(&name, &dp).await {
-                        Ok(_) => counter!(m::SLICE_WRITES, "verb" => "delete", "result" => "success").increment(1),
-                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-                        Err(e) => {
-                            counter!(m::API_ERRORS, "kind" => m::api_error_kind(&e)).increment(1);
-                            debug!(slice = %name, error = %e, "fleet: a gone node's slice was not deleted (the garbage collector or the controller will)");
-                        }
-                    }
-                }
-                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
-            });
-            info!(%node, "fleet: a node left the selection: its pool stopped");
+            let aside = cfg.sim_dir.join(format!(".gone-{serial}"));
+            stop_pool(&cfg, &node, pool, slices.on(&node), aside, (&deletes, &leases));
         }
         for node in start {
             let Some(n) = nodes.get(&node) else { continue };
@@ -499,6 +464,54 @@ pub async fn run(clients: Clients, cfg: Config, health: Arc<Health>, cancel: Can
     Ok(())
 }
 
+/// A node left the selection: its pool is stopped and its devices set
+/// aside at once (to `aside`: a node of that name may come back before the
+/// old pool's tasks end); once those tasks end (a write in flight must not
+/// bring back what is deleted here), its Lease and its slices are deleted
+/// (the garbage collector would, later) and its devices removed, so that
+/// a node of that name again is a new node.
+fn stop_pool(
+    cfg: &Config,
+    node: &str,
+    pool: Option<Pool>,
+    slices: Vec<ResourceSlice>,
+    aside: PathBuf,
+    (deletes, leases): (&Api<ResourceSlice>, &Api<Lease>),
+) {
+    let finished = pool.map(|p| {
+        p.cancel.cancel();
+        p.finished
+    });
+    if let Err(e) = std::fs::rename(cfg.sim_dir.join(node), &aside) {
+        debug!(%node, error = %e, "fleet: a gone node's devices were not set aside");
+    }
+    let (deletes, leases) = (deletes.clone(), leases.clone());
+    let lease = heartbeat::lease_name(&cfg.driver, node);
+    tokio::spawn(async move {
+        if let Some(mut f) = finished {
+            let _ = tokio::time::timeout(Duration::from_secs(30), f.wait_for(|done| *done)).await;
+        }
+        let _ = leases.delete(&lease, &DeleteParams::default()).await;
+        for s in slices {
+            let name = s.name_any();
+            let dp = DeleteParams::default().preconditions(Preconditions {
+                uid: s.metadata.uid.clone(),
+                resource_version: None,
+            });
+            match deletes.delete(&name, &dp).await {
+                Ok(_) => counter!(m::SLICE_WRITES, "verb" => "delete", "result" => "success").increment(1),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => {
+                    counter!(m::API_ERRORS, "kind" => m::api_error_kind(&e)).increment(1);
+                    debug!(slice = %name, error = %e, "fleet: a gone node's slice was not deleted (the garbage collector or the controller will)");
+                }
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&aside)).await;
+    });
+    info!(%node, "fleet: a node left the selection: its pool stopped");
+}
+
 fn template(cfg: &Config, node: &str) -> Publisher {
     Publisher {
         driver: cfg.driver.clone(),
@@ -508,6 +521,7 @@ fn template(cfg: &Config, node: &str) -> Publisher {
         counters: cfg.counters,
         taints: cfg.taints,
         shared: cfg.shared,
+        lists: cfg.lists,
     }
 }
 

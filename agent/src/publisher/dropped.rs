@@ -9,6 +9,7 @@ pub(super) enum Dropped {
     Counters,
     Taints,
     Capacity,
+    Lists,
 }
 
 /// Whether a slice we write has devices shared by memory.
@@ -30,6 +31,21 @@ pub(super) fn has_taints(s: &ResourceSlice) -> bool {
     s.spec.devices.iter().flatten().any(|d| d.taints.is_some())
 }
 
+/// Whether a slice we write has list-typed attributes.
+pub(super) fn has_lists(s: &ResourceSlice) -> bool {
+    listed(s) > 0
+}
+
+fn listed(s: &ResourceSlice) -> usize {
+    s.spec
+        .devices
+        .iter()
+        .flatten()
+        .flat_map(|d| d.attributes.iter().flatten())
+        .filter(|(_, a)| a.strings.is_some() || a.ints.is_some() || a.bools.is_some() || a.versions.is_some())
+        .count()
+}
+
 /// What the stored slice lacks of what we sent, and why we think so.
 pub(super) fn dropped(sent: &ResourceSlice, stored: &ResourceSlice) -> Option<(Dropped, String)> {
     if let Some(why) = counters_dropped(sent, stored) {
@@ -41,6 +57,10 @@ pub(super) fn dropped(sent: &ResourceSlice, stored: &ResourceSlice) -> Option<(D
             Dropped::Capacity,
             format!("{name}: devices[].allowMultipleAllocations was dropped"),
         ));
+    }
+    if listed(sent) > listed(stored) {
+        let name = sent.metadata.name.as_deref().unwrap_or("");
+        return Some((Dropped::Lists, format!("{name}: list-typed attributes were dropped")));
     }
     let tainted = |s: &ResourceSlice| s.spec.devices.iter().flatten().filter(|d| d.taints.is_some()).count();
     (tainted(sent) > tainted(stored)).then(|| {
@@ -115,6 +135,36 @@ mod tests {
                 .contains("consumesCounters was dropped")
         );
         assert!(!has_counters(&stored));
+    }
+
+    /// A list value gone from the stored slice (an attribute fewer) is
+    /// noticed as the list attributes, not as anything else.
+    #[test]
+    fn dropped_lists_are_noticed() {
+        use k8s_openapi::api::resource::v1::{Device, DeviceAttribute};
+        let list = DeviceAttribute {
+            strings: Some(vec!["compute".into(), "dma".into()]),
+            ..Default::default()
+        };
+        let listed = Device {
+            name: "mock0-vf0".into(),
+            attributes: Some([("capabilityList".to_string(), list)].into()),
+            ..Default::default()
+        };
+        let mut sent = ResourceSlice::default();
+        sent.metadata.name = Some("s-2".into());
+        sent.spec.devices = Some(vec![listed.clone()]);
+        assert!(has_lists(&sent) && !has_counters(&sent) && !has_taints(&sent));
+        assert_eq!(dropped(&sent, &sent.clone()), None);
+        let mut stored = sent.clone();
+        stored.spec.devices = Some(vec![Device {
+            attributes: Some(Default::default()),
+            ..listed
+        }]);
+        assert_eq!(
+            dropped(&sent, &stored),
+            Some((Dropped::Lists, "s-2: list-typed attributes were dropped".into()))
+        );
     }
 
     /// A server with DRADeviceTaints off keeps the device and drops its

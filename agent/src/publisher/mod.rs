@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::dropped::{Dropped, dropped, has_counters, has_shares, has_taints};
+use self::dropped::{Dropped, dropped, has_counters, has_lists, has_shares, has_taints};
 use self::state::{Action, Event, Retry, State};
 use self::view::{View, rv};
 use crate::admin::Health;
@@ -51,6 +51,8 @@ pub struct Config {
     /// PFs shared by memory (consumable capacity), unless the cluster
     /// drops the fields.
     pub shared: bool,
+    /// List-typed attributes, unless the cluster drops or refuses them.
+    pub lists: bool,
     /// One publisher per node (see `turn`): taken before the first write,
     /// given up for good to a newer agent pod.
     pub turn: Turn,
@@ -77,6 +79,7 @@ pub async fn run(
         counters: cfg.counters,
         taints: cfg.taints,
         shared: cfg.shared,
+        lists: cfg.lists,
     };
     gauges(&publisher);
     info!(node = %cfg.node, driver = %cfg.driver, "publishing this node's pool");
@@ -96,6 +99,7 @@ pub fn gauges(p: &Publisher) {
     gauge!(m::SHARED_COUNTERS).set(if p.counters { 1.0 } else { 0.0 });
     gauge!(m::HEALTH_TAINTS).set(if p.taints == TaintEffect::Off { 0.0 } else { 1.0 });
     gauge!(m::CONSUMABLE_CAPACITY).set(if p.shared { 1.0 } else { 0.0 });
+    gauge!(m::LIST_ATTRIBUTES).set(if p.lists { 1.0 } else { 0.0 });
     gauge!(m::HEALTH_FLAPPING).set(0.0);
 }
 
@@ -298,10 +302,17 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
                         view.deleted.insert(name, 0);
                     }
                     ("invalid", Write::Create(sent) | Write::Update(sent))
-                        if has_counters(sent) || has_taints(sent) || has_shares(sent) =>
+                        if has_counters(sent) || has_taints(sent) || has_shares(sent) || has_lists(sent) =>
                     {
                         // Which one it refused: the one its message names, else counters first.
                         let message = e.to_string();
+                        // A list value dropped leaves its attribute with no value: refused.
+                        if has_lists(sent) && (message.contains("attributes") || !has_counters(sent)) {
+                            return Err(Retry::Without(
+                                Dropped::Lists,
+                                format!("the API server refused {name}: {e}"),
+                            ));
+                        }
                         let names_capacity =
                             message.contains("allowMultipleAllocations") || message.contains("requestPolicy");
                         let what = if has_shares(sent) && (names_capacity || !(has_counters(sent) || has_taints(sent)))

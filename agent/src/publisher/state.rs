@@ -289,6 +289,17 @@ impl State {
                 self.publisher.shared = false;
                 gauge!(m::CONSUMABLE_CAPACITY).set(0.0);
             }
+            // DRAListTypeAttributes off (alpha, the default in 1.36/1.37):
+            // the scalar `capabilities` stays.
+            Dropped::Lists => {
+                error!(
+                    %why,
+                    "this cluster does not keep list-typed attributes (DRAListTypeAttributes off?): \
+                     publishing without capabilityList; the scalar capabilities attribute stays"
+                );
+                self.publisher.lists = false;
+                gauge!(m::LIST_ATTRIBUTES).set(0.0);
+            }
             // DRAPartitionableDevices off (1.34/1.35, or turned off):
             // prepare still refuses a PF and its VF together.
             Dropped::Counters => {
@@ -370,6 +381,7 @@ mod tests {
             counters: true,
             taints: TaintEffect::NoSchedule,
             shared: false,
+            lists: false,
         })
     }
 
