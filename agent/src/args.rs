@@ -224,7 +224,7 @@ pub struct Args {
     pub fleet_node_selector: String,
     /// `--mode=fleet`: most nodes served at once (memory grows with them);
     /// more selected wait, said and counted, until served ones leave.
-    #[arg(long, env = "FLEET_MAX_NODES", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "FLEET_MAX_NODES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub fleet_max_nodes: u32,
     /// `--mode=fleet`: VFs each PF of a node gets when its devices are
     /// first made (up to --sim-max-vfs); DeviceScenarios change them after.
