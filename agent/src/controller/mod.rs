@@ -154,7 +154,7 @@ fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     resource: &'static str,
-    notify: Arc<Notify>,
+    notify: Option<Arc<Notify>>,
     mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
     term: CancellationToken,
 ) -> Store<K>
@@ -174,7 +174,9 @@ where
             match next {
                 Some(Ok(ev)) => {
                     on_event(&ev);
-                    notify.notify_one();
+                    if let Some(n) = &notify {
+                        n.notify_one();
+                    }
                 }
                 Some(Err(e)) => {
                     counter!(m::CONTROLLER_WATCH_ERRORS, "resource" => resource).increment(1);
@@ -315,7 +317,8 @@ async fn lead(clients: Clients, cfg: Config, health: Arc<Health>, term: Cancella
 }
 
 /// The caches the leader plans from, each fed by a watch task in `tasks`
-/// that pokes `notify` on every change.
+/// that pokes `notify` on every change of what a pass reads (slices, Nodes,
+/// the agents' Leases); claims and classes are for the scrape's view.
 fn watch_cluster(
     tasks: &mut JoinSet<()>,
     watches: kube::Client,
@@ -333,7 +336,7 @@ fn watch_cluster(
             Api::all(watches.clone()),
             by_driver,
             "resourceslices",
-            notify.clone(),
+            Some(notify.clone()),
             |_| {},
             term.clone(),
         ),
@@ -342,7 +345,9 @@ fn watch_cluster(
             Api::all(watches.clone()),
             watcher::Config::default(),
             "resourceclaims",
-            notify.clone(),
+            // (claims and classes feed the fleet view a scrape renders and
+            // the allocation waits, never a pass: no pass for their changes)
+            None,
             {
                 let waits = waits.clone();
                 move |ev| waits.lock().unwrap().observe(ev, &driver)
@@ -354,7 +359,7 @@ fn watch_cluster(
             Api::all(watches.clone()),
             watcher::Config::default(),
             "deviceclasses",
-            notify.clone(),
+            None,
             |_| {},
             term.clone(),
         ),
@@ -363,7 +368,7 @@ fn watch_cluster(
             Api::all(watches.clone()),
             watcher::Config::default(),
             "nodes",
-            notify.clone(),
+            Some(notify.clone()),
             |_| {},
             term.clone(),
         ),
@@ -372,7 +377,7 @@ fn watch_cluster(
             Api::namespaced(watches.clone(), &cfg.namespace),
             watcher::Config::default().labels(&agent_selector),
             "leases",
-            notify.clone(),
+            Some(notify.clone()),
             |_| {},
             term.clone(),
         ),
