@@ -299,7 +299,12 @@ where
     let mut claims = std::pin::pin!(claims);
     let mut mine = Mine::default();
     let mut attempts = Attempts::default();
+    // The retry tick, while there is something to retry: claims here, or
+    // a plan left with work (a detach that failed); a fleet's idle pools
+    // never wake for it.
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut work = true;
     let mut gate = AttachGate::default();
     let mut next: Option<Instant> = None;
     loop {
@@ -321,7 +326,7 @@ where
                 None => { cancel.cancelled().await; return Ok(()) }
             },
             r = inventory.changed() => if r.is_err() { cancel.cancelled().await; return Ok(()) },
-            _ = tick.tick() => {}
+            _ = tick.tick(), if work || !mine.claims.is_empty() => {}
         }
         let inv = inventory.borrow().clone();
         let listed = mine.listed;
@@ -335,6 +340,7 @@ where
             Instant::now(),
         );
         gauge!(m::FABRIC_BINDING_PENDING).set(p.pending as f64);
+        work = p.pending > 0 || !p.attach.is_empty() || !p.detach.is_empty();
         let faults = *cfg.faults.borrow();
         let g = gate.gate(&p.attach, faults, Instant::now());
         next = g.next;

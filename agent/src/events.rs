@@ -122,13 +122,16 @@ pub async fn inventory_task(
         t
     });
     let mut correlator = Correlator::new(Duration::from_secs(2));
+    // Only while an event waits for its pair: a fleet's thousand pools
+    // would otherwise wake twice a second each for nothing.
     let mut expiry = tokio::time::interval(Duration::from_millis(500));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut open = true;
     loop {
         let batch = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = async { ticker.as_mut().unwrap().tick().await }, if ticker.is_some() => Batch::new("periodic"),
-            _ = expiry.tick() => {
+            _ = expiry.tick(), if !correlator.is_empty() => {
                 correlator.expire(Instant::now());
                 continue;
             }
@@ -297,6 +300,11 @@ impl Correlator {
                 self.pending.insert(key, (source, Instant::now()));
             }
         }
+    }
+
+    /// No event waits for its pair.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
     }
 
     /// Events older than the window that the other source never saw.

@@ -524,6 +524,24 @@ impl Seen {
         }
     }
 
+    /// Notes a heartbeat Lease's change as it arrives; says whether it was
+    /// only the renewal of a heartbeat already seen (a newer renewTime),
+    /// which no pass needs to see at once: it moves that agent's deadline
+    /// later, and the pass sleeping until the earliest deadline judges it
+    /// from this observation. A new heartbeat, or anything else, is for a pass.
+    pub fn renewal(&mut self, lease: &Lease, now: Timestamp) -> bool {
+        let Some((node, renewed, _)) = agent_heartbeat(lease) else {
+            return false;
+        };
+        match self.heartbeats.get_mut(&node) {
+            Some(beat) if beat.0 != renewed => {
+                *beat = (renewed, now);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Since when the pool has been at its newest generation.
     fn since(&self, pool: &str) -> Option<Timestamp> {
         self.generations.get(pool).map(|(_, t)| *t)
@@ -1111,6 +1129,44 @@ mod tests {
         c.agents[1] = renewed_at(&c.agents[1], t0());
         seen.observe(&c, D, later(now(), secs(601)));
         assert!(!gone(&c, &seen, later(now(), secs(601))).contains("n2"));
+    }
+
+    /// A renewal noted as it arrives, with no pass: the agent is judged from
+    /// it at the next pass (the deadline pass), not from the pass before.
+    #[test]
+    fn renewals_noted_between_passes_count() {
+        let mut c = cluster();
+        c.agents = vec![agent("n1", "2026-11-26T12:00:00Z", 40)];
+        let mut seen = Seen::default();
+        seen.observe(&c, D, now());
+        let first = next_deadline(&c, &policy(), &seen, now()).unwrap();
+        assert_eq!(first, later(now(), secs(340)));
+        // n1 renews every 10 s for ten minutes; the watch notes each one,
+        // and no pass runs until its old deadline.
+        for step in 1..=60 {
+            let lease = renewed_at(&c.agents[0], later(now(), secs(10 * step)));
+            assert!(seen.renewal(&lease, later(now(), secs(10 * step))), "step {step}");
+            c.agents[0] = lease;
+        }
+        let at = later(now(), secs(601));
+        seen.observe(&c, D, at);
+        assert!(
+            plan(&c, &policy(), &seen, at)
+                .iter()
+                .all(|x| x.reason != Reason::AgentGone)
+        );
+        // Its deadline: from the last renewal noted, not from the pass.
+        assert_eq!(
+            next_deadline(&c, &policy(), &seen, at),
+            Some(later(now(), secs(600 + 340)))
+        );
+        // Not a renewal: the same renewTime again, a Lease not seen before,
+        // or one that is not a heartbeat: those are for a pass.
+        assert!(!seen.renewal(&c.agents[0], at));
+        assert!(!seen.renewal(&agent("n9", "2026-11-26T12:00:00Z", 40), at));
+        let mut other = (*c.agents[0]).clone();
+        other.spec.as_mut().unwrap().renew_time = None;
+        assert!(!seen.renewal(&other, at));
     }
 
     /// Issue 18 #1: an agent rewriting a pool of old slices moves them to the

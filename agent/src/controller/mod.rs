@@ -148,14 +148,15 @@ pub async fn run(clients: Clients, cfg: Config, health: Arc<Health>, cancel: Can
     Ok(())
 }
 
-/// A reflector of `api`; every change pokes `notify`.
+/// A reflector of `api`; a change `on_event` says a pass must see pokes
+/// `notify` (the store has it by then).
 fn reflect<K>(
     tasks: &mut JoinSet<()>,
     api: Api<K>,
     config: watcher::Config,
     resource: &'static str,
-    notify: Option<Arc<Notify>>,
-    mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    notify: Arc<Notify>,
+    mut on_event: impl FnMut(&watcher::Event<K>) -> bool + Send + 'static,
     term: CancellationToken,
 ) -> Store<K>
 where
@@ -173,9 +174,8 @@ where
             };
             match next {
                 Some(Ok(ev)) => {
-                    on_event(&ev);
-                    if let Some(n) = &notify {
-                        n.notify_one();
+                    if on_event(&ev) {
+                        notify.notify_one();
                     }
                 }
                 Some(Err(e)) => {
@@ -281,7 +281,8 @@ async fn lead(clients: Clients, cfg: Config, health: Arc<Health>, term: Cancella
     let client = clients.requests;
     let notify = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
-    let stores = watch_cluster(&mut tasks, clients.watches.clone(), &cfg, &notify, &term);
+    let seen = Arc::new(Mutex::new(fleet::Seen::default()));
+    let stores = watch_cluster(&mut tasks, clients.watches.clone(), &cfg, &notify, &seen, &term);
     tasks.spawn(
         crate::declared::summary::run(client.clone(), clients.watches, cfg.driver.clone(), term.clone())
             .instrument(info_span!("scenarios")),
@@ -291,7 +292,6 @@ async fn lead(clients: Clients, cfg: Config, health: Arc<Health>, term: Cancella
         ok = stores.ready() => if !ok { anyhow::bail!("a watch ended before it synced") },
     }
     info!("leading: the watches are synced");
-    let seen = Arc::new(Mutex::new(fleet::Seen::default()));
     {
         let (stores, driver, seen) = (stores.clone(), cfg.driver.clone(), seen.clone());
         *health.extra.lock().unwrap() = Some(Box::new(move |out: &mut String| {
@@ -318,12 +318,16 @@ async fn lead(clients: Clients, cfg: Config, health: Arc<Health>, term: Cancella
 
 /// The caches the leader plans from, each fed by a watch task in `tasks`
 /// that pokes `notify` on every change of what a pass reads (slices, Nodes,
-/// the agents' Leases); claims and classes are for the scrape's view.
+/// the agents' Leases) but a heartbeat's renewal, which is noted in `seen`
+/// as it arrives (a thousand agents renew a thousand times a minute; a
+/// pass for each would read the whole fleet each time); claims and classes
+/// are for the scrape's view.
 fn watch_cluster(
     tasks: &mut JoinSet<()>,
     watches: kube::Client,
     cfg: &Config,
     notify: &Arc<Notify>,
+    seen: &Arc<Mutex<fleet::Seen>>,
     term: &CancellationToken,
 ) -> Arc<Stores> {
     let by_driver = watcher::Config::default().fields(&format!("spec.driver={}", cfg.driver));
@@ -336,8 +340,8 @@ fn watch_cluster(
             Api::all(watches.clone()),
             by_driver,
             "resourceslices",
-            Some(notify.clone()),
-            |_| {},
+            notify.clone(),
+            |_| true,
             term.clone(),
         ),
         claims: reflect(
@@ -345,12 +349,15 @@ fn watch_cluster(
             Api::all(watches.clone()),
             watcher::Config::default(),
             "resourceclaims",
+            notify.clone(),
             // (claims and classes feed the fleet view a scrape renders and
             // the allocation waits, never a pass: no pass for their changes)
-            None,
             {
                 let waits = waits.clone();
-                move |ev| waits.lock().unwrap().observe(ev, &driver)
+                move |ev| {
+                    waits.lock().unwrap().observe(ev, &driver);
+                    false
+                }
             },
             term.clone(),
         ),
@@ -359,8 +366,8 @@ fn watch_cluster(
             Api::all(watches.clone()),
             watcher::Config::default(),
             "deviceclasses",
-            None,
-            |_| {},
+            notify.clone(),
+            |_| false,
             term.clone(),
         ),
         nodes: reflect(
@@ -368,8 +375,8 @@ fn watch_cluster(
             Api::all(watches.clone()),
             watcher::Config::default(),
             "nodes",
-            Some(notify.clone()),
-            |_| {},
+            notify.clone(),
+            |_| true,
             term.clone(),
         ),
         agents: reflect(
@@ -377,8 +384,14 @@ fn watch_cluster(
             Api::namespaced(watches.clone(), &cfg.namespace),
             watcher::Config::default().labels(&agent_selector),
             "leases",
-            Some(notify.clone()),
-            |_| {},
+            notify.clone(),
+            {
+                let seen = seen.clone();
+                move |ev| match ev {
+                    watcher::Event::Apply(lease) => !seen.lock().unwrap().renewal(lease, Timestamp::now()),
+                    _ => true,
+                }
+            },
             term.clone(),
         ),
     })
