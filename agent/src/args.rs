@@ -197,6 +197,34 @@ pub struct Args {
     /// the field is noticed and the devices go out without it.
     #[arg(long, env = "LIST_ATTRIBUTES", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub list_attributes: bool,
+    /// Publish compatibility groups (KEP-5963, DRADeviceCompatibilityGroups;
+    /// alpha, off by default in 1.37) on the counter consumptions: `pf` for
+    /// a PF (used whole or in memory shares), `sriov` for its VFs, so the
+    /// scheduler never co-allocates two modes of one physical device. Needs
+    /// shared counters. A cluster that drops the field is noticed and the
+    /// devices go out without it (the counters still keep the modes apart).
+    /// The scheduler's gate must be on too: with it off, it skips a pool
+    /// with groups entirely.
+    #[arg(long, env = "COMPATIBILITY_GROUPS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub compatibility_groups: bool,
+    /// Host memory, in MiB, that each pod using one of the devices needs
+    /// beside it (pinned buffers, the runtime's queues): published on every
+    /// device as `nodeAllocatableResources.memory.overhead.perPod` (KEP-5517,
+    /// DRANodeAllocatableResources; alpha, off by default in 1.37), which
+    /// the scheduler counts against the node's allocatable memory and the
+    /// kubelet adds to the pod's cgroup. 0: none. A cluster that drops the
+    /// field is noticed and the devices go out without it.
+    #[arg(long, env = "HOST_MEMORY_OVERHEAD_MIB", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    pub host_memory_overhead_mib: u32,
+    /// Device metadata for containers (KEP-5304): each prepared request's
+    /// devices and their attributes in a file under the plugin directory
+    /// (`dra-device-metadata/`), mounted read-only into the containers at
+    /// `/var/run/kubernetes.io/dra-device-attributes/resourceclaims/<claim>/<request>/<driver>-metadata.json`
+    /// (`resourceclaimtemplates/<pod claim name>/…` for a claim from a
+    /// template), a JSON stream of `metadata.resource.k8s.io/v1beta1` then
+    /// `v1alpha1`. Needs nothing of the cluster (CDI mounts).
+    #[arg(long, env = "DEVICE_METADATA", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub device_metadata: bool,
     /// Apply the DeviceScenarios (hot-plug and faults declared through the
     /// API, the driver's group) that name this node, and report them in
     /// their status. Off: the agent neither watches nor needs them.
@@ -241,6 +269,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Args {
+    /// The host memory overhead per pod, in bytes (None: none).
+    pub fn host_overhead(&self) -> Option<u64> {
+        (self.host_memory_overhead_mib > 0).then(|| u64::from(self.host_memory_overhead_mib) << 20)
+    }
+
     /// The plugin directory and the DRA socket path in it.
     pub fn plugin_paths(&self) -> (PathBuf, PathBuf) {
         let p = &self.plugin_socket;

@@ -196,6 +196,8 @@ impl Agent {
             taints: args.health_taints,
             shared: args.consumable_capacity,
             lists: args.list_attributes,
+            groups: args.compatibility_groups,
+            host_overhead: args.host_overhead(),
             scenarios: args.scenarios,
             heartbeat: (!args.heartbeat_interval.is_zero()).then_some(args.heartbeat_interval),
             namespace: args.namespace.clone(),
@@ -364,6 +366,8 @@ async fn run(
         taints: args.health_taints,
         shared: args.consumable_capacity,
         lists: args.list_attributes,
+        groups: args.compatibility_groups,
+        host_overhead: args.host_overhead(),
         turn: turn::Turn::new(&args.plugin_paths().0, &node, turn::identity(args.pod_uid.as_deref())),
     };
     tasks.spawn(
@@ -418,6 +422,7 @@ fn kubelet_plugin(
             // Always: two pods of a node may run side by side (a rolling
             // update), with or without POD_UID.
             cross_pod_lock: true,
+            device_metadata: args.device_metadata,
         },
         devices.clone(),
         clients.requests.clone(),

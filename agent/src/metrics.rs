@@ -25,6 +25,8 @@ pub const SHARED_COUNTERS: &str = "mock_accel_shared_counters";
 pub const HEALTH_TAINTS: &str = "mock_accel_health_taints";
 pub const CONSUMABLE_CAPACITY: &str = "mock_accel_consumable_capacity";
 pub const LIST_ATTRIBUTES: &str = "mock_accel_list_attributes";
+pub const COMPATIBILITY_GROUPS: &str = "mock_accel_compatibility_groups";
+pub const HOST_MEMORY_OVERHEAD: &str = "mock_accel_host_memory_overhead_bytes";
 pub const TAINTED_DEVICES: &str = "mock_accel_tainted_devices";
 pub const HEALTH_FLAPPING: &str = "mock_accel_health_flapping_devices";
 pub const EBPF_AVAILABLE: &str = "mock_accel_ebpf_available";
@@ -206,6 +208,14 @@ fn describe() {
     describe_gauge!(
         LIST_ATTRIBUTES,
         "1 while devices are published with list-typed attributes (capabilityList), 0 when off or dropped by the cluster."
+    );
+    describe_gauge!(
+        COMPATIBILITY_GROUPS,
+        "1 while counter consumptions are published with compatibility groups (pf, sriov), 0 when off, without counters, or dropped by the cluster."
+    );
+    describe_gauge!(
+        HOST_MEMORY_OVERHEAD,
+        "The host memory overhead per pod each device declares (nodeAllocatableResources), 0 when off or dropped by the cluster."
     );
     describe_gauge!(
         TAINTED_DEVICES,

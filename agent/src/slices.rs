@@ -23,6 +23,14 @@
 //! too), `degraded` an informational one (effect None); the taint goes with
 //! recovery. The time the API server gave a taint is kept while it stays.
 //!
+//! Compatibility groups (KEP-5963), when chosen (with counters): a PF's
+//! counter consumption names the mode it is used in — `pf` for the PF
+//! itself (whole, or in memory shares), `sriov` for its VFs — and the
+//! scheduler co-allocates devices on one counter set only when their groups
+//! intersect, so the modes of one physical device never mix. The counters
+//! already keep them apart (a PF takes its whole set); the groups say it as
+//! the modes it is, for schedulers and tools that read them.
+//!
 //! Consumable capacity (KEP-5075), when chosen: each PF may be allocated to
 //! several claims at once (`allowMultipleAllocations`), each taking a share
 //! of its memory in whole grains (1Gi, or 1Mi for memory that is not whole
@@ -34,7 +42,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::resource::v1::{
     CapacityRequestPolicy, CapacityRequestPolicyRange, Counter, CounterSet, Device, DeviceAttribute, DeviceCapacity,
-    DeviceCounterConsumption, DeviceTaint, ResourcePool, ResourceSlice, ResourceSliceSpec,
+    DeviceCounterConsumption, DeviceTaint, NodeAllocatableOverhead, NodeAllocatableResource, ResourcePool,
+    ResourceSlice, ResourceSliceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -52,6 +61,10 @@ pub const MAX_DEVICES_WITH_COUNTERS: usize = 64;
 pub const LIST_ATTRIBUTE: &str = "capabilityList";
 /// The most counter sets a slice may hold.
 pub const MAX_COUNTER_SETS_PER_SLICE: usize = 8;
+/// The compatibility group of a PF's own consumption (used whole, or in
+/// memory shares), and of its VFs' (KEP-5963).
+pub const GROUP_PF: &str = "pf";
+pub const GROUP_SRIOV: &str = "sriov";
 /// The counter every PF's set holds: its memory, shared by its VFs.
 pub const MEMORY_COUNTER: &str = "memory";
 
@@ -120,6 +133,11 @@ pub struct Publisher {
     pub shared: bool,
     /// List-typed attributes (`capabilityList`), 64 devices to a slice.
     pub lists: bool,
+    /// Compatibility groups on the counter consumptions (with counters).
+    pub groups: bool,
+    /// Host memory each pod using a device needs beside it, in bytes
+    /// (nodeAllocatableResources; None: not published).
+    pub host_overhead: Option<u64>,
 }
 
 /// What one slice holds: devices, or counter sets (never both, 1.35+).
@@ -270,6 +288,34 @@ pub fn list_attributes(d: &mut Device, f: &Function) {
     );
 }
 
+/// Host memory a pod using the device needs beside it (KEP-5517): the
+/// scheduler counts it against the node's allocatable memory once per pod
+/// referencing the claim, and the kubelet adds it to the pod's cgroup.
+pub fn host_memory_overhead(d: &mut Device, bytes: u64) {
+    d.node_allocatable_resources = Some(BTreeMap::from([(
+        "memory".to_string(),
+        NodeAllocatableResource {
+            mapping: None,
+            overhead: Some(NodeAllocatableOverhead {
+                per_pod: Some(Quantity(bytes_quantity(bytes))),
+                per_container: None,
+            }),
+        },
+    )]));
+}
+
+/// The mode a device's counter consumption declares (KEP-5963): `pf` for a
+/// PF, `sriov` for a VF.
+pub fn compatibility_groups(d: &mut Device, f: &Function) {
+    let group = match f.kind {
+        Kind::Pf => GROUP_PF,
+        Kind::Vf => GROUP_SRIOV,
+    };
+    for c in d.consumes_counters.iter_mut().flatten() {
+        c.compatibility_groups = Some(vec![group.to_string()]);
+    }
+}
+
 /// The grain in which a shared PF's memory is handed out: 1Gi, or 1Mi
 /// when the memory is not whole GiB (the module gives whole MiB).
 pub fn memory_grain(bytes: u64) -> u64 {
@@ -407,7 +453,16 @@ impl Publisher {
             self.max_devices
         };
         let mut slices = pack(inv, max, self.counters, Some((&self.driver, self.taints)));
-        if self.shared || self.lists {
+        let groups = self.groups && self.counters;
+        if let Some(bytes) = self.host_overhead {
+            for d in slices.iter_mut().flat_map(|c| match c {
+                Content::Devices(d) => d.as_mut_slice(),
+                Content::Counters(_) => &mut [],
+            }) {
+                host_memory_overhead(d, bytes);
+            }
+        }
+        if self.shared || self.lists || groups {
             let functions: BTreeMap<String, &Function> =
                 inv.functions.values().map(|f| (device_name(&f.name), f)).collect();
             for d in slices.iter_mut().flat_map(|c| match c {
@@ -420,6 +475,9 @@ impl Publisher {
                     }
                     if self.lists {
                         list_attributes(d, f);
+                    }
+                    if groups {
+                        compatibility_groups(d, f);
                     }
                 }
             }
@@ -714,7 +772,72 @@ mod tests {
             taints: TaintEffect::Off,
             shared: false,
             lists: false,
+            groups: false,
+            host_overhead: None,
         }
+    }
+
+    /// Host memory overhead: every device, PF and VF, carries it as
+    /// `nodeAllocatableResources.memory.overhead.perPod`; nothing without it.
+    #[test]
+    fn host_memory_overhead_goes_on_every_device() {
+        let inv = inventory(2, 2);
+        let mut p = publisher(128);
+        let overheads = |p: &Publisher| -> Vec<Option<String>> {
+            p.pack(&inv)
+                .iter()
+                .flat_map(|c| match c {
+                    Content::Devices(d) => d.clone(),
+                    Content::Counters(_) => vec![],
+                })
+                .map(|d| {
+                    d.node_allocatable_resources
+                        .and_then(|m| m.get("memory").cloned())
+                        .and_then(|r| r.overhead)
+                        .and_then(|o| o.per_pod)
+                        .map(|q| q.0)
+                })
+                .collect()
+        };
+        assert!(overheads(&p).iter().all(Option::is_none));
+        p.host_overhead = Some(512 << 20);
+        assert_eq!(overheads(&p), vec![Some("512Mi".to_string()); 6]);
+    }
+
+    /// Compatibility groups: with counters, each consumption names its
+    /// device's mode (`pf`, `sriov`); nothing without counters or the choice.
+    #[test]
+    fn compatibility_groups_name_each_consumptions_mode() {
+        let inv = inventory(2, 3);
+        let mut p = publisher(128);
+        p.groups = true;
+        let consumed = |p: &Publisher| -> Vec<(String, Option<Vec<String>>)> {
+            p.pack(&inv)
+                .iter()
+                .flat_map(|c| match c {
+                    Content::Devices(d) => d.clone(),
+                    Content::Counters(_) => vec![],
+                })
+                .flat_map(|d| {
+                    d.consumes_counters
+                        .iter()
+                        .flatten()
+                        .map(|c| (d.name.clone(), c.compatibility_groups.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        // Without counters there is nothing to attach them to.
+        assert!(consumed(&p).is_empty());
+        p.counters = true;
+        let got = consumed(&p);
+        assert_eq!(got.len(), 8, "{got:?}");
+        for (name, groups) in &got {
+            let want = if name.contains("-vf") { GROUP_SRIOV } else { GROUP_PF };
+            assert_eq!(groups.as_deref(), Some(&[want.to_string()][..]), "{name}");
+        }
+        p.groups = false;
+        assert!(consumed(&p).iter().all(|(_, g)| g.is_none()));
     }
 
     /// List attributes: every device's capabilities as a list beside the

@@ -1389,13 +1389,15 @@ async fn the_sim_backend_prepares_with_an_identity_file() {
     assert_eq!(edits.get("deviceNodes"), None, "no device node in sim mode: {edits}");
     let identity = sim_dir.join("dev/mock1");
     assert_eq!(
-        edits["mounts"],
-        json!([{
+        edits["mounts"][0],
+        json!({
             "hostPath": identity.display().to_string(),
             "containerPath": "/dev/mock-accel/mock1",
             "options": ["ro", "nosuid", "nodev", "noexec", "bind"]
-        }])
+        })
     );
+    // (and its request's device metadata: see device_metadata_…)
+    assert_eq!(edits["mounts"].as_array().unwrap().len(), 2, "{edits}");
     let env = env_of(&spec, 0);
     let text = fs::read_to_string(&identity).unwrap();
     for key in [
@@ -1439,5 +1441,126 @@ async fn the_sim_backend_prepares_with_an_identity_file() {
     assert!(out.values().all(Result::is_ok), "{out:?}");
     assert_eq!(ctl("read class/mock1/status").await, Ok("0".into()));
     assert!(rig.cdi_files().is_empty(), "{:?}", rig.cdi_files());
+    agent.stop().await.unwrap();
+}
+
+/// The objects of a device metadata file (a JSON stream).
+fn metadata_stream(path: &Path) -> Vec<Value> {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::Deserializer::from_slice(&bytes)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Device metadata (KEP-5304): each prepared request's devices and their
+/// attributes in a file of the plugin directory, a stream of v1beta1 then
+/// v1alpha1, mounted read-only by the request's first device where the KEP
+/// puts it (`resourceclaims/<claim>/…`, or `resourceclaimtemplates/<pod
+/// claim name>/…` for a claim from a template); gone at unprepare; none
+/// with `--device-metadata=false`.
+#[tokio::test(flavor = "multi_thread")]
+async fn device_metadata_is_written_per_request_and_mounted_by_its_first_device() {
+    let rig = Rig::new(2, 2).await;
+    let (agent, _events) = rig.agent(&[]).await;
+    let kubelet = rig.kubelet().await;
+    let root = rig.plugin_dir().join("dra-device-metadata");
+    let c1 = rig
+        .claim("c1", &[(DRIVER, NODE, "mock0"), (DRIVER, NODE, "mock1-vf1")])
+        .await;
+    // c2 made from a template: the pod's name for it is on the claim.
+    let c2 = rig.claim("pod-acc-x7k2q", &[(DRIVER, NODE, "mock1-vf0")]).await;
+    rig.claims()
+        .patch(
+            "pod-acc-x7k2q",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"resource.kubernetes.io/pod-claim-name": "acc"}}})),
+        )
+        .await
+        .unwrap();
+    let out = kubelet.prepare(DraApi::V1, &[c1.clone(), c2.clone()]).await.unwrap();
+    assert!(out.values().all(Result::is_ok), "{out:?}");
+    // The CDI IDs are the devices' own: the mount rides on them.
+    assert_eq!(
+        out[&c1.uid].clone().unwrap()[0].cdi_ids,
+        [format!("k8s.{DRIVER}/accel={}-mock0", c1.uid)]
+    );
+    for (request, device, function, pci) in [
+        ("r0", "mock0", "mock0", "0000:1a:00.0"),
+        ("r1", "mock1-vf1", "mock1_vf1", "0000:1b:00.2"),
+    ] {
+        let file = root.join("default_c1").join(request).join("metadata.json");
+        let objects = metadata_stream(&file);
+        let versions: Vec<&str> = objects.iter().map(|o| o["apiVersion"].as_str().unwrap()).collect();
+        assert_eq!(
+            versions,
+            ["metadata.resource.k8s.io/v1beta1", "metadata.resource.k8s.io/v1alpha1"]
+        );
+        let o = &objects[0];
+        assert_eq!(o["kind"], "DeviceMetadata");
+        assert_eq!(
+            o["metadata"],
+            json!({"name": "c1", "namespace": "default", "uid": c1.uid, "generation": 1})
+        );
+        assert_eq!(o.get("podClaimName"), None);
+        let devices = o["requests"][0]["devices"].as_array().unwrap();
+        assert_eq!(o["requests"][0]["name"], request);
+        assert_eq!(devices.len(), 1, "{o}");
+        assert_eq!(
+            (devices[0]["driver"].as_str(), devices[0]["pool"].as_str()),
+            (Some(DRIVER), Some(NODE))
+        );
+        assert_eq!(devices[0]["name"], device);
+        let attrs = &devices[0]["attributes"];
+        assert_eq!(attrs["uuid"]["string"], sysfs(&rig.root, function, "uuid"));
+        assert_eq!(attrs["pciAddress"]["string"], pci);
+    }
+    let spec = check_cdi_file(&rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", c1.uid)));
+    for (i, request) in ["r0", "r1"].iter().enumerate() {
+        let mounts = spec["devices"][i]["containerEdits"]["mounts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            mounts,
+            [json!({
+                "hostPath": root.join("default_c1").join(request).join("metadata.json").display().to_string(),
+                "containerPath": format!("/var/run/kubernetes.io/dra-device-attributes/resourceclaims/c1/{request}/{DRIVER}-metadata.json"),
+                "options": ["ro", "nosuid", "nodev", "noexec", "bind"]
+            })],
+            "device {i}"
+        );
+    }
+    let spec2 = check_cdi_file(&rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", c2.uid)));
+    assert_eq!(
+        spec2["devices"][0]["containerEdits"]["mounts"][0]["containerPath"],
+        format!("/var/run/kubernetes.io/dra-device-attributes/resourceclaimtemplates/acc/r0/{DRIVER}-metadata.json")
+    );
+    let template = metadata_stream(&root.join("default_pod-acc-x7k2q/r0/metadata.json"));
+    assert_eq!(template[0]["podClaimName"], "acc");
+    assert_eq!(template[1]["podClaimName"], "acc");
+    // The checkpoint keeps the pod's name for the claim: a repeated
+    // prepare (a kubelet restart) mounts it at the same place.
+    let again = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c2)).await.unwrap();
+    assert_eq!(again[&c2.uid], out[&c2.uid]);
+    assert_eq!(
+        check_cdi_file(&rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", c2.uid))),
+        spec2
+    );
+    let un = kubelet.unprepare(DraApi::V1, &[c1.clone(), c2.clone()]).await.unwrap();
+    assert!(un.values().all(Result::is_ok), "{un:?}");
+    let left: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+    agent.stop().await.unwrap();
+
+    // Turned off: no files, no mounts.
+    let (agent, _events) = rig.agent(&["--device-metadata=false"]).await;
+    let kubelet = rig.kubelet().await;
+    let c3 = rig.claim("c3", &[(DRIVER, NODE, "mock0")]).await;
+    let out = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c3)).await.unwrap();
+    assert!(out[&c3.uid].is_ok(), "{out:?}");
+    let spec3 = check_cdi_file(&rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", c3.uid)));
+    assert_eq!(spec3["devices"][0]["containerEdits"].get("mounts"), None, "{spec3}");
+    assert!(!root.join("default_c3").exists());
     agent.stop().await.unwrap();
 }

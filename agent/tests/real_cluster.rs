@@ -1287,7 +1287,14 @@ fn fleet_mode_serves_the_selected_nodes() {
 /// The namespace `dra` with its default ServiceAccount (no ServiceAccount
 /// controller either), and the chart's DeviceClasses.
 fn schedulable(cp: &ControlPlane) {
+    schedulable_declaring(cp, &[]);
+}
+
+/// As [`schedulable`], node-a's status declaring `features` as a kubelet
+/// with those gates on would (`status.declaredFeatures`).
+fn schedulable_declaring(cp: &ControlPlane, features: &[&str]) {
     let status = serde_json::json!({"status": {
+        "declaredFeatures": features,
         "capacity": {"pods": "110", "cpu": "4", "memory": "8Gi"},
         "allocatable": {"pods": "110", "cpu": "4", "memory": "8Gi"},
         "conditions": [{"type": "Ready", "status": "True", "reason": "Test", "message": "no kubelet",
@@ -1330,6 +1337,11 @@ fn scheduled_logs(cp: &ControlPlane, node: &FakeNode, s: &mock_device_testkit::c
 /// A claim in `dra` for one device of `class`, with CEL `selector` if any,
 /// and a pod using it.
 fn claim_and_pod(cp: &ControlPlane, name: &str, class: &str, selector: Option<&str>) {
+    claim_and_pod_asking(cp, name, class, selector, serde_json::json!({}));
+}
+
+/// As [`claim_and_pod`], the container asking `requests` (cpu, memory) too.
+fn claim_and_pod_asking(cp: &ControlPlane, name: &str, class: &str, selector: Option<&str>, requests: Value) {
     let mut exactly = serde_json::json!({"deviceClassName": class});
     if let Some(cel) = selector {
         exactly["selectors"] = serde_json::json!([{"cel": {"expression": cel}}]);
@@ -1341,7 +1353,8 @@ fn claim_and_pod(cp: &ControlPlane, name: &str, class: &str, selector: Option<&s
         serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "dra"},
             "spec": {"automountServiceAccountToken": false,
                      "resourceClaims": [{"name": "acc", "resourceClaimName": name}],
-                     "containers": [{"name": "c", "image": "registry.example/none:1", "resources": {"claims": [{"name": "acc"}]}}]}}),
+                     "containers": [{"name": "c", "image": "registry.example/none:1",
+                                     "resources": {"requests": requests, "claims": [{"name": "acc"}]}}]}}),
     ]);
     cp.apply(&objects.to_string()).unwrap();
 }
@@ -1651,4 +1664,207 @@ fn the_pool_status_an_administrator_asks_for() {
     println!("by deviceType: {by_type}");
     let error = by_type["pools"][0]["validationError"].as_str().unwrap_or_default();
     assert!(error.starts_with("PartitionCostMismatch:"), "{by_type}");
+}
+
+/// Each counter consumption's compatibility groups as the server keeps
+/// them: device → groups.
+fn consumption_groups(items: &[Value]) -> std::collections::BTreeMap<String, Vec<String>> {
+    items
+        .iter()
+        .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+        .filter_map(|d| {
+            let c = d["consumesCounters"].as_array()?.first()?.clone();
+            let groups = c["compatibilityGroups"].as_array().cloned().unwrap_or_default();
+            Some((
+                d["name"].as_str().unwrap().to_string(),
+                groups.iter().map(|g| g.as_str().unwrap().to_string()).collect(),
+            ))
+        })
+        .collect()
+}
+
+/// Compatibility groups (KEP-5963, alpha: DRADeviceCompatibilityGroups on in
+/// the API server and the scheduler): each consumption names its device's
+/// mode (`pf`, `sriov`); the real scheduler uses the pool and never mixes a
+/// PF's modes — one PF taken whole, VFs then only from the other, and no PF
+/// left for a second whole-PF claim. A scheduler with the gate off skips
+/// the whole pool (the API server kept the groups): the trap the chart's
+/// README warns of.
+#[test]
+fn compatibility_groups_under_the_real_scheduler() {
+    let gate = "DRADeviceCompatibilityGroups=true";
+    let cp = with_node_a(&[&format!("--feature-gates={gate}")]);
+    schedulable(&cp);
+    let scheduling = cp
+        .start_scheduling(&["resourceclaim-controller"], gate, 100)
+        .unwrap_or_else(|e| panic!("the scheduler: {e}"));
+    let node = FakeNode::start(&cp, &["--compatibility-groups"]);
+    let logs = || scheduled_logs(&cp, &node, &scheduling);
+    let groups = wait_for("the devices", &logs, || {
+        let (names, items) = published(&cp);
+        (names.len() == 6).then(|| consumption_groups(&items))
+    });
+    println!("the real server's groups: {groups:?}");
+    assert_eq!(groups.len(), 6, "{groups:?}");
+    for (device, g) in &groups {
+        let want = if device.contains("-vf") { "sriov" } else { "pf" };
+        assert_eq!(g, &[want], "{device}");
+    }
+    assert!(admin_get(node.admin, "/metrics").contains("mock_accel_compatibility_groups 1"));
+    let placed = |name: &str| {
+        wait_for("the pod scheduled", &logs, || {
+            pod(&cp, name)["spec"]["nodeName"].as_str().map(|_| ())
+        });
+        let got = allocated(&cp, name);
+        assert_eq!(got.len(), 1, "{name}: {got:?}");
+        got[0].clone()
+    };
+    claim_and_pod(&cp, "whole", "mock-accel-pf", None);
+    let whole = placed("whole");
+    claim_and_pod(&cp, "vf-a", "mock-accel-vf", None);
+    let vf_a = placed("vf-a");
+    claim_and_pod(&cp, "vf-b", "mock-accel-vf", None);
+    let vf_b = placed("vf-b");
+    println!("whole {whole}, then VFs {vf_a} and {vf_b}");
+    for vf in [&vf_a, &vf_b] {
+        assert!(
+            !vf.starts_with(&format!("{whole}-")),
+            "a VF of the PF taken whole: {vf}"
+        );
+    }
+    // One PF whole, the other in SR-IOV mode: no PF for a second claim.
+    claim_and_pod(&cp, "whole-2", "mock-accel-pf", None);
+    let why = wait_for("the pod left unscheduled", &logs, || {
+        unschedulable(&pod(&cp, "whole-2"))
+    });
+    println!("a second whole PF: {why}");
+    assert!(allocated(&cp, "whole-2").is_empty());
+    // A scheduler with the gate off: the pool has groups, so it is skipped
+    // whole — even the VF left free is not given.
+    drop(scheduling);
+    let scheduling = cp
+        .start_scheduling(&["resourceclaim-controller"], "", 100)
+        .unwrap_or_else(|e| panic!("the scheduler: {e}"));
+    let logs = || scheduled_logs(&cp, &node, &scheduling);
+    claim_and_pod(&cp, "vf-c", "mock-accel-vf", None);
+    let why = wait_for("the pod left unscheduled", &logs, || unschedulable(&pod(&cp, "vf-c")));
+    println!("the scheduler without the gate: {why}");
+    assert!(allocated(&cp, "vf-c").is_empty());
+}
+
+/// With DRADeviceCompatibilityGroups off (1.37's default) the real server
+/// strips the groups: the agent notices, says so, and publishes without
+/// them, the counters intact (they keep the modes apart), no write storm.
+#[test]
+fn with_the_groups_gate_off_the_agent_publishes_without_groups() {
+    let cp = with_node_a(&[]);
+    let node = FakeNode::start(&cp, &["--compatibility-groups"]);
+    let logs = || agent_logs(&cp, &node.log);
+    noticed_and_settled(
+        &cp,
+        &node,
+        "mock_accel_compatibility_groups 0",
+        "does not keep compatibility groups",
+    );
+    let items = wait_for("the devices", &logs, || {
+        let (names, items) = published(&cp);
+        (names.len() == 6).then_some(items)
+    });
+    let groups = consumption_groups(&items);
+    assert_eq!(groups.len(), 6, "every device still consumes its counters: {groups:?}");
+    assert!(groups.values().all(|g| g.is_empty()), "{groups:?}");
+    assert!(admin_get(node.admin, "/metrics").contains("mock_accel_shared_counters 1"));
+}
+
+/// Each device's host memory overhead per pod as the server keeps it.
+fn host_overheads(items: &[Value]) -> std::collections::BTreeMap<String, String> {
+    items
+        .iter()
+        .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+        .filter_map(|d| {
+            let q = d["nodeAllocatableResources"]["memory"]["overhead"]["perPod"]
+                .as_str()?
+                .to_string();
+            Some((d["name"].as_str().unwrap().to_string(), q))
+        })
+        .collect()
+}
+
+/// NodeAllocatableResources (KEP-5517, alpha: DRANodeAllocatableResources on
+/// in the API server and the scheduler): with `--host-memory-overhead-mib`
+/// every device declares the host memory a pod using it needs beside it,
+/// and the real scheduler counts it against the node's allocatable memory
+/// (8Gi here): a pod asking 7.5Gi and a PF (1Gi overhead) does not fit, one
+/// asking 6.5Gi does. (The kubelet's part, the pod's cgroup, needs a node:
+/// not shown.)
+#[test]
+fn host_memory_overhead_under_the_real_scheduler() {
+    let gate = "DRANodeAllocatableResources=true";
+    let cp = with_node_a(&[&format!("--feature-gates={gate}")]);
+    // (the kubelet with the gate on declares it: admission refuses the
+    // field for a node that does not)
+    schedulable_declaring(&cp, &["DRANodeAllocatableResources"]);
+    let scheduling = cp
+        .start_scheduling(&["resourceclaim-controller"], gate, 100)
+        .unwrap_or_else(|e| panic!("the scheduler: {e}"));
+    let node = FakeNode::start(&cp, &["--host-memory-overhead-mib=1024"]);
+    let logs = || scheduled_logs(&cp, &node, &scheduling);
+    let overheads = wait_for("the devices", &logs, || {
+        let (names, items) = published(&cp);
+        (names.len() == 6).then(|| host_overheads(&items))
+    });
+    assert_eq!(overheads.len(), 6, "{overheads:?}");
+    assert!(overheads.values().all(|q| q == "1Gi"), "{overheads:?}");
+    assert!(admin_get(node.admin, "/metrics").contains("mock_accel_host_memory_overhead_bytes 1073741824"));
+    claim_and_pod_asking(
+        &cp,
+        "big",
+        "mock-accel-pf",
+        None,
+        serde_json::json!({"memory": "7680Mi"}),
+    );
+    let why = wait_for("the pod left unscheduled", &logs, || unschedulable(&pod(&cp, "big")));
+    println!("7.5Gi and a PF's 1Gi on a node of 8Gi: {why}");
+    assert!(allocated(&cp, "big").is_empty());
+    claim_and_pod_asking(
+        &cp,
+        "fits",
+        "mock-accel-pf",
+        None,
+        serde_json::json!({"memory": "6656Mi"}),
+    );
+    wait_for("the pod scheduled", &logs, || {
+        pod(&cp, "fits")["spec"]["nodeName"].as_str().map(|_| ())
+    });
+    assert_eq!(allocated(&cp, "fits").len(), 1);
+    assert!(unschedulable(&pod(&cp, "big")).is_some(), "big still waits");
+}
+
+/// With DRANodeAllocatableResources off (1.37's default) the real server
+/// drops the field; with it on, a node whose kubelet does not declare the
+/// feature gets its slices refused (403, the node declared features'
+/// admission): either way the agent notices, says so, and publishes
+/// without it, no write storm.
+#[test]
+fn with_the_node_resources_gate_off_the_agent_publishes_without_overhead() {
+    for flags in [&[][..], &["--feature-gates=DRANodeAllocatableResources=true"][..]] {
+        without_overhead(flags);
+    }
+}
+
+fn without_overhead(flags: &[&str]) {
+    let cp = with_node_a(flags);
+    let node = FakeNode::start(&cp, &["--host-memory-overhead-mib=1024"]);
+    let logs = || agent_logs(&cp, &node.log);
+    noticed_and_settled(
+        &cp,
+        &node,
+        "mock_accel_host_memory_overhead_bytes 0",
+        "does not keep node allocatable resources",
+    );
+    let items = wait_for("the devices", &logs, || {
+        let (names, items) = published(&cp);
+        (names.len() == 6).then_some(items)
+    });
+    assert!(host_overheads(&items).is_empty(), "{items:?}");
 }

@@ -34,6 +34,9 @@
 # pod until the agent attached the device and said so in the claim, and
 # lets a failed attach's allocation go and tries again.
 #
+# Device metadata for containers (KEP-5304): a container reads its claim's
+# devices and attributes from the file the plugin mounts.
+#
 # Prioritized lists (firstAvailable) and admin access, the scheduler's and
 # the API server's part, with the agent's: an admin claim gets a VF already
 # held and its pod runs beside the holder's (a held PF, whose counter set
@@ -314,6 +317,41 @@ gone_claim() { ! kubectl get resourceclaim "$1" -n default >/dev/null 2>&1; }
 WAIT_INTERVAL=1 wait_until 120 gone_claim "$ext_claim"
 check_true "the pod gone: its claim too" gone_claim "$ext_claim"
 check "and the VF released" 0 "$(cat $cls/$(echo "$ext_dev" | tr - _)/status)"
+
+# --- Device metadata for containers (KEP-5304): a pod whose claim comes
+# from a template reads its request's devices and their attributes where
+# the KEP puts them, by the pod's own name for the claim (the claim's name
+# is generated); the file is a stream, v1beta1 first, and read-only.
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: meta-tpl, namespace: default}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: a
+        exactly: {deviceClassName: mock-accel-vf}
+EOF
+seed_pod meta-pod "  - name: acc
+    resourceClaimTemplateName: meta-tpl" "      - name: acc" >/dev/null
+wait_running 180 meta-pod || not_ok "meta-pod Running"
+meta_claim=$(jp pod meta-pod default '{.status.resourceClaimStatuses[0].resourceClaimName}')
+meta_dev=$(allocated "$meta_claim")
+meta_file=/var/run/kubernetes.io/dra-device-attributes/resourceclaimtemplates/acc/a/$drv-metadata.json
+meta=$(kubectl exec meta-pod -- cat "$meta_file")
+first_version=$(echo "$meta" | grep -m1 '"apiVersion"' | sed 's/.*"apiVersion": "\([^"]*\)".*/\1/')
+has() { echo "$meta" | grep -qF -- "$1" && echo yes || echo no; }
+check "meta-pod reads its device metadata: v1beta1 first, 2 versions, its claim ($meta_claim), pod claim acc, device $meta_dev and its UUID" \
+    "metadata.resource.k8s.io/v1beta1 2 yes yes yes yes" \
+    "$first_version $(echo "$meta" | grep -c '"kind": "DeviceMetadata"') $(has "\"name\": \"$meta_claim\"") $(has '"podClaimName": "acc"') $(has "\"name\": \"$meta_dev\"") $(has "$(cat $cls/$(echo "$meta_dev" | tr - _)/uuid)")"
+check_true "and it is read-only in the container" sh -c "! kubectl exec meta-pod -- sh -c 'echo x >> $meta_file' 2>/dev/null"
+delete_pod meta-pod
+kubectl delete resourceclaimtemplate meta-tpl >/dev/null
+WAIT_INTERVAL=1 wait_until 120 gone_claim "$meta_claim"
+meta_gone() { ! ls /var/lib/kubelet/plugins/$drv/dra-device-metadata/ 2>/dev/null | grep -q .; }
+WAIT_INTERVAL=0.5 wait_until 30 meta_gone
+check_true "the pod gone: the node keeps no metadata file" meta_gone
 
 # --- Consumable capacity (KEP-5075): the agent restarted with
 # --consumable-capacity publishes each PF shared by memory; claims ask for

@@ -70,6 +70,8 @@ pub struct Config {
     pub taints: TaintEffect,
     pub shared: bool,
     pub lists: bool,
+    pub groups: bool,
+    pub host_overhead: Option<u64>,
     pub scenarios: bool,
     /// Each node's heartbeat Lease (None: none).
     pub heartbeat: Option<Duration>,
@@ -522,6 +524,8 @@ fn template(cfg: &Config, node: &str) -> Publisher {
         taints: cfg.taints,
         shared: cfg.shared,
         lists: cfg.lists,
+        groups: cfg.groups,
+        host_overhead: cfg.host_overhead,
     }
 }
 

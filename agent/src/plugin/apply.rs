@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use super::cdi;
 use super::checkpoint::{Claims, PreparedClaim, PreparedDevice};
 use super::resolve::{ClaimError, unknown_device};
+use super::{cdi, metadata};
 use crate::backend::{Access, Backend, DeviceError};
 use crate::claims::ClaimRef;
 use crate::inventory::{Function, Inventory};
@@ -21,6 +21,8 @@ pub(super) struct Devices {
     pub(super) backend: Arc<dyn Backend>,
     pub(super) driver: String,
     pub(super) cdi_root: PathBuf,
+    /// Where the device metadata files go (None: not written).
+    pub(super) metadata_root: Option<PathBuf>,
 }
 
 impl Devices {
@@ -93,6 +95,9 @@ impl Devices {
             self.set_status(d, true)?;
         }
         crate::failpoints::crash("prepare/status-written");
+        if let Some(root) = &self.metadata_root {
+            metadata::write(root, &self.driver, uid, rec, &functions).map_err(|e| ClaimError::new("metadata", e))?;
+        }
         let spec = self.spec(uid, rec, &functions);
         cdi::write_spec(&self.cdi_root, &rec.cdi_spec, &spec).map_err(|e| ClaimError::new("cdi", e))
     }
@@ -124,13 +129,20 @@ impl Devices {
     }
 
     fn spec(&self, uid: &str, rec: &PreparedClaim, functions: &[&Function]) -> cdi::Spec {
+        // Each request's metadata file, mounted by its first device.
+        let mut mounts: Vec<Vec<cdi::Mount>> = vec![Vec::new(); rec.devices.len()];
+        if let Some(root) = &self.metadata_root {
+            for (base, (first, _)) in metadata::requests(rec) {
+                mounts[first].push(metadata::mount(root, &self.driver, rec, &base));
+            }
+        }
         let devices = rec
             .devices
             .iter()
             .zip(functions)
-            .map(|(d, f)| cdi::Device {
-                name: cdi::device_name(uid, &d.device, d.share_id.as_deref()),
-                container_edits: cdi::ContainerEdits {
+            .zip(mounts)
+            .map(|((d, f), metadata)| {
+                let mut edits = cdi::ContainerEdits {
                     env: [
                         format!("MOCK_ACCEL_UUID={}", f.uuid),
                         format!("MOCK_ACCEL_PCI={}", f.pci_address),
@@ -151,7 +163,12 @@ impl Devices {
                     .collect(),
                     // The module's device node, or the sim's identity file.
                     ..self.access(f, d.admin_access)
-                },
+                };
+                edits.mounts.extend(metadata);
+                cdi::Device {
+                    name: cdi::device_name(uid, &d.device, d.share_id.as_deref()),
+                    container_edits: edits,
+                }
             })
             .collect();
         let names: Vec<&str> = functions.iter().map(|f| f.name.as_str()).collect();
@@ -175,6 +192,11 @@ impl Devices {
         let spec = cdi::remove_spec(&rec.cdi_spec).map_err(|e| ClaimError::new("cdi", e));
         crate::failpoints::crash("unprepare/spec-removed");
         let mut first_err = spec.err();
+        if let Some(root) = &self.metadata_root
+            && let Err(e) = metadata::remove(root, rec)
+        {
+            first_err.get_or_insert(ClaimError::new("metadata", e));
+        }
         for d in rec
             .devices
             .iter()
@@ -208,6 +230,10 @@ impl Devices {
     /// undo may never have been done).
     pub(super) fn holds_anything(&self, rec: &PreparedClaim, others: &HashSet<String>) -> bool {
         rec.cdi_spec.exists()
+            || self
+                .metadata_root
+                .as_ref()
+                .is_some_and(|root| metadata::claim_dir(root, &rec.namespace, &rec.name).exists())
             || rec
                 .devices
                 .iter()

@@ -63,6 +63,11 @@ pub struct PreparedClaim {
     pub boot_id: String,
     pub cdi_spec: PathBuf,
     pub devices: Vec<PreparedDevice>,
+    /// The pod's name for a claim made from a template
+    /// (`resource.kubernetes.io/pod-claim-name`): where its device
+    /// metadata is mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_claim_name: Option<String>,
 }
 
 /// The checkpoint's content, by claim UID.
@@ -242,6 +247,7 @@ mod tests {
                     consumed_memory: None,
                     cdi_device_id: "k8s.d/accel=uid-1-mock0-vf1".into(),
                 }],
+                pod_claim_name: None,
             },
         );
         c

@@ -44,6 +44,8 @@ pub struct Config {
     pub boot_id_path: PathBuf,
     /// Serialise with other pods of this driver on the node (rolling update).
     pub cross_pod_lock: bool,
+    /// Write each request's device metadata and mount it (KEP-5304).
+    pub device_metadata: bool,
 }
 
 pub struct Driver {
@@ -104,6 +106,9 @@ impl Driver {
             backend,
             driver: cfg.driver.clone(),
             cdi_root: cfg.cdi_root.clone(),
+            metadata_root: cfg
+                .device_metadata
+                .then(|| cfg.plugin_dir.join(super::metadata::SUBDIR)),
         };
         Driver {
             status,

@@ -159,6 +159,7 @@ mod tests {
                     consumed_memory: None,
                     cdi_device_id: "k8s.d/accel=u-mock7".into(),
                 }],
+                pod_claim_name: None,
             },
         );
         let s = states(&inv, &claims);

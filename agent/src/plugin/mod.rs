@@ -4,6 +4,7 @@
 //!
 //! - [`driver`] prepares and releases claims' devices;
 //! - [`cdi`] writes the CDI specs the runtime reads;
+//! - [`metadata`] writes the device metadata files they mount;
 //! - [`checkpoint`] records what was prepared, crash-safely;
 //! - [`health`] turns scans into the device health stream;
 //! - [`grpc`] adapts all of it to the kubelet's protos.
@@ -15,6 +16,7 @@ pub mod checkpoint;
 pub mod driver;
 pub mod grpc;
 pub mod health;
+pub mod metadata;
 mod policy;
 mod resolve;
 mod socket;

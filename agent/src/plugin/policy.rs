@@ -122,6 +122,7 @@ mod tests {
                 boot_id: String::new(),
                 cdi_spec: Default::default(),
                 devices,
+                pod_claim_name: None,
             },
         )]))
     }

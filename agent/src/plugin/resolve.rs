@@ -9,6 +9,9 @@ use crate::claims::ClaimRef;
 use crate::inventory::{Function, Inventory};
 use crate::slices::device_name;
 
+/// The annotation on a claim made from a template: the pod's name for it.
+const POD_CLAIM_NAME: &str = "resource.kubernetes.io/pod-claim-name";
+
 /// Why a claim failed: a bounded reason (metric label) and the words for
 /// the kubelet's event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +127,12 @@ pub(super) fn resolve(
         boot_id: boot.to_string(),
         cdi_spec: cdi::spec_path(here.cdi_root, drv, &claim.uid),
         devices,
+        pod_claim_name: api
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(POD_CLAIM_NAME))
+            .cloned(),
     })
 }
 

@@ -172,6 +172,7 @@ mod tests {
                     consumed_memory: None,
                     cdi_device_id: "x".into(),
                 }],
+                pod_claim_name: None,
             },
         )]));
         let update = Update { claim: claim.clone() };

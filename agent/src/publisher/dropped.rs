@@ -10,6 +10,8 @@ pub(super) enum Dropped {
     Taints,
     Capacity,
     Lists,
+    Groups,
+    NodeResources,
 }
 
 /// Whether a slice we write has devices shared by memory.
@@ -46,10 +48,102 @@ fn listed(s: &ResourceSlice) -> usize {
         .count()
 }
 
+/// How many counter consumptions of a slice we write name compatibility
+/// groups.
+fn grouped(s: &ResourceSlice) -> usize {
+    s.spec
+        .devices
+        .iter()
+        .flatten()
+        .flat_map(|d| d.consumes_counters.iter().flatten())
+        .filter(|c| c.compatibility_groups.as_ref().is_some_and(|g| !g.is_empty()))
+        .count()
+}
+
+/// How many devices of a slice we write declare node allocatable resources.
+fn node_resources(s: &ResourceSlice) -> usize {
+    s.spec
+        .devices
+        .iter()
+        .flatten()
+        .filter(|d| d.node_allocatable_resources.as_ref().is_some_and(|m| !m.is_empty()))
+        .count()
+}
+
+/// Whether a slice we write declares node allocatable resources.
+pub(super) fn has_node_resources(s: &ResourceSlice) -> bool {
+    node_resources(s) > 0
+}
+
+/// Whether a slice we write has compatibility groups.
+pub(super) fn has_groups(s: &ResourceSlice) -> bool {
+    grouped(s) > 0
+}
+
+/// Which feature's fields the API server refused in `sent` (a gate off may
+/// refuse rather than drop: a list attribute left with no value): the one
+/// its message names, else the first `sent` has in the order below
+/// (counters first). None: `sent` has none of them (a bug of ours).
+pub(super) fn refused(sent: &ResourceSlice, message: &str) -> Option<Dropped> {
+    // (feature, whether `sent` has it, the words of a message naming it),
+    // in the order a message is matched; lists last, "attributes" is broad.
+    let features: [(Dropped, bool, &[&str]); 6] = [
+        (
+            Dropped::NodeResources,
+            has_node_resources(sent),
+            &["nodeAllocatableResources"],
+        ),
+        (Dropped::Groups, has_groups(sent), &["compatibilityGroups"]),
+        (
+            Dropped::Capacity,
+            has_shares(sent),
+            &["allowMultipleAllocations", "requestPolicy"],
+        ),
+        (Dropped::Taints, has_taints(sent), &["taints"]),
+        (
+            Dropped::Counters,
+            has_counters(sent),
+            &["sharedCounters", "consumesCounters"],
+        ),
+        (Dropped::Lists, has_lists(sent), &["attributes"]),
+    ];
+    let named = features
+        .iter()
+        .find(|(_, has, words)| *has && words.iter().any(|w| message.contains(w)));
+    const BLAME: [Dropped; 6] = [
+        Dropped::Counters,
+        Dropped::Taints,
+        Dropped::Capacity,
+        Dropped::Lists,
+        Dropped::Groups,
+        Dropped::NodeResources,
+    ];
+    named.map(|(d, ..)| *d).or_else(|| {
+        BLAME
+            .into_iter()
+            .find(|d| features.iter().any(|(f, has, _)| f == d && *has))
+    })
+}
+
 /// What the stored slice lacks of what we sent, and why we think so.
 pub(super) fn dropped(sent: &ResourceSlice, stored: &ResourceSlice) -> Option<(Dropped, String)> {
     if let Some(why) = counters_dropped(sent, stored) {
         return Some((Dropped::Counters, why));
+    }
+    // (the counters dropped take the groups with them: reported above)
+    if grouped(sent) > grouped(stored) {
+        let name = sent.metadata.name.as_deref().unwrap_or("");
+        return Some((
+            Dropped::Groups,
+            format!("{name}: devices[].consumesCounters[].compatibilityGroups was dropped"),
+        ));
+    }
+    if node_resources(sent) > node_resources(stored) {
+        let name = sent.metadata.name.as_deref().unwrap_or("");
+        return Some((
+            Dropped::NodeResources,
+            format!("{name}: devices[].nodeAllocatableResources was dropped"),
+        ));
     }
     if shared(sent) > shared(stored) {
         let name = sent.metadata.name.as_deref().unwrap_or("");
@@ -164,6 +258,97 @@ mod tests {
         assert_eq!(
             dropped(&sent, &stored),
             Some((Dropped::Lists, "s-2: list-typed attributes were dropped".into()))
+        );
+    }
+
+    /// Compatibility groups stripped (DRADeviceCompatibilityGroups off) while
+    /// the consumption stays: noticed as the groups, not the counters; the
+    /// consumption gone too is the counters.
+    #[test]
+    fn dropped_groups_are_noticed() {
+        use k8s_openapi::api::resource::v1::{Device, DeviceCounterConsumption};
+        let consumption = DeviceCounterConsumption {
+            counter_set: "mock0".into(),
+            compatibility_groups: Some(vec!["sriov".into()]),
+            ..Default::default()
+        };
+        let grouped = Device {
+            name: "mock0-vf0".into(),
+            consumes_counters: Some(vec![consumption.clone()]),
+            ..Default::default()
+        };
+        let mut sent = ResourceSlice::default();
+        sent.metadata.name = Some("s-3".into());
+        sent.spec.devices = Some(vec![grouped.clone()]);
+        assert!(has_groups(&sent) && has_counters(&sent));
+        assert_eq!(dropped(&sent, &sent.clone()), None);
+        let mut stored = sent.clone();
+        stored.spec.devices = Some(vec![Device {
+            consumes_counters: Some(vec![DeviceCounterConsumption {
+                compatibility_groups: None,
+                ..consumption
+            }]),
+            ..grouped.clone()
+        }]);
+        assert_eq!(
+            dropped(&sent, &stored),
+            Some((
+                Dropped::Groups,
+                "s-3: devices[].consumesCounters[].compatibilityGroups was dropped".into()
+            ))
+        );
+        stored.spec.devices = Some(vec![Device {
+            consumes_counters: None,
+            ..grouped
+        }]);
+        assert_eq!(dropped(&sent, &stored).map(|d| d.0), Some(Dropped::Counters));
+    }
+
+    /// A refusal is put on the feature its message names, else on the first
+    /// the slice has (counters first); none for a slice with none of them.
+    #[test]
+    fn a_refusal_is_put_on_the_feature_it_names() {
+        use k8s_openapi::api::resource::v1::{Device, DeviceAttribute, DeviceCounterConsumption, DeviceTaint};
+        let mut d = Device {
+            name: "mock0".into(),
+            ..Default::default()
+        };
+        let slice = |d: &Device| {
+            let mut s = ResourceSlice::default();
+            s.spec.devices = Some(vec![d.clone()]);
+            s
+        };
+        assert_eq!(refused(&slice(&d), "anything"), None);
+        d.attributes = Some(
+            [(
+                "capabilityList".to_string(),
+                DeviceAttribute {
+                    strings: Some(vec![]),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+        );
+        assert_eq!(refused(&slice(&d), "spec.devices[0]: invalid"), Some(Dropped::Lists));
+        d.taints = Some(vec![DeviceTaint::default()]);
+        assert_eq!(refused(&slice(&d), "spec.devices[0]: invalid"), Some(Dropped::Taints));
+        assert_eq!(
+            refused(&slice(&d), "spec.devices[0].attributes[capabilityList]: Required value"),
+            Some(Dropped::Lists)
+        );
+        d.consumes_counters = Some(vec![DeviceCounterConsumption {
+            counter_set: "mock0".into(),
+            compatibility_groups: Some(vec!["pf".into()]),
+            ..Default::default()
+        }]);
+        assert_eq!(refused(&slice(&d), "spec.devices[0]: invalid"), Some(Dropped::Counters));
+        assert_eq!(
+            refused(&slice(&d), "devices[0].taints[0].key: Invalid"),
+            Some(Dropped::Taints)
+        );
+        assert_eq!(
+            refused(&slice(&d), "consumesCounters[0].compatibilityGroups[0]: Invalid"),
+            Some(Dropped::Groups)
         );
     }
 

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::dropped::{Dropped, dropped, has_counters, has_lists, has_shares, has_taints};
+use self::dropped::{Dropped, dropped, has_node_resources, refused};
 use self::state::{Action, Event, Retry, State};
 use self::view::{View, rv};
 use crate::admin::Health;
@@ -53,6 +53,10 @@ pub struct Config {
     pub shared: bool,
     /// List-typed attributes, unless the cluster drops or refuses them.
     pub lists: bool,
+    /// Compatibility groups, unless the cluster drops them.
+    pub groups: bool,
+    /// Host memory overhead per pod, in bytes, unless the cluster drops it.
+    pub host_overhead: Option<u64>,
     /// One publisher per node (see `turn`): taken before the first write,
     /// given up for good to a newer agent pod.
     pub turn: Turn,
@@ -80,6 +84,8 @@ pub async fn run(
         taints: cfg.taints,
         shared: cfg.shared,
         lists: cfg.lists,
+        groups: cfg.groups,
+        host_overhead: cfg.host_overhead,
     };
     gauges(&publisher);
     info!(node = %cfg.node, driver = %cfg.driver, "publishing this node's pool");
@@ -100,6 +106,8 @@ pub fn gauges(p: &Publisher) {
     gauge!(m::HEALTH_TAINTS).set(if p.taints == TaintEffect::Off { 0.0 } else { 1.0 });
     gauge!(m::CONSUMABLE_CAPACITY).set(if p.shared { 1.0 } else { 0.0 });
     gauge!(m::LIST_ATTRIBUTES).set(if p.lists { 1.0 } else { 0.0 });
+    gauge!(m::COMPATIBILITY_GROUPS).set(if p.groups && p.counters { 1.0 } else { 0.0 });
+    gauge!(m::HOST_MEMORY_OVERHEAD).set(p.host_overhead.unwrap_or(0) as f64);
     gauge!(m::HEALTH_FLAPPING).set(0.0);
 }
 
@@ -301,28 +309,21 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
                         view.written.remove(&name);
                         view.deleted.insert(name, 0);
                     }
-                    ("invalid", Write::Create(sent) | Write::Update(sent))
-                        if has_counters(sent) || has_taints(sent) || has_shares(sent) || has_lists(sent) =>
+                    // The node's kubelet does not declare the feature (Node
+                    // status.declaredFeatures, KEP-5328): admission refuses
+                    // node allocatable resources for it.
+                    ("denied", Write::Create(sent) | Write::Update(sent))
+                        if has_node_resources(sent) && e.to_string().contains("DRANodeAllocatableResources") =>
                     {
-                        // Which one it refused: the one its message names, else counters first.
-                        let message = e.to_string();
-                        // A list value dropped leaves its attribute with no value: refused.
-                        if has_lists(sent) && (message.contains("attributes") || !has_counters(sent)) {
-                            return Err(Retry::Without(
-                                Dropped::Lists,
-                                format!("the API server refused {name}: {e}"),
-                            ));
-                        }
-                        let names_capacity =
-                            message.contains("allowMultipleAllocations") || message.contains("requestPolicy");
-                        let what = if has_shares(sent) && (names_capacity || !(has_counters(sent) || has_taints(sent)))
-                        {
-                            Dropped::Capacity
-                        } else if has_taints(sent) && (message.contains("taints") || !has_counters(sent)) {
-                            Dropped::Taints
-                        } else {
-                            Dropped::Counters
-                        };
+                        return Err(Retry::Without(
+                            Dropped::NodeResources,
+                            format!("the API server refused {name}: {e}"),
+                        ));
+                    }
+                    ("invalid", Write::Create(sent) | Write::Update(sent))
+                        if refused(sent, &e.to_string()).is_some() =>
+                    {
+                        let what = refused(sent, &e.to_string()).expect("matched");
                         return Err(Retry::Without(what, format!("the API server refused {name}: {e}")));
                     }
                     ("invalid", _) => {

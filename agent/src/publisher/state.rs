@@ -300,6 +300,29 @@ impl State {
                 self.publisher.lists = false;
                 gauge!(m::LIST_ATTRIBUTES).set(0.0);
             }
+            // DRADeviceCompatibilityGroups off (alpha, the default in 1.37):
+            // the counters alone keep a PF's modes apart, as before.
+            Dropped::Groups => {
+                error!(
+                    %why,
+                    "this cluster does not keep compatibility groups (DRADeviceCompatibilityGroups off?): \
+                     publishing without them; the shared counters still keep a PF and its VFs apart"
+                );
+                self.publisher.groups = false;
+                gauge!(m::COMPATIBILITY_GROUPS).set(0.0);
+            }
+            // DRANodeAllocatableResources off (alpha, the default in 1.37):
+            // the overhead is the pods' own requests' business again.
+            Dropped::NodeResources => {
+                error!(
+                    %why,
+                    "this cluster does not keep node allocatable resources (DRANodeAllocatableResources off in \
+                     the API server, or this node's kubelet does not declare it): publishing without the host \
+                     memory overhead; the scheduler no longer counts it"
+                );
+                self.publisher.host_overhead = None;
+                gauge!(m::HOST_MEMORY_OVERHEAD).set(0.0);
+            }
             // DRAPartitionableDevices off (1.34/1.35, or turned off):
             // prepare still refuses a PF and its VF together.
             Dropped::Counters => {
@@ -311,6 +334,8 @@ impl State {
                 );
                 self.publisher.counters = false;
                 gauge!(m::SHARED_COUNTERS).set(0.0);
+                // (groups ride on the counters: gone with them)
+                gauge!(m::COMPATIBILITY_GROUPS).set(0.0);
             }
         }
     }
@@ -382,6 +407,8 @@ mod tests {
             taints: TaintEffect::NoSchedule,
             shared: false,
             lists: false,
+            groups: false,
+            host_overhead: None,
         })
     }
 
