@@ -1564,3 +1564,55 @@ async fn device_metadata_is_written_per_request_and_mounted_by_its_first_device(
     assert!(!root.join("default_c3").exists());
     agent.stop().await.unwrap();
 }
+
+/// A claim shared by a pod group (KEP-5729): reserved for a PodGroup, not
+/// for pods, made from the group's template (`pod-claim-name` the group's
+/// name for it). The kubelet asks for it as for any claim, once per node
+/// and again for each pod it starts; the plugin prepares it from its
+/// allocation, reports its device in the claim's status, mounts its
+/// metadata under the group's name for it, and releases it at unprepare.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_groups_claim_is_prepared_like_any_other() {
+    let rig = Rig::new(2, 2).await;
+    let (agent, _events) = rig.agent(&[]).await;
+    let kubelet = rig.kubelet().await;
+    let c = rig.claim("train-shared-x7k2q", &[(DRIVER, NODE, "mock1-vf0")]).await;
+    rig.claims()
+        .patch(
+            "train-shared-x7k2q",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"resource.kubernetes.io/pod-claim-name": "shared"}}})),
+        )
+        .await
+        .unwrap();
+    rig.claims()
+        .patch_status(
+            "train-shared-x7k2q",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"reservedFor": [
+                {"apiGroup": "scheduling.k8s.io", "resource": "podgroups", "name": "train", "uid": "uid-train"}]}})),
+        )
+        .await
+        .unwrap();
+    let first = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    assert!(first[&c.uid].is_ok(), "{first:?}");
+    // The second pod of the group on this node: the same answer.
+    let second = kubelet.prepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(second, first);
+    assert_eq!(rig.status("mock1_vf0"), "1");
+    let spec = check_cdi_file(&rig.cdi_dir().join(format!("k8s.{DRIVER}-accel_{}.json", c.uid)));
+    assert_eq!(
+        spec["devices"][0]["containerEdits"]["mounts"][0]["containerPath"],
+        format!("/var/run/kubernetes.io/dra-device-attributes/resourceclaimtemplates/shared/r0/{DRIVER}-metadata.json")
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while device_status(&rig, "train-shared-x7k2q").await.len() != 1 {
+        assert!(Instant::now() < deadline, "no device status");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let un = kubelet.unprepare(DraApi::V1, std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(un[&c.uid], Ok(()));
+    assert_eq!(rig.status("mock1_vf0"), "0");
+    assert!(rig.cdi_files().is_empty(), "{:?}", rig.cdi_files());
+    agent.stop().await.unwrap();
+}

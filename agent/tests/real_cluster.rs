@@ -1868,3 +1868,87 @@ fn without_overhead(flags: &[&str]) {
     });
     assert!(host_overheads(&items).is_empty(), "{items:?}");
 }
+
+/// Claims shared by a pod group (KEP-5729, DRAWorkloadResourceClaims, beta
+/// and off in 1.37, with GenericWorkload and scheduling.k8s.io/v1beta1):
+/// a PodGroup names a ResourceClaimTemplate; the real controller-manager
+/// makes one claim for the group (owned by it, annotated with the group's
+/// name for it), the real scheduler allocates one of our VFs once and
+/// reserves it for the PodGroup, and both pods of the group get that
+/// claim on node-a. The driver's part is the same as for any claim: its
+/// prepare reads the allocation and never `reservedFor`, and the
+/// device metadata of such a claim goes under the group's own name for it
+/// (`resourceclaimtemplates/<name>/…`), which is the pods' name for it too.
+#[test]
+fn a_pod_groups_claim_under_the_real_scheduler() {
+    let gates = "DRAWorkloadResourceClaims=true,GenericWorkload=true";
+    let cp = with_node_a(&[
+        &format!("--feature-gates={gates}"),
+        "--runtime-config=scheduling.k8s.io/v1beta1=true",
+    ]);
+    schedulable(&cp);
+    let scheduling = cp
+        .start_scheduling(&["resourceclaim-controller"], gates, 100)
+        .unwrap_or_else(|e| panic!("the scheduler: {e}"));
+    let node = FakeNode::start(&cp, &[]);
+    let logs = || scheduled_logs(&cp, &node, &scheduling);
+    wait_for("the devices", &logs, || (published(&cp).0.len() == 6).then_some(()));
+    let group_claims = serde_json::json!([{"name": "shared", "resourceClaimTemplateName": "vf"}]);
+    let mut objects = vec![
+        serde_json::json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+            "metadata": {"name": "vf", "namespace": "dra"},
+            "spec": {"spec": {"devices": {"requests": [{"name": "r", "exactly": {"deviceClassName": "mock-accel-vf"}}]}}}}),
+        serde_json::json!({"apiVersion": "scheduling.k8s.io/v1beta1", "kind": "PodGroup",
+            "metadata": {"name": "train", "namespace": "dra"},
+            "spec": {"schedulingPolicy": {"basic": {}}, "resourceClaims": group_claims}}),
+    ];
+    for name in ["worker-0", "worker-1"] {
+        objects.push(serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "dra"},
+            "spec": {"automountServiceAccountToken": false,
+                     "schedulingGroup": {"podGroupName": "train"},
+                     "resourceClaims": group_claims,
+                     "containers": [{"name": "c", "image": "registry.example/none:1",
+                                     "resources": {"claims": [{"name": "shared"}]}}]}}));
+    }
+    cp.apply(&list(objects).to_string()).unwrap();
+    let claim_of = |p: &Value| {
+        p["status"]["resourceClaimStatuses"][0]["resourceClaimName"]
+            .as_str()
+            .map(String::from)
+    };
+    let names: Vec<String> = ["worker-0", "worker-1"]
+        .iter()
+        .map(|name| {
+            wait_for("the pod scheduled with its claim", &logs, || {
+                let p = pod(&cp, name);
+                p["spec"]["nodeName"].as_str()?;
+                claim_of(&p)
+            })
+        })
+        .collect();
+    println!("the pods' claim: {names:?}");
+    assert_eq!(names[0], names[1], "one claim for the group");
+    let claim = kubectl_json(&cp, &["get", "resourceclaim", "-n", "dra", &names[0], "-o", "json"]);
+    let owner = &claim["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("PodGroup"), Some("train")),
+        "{claim}"
+    );
+    assert_eq!(
+        claim["metadata"]["annotations"]["resource.kubernetes.io/pod-claim-name"],
+        "shared"
+    );
+    let reserved = claim["status"]["reservedFor"].as_array().cloned().unwrap_or_default();
+    println!("reserved for: {reserved:?}");
+    assert_eq!(reserved.len(), 1, "{reserved:?}");
+    assert_eq!(
+        (reserved[0]["resource"].as_str(), reserved[0]["name"].as_str()),
+        (Some("podgroups"), Some("train"))
+    );
+    let devices = allocated(&cp, &names[0]);
+    assert!(devices.len() == 1 && devices[0].contains("-vf"), "{devices:?}");
+    let claims = kubectl_json(&cp, &["get", "resourceclaims", "-n", "dra", "-o", "json"]);
+    assert_eq!(claims["items"].as_array().map(Vec::len), Some(1), "no claim per pod");
+}
