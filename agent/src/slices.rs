@@ -454,31 +454,31 @@ impl Publisher {
         };
         let mut slices = pack(inv, max, self.counters, Some((&self.driver, self.taints)));
         let groups = self.groups && self.counters;
-        if let Some(bytes) = self.host_overhead {
-            for d in slices.iter_mut().flat_map(|c| match c {
-                Content::Devices(d) => d.as_mut_slice(),
-                Content::Counters(_) => &mut [],
-            }) {
+        let per_function = self.shared || self.lists || groups;
+        if self.host_overhead.is_none() && !per_function {
+            return slices;
+        }
+        let functions: BTreeMap<String, &Function> = if per_function {
+            inv.functions.values().map(|f| (device_name(&f.name), f)).collect()
+        } else {
+            BTreeMap::new()
+        };
+        for d in slices.iter_mut().flat_map(|c| match c {
+            Content::Devices(d) => d.as_mut_slice(),
+            Content::Counters(_) => &mut [],
+        }) {
+            if let Some(bytes) = self.host_overhead {
                 host_memory_overhead(d, bytes);
             }
-        }
-        if self.shared || self.lists || groups {
-            let functions: BTreeMap<String, &Function> =
-                inv.functions.values().map(|f| (device_name(&f.name), f)).collect();
-            for d in slices.iter_mut().flat_map(|c| match c {
-                Content::Devices(d) => d.as_mut_slice(),
-                Content::Counters(_) => &mut [],
-            }) {
-                if let Some(f) = functions.get(&d.name) {
-                    if self.shared {
-                        share_by_memory(d, f);
-                    }
-                    if self.lists {
-                        list_attributes(d, f);
-                    }
-                    if groups {
-                        compatibility_groups(d, f);
-                    }
+            if let Some(f) = functions.get(&d.name) {
+                if self.shared {
+                    share_by_memory(d, f);
+                }
+                if self.lists {
+                    list_attributes(d, f);
+                }
+                if groups {
+                    compatibility_groups(d, f);
                 }
             }
         }

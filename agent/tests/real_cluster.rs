@@ -998,17 +998,33 @@ fn pools(items: &[Value]) -> std::collections::BTreeMap<String, Vec<String>> {
     out
 }
 
-/// The holders of the heartbeat Leases in mock-device, sorted.
-fn lease_holders(cp: &ControlPlane) -> Vec<String> {
+/// The holders of the nodes' heartbeat Leases in mock-device (not the
+/// fleet's own), sorted, each with the Lease it beats by.
+fn lease_holders(cp: &ControlPlane) -> Vec<(String, String)> {
     let l = kubectl_json(cp, &["get", "leases", "-n", "mock-device", "-o", "json"]);
-    let mut holders: Vec<String> = l["items"]
+    let mut holders: Vec<(String, String)> = l["items"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+        .filter(|l| l["metadata"]["labels"][mock_accel_agent::heartbeat::FLEET_LABEL].is_null())
+        .filter_map(|l| {
+            Some((
+                l["spec"]["holderIdentity"].as_str()?.to_string(),
+                l["metadata"]["annotations"][mock_accel_agent::heartbeat::VIA]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ))
+        })
         .collect();
     holders.sort();
     holders
+}
+
+/// The renewTime of a Lease in mock-device.
+fn renewed(cp: &ControlPlane, name: &str) -> Option<String> {
+    let l = kubectl_json(cp, &["get", "lease", "-n", "mock-device", name, "-o", "json"]);
+    l["spec"]["renewTime"].as_str().map(str::to_string)
 }
 
 fn fleet_pools(admin: std::net::SocketAddr, state: &str) -> Option<f64> {
@@ -1108,7 +1124,7 @@ fn fleet_mode_serves_the_selected_nodes() {
         .env("POD_NAMESPACE", "mock-device")
         .stdout(Stdio::null())
         .stderr(fs::File::create(&log).unwrap());
-    let _fleet = common::Killed(mock_device_testkit::process::spawn(cmd).unwrap());
+    let fleet = common::Killed(mock_device_testkit::process::spawn(cmd).unwrap());
     let logs = || agent_logs(&cp, &log);
 
     // Three pools of two PFs, one per selected node; none for the other.
@@ -1136,8 +1152,19 @@ fn fleet_mode_serves_the_selected_nodes() {
         assert_eq!(s["metadata"]["ownerReferences"][0]["kind"], "Node", "{s}");
         assert_eq!(s["metadata"]["ownerReferences"][0]["name"], s["spec"]["nodeName"]);
     }
-    wait_for("a Lease per served node", &logs, || {
-        (lease_holders(&cp) == ["kwok-1", "kwok-2", "kwok-3"]).then_some(())
+    // Each node's Lease names the fleet's, the one Lease renewed.
+    let fleet_lease = mock_accel_agent::heartbeat::fleet_lease_name(DRIVER, "type=kwok");
+    let beating = |nodes: &[&str]| -> Vec<(String, String)> {
+        nodes.iter().map(|n| (n.to_string(), fleet_lease.clone())).collect()
+    };
+    wait_for("a Lease per served node, beating via the fleet's", &logs, || {
+        (lease_holders(&cp) == beating(&["kwok-1", "kwok-2", "kwok-3"])).then_some(())
+    });
+    let first = wait_for("the fleet's Lease", &logs, || renewed(&cp, &fleet_lease));
+    let node_lease = format!("{DRIVER}-kwok-2");
+    let written = renewed(&cp, &node_lease).unwrap();
+    wait_for("the fleet's Lease renewed", &logs, || {
+        renewed(&cp, &fleet_lease).filter(|r| *r != first).map(|_| ())
     });
     let settled = slice_writes(&cp) - writes_before;
     // With counters (1.37 default): a counters slice and a devices slice
@@ -1170,8 +1197,13 @@ fn fleet_mode_serves_the_selected_nodes() {
         (fleet_pools(admin, "waiting") == Some(0.0)).then_some(())
     });
     wait_for("kwok-1's Lease gone, kwok-4's there", &logs, || {
-        (lease_holders(&cp) == ["kwok-2", "kwok-3", "kwok-4"]).then_some(())
+        (lease_holders(&cp) == beating(&["kwok-2", "kwok-3", "kwok-4"])).then_some(())
     });
+    assert_eq!(
+        renewed(&cp, &node_lease).as_ref(),
+        Some(&written),
+        "a node's Lease is written once, not renewed"
+    );
 
     // A DeviceScenario for kwok-2: a VF on PF 0, mock1 failed — in
     // kwok-2's pool only.
@@ -1280,6 +1312,50 @@ fn fleet_mode_serves_the_selected_nodes() {
     let text = fs::read_to_string(&log).unwrap();
     assert!(!text.contains("conflict"), "no conflicts: {text}");
     assert!(!text.contains(" ERROR "), "no errors: {text}");
+
+    // The controller judges the fleet's nodes by the fleet's Lease: alive
+    // long after their own Leases (valid 8 s, written once) would have
+    // expired; all gone together once the fleet is killed.
+    let ctl_log = dir.path().join("controller.log");
+    let ctl_admin = common::free_port();
+    let _ctl = spawn_agent(
+        &cp.admin_kubeconfig,
+        &ctl_log,
+        &[
+            "--mode=controller".into(),
+            "--namespace=mock-device".into(),
+            format!("--admin-address={ctl_admin}"),
+            "--agent-grace-period=1s".into(),
+        ],
+    );
+    let ctl_logs = || {
+        format!(
+            "--- controller ---\n{}\n{}",
+            fs::read_to_string(&ctl_log).unwrap_or_default(),
+            logs()
+        )
+    };
+    let up = |node: &str| {
+        admin_get(ctl_admin, "/metrics")
+            .lines()
+            .find(|l| l.starts_with(&format!("mock_accel_fleet_agent_up{{node=\"{node}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let lease_age = |name: &str| {
+        let at = renewed(&cp, name).unwrap();
+        let at: k8s_openapi::jiff::Timestamp = at.parse().unwrap();
+        k8s_openapi::jiff::Timestamp::now().duration_since(at).as_secs()
+    };
+    wait_for("the fleet's nodes up, their own Leases long expired", &ctl_logs, || {
+        (lease_age(&node_lease) > 20 && ["kwok-2", "kwok-3", "kwok-4"].iter().all(|n| up(n) == Some(1.0))).then_some(())
+    });
+    assert_eq!(pools(&published(&cp).1).len(), 3, "nothing cleaned up");
+    drop(fleet);
+    wait_for("the killed fleet's slices cleaned up", &ctl_logs, || {
+        published(&cp).1.is_empty().then_some(())
+    });
+    let said = fs::read_to_string(&ctl_log).unwrap();
+    assert!(said.contains("has not renewed its heartbeat"), "{said}");
 }
 
 /// node-a made schedulable with no kubelet: room for pods in its status,

@@ -518,7 +518,7 @@ def main():
     dep = objs[("Deployment", "mock-accel-fleet")]
     fargs = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     for want in ("--mode=fleet", "--devices=sim", "--fleet-node-selector=type=kwok", "--fleet-vfs=8",
-                 "--sim-pfs=2", "--fleet-max-nodes=1000", "--heartbeat-interval=60s"):
+                 "--sim-pfs=2", "--fleet-max-nodes=1000", "--heartbeat-interval=10s"):
         check(want in fargs, f"fleet: {want} in {fargs}")
     check(dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate",
           "fleet: one replica, never two at once")

@@ -2,7 +2,7 @@
 //! fleet metrics and the slices to clean up. Pure: objects and a clock in,
 //! numbers and decisions out.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 pub use crate::claims::allocated_devices;
+use crate::heartbeat;
 
 /// Everything the watches hold.
 #[derive(Default, Clone)]
@@ -141,13 +142,82 @@ pub fn claim_labels(claim: &ResourceClaim, driver: &str, ours: &BTreeSet<String>
 }
 
 /// A node agent's heartbeat Lease: node name, the renewTime it carries (the
-/// agent's clock) and its duration.
+/// agent's clock) and its duration. None for a fleet's own Lease (it is
+/// no node's: [`heartbeat::FLEET_LABEL`]).
 pub fn agent_heartbeat(lease: &Lease) -> Option<(String, Timestamp, SignedDuration)> {
+    if is_fleet(lease) {
+        return None;
+    }
     let spec = lease.spec.as_ref()?;
     let node = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
+    let (renew, duration) = renewal(lease)?;
+    Some((node, renew, duration))
+}
+
+fn is_fleet(lease: &Lease) -> bool {
+    lease.labels().contains_key(heartbeat::FLEET_LABEL)
+}
+
+fn renewal(lease: &Lease) -> Option<(Timestamp, SignedDuration)> {
+    let spec = lease.spec.as_ref()?;
     let renew = spec.renew_time.as_ref()?.0;
     let duration = spec.lease_duration_seconds.unwrap_or(0).max(0) as i64;
-    Some((node, renew, SignedDuration::from_secs(duration)))
+    Some((renew, SignedDuration::from_secs(duration)))
+}
+
+/// The fleet Lease a node's Lease beats by ([`heartbeat::VIA`]), if any.
+pub fn via(lease: &Lease) -> Option<&str> {
+    lease.annotations().get(heartbeat::VIA).map(String::as_str)
+}
+
+/// A node's heartbeat as its Leases give it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Beat {
+    pub node: String,
+    /// The Lease whose renewals are judged: the node's own, or the fleet's
+    /// it names when that Lease is there.
+    pub source: String,
+    pub renewed: Timestamp,
+    pub duration: SignedDuration,
+}
+
+/// `lease`'s heartbeat, `fleet` being the Lease it names in
+/// [`heartbeat::VIA`] (looked up by the caller): a fleet's node beats with
+/// its fleet; with that Lease gone, by its own renewTime (written when the
+/// fleet took the node), so it expires then.
+pub fn beat_of(lease: &Lease, fleet: Option<&Lease>) -> Option<Beat> {
+    let (node, renewed, duration) = agent_heartbeat(lease)?;
+    let own = lease.metadata.name.clone().unwrap_or_else(|| node.clone());
+    let fleet = fleet
+        .filter(|f| is_fleet(f) && via(lease) == f.metadata.name.as_deref())
+        .and_then(|f| Some((f.metadata.name.clone()?, renewal(f)?)));
+    Some(match fleet {
+        Some((source, (renewed, duration))) => Beat {
+            node,
+            source,
+            renewed,
+            duration,
+        },
+        None => Beat {
+            node,
+            source: own,
+            renewed,
+            duration,
+        },
+    })
+}
+
+/// Every node's heartbeat in `agents`.
+pub fn beats(agents: &[Arc<Lease>]) -> Vec<Beat> {
+    let fleets: HashMap<&str, &Lease> = agents
+        .iter()
+        .filter(|l| is_fleet(l))
+        .filter_map(|l| Some((l.metadata.name.as_deref()?, l.as_ref())))
+        .collect();
+    agents
+        .iter()
+        .filter_map(|l| beat_of(l, via(l).and_then(|v| fleets.get(v).copied())))
+        .collect()
 }
 
 /// `t + d`, or the end of time where that overflows: Lease and object
@@ -479,7 +549,8 @@ pub struct Cleanup {
 ///   older generation is stale only once the pool has been at a newer one for
 ///   the grace period, not when the slice itself is old (an agent rewriting a
 ///   pool of k slices moves them to the new generation one by one).
-/// - Each agent's heartbeat, and when it last saw its renewTime change: a
+/// - Each heartbeat Lease judged (a node's, or a fleet's for all its
+///   nodes), and when it last saw its renewTime change: a
 ///   heartbeat expires a lease duration after that, whatever the renewTime
 ///   says (an agent's clock may be hours off either way), as client-go's
 ///   leader election and the node lifecycle controller judge Leases.
@@ -510,30 +581,27 @@ impl Seen {
                 self.generations.insert(pool.to_string(), (g, now));
             }
         }
-        let beats: BTreeMap<String, Timestamp> = c
-            .agents
-            .iter()
-            .filter_map(|l| agent_heartbeat(l))
-            .map(|(node, renewed, _)| (node, renewed))
-            .collect();
-        self.heartbeats.retain(|node, _| beats.contains_key(node));
-        for (node, renewed) in beats {
-            if self.heartbeats.get(&node).is_none_or(|(seen, _)| *seen != renewed) {
-                self.heartbeats.insert(node, (renewed, now));
+        let sources: BTreeMap<String, Timestamp> =
+            beats(&c.agents).into_iter().map(|b| (b.source, b.renewed)).collect();
+        self.heartbeats.retain(|source, _| sources.contains_key(source));
+        for (source, renewed) in sources {
+            if self.heartbeats.get(&source).is_none_or(|(seen, _)| *seen != renewed) {
+                self.heartbeats.insert(source, (renewed, now));
             }
         }
     }
 
     /// Notes a heartbeat Lease's change as it arrives; says whether it was
-    /// only the renewal of a heartbeat already seen (a newer renewTime),
-    /// which no pass needs to see at once: it moves that agent's deadline
-    /// later, and the pass sleeping until the earliest deadline judges it
-    /// from this observation. A new heartbeat, or anything else, is for a pass.
+    /// only the renewal of a heartbeat already seen (a newer renewTime of a
+    /// Lease judged, a node's or a fleet's), which no pass needs to see at
+    /// once: it moves those agents' deadline later, and the pass sleeping
+    /// until the earliest deadline judges it from this observation. A new
+    /// heartbeat, or anything else, is for a pass.
     pub fn renewal(&mut self, lease: &Lease, now: Timestamp) -> bool {
-        let Some((node, renewed, _)) = agent_heartbeat(lease) else {
+        let (Some(name), Some((renewed, _))) = (lease.metadata.name.as_deref(), renewal(lease)) else {
             return false;
         };
-        match self.heartbeats.get_mut(&node) {
+        match self.heartbeats.get_mut(name) {
             Some(beat) if beat.0 != renewed => {
                 *beat = (renewed, now);
                 true
@@ -550,19 +618,18 @@ impl Seen {
     /// The heartbeats of `c`, by node. One not observed at its current
     /// renewTime yet counts as renewed `now`.
     pub fn heartbeats(&self, c: &Cluster, now: Timestamp) -> BTreeMap<String, Heartbeat> {
-        c.agents
-            .iter()
-            .filter_map(|l| agent_heartbeat(l))
-            .map(|(node, renewed, duration)| {
-                let at = match self.heartbeats.get(&node) {
-                    Some((seen, at)) if *seen == renewed => *at,
+        beats(&c.agents)
+            .into_iter()
+            .map(|b| {
+                let at = match self.heartbeats.get(&b.source) {
+                    Some((seen, at)) if *seen == b.renewed => *at,
                     _ => now,
                 };
                 (
-                    node,
+                    b.node,
                     Heartbeat {
-                        renewed,
-                        expiry: later(at, duration),
+                        renewed: b.renewed,
+                        expiry: later(at, b.duration),
                     },
                 )
             })
@@ -1167,6 +1234,97 @@ mod tests {
         let mut other = (*c.agents[0]).clone();
         other.spec.as_mut().unwrap().renew_time = None;
         assert!(!seen.renewal(&other, at));
+    }
+
+    fn fleet_lease(renewed: &str, seconds: i32) -> Arc<Lease> {
+        obj(
+            json!({"metadata": {"name": format!("{D}-fleet-x"), "labels": {heartbeat::FLEET_LABEL: "true"}},
+                   "spec": {"holderIdentity": "fleet-pod_1", "renewTime": renewed, "leaseDurationSeconds": seconds}}),
+        )
+    }
+
+    fn via_lease(node: &str, written: &str, fleet: &str) -> Arc<Lease> {
+        let mut l = (*agent(node, written, 40)).clone();
+        l.metadata.annotations = Some([(heartbeat::VIA.to_string(), fleet.to_string())].into());
+        Arc::new(l)
+    }
+
+    /// A fleet's nodes beat with the fleet's one Lease: their own Leases,
+    /// written once an hour ago, are never renewed, and the nodes stay
+    /// alive for as long as the fleet's Lease is renewed (each renewal
+    /// noted as it arrives, no pass); the fleet stopped, all its nodes go at
+    /// its deadline; its Lease deleted, they go a lease and a grace after.
+    /// A Lease named by a node's annotation that is not a fleet's counts for
+    /// nothing (a node cannot beat with another node's Lease).
+    #[test]
+    fn a_fleets_nodes_beat_with_its_lease() {
+        let mut c = cluster();
+        let fleet_name = format!("{D}-fleet-x");
+        c.agents = vec![
+            fleet_lease("2026-11-26T12:00:00Z", 40),
+            via_lease("n1", "2026-11-26T11:00:00Z", &fleet_name),
+            via_lease("n2", "2026-11-26T11:00:00Z", &fleet_name),
+            agent("n3", "2026-11-26T12:00:00Z", 40),
+            via_lease("n4", "2026-11-26T11:00:00Z", &format!("{D}-n3")),
+        ];
+        let gone = |c: &Cluster, seen: &Seen, at| {
+            plan(c, &policy(), seen, at)
+                .into_iter()
+                .filter(|x| x.reason == Reason::AgentGone)
+                .map(|x| (x.node, x.renewed))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let mut seen = Seen::default();
+        seen.observe(&c, D, now());
+        let beats = beats(&c.agents);
+        assert_eq!(
+            beats
+                .iter()
+                .map(|b| (b.node.as_str(), b.source.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("n1", fleet_name.as_str()),
+                ("n2", fleet_name.as_str()),
+                ("n3", &format!("{D}-n3")),
+                ("n4", &format!("{D}-n4")),
+            ],
+            "the fleet's Lease is no node's; n4's via is no fleet's"
+        );
+        // Ten minutes of the fleet renewing every 10 s, noted as it comes.
+        for step in 1..=60 {
+            let at = later(now(), secs(10 * step));
+            let lease = renewed_at(&c.agents[0], at);
+            assert!(seen.renewal(&lease, at), "step {step}");
+            c.agents[0] = lease;
+        }
+        let at = later(now(), secs(601));
+        seen.observe(&c, D, at);
+        let got = gone(&c, &seen, at);
+        assert!(!got.contains_key("n1") && !got.contains_key("n2"), "{got:?}");
+        let f = fleet(&c, D, &seen, at);
+        assert!(f.agent_up["n1"] && f.agent_up["n2"]);
+        assert!(!f.agent_up["n4"], "n4's own Lease expired long ago");
+        assert_eq!(
+            next_deadline(&c, &policy(), &seen, at),
+            Some(later(now(), secs(600 + 340))),
+            "the fleet's deadline: its last renewal noted + lease + grace"
+        );
+        // The fleet stops: its nodes go together at its deadline, judged by
+        // the fleet's renewTime (what `confirm` reads again).
+        let last = renewal(&c.agents[0]).unwrap().0;
+        assert!(!gone(&c, &seen, later(now(), secs(939))).contains_key("n1"));
+        let got = gone(&c, &seen, later(now(), secs(941)));
+        assert_eq!(got.get("n1"), Some(&Some(last)), "{got:?}");
+        assert_eq!(got.get("n2"), Some(&Some(last)), "{got:?}");
+        let live = c.agents[0].clone();
+        assert_eq!(beat_of(&c.agents[1], Some(&live)).map(|b| b.renewed), Some(last));
+        // Its Lease deleted: each node by its own Lease, from when that is
+        // first judged (a lease and the grace after).
+        c.agents.remove(0);
+        let t = later(now(), secs(700));
+        seen.observe(&c, D, t);
+        assert!(!gone(&c, &seen, later(t, secs(339))).contains_key("n1"));
+        assert!(gone(&c, &seen, later(t, secs(341))).contains_key("n1"));
     }
 
     /// Issue 18 #1: an agent rewriting a pool of old slices moves them to the

@@ -568,10 +568,18 @@ async fn confirm(ctx: &Ctx, c: &Cleanup) -> Result<bool, kube::Error> {
                 .agents
                 .get_opt(&heartbeat::lease_name(&ctx.cfg.driver, &c.node))
                 .await?;
-            Ok(lease
-                .as_ref()
-                .and_then(fleet::agent_heartbeat)
-                .is_some_and(|(node, renewed, _)| node == c.node && Some(renewed) == c.renewed))
+            let Some(lease) = lease else {
+                return Ok(false);
+            };
+            // A fleet's node: the fleet's Lease is its heartbeat.
+            let fleet = match fleet::via(&lease) {
+                Some(via) => ctx.agents.get_opt(via).await?,
+                None => None,
+            };
+            Ok(
+                fleet::beat_of(&lease, fleet.as_ref())
+                    .is_some_and(|b| b.node == c.node && Some(b.renewed) == c.renewed),
+            )
         }
         // Never a pool whose agent has a heartbeat: it may be rewriting it.
         Reason::StaleGeneration => Ok(ctx

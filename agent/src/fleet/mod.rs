@@ -7,8 +7,10 @@
 //! counters, taints), [`declared::follow`] applies the DeviceScenarios that
 //! select it, [`binding::follow`] reports the binding conditions of its
 //! fabric-attached devices (the scheduler waits for them; kwok has no
-//! kubelet, so nothing else is written to claims), [`heartbeat::run`] keeps
-//! its Lease (so the controller treats it as any node with an agent).
+//! kubelet, so nothing else is written to claims), [`heartbeat::delegate`]
+//! writes its Lease once, naming the fleet's own Lease, which
+//! [`heartbeat::run_fleet`] renews for all of them (so the controller
+//! treats it as any node with an agent, alive while the fleet is).
 //!
 //! What is shared is the API's side: one watch of the selected Nodes, one
 //! of the driver's slices and (fabric-attached devices only) one of the
@@ -273,6 +275,21 @@ pub async fn run(clients: Clients, cfg: Config, health: Arc<Health>, cancel: Can
         None
     };
 
+    // The fleet's heartbeat: one Lease renewed for all its nodes (each
+    // node's Lease names it), not a thousand.
+    if let Some(interval) = cfg.heartbeat {
+        tokio::spawn(
+            heartbeat::run_fleet(
+                Api::namespaced(clients.requests.clone(), &cfg.namespace),
+                cfg.driver.clone(),
+                cfg.selector.clone(),
+                crate::controller::leader::identity(),
+                interval,
+                cancel.clone(),
+            )
+            .instrument(info_span!("fleet-heartbeat")),
+        );
+    }
     let mut pools: HashMap<String, Pool> = HashMap::new();
     let mut admission = Admission::default();
     let mut slices: Router<ResourceSlice> =
@@ -634,12 +651,14 @@ fn start_pool(shared: &Shared, node: &str, serial: u64) -> anyhow::Result<Pool> 
         ));
     }
     if let Some(interval) = cfg.heartbeat {
+        // The node's Lease, written once: its heartbeat is the fleet's.
         // Spread over the interval by the node's name: a thousand Leases
-        // renewed in one burst every interval would be a load spike.
+        // written in one burst at the start would be a load spike.
         let phase = interval.mul_f64(f64::from(phase_of(node)) / f64::from(u16::MAX));
-        let (api, driver, name, c) = (
+        let (api, driver, selector, name, c) = (
             Api::namespaced(clients.requests.clone(), &cfg.namespace),
             cfg.driver.clone(),
+            cfg.selector.clone(),
             node.to_string(),
             cancel.clone(),
         );
@@ -648,7 +667,8 @@ fn start_pool(shared: &Shared, node: &str, serial: u64) -> anyhow::Result<Pool> 
                 _ = c.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(phase) => {}
             }
-            heartbeat::run(api, driver, name, interval, c).await
+            let via = heartbeat::fleet_lease_name(&driver, &selector);
+            heartbeat::delegate(api, driver, name, via, interval, c).await
         });
     }
     let (name, token, ended) = (node.to_string(), cancel.clone(), ended.clone());

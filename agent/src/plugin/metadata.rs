@@ -71,12 +71,15 @@ pub fn requests(rec: &PreparedClaim) -> BTreeMap<String, (usize, String)> {
     out
 }
 
-/// One request's file: the stream of `DeviceMetadata` objects.
-pub fn stream(driver: &str, uid: &str, rec: &PreparedClaim, base: &str, functions: &[&Function]) -> Vec<u8> {
-    let request = requests(rec)
-        .get(base)
-        .map(|(_, full)| full.clone())
-        .unwrap_or_else(|| base.to_string());
+/// One request's file: the stream of `DeviceMetadata` objects; `base` the
+/// request's name, `request` as allocated (`a/whole` for a subrequest).
+pub fn stream(
+    driver: &str,
+    uid: &str,
+    rec: &PreparedClaim,
+    (base, request): (&str, &str),
+    functions: &[&Function],
+) -> Vec<u8> {
     let devices: Vec<Value> = rec
         .devices
         .iter()
@@ -106,11 +109,11 @@ pub fn stream(driver: &str, uid: &str, rec: &PreparedClaim, base: &str, function
 
 /// Writes every request's file (atomically: a container never sees half).
 pub fn write(root: &Path, driver: &str, uid: &str, rec: &PreparedClaim, functions: &[&Function]) -> Result<(), String> {
-    for base in requests(rec).keys() {
-        let path = host_file(root, rec, base);
+    for (base, (_, request)) in requests(rec) {
+        let path = host_file(root, rec, &base);
         let dir = path.parent().expect("a file in a directory");
         fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        cdi::write_atomic(&path, &stream(driver, uid, rec, base, functions))
+        cdi::write_atomic(&path, &stream(driver, uid, rec, (&base, &request), functions))
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(())
@@ -200,7 +203,8 @@ mod tests {
         crate::backend::sysfs::write_fake_tree(&class, 1, 0).unwrap();
         let inv = crate::backend::sysfs::scan(&class).unwrap();
         let f = inv.functions.values().next().unwrap();
-        let bytes = stream("mock-accel.example.com", "uid-1", &rec, "a", &[f]);
+        let (_, request) = &requests(&rec)["a"];
+        let bytes = stream("mock-accel.example.com", "uid-1", &rec, ("a", request), &[f]);
         let objects: Vec<Value> = serde_json::Deserializer::from_slice(&bytes)
             .into_iter::<Value>()
             .collect::<Result<_, _>>()

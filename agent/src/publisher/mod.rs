@@ -320,13 +320,14 @@ async fn execute(api: &Api<ResourceSlice>, writes: &[Write], view: &mut View) ->
                             format!("the API server refused {name}: {e}"),
                         ));
                     }
-                    ("invalid", Write::Create(sent) | Write::Update(sent))
-                        if refused(sent, &e.to_string()).is_some() =>
-                    {
-                        let what = refused(sent, &e.to_string()).expect("matched");
-                        return Err(Retry::Without(what, format!("the API server refused {name}: {e}")));
-                    }
-                    ("invalid", _) => {
+                    ("invalid", w) => {
+                        let what = match w {
+                            Write::Create(sent) | Write::Update(sent) => refused(sent, &e.to_string()),
+                            Write::Delete { .. } => None,
+                        };
+                        if let Some(what) = what {
+                            return Err(Retry::Without(what, format!("the API server refused {name}: {e}")));
+                        }
                         warn!(slice = %name, error = %e, "the API server rejected our ResourceSlice: this is a bug");
                         return Err(Retry::Later);
                     }
