@@ -78,6 +78,61 @@ fn apiserver_metrics(cp: &ControlPlane) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// kube-apiserver's `apiserver_request_total`, by (resource, verb), for
+/// the resources the fleet and its neighbours touch.
+fn requests_by(m: &str) -> BTreeMap<(String, String), f64> {
+    let mut by: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for l in m.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let label = |k: &str| {
+            l.split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let v: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let r = label("resource");
+        if [
+            "resourceslices",
+            "resourceclaims",
+            "devicescenarios",
+            "leases",
+            "nodes",
+            "pods",
+        ]
+        .contains(&r.as_str())
+        {
+            *by.entry((r, label("verb"))).or_default() += v;
+        }
+    }
+    by
+}
+
+/// What `after` counts beyond `before`, as `resource VERB n` (nonzero only).
+fn requests_since(before: &BTreeMap<(String, String), f64>, after: &BTreeMap<(String, String), f64>) -> String {
+    after
+        .iter()
+        .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .map(|((r, verb), d)| format!("{r} {verb} {d:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The fleet's own counters that say what it did.
+fn fleet_counts(m: &str) -> Vec<f64> {
+    FLEET_COUNTERS.iter().map(|n| metric(m, n, &[])).collect()
+}
+
+const FLEET_COUNTERS: [&str; 6] = [
+    "mock_accel_publishes_total",
+    "mock_accel_rescans_total",
+    "mock_accel_slice_writes_total",
+    "mock_accel_heartbeats_total",
+    "mock_accel_declared_changes_total",
+    "mock_accel_api_errors_total",
+];
+
 fn admin_metrics(port: u16) -> String {
     use std::io::{Read, Write};
     let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -638,21 +693,7 @@ async fn main() -> anyhow::Result<()> {
         metric(&fm1, "mock_accel_slice_writes_total", &[]) - writes0,
         metric(&fm1, "mock_accel_api_errors_total", &[]) - errors0
     );
-    let mut by: BTreeMap<(String, String), f64> = BTreeMap::new();
-    for l in m.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let label = |k: &str| {
-            l.split(&format!("{k}=\""))
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("")
-                .to_string()
-        };
-        let v: f64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        let r = label("resource");
-        if ["resourceslices", "resourceclaims", "devicescenarios", "leases", "nodes"].contains(&r.as_str()) {
-            *by.entry((r, label("verb"))).or_default() += v;
-        }
-    }
+    let by = requests_by(&m);
     println!("   requests the restarted server answered (everyone's: the fleet, kwok, the controller):");
     for ((r, v), n) in &by {
         println!("     {r:<18} {v:<8} {n:>8}");
@@ -692,6 +733,28 @@ async fn main() -> anyhow::Result<()> {
     // controller stopped), the same pods.
     let pods_n = env_or("BENCH_PODS", 5000) as usize;
     let scheduling = Scheduling::start(&cp).await?;
+    // kube-controller-manager's node lifecycle controller, started just
+    // now, patches every Node once (GET + PATCH each): settled before
+    // either half, or the live half alone carries it (the fleet hears each
+    // patch). Settled: no new Node PATCH for 10 s (3 minutes at most).
+    let node_patches = |m: &str| {
+        requests_by(m)
+            .get(&("nodes".to_string(), "PATCH".to_string()))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let t = Instant::now();
+    let first = node_patches(&apiserver_metrics(&cp)?);
+    let mut last = first;
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let now = node_patches(&apiserver_metrics(&cp)?);
+        if now == last || t.elapsed() > Duration::from_secs(180) {
+            break;
+        }
+        last = now;
+    }
+    let settled = (last - first, t.elapsed());
     // CPU seconds each process spends during a run (0 for one not running).
     let pids = [
         scheduling.procs.scheduler.child.id(),
@@ -714,21 +777,39 @@ async fn main() -> anyhow::Result<()> {
             .join(", ")
     };
     let c0 = cpu();
+    let (r0, f0) = (
+        requests_by(&apiserver_metrics(&cp)?),
+        fleet_counts(&admin_metrics(admin)),
+    );
     let t = Instant::now();
     let live = scheduling.run(client.clone(), pods_n, "live").await?;
     let live_cpu = (spent(&c0, &cpu()), t.elapsed().as_secs_f64());
+    let live_requests = requests_since(&r0, &requests_by(&apiserver_metrics(&cp)?));
+    let fleet_did: String = FLEET_COUNTERS
+        .iter()
+        .zip(fleet_counts(&admin_metrics(admin)).iter().zip(&f0))
+        .map(|(n, (a, b))| format!("{} {:.0}", n.trim_start_matches("mock_accel_"), a - b))
+        .collect::<Vec<_>>()
+        .join(", ");
     scheduling.clean(client.clone(), pods_n).await?;
     drop(fleet);
     drop(controller);
     let c0 = cpu();
+    let r0 = requests_by(&apiserver_metrics(&cp)?);
     let t = Instant::now();
     let fixed = scheduling.run(client.clone(), pods_n, "static").await?;
     let static_cpu = (spent(&c0, &cpu()), t.elapsed().as_secs_f64());
+    let static_requests = requests_since(&r0, &requests_by(&apiserver_metrics(&cp)?));
     drop(scheduling);
     println!(
         "\n4. {pods_n} pods, each a claim from a ResourceClaimTemplate (one VF), onto the {} kwok nodes by kube-scheduler {} (client QPS 1000)",
         nodes_n - gone_n,
         mock_device_testkit::cluster::VERSION
+    );
+    println!(
+        "   (first: kube-controller-manager's start patched {:.0} Nodes, settled in {:.0} s)",
+        settled.0,
+        settled.1.as_secs_f64()
     );
     println!("   with the fleet live             {live:>8.1} pods/s");
     println!("   the same slices static          {fixed:>8.1} pods/s (the fleet and controller stopped)");
@@ -738,6 +819,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("   CPU s in the live run ({:.0} s):   {}", live_cpu.1, live_cpu.0);
     println!("   CPU s in the static run ({:.0} s): {}", static_cpu.1, static_cpu.0);
+    println!("   the fleet in the live run: {fleet_did}");
+    println!("   API requests in the live run:   {live_requests}");
+    println!("   API requests in the static run: {static_requests}");
 
     // 6. One node agent among many claims.
     claims_cost(&cp, &client, &bin, dir.path()).await

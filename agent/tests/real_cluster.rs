@@ -10,7 +10,7 @@
 //! is the Helm install's business).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -156,6 +156,29 @@ fn spawn_agent(kubeconfig: &Path, log: &Path, args: &[String]) -> common::Killed
     common::Killed(mock_device_testkit::process::spawn(cmd).unwrap())
 }
 
+/// The controller (`--mode=controller`, admin credentials) for the
+/// Leases in `namespace`: the process, its admin address and its log.
+fn spawn_controller(
+    cp: &ControlPlane,
+    dir: &Path,
+    namespace: &str,
+    extra: &str,
+) -> (common::Killed, std::net::SocketAddr, PathBuf) {
+    let log = dir.join("controller.log");
+    let admin = common::free_port();
+    let ctl = spawn_agent(
+        &cp.admin_kubeconfig,
+        &log,
+        &[
+            "--mode=controller".into(),
+            format!("--namespace={namespace}"),
+            format!("--admin-address={admin}"),
+            extra.into(),
+        ],
+    );
+    (ctl, admin, log)
+}
+
 #[test]
 fn the_agent_and_the_controller_under_the_real_api_server() {
     let cp = ControlPlane::start().unwrap_or_else(|e| panic!("the real control plane: {e}"));
@@ -252,18 +275,7 @@ fn the_agent_and_the_controller_under_the_real_api_server() {
     // deleted (no garbage collector runs here) deletes its slices with Events
     // the real server accepts.
     drop(agent);
-    let ctl_log = dir.path().join("controller.log");
-    let ctl_admin = common::free_port();
-    let _ctl = spawn_agent(
-        &cp.admin_kubeconfig,
-        &ctl_log,
-        &[
-            "--mode=controller".into(),
-            "--namespace=default".into(),
-            format!("--admin-address={ctl_admin}"),
-            "--rescan-interval=2s".into(),
-        ],
-    );
+    let (_ctl, ctl_admin, ctl_log) = spawn_controller(&cp, dir.path(), "default", "--rescan-interval=2s");
     let ctl_logs = || {
         format!(
             "--- controller ---\n{}\n--- kube-apiserver ---\n{}",
@@ -299,6 +311,17 @@ fn the_agent_and_the_controller_under_the_real_api_server() {
         let m = metrics();
         (m.contains("mock_accel_controller_leader 1") && devices(&m, "free") == 7.0).then_some(())
     });
+    // Its audit (every 2 s here) lists metadata from the real server and
+    // finds the caches right.
+    let audits = |result: &str| -> f64 {
+        let line = format!("mock_accel_controller_audits_total{{result=\"{result}\"}} ");
+        metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    wait_for("a clean audit", &ctl_logs, || (audits("clean") >= 1.0).then_some(()));
+    assert_eq!(audits("error") + audits("drift"), 0.0, "{}", ctl_logs());
     let holder = kubectl_json(
         &cp,
         &[
@@ -1316,18 +1339,7 @@ fn fleet_mode_serves_the_selected_nodes() {
     // The controller judges the fleet's nodes by the fleet's Lease: alive
     // long after their own Leases (valid 8 s, written once) would have
     // expired; all gone together once the fleet is killed.
-    let ctl_log = dir.path().join("controller.log");
-    let ctl_admin = common::free_port();
-    let _ctl = spawn_agent(
-        &cp.admin_kubeconfig,
-        &ctl_log,
-        &[
-            "--mode=controller".into(),
-            "--namespace=mock-device".into(),
-            format!("--admin-address={ctl_admin}"),
-            "--agent-grace-period=1s".into(),
-        ],
-    );
+    let (_ctl, ctl_admin, ctl_log) = spawn_controller(&cp, dir.path(), "mock-device", "--agent-grace-period=1s");
     let ctl_logs = || {
         format!(
             "--- controller ---\n{}\n{}",

@@ -487,53 +487,64 @@ fn release_gone_owners(
 }
 
 /// Lists again from the API (not the caches), fixes what is wrong, and
-/// counts what the watches had not caught.
+/// counts what the watches had not caught. The slices and Nodes are listed
+/// as metadata first: a thousand nodes' slices in full are tens of MB a
+/// LIST, every period, for the API server to encode and this controller to
+/// decode (`just bench-fleet`); only when the caches disagree with them are
+/// they listed whole, and acted on.
 async fn run_audit(ctx: &Ctx, stores: &Stores, seen: &Mutex<fleet::Seen>) {
-    let fresh = async {
-        let slices = ctx
-            .slices
-            .list(&ListParams::default().fields(&format!("spec.driver={}", ctx.cfg.driver)))
-            .await?;
-        let nodes = ctx.nodes.list(&ListParams::default()).await?;
-        let agents = ctx
-            .agents
-            .list(&ListParams::default().labels(&heartbeat::selector(&ctx.cfg.driver)))
-            .await?;
-        Ok::<_, kube::Error>(Cluster {
-            slices: slices.items.into_iter().map(Arc::new).collect(),
-            nodes: nodes.items.into_iter().map(Arc::new).collect(),
-            agents: agents.items.into_iter().map(Arc::new).collect(),
-            claims: stores.claims.state(),
-            classes: stores.classes.state(),
+    let slices_lp = ListParams::default().fields(&format!("spec.driver={}", ctx.cfg.driver));
+    let uids = async {
+        let slices = ctx.slices.list_metadata(&slices_lp).await?;
+        let nodes = ctx.nodes.list_metadata(&ListParams::default()).await?;
+        Ok::<_, kube::Error>(Uids {
+            slices: slices.items.iter().filter_map(|o| o.metadata.uid.clone()).collect(),
+            nodes: nodes.items.iter().filter_map(|o| o.metadata.uid.clone()).collect(),
         })
     };
-    let fresh = match fresh.await {
-        Ok(c) => c,
-        Err(e) => {
-            counter!(m::CONTROLLER_AUDITS, "result" => "error").increment(1);
-            counter!(m::CONTROLLER_API_ERRORS, "op" => "audit", "kind" => m::api_error_kind(&e)).increment(1);
-            warn!(error = %e, "audit: cannot list; trying again at the next one");
-            return;
-        }
+    let listed = match uids.await {
+        Ok(u) => u,
+        Err(e) => return audit_failed(&e),
     };
     // What the caches still disagree on after they had a second to catch up.
-    let mut missed = cache_diff(&fresh, &stores.cluster());
+    let mut missed = listed.diff(&Uids::of(&stores.cluster()));
     if missed > 0 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        missed = cache_diff(&fresh, &stores.cluster());
+        missed = listed.diff(&Uids::of(&stores.cluster()));
     }
-    if missed > 0 {
+    let now = Timestamp::now();
+    let view = if missed > 0 {
         counter!(m::CONTROLLER_DRIFT, "kind" => "cache").increment(missed as u64);
         warn!(
             objects = missed,
             "audit: the watches disagree with the API; acting on the API's view"
         );
-    }
-    let now = Timestamp::now();
+        let fresh = async {
+            let slices = ctx.slices.list(&slices_lp).await?;
+            let nodes = ctx.nodes.list(&ListParams::default()).await?;
+            let agents = ctx
+                .agents
+                .list(&ListParams::default().labels(&heartbeat::selector(&ctx.cfg.driver)))
+                .await?;
+            Ok::<_, kube::Error>(Cluster {
+                slices: slices.items.into_iter().map(Arc::new).collect(),
+                nodes: nodes.items.into_iter().map(Arc::new).collect(),
+                agents: agents.items.into_iter().map(Arc::new).collect(),
+                claims: stores.claims.state(),
+                classes: stores.classes.state(),
+            })
+        };
+        match fresh.await {
+            Ok(c) => c,
+            Err(e) => return audit_failed(&e),
+        }
+    } else {
+        stores.cluster()
+    };
     let todo = {
         let mut seen = seen.lock().unwrap();
-        seen.observe(&fresh, &ctx.policy.driver, now);
-        fleet::plan(&fresh, &ctx.policy, &seen, now)
+        seen.observe(&view, &ctx.policy.driver, now);
+        fleet::plan(&view, &ctx.policy, &seen, now)
     };
     let fixed = if todo.is_empty() {
         0
@@ -545,13 +556,33 @@ async fn run_audit(ctx: &Ctx, stores: &Stores, seen: &Mutex<fleet::Seen>) {
     info!(result, fixed, cache_drift = missed, "audit done");
 }
 
-/// Slices and Nodes that one view has and the other has not (by uid).
-fn cache_diff(a: &Cluster, b: &Cluster) -> usize {
-    fn uids<K: Resource>(v: &[Arc<K>]) -> BTreeSet<String> {
-        v.iter().filter_map(|o| o.meta().uid.clone()).collect()
+fn audit_failed(e: &kube::Error) {
+    counter!(m::CONTROLLER_AUDITS, "result" => "error").increment(1);
+    counter!(m::CONTROLLER_API_ERRORS, "op" => "audit", "kind" => m::api_error_kind(e)).increment(1);
+    warn!(error = %e, "audit: cannot list; trying again at the next one");
+}
+
+/// The uids of the driver's slices and of the Nodes.
+struct Uids {
+    slices: BTreeSet<String>,
+    nodes: BTreeSet<String>,
+}
+
+impl Uids {
+    fn of(c: &Cluster) -> Uids {
+        fn uids<K: Resource>(v: &[Arc<K>]) -> BTreeSet<String> {
+            v.iter().filter_map(|o| o.meta().uid.clone()).collect()
+        }
+        Uids {
+            slices: uids(&c.slices),
+            nodes: uids(&c.nodes),
+        }
     }
-    uids(&a.slices).symmetric_difference(&uids(&b.slices)).count()
-        + uids(&a.nodes).symmetric_difference(&uids(&b.nodes)).count()
+
+    /// Slices and Nodes that one side has and the other has not.
+    fn diff(&self, other: &Uids) -> usize {
+        self.slices.symmetric_difference(&other.slices).count() + self.nodes.symmetric_difference(&other.nodes).count()
+    }
 }
 
 /// Re-reads what a decision rests on: the cache may lag behind the API.

@@ -356,8 +356,13 @@ pub async fn run(clients: Clients, cfg: Config, health: Arc<Health>, cancel: Can
                     watcher::Event::Apply(n) => {
                         let name = n.name_any();
                         if let Some(pool) = pools.get(&name) {
+                            // Its scenarios select it by its labels: only
+                            // a change of them is the scenarios' business
+                            // (a Node's status or taints patched is not).
+                            if nodes.get(&name).is_none_or(|old| old.labels() != n.labels()) {
+                                pool.wake.notify_one();
+                            }
                             let _ = pool.node_tx.send(watcher::Event::Apply(n.clone()));
-                            pool.wake.notify_one();
                         }
                         membership = !nodes.contains_key(&name);
                         nodes.insert(name, n);

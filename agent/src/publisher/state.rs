@@ -172,8 +172,14 @@ impl State {
                 }
             }
             Event::Node(e) => {
+                // A plan reads the Node's uid only: any other change of the
+                // Node (its status, a label, a taint — a fleet's thousand
+                // Nodes patched at once) plans nothing.
+                if !self.node_uid.apply(&self.publisher.node, *e) {
+                    return actions;
+                }
                 // Not ready while there is nothing to own our slices.
-                if self.node_uid.apply(&self.publisher.node, *e) && self.node_uid.uid.is_none() {
+                if self.node_uid.uid.is_none() {
                     actions.push(Action::Ready(false));
                 }
             }
@@ -526,5 +532,26 @@ mod tests {
         let actions = s.on(node("uid-2"), now);
         assert!(writes(&actions).is_some(), "{actions:?}");
         assert_eq!(s.publisher.node_uid, "uid-2");
+    }
+
+    /// A Node changed but for its uid (status, labels, taints) plans
+    /// nothing: no round, not even an unchanged one; its uid changed, the
+    /// slices move.
+    #[test]
+    fn only_the_nodes_uid_makes_a_round() {
+        let now = TokioInstant::now();
+        let (mut s, _) = writing(now);
+        assert_eq!(s.on(Event::Written(Ok(())), now), [Action::Ready(true)]);
+        // This test's view never sees the writes: any event that plans
+        // now would write again.
+        let mut patched = node("uid-1");
+        if let Event::Node(e) = &mut patched
+            && let watcher::Event::Apply(n) = e.as_mut()
+        {
+            n.metadata.labels = Some([("zone".to_string(), "b".to_string())].into());
+        }
+        assert!(s.on(patched, now).is_empty());
+        assert!(s.on(node("uid-1"), now).is_empty());
+        assert!(writes(&s.on(node("uid-2"), now)).is_some());
     }
 }
